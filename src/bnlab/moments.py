@@ -1,0 +1,107 @@
+"""Mergeable batch statistics: (count, mean, M2) triples and Chan's merge.
+
+A set B of values is summarized by its count m, its mean μ_B and M2 = Σ (x_i − μ_B)², so that
+σ²_B = M2 / m (the biased variance Alg. 1 normalizes with) and M2 / (m − 1) is the unbiased one. Two
+summaries merge exactly, without revisiting the values (Chan, Golub & LeVeque 1979):
+
+    m = m_a + m_b,  δ = μ_b − μ_a,  μ = μ_a + δ·m_b/m,  M2 = M2_a + M2_b + δ²·m_a·m_b/m
+
+This is the one merge in bnlab: the NumPy reference, recalibration (Alg. 2 over many batches) and
+synchronized BN (over processes) all use it. Every function here uses only arithmetic operators, so it
+works on NumPy arrays and torch tensors alike (and is differentiable in torch).
+
+>>> import numpy as np
+>>> x = np.arange(10.0)
+>>> a, b = moments(x[:3], axes=(0,)), moments(x[3:], axes=(0,))
+>>> m = merge(a, b)
+>>> float(m.mean), float(m.variance), float(m.unbiased_variance)
+(4.5, 8.25, 9.166666666666666)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+__all__ = ["Moments", "moments", "merge", "merge_all", "population_statistics"]
+
+
+class Moments(NamedTuple):
+    """Summary of one set B per feature: ``count`` values, their ``mean`` and ``m2`` = Σ (x − mean)²."""
+
+    count: Any  # int, or an array broadcastable against mean (a count per feature)
+    mean: Any
+    m2: Any
+
+    @property
+    def variance(self):
+        """σ²_B = M2 / m: the biased variance used to normalize (Alg. 1)."""
+        return self.m2 / self.count
+
+    @property
+    def unbiased_variance(self):
+        """M2 / (m − 1): the estimate stored in running statistics."""
+        return self.m2 / (self.count - 1)
+
+
+def moments(x, axes: tuple[int, ...]) -> Moments:
+    """Two-pass moments of ``x`` over ``axes`` (never the unshifted E[x²] − E[x]²).
+
+    Works for NumPy arrays (``axis=``) and torch tensors (``dim=``) through their ``mean``/``sum``
+    methods; the result has the feature shape (reduced axes removed).
+    """
+    count = 1
+    for a in axes:
+        count *= x.shape[a]
+    try:
+        mean = x.mean(axis=axes, keepdims=True)
+        m2 = ((x - mean) ** 2).sum(axis=axes)
+        mean = mean.squeeze(axis=axes)
+    except TypeError:  # torch
+        mean = x.mean(dim=axes, keepdim=True)
+        m2 = ((x - mean) ** 2).sum(dim=axes)
+        mean = mean.squeeze(axes) if len(axes) else mean
+    return Moments(count, mean, m2)
+
+
+def merge(a: Moments, b: Moments) -> Moments:
+    """Chan's exact merge of two summaries of disjoint sets (see module docstring)."""
+    count = a.count + b.count
+    delta = b.mean - a.mean
+    mean = a.mean + delta * (b.count / count)
+    m2 = a.m2 + b.m2 + delta * delta * (a.count * b.count / count)
+    return Moments(count, mean, m2)
+
+
+def merge_all(parts: Iterable[Moments]) -> Moments:
+    """Merge any number of summaries (left fold of :func:`merge`); raises on an empty iterable."""
+    total = None
+    for part in parts:
+        total = part if total is None else merge(total, part)
+    if total is None:
+        raise ValueError("no statistics to merge: got an empty sequence of batches")
+    return total
+
+
+def population_statistics(batches: Iterable[Moments]):
+    """Alg. 2 population statistics from the per-mini-batch summaries of the training data.
+
+    Returns ``(E[x], Var[x])`` with
+
+        E[x]   = Σ_b m_b μ_b / Σ_b m_b                      (= E_B[μ_B] when all m_b = m)
+        Var[x] = Σ_b m_b σ²_b / Σ_b (m_b − 1)              (= m/(m−1) · E_B[σ²_B] when all m_b = m)
+
+    i.e. each batch weighs in proportion to its size, and the variance is the pooled *within-batch*
+    unbiased estimate: the spread of the batch means is not added, exactly as in Alg. 2 (the network was
+    trained with within-batch statistics). The mean is the count-weighted mean that :func:`merge` gives.
+    """
+    total = None
+    within_m2 = 0
+    dof = 0
+    for b in batches:
+        total = b if total is None else merge(total, b)
+        within_m2 = within_m2 + b.m2
+        dof = dof + (b.count - 1)
+    if total is None:
+        raise ValueError("population_statistics needs at least one mini-batch, got none")
+    return total.mean, within_m2 / dof
