@@ -31,6 +31,7 @@ __all__ = [
     "feature_shape",
     "param_shape",
     "effective_batch_size",
+    "check_per",
     "check_eps",
     "check_momentum",
     "check_input",
@@ -57,7 +58,7 @@ def _check_layout(layout: str) -> str:
     return layout.upper()
 
 
-def _check_per(per: str) -> str:
+def check_per(per: str) -> str:
     if per not in PER:
         raise ValueError(
             f"per must be 'channel' (convolutional BN, one statistic per feature map) or 'activation' "
@@ -79,7 +80,7 @@ def reduce_axes(layout: str, per: str = "channel") -> tuple[int, ...]:
     ``per="activation"``: the batch axis only (m values), one statistic per (location, channel).
     """
     layout = _check_layout(layout)
-    if _check_per(per) == "activation":
+    if check_per(per) == "activation":
         return (0,)
     c = LAYOUTS[layout]
     return tuple(a for a in range(len(layout)) if a != c)
@@ -104,9 +105,7 @@ def normalize_axes(axes: Sequence[int] | int, ndim: int) -> tuple[int, ...]:
     if len(set(out)) != len(out):
         raise ValueError(f"axes {tuple(raw)} repeat an axis")
     if not out or 0 not in out:
-        raise ValueError(
-            f"axes {tuple(raw)} must include axis 0 (the mini-batch): batch normalization pools over it"
-        )
+        raise ValueError(f"axes {tuple(raw)} must include axis 0 (the mini-batch): batch normalization pools over it")
     return tuple(sorted(out))
 
 
@@ -131,9 +130,7 @@ def effective_batch_size(shape: Sequence[int], axes: Sequence[int]) -> int:
 def check_eps(eps: float) -> float:
     eps = float(eps)
     if not eps > 0 or not math.isfinite(eps):
-        raise ValueError(
-            f"eps must be a positive finite number (it keeps 1/sqrt(var + eps) finite), got {eps}"
-        )
+        raise ValueError(f"eps must be a positive finite number (it keeps 1/sqrt(var + eps) finite), got {eps}")
     return eps
 
 

@@ -1,0 +1,151 @@
+"""The batch-normalizing transform in NumPy, as written in Ioffe & Szegedy (2015).
+
+Read it with the paper open. For every feature, the set B = {x_1 … x_m} is the values that share one
+mean and variance: the values along the reduce ``axes`` (``(0,)`` for per-activation BN, ``(0, 2, 3)``
+in NCHW or ``(0, 1, 2)`` in NHWC for convolutional BN, §3.2, where m is the effective mini-batch
+m' = m·p·q).
+
+Alg. 1 (training, one mini-batch)::
+
+    μ_B  = 1/m Σ x_i                    mini-batch mean
+    σ²_B = 1/m Σ (x_i − μ_B)²           mini-batch variance (two-pass: never E[x²] − E[x]²)
+    x̂_i  = (x_i − μ_B) / √(σ²_B + ε)    normalize
+    y_i  = γ x̂_i + β                     scale and shift
+
+Backward (closed form, §3, with g_i = ∂ℓ/∂x̂_i = ∂ℓ/∂y_i · γ)::
+
+    ∂ℓ/∂x_i = [ m g_i − Σ_j g_j − x̂_i Σ_j g_j x̂_j ] / ( m √(σ²_B + ε) )
+    ∂ℓ/∂γ   = Σ_i ∂ℓ/∂y_i x̂_i ,   ∂ℓ/∂β = Σ_i ∂ℓ/∂y_i
+
+Alg. 2 (inference): E[x] = E_B[μ_B], Var[x] = m/(m−1) E_B[σ²_B] over training mini-batches, then the
+fixed affine map y = γ/√(Var[x]+ε) · x + (β − γ E[x]/√(Var[x]+ε)) — one per feature map for conv layers.
+
+Arrays of float32 stay float32 (statistics are accumulated by NumPy's pairwise summation); float64 stays
+float64. The code computes each line of the paper once, in place where it can, so that this literal
+reference is also reasonably fast.
+
+>>> import numpy as np
+>>> x = np.random.default_rng(0).normal(3.0, 2.0, size=(8, 5, 5, 4))      # NHWC
+>>> y, cache = forward(x, np.ones(4), np.zeros(4), axes=(0, 1, 2))
+>>> cache.m                                                                  # m' = m·p·q = 8·5·5
+200
+>>> bool(np.allclose(y.mean(axis=(0, 1, 2)), 0) and np.allclose(y.var(axis=(0, 1, 2)), 1, atol=1e-4))
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from .axes import check_eps, check_input, param_shape
+from .moments import Moments
+from .moments import population_statistics as _pooled
+
+__all__ = ["Cache", "forward", "backward", "inference", "population_statistics"]
+
+
+class Cache(NamedTuple):
+    """What the backward pass needs from Alg. 1, by the paper's names (feature-shaped, keepdims)."""
+
+    x_hat: np.ndarray  # normalized input x̂, shape of x
+    mu_B: np.ndarray  # mini-batch mean, reduced axes kept as size 1
+    sigma2_B: np.ndarray  # mini-batch (biased) variance, reduced axes kept as size 1
+    gamma: np.ndarray  # scale γ, broadcastable against x
+    eps: float
+    axes: tuple[int, ...]
+    m: int  # values per set B: m, or m' = m·p·q for convolutional BN
+
+
+def _as_float(x: np.ndarray, name: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.dtype not in (np.float32, np.float64):
+        raise TypeError(
+            f"{name} must be a float32 or float64 array, got {x.dtype}; convert it with {name}.astype(np.float32)"
+        )
+    return x
+
+
+def _broadcast(p: np.ndarray, shape: Sequence[int], axes: tuple[int, ...], dtype) -> np.ndarray:
+    """A feature-shaped parameter (γ, β, μ, σ²) reshaped to broadcast against x, in x's dtype."""
+    return np.asarray(p, dtype=dtype).reshape(param_shape(shape, axes))
+
+
+def forward(x, gamma, beta, axes=(0,), eps: float = 1e-5):
+    """Alg. 1: normalize ``x`` over ``axes`` and scale/shift; returns ``(y, cache)``.
+
+    ``gamma`` and ``beta`` have the feature shape (``x.shape`` without the reduced axes).
+    """
+    x = _as_float(x, "x")
+    eps = check_eps(eps)
+    axes = check_input(x.shape, axes, training=True, params={"gamma": np.shape(gamma), "beta": np.shape(beta)})
+    gamma = _broadcast(gamma, x.shape, axes, x.dtype)
+    beta = _broadcast(beta, x.shape, axes, x.dtype)
+    m = int(np.prod([x.shape[a] for a in axes]))
+
+    mu_B = x.mean(axis=axes, keepdims=True)  # μ_B = 1/m Σ x_i
+    x_hat = np.subtract(x, mu_B)  # x_i − μ_B  (becomes x̂ in place below)
+    y = np.square(x_hat)  # (x_i − μ_B)², in the buffer that becomes y
+    sigma2_B = y.mean(axis=axes, keepdims=True)  # σ²_B = 1/m Σ (x_i − μ_B)²
+    x_hat *= 1.0 / np.sqrt(sigma2_B + eps)  # x̂_i = (x_i − μ_B) / √(σ²_B + ε)
+    np.multiply(gamma, x_hat, out=y)  # y_i = γ x̂_i + β
+    y += beta
+    return y, Cache(x_hat, mu_B, sigma2_B, gamma, eps, axes, m)
+
+
+def backward(dy, cache: Cache):
+    """Closed-form gradients of Alg. 1: returns ``(dx, dgamma, dbeta)`` (``dgamma``, ``dbeta`` feature-shaped)."""
+    dy = _as_float(dy, "dy")
+    x_hat, _, sigma2_B, gamma, eps, axes, m = cache
+    if dy.shape != x_hat.shape:
+        raise ValueError(f"dy has shape {dy.shape}, expected the shape of x {x_hat.shape}")
+
+    dbeta = dy.sum(axis=axes, keepdims=True)  # ∂ℓ/∂β = Σ ∂ℓ/∂y_i
+    dx = np.multiply(dy, x_hat)
+    dgamma = dx.sum(axis=axes, keepdims=True)  # ∂ℓ/∂γ = Σ ∂ℓ/∂y_i x̂_i
+    # With g_i = γ ∂ℓ/∂y_i:  Σ g_j = γ ∂ℓ/∂β  and  Σ g_j x̂_j = γ ∂ℓ/∂γ, so
+    # ∂ℓ/∂x_i = γ/(m √(σ²_B+ε)) · [ m ∂ℓ/∂y_i − ∂ℓ/∂β − x̂_i ∂ℓ/∂γ ].
+    scale = gamma / (m * np.sqrt(sigma2_B + eps))
+    np.multiply(x_hat, -dgamma, out=dx)  # − x̂_i ∂ℓ/∂γ
+    dx += m * dy  # + m ∂ℓ/∂y_i
+    dx -= dbeta  # − ∂ℓ/∂β
+    dx *= scale
+    return dx, dgamma.squeeze(axis=axes), dbeta.squeeze(axis=axes)
+
+
+def inference(x, gamma, beta, mean, var, axes=(0,), eps: float = 1e-5):
+    """Alg. 2, step 11: y = γ/√(Var[x]+ε) · x + (β − γ E[x]/√(Var[x]+ε)), one affine map per feature."""
+    x = _as_float(x, "x")
+    eps = check_eps(eps)
+    shapes = {"gamma": np.shape(gamma), "beta": np.shape(beta), "mean": np.shape(mean), "var": np.shape(var)}
+    axes = check_input(x.shape, axes, training=False, params=shapes)
+    gamma, beta, mean, var = (_broadcast(p, x.shape, axes, x.dtype) for p in (gamma, beta, mean, var))
+    scale = gamma / np.sqrt(var + eps)
+    shift = beta - scale * mean
+    y = np.multiply(x, scale)
+    y += shift
+    return y
+
+
+def population_statistics(batch_means, batch_vars, m):
+    """Alg. 2, step 10: E[x] = E_B[μ_B], Var[x] = m/(m−1) · E_B[σ²_B].
+
+    ``batch_means``/``batch_vars``: the μ_B and (biased) σ²_B of each training mini-batch, stacked on
+    axis 0. ``m``: the number of values per set B (an int), or one count per batch when batches differ in
+    size — then each batch weighs by its size (see :func:`bnlab.moments.population_statistics`).
+    """
+    batch_means = np.asarray(batch_means)
+    batch_vars = np.asarray(batch_vars)
+    if batch_means.shape != batch_vars.shape or batch_means.ndim < 1 or len(batch_means) == 0:
+        raise ValueError(
+            f"batch_means and batch_vars must be stacked per batch on axis 0 with equal shapes, got "
+            f"{batch_means.shape} and {batch_vars.shape}"
+        )
+    counts = np.broadcast_to(np.asarray(m), (len(batch_means),))
+    if np.any(counts < 1) or counts.sum() - len(counts) < 1:
+        raise ValueError(f"need more than one value per statistic to estimate a variance, got m={m}")
+    return _pooled(
+        Moments(float(c), mu, float(c) * var) for c, mu, var in zip(counts, batch_means, batch_vars, strict=True)
+    )
