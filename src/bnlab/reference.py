@@ -87,6 +87,11 @@ def forward(x, gamma, beta, axes=(0,), eps: float = 1e-5):
 
     mu_B = x.mean(axis=axes, keepdims=True)  # μ_B = 1/m Σ x_i
     x_hat = np.subtract(x, mu_B)  # x_i − μ_B  (becomes x̂ in place below)
+    # Rounding in the first pass leaves μ_B off by δ (large when |μ_B| ≫ σ_B, as with x = 1e6 + N(0, 1)).
+    # x_i − μ_B is exact there, so its mean is that δ: correct μ_B and x_i − μ_B by it (corrected two-pass).
+    delta = x_hat.mean(axis=axes, keepdims=True)
+    mu_B += delta
+    x_hat -= delta
     y = np.square(x_hat)  # (x_i − μ_B)², in the buffer that becomes y
     sigma2_B = y.mean(axis=axes, keepdims=True)  # σ²_B = 1/m Σ (x_i − μ_B)²
     x_hat *= 1.0 / np.sqrt(sigma2_B + eps)  # x̂_i = (x_i − μ_B) / √(σ²_B + ε)
