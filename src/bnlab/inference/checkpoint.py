@@ -1,0 +1,211 @@
+"""Checkpoints that are written atomically and cannot run code when loaded.
+
+A checkpoint is a ``torch.save`` zip file holding ``{"format": "bnlab-checkpoint", "version": 1,
+"state": ...}``. Writing goes to a temporary file in the target's directory, is flushed and fsync'ed,
+and only then renamed over the target (``os.replace`` is atomic on POSIX and Windows): a writer killed at
+any moment leaves either the previous checkpoint or the new one, never a mix. A killed writer may leave
+its ``.<name>.*.tmp`` file behind; it is never read.
+
+Loading uses ``torch.load(weights_only=True)``: only tensors, numbers, strings, ``None`` and containers
+are rebuilt, so a file crafted to run code is refused. NumPy arrays and scalars (e.g. the state of
+``np.random``) are not allowed by that loader, so :func:`save_checkpoint` stores them as uint8 tensors
+with their dtype and shape and :func:`load_checkpoint` turns them back into the same arrays:
+
+>>> import os, random, tempfile, numpy as np, torch
+>>> path = os.path.join(tempfile.mkdtemp(), "last.pt")
+>>> state = {"epoch": 3, "history": [0.9, 0.5], "rng": {"torch": torch.get_rng_state(),
+...          "numpy": np.random.get_state(), "python": random.getstate()}}
+>>> _ = save_checkpoint(path, state)
+>>> back = load_checkpoint(path)
+>>> back["epoch"], back["history"], back["rng"]["numpy"][1].dtype
+(3, [0.9, 0.5], dtype('uint32'))
+>>> np.random.set_state(back["rng"]["numpy"]); random.setstate(back["rng"]["python"])
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import pickle
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint"]
+
+FORMAT = "bnlab-checkpoint"
+VERSION = 1
+_NDARRAY = "__bnlab_ndarray__"  # marker key of an encoded NumPy array or scalar
+
+
+class CheckpointError(ValueError):
+    """A file that is not a readable bnlab checkpoint: foreign, truncated, corrupt or unsafe."""
+
+
+# Leaf types torch.load(weights_only=True) rebuilds without running code.
+_PLAIN = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device, torch.Size)
+
+
+def _where(path: tuple) -> str:
+    return "state" + "".join(f"[{p!r}]" for p in path)
+
+
+def _encode(obj: Any, path: tuple = ()) -> Any:
+    """Copy of ``obj`` with NumPy values encoded; raise TypeError for anything weights_only can't load."""
+    if isinstance(obj, torch.Tensor):
+        if type(obj) not in (torch.Tensor, torch.nn.Parameter):
+            raise TypeError(f"{_where(path)} is a {type(obj).__name__} (a tensor subclass); save a plain tensor")
+        return obj
+    if isinstance(obj, (np.ndarray, np.generic)):
+        arr = np.asarray(obj)
+        if arr.dtype.hasobject:
+            raise TypeError(f"{_where(path)} is a NumPy array of Python objects, which cannot be loaded safely")
+        data = torch.from_numpy(np.frombuffer(np.ascontiguousarray(arr).tobytes(), dtype=np.uint8).copy())
+        return {
+            _NDARRAY: VERSION,
+            "dtype": arr.dtype.str,
+            "shape": list(arr.shape),
+            "data": data,
+            "scalar": isinstance(obj, np.generic),
+        }
+    if isinstance(obj, _PLAIN):
+        return obj
+    if isinstance(obj, dict):
+        if _NDARRAY in obj:
+            raise ValueError(f"{_where(path)} uses the reserved key {_NDARRAY!r}")
+        items = [(k, _encode(v, (*path, k))) for k, v in obj.items()]
+        for k, _ in items:
+            if not isinstance(k, (str, int, float, bool, type(None), tuple)):
+                raise TypeError(f"{_where(path)} has a key of type {type(k).__name__}; use str or int keys")
+        return collections.OrderedDict(items) if isinstance(obj, collections.OrderedDict) else dict(items)
+    if isinstance(obj, (list, tuple)):
+        out = [_encode(v, (*path, i)) for i, v in enumerate(obj)]
+        if isinstance(obj, tuple) and type(obj) is not tuple:  # a NamedTuple would need its class to load
+            raise TypeError(f"{_where(path)} is a {type(obj).__name__}; store it as a plain tuple or dict")
+        return tuple(out) if isinstance(obj, tuple) else out
+    raise TypeError(
+        f"{_where(path)} is a {type(obj).__module__}.{type(obj).__qualname__}, which load_checkpoint could "
+        f"not read back (it loads with weights_only=True: tensors, numbers, strings, None, lists, tuples, "
+        f"dicts and NumPy arrays only)"
+    )
+
+
+def _decode(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        if obj.get(_NDARRAY) == VERSION:
+            raw = obj["data"].cpu().numpy().tobytes()
+            arr = np.frombuffer(raw, dtype=np.dtype(obj["dtype"])).reshape(obj["shape"]).copy()
+            return arr[()] if obj["scalar"] else arr
+        items = [(k, _decode(v)) for k, v in obj.items()]
+        return collections.OrderedDict(items) if isinstance(obj, collections.OrderedDict) else dict(items)
+    if isinstance(obj, list):
+        return [_decode(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_decode(v) for v in obj)
+    return obj
+
+
+def _file_mode(target: Path) -> int:
+    """Permissions for the new file: those of the file it replaces, else 0o666 minus the umask."""
+    try:
+        return target.stat().st_mode & 0o7777
+    except OSError:
+        pass
+    try:  # read the umask without setting it (os.umask would race with other threads)
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o644
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
+    """Write ``state`` (a dict) to ``path`` atomically; return the path.
+
+    ``state`` may hold tensors, Python numbers, strings, ``None``, bytes, lists, tuples, dicts (e.g.
+    ``model.state_dict()``, ``optimizer.state_dict()``), torch dtypes/devices and NumPy arrays or scalars.
+    Anything else raises TypeError naming where it is, *before* the file is touched, since it could not
+    be loaded back safely. The parent directory must exist.
+    """
+    if not isinstance(state, dict):
+        raise TypeError(f"save_checkpoint expects a dict, got {type(state).__name__}")
+    payload = {"format": FORMAT, "version": VERSION, "state": _encode(state)}
+    target = Path(path)
+    directory = target.parent
+    if not directory.is_dir():
+        raise FileNotFoundError(f"cannot save checkpoint {target}: directory {directory} does not exist")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode(target))
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    if sys.platform != "win32":  # make the rename itself durable
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    return target
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint`; return the state dict it holds.
+
+    Raises :class:`CheckpointError` when the file is truncated or corrupt, is not a bnlab checkpoint, or
+    holds objects that would run code when unpickled (those are never executed).
+    """
+    path = Path(path)
+    size = path.stat().st_size  # FileNotFoundError as usual
+    if size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): the checkpoint is truncated")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"PK\x03\x04":
+        raise CheckpointError(f"{path} is not a bnlab checkpoint (not a PyTorch zip file)")
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+            bad = z.testzip()  # checks every record's CRC
+    except (zipfile.BadZipFile, EOFError, OSError) as e:
+        raise CheckpointError(f"{path} is truncated or corrupt ({size} bytes): {e}") from None
+    if bad is not None:
+        raise CheckpointError(f"{path} is corrupt: record {bad!r} fails its CRC check")
+    if not any(n.endswith("/data.pkl") for n in names):
+        raise CheckpointError(f"{path} is not a bnlab checkpoint (a zip file, but not one written by torch)")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        # torch's message is mostly advice on weights_only=False; keep the line that names the culprit
+        named = [ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln]
+        detail = (named or lines or [type(e).__name__])[0]
+        raise CheckpointError(
+            f"refusing to load {path}: it holds objects that would run code when unpickled ({detail}); "
+            f"bnlab checkpoints hold only tensors, numbers, strings and containers"
+        ) from None
+    except RuntimeError as e:
+        raise CheckpointError(f"{path} is truncated or corrupt: {e}") from None
+    if not (isinstance(payload, dict) and payload.get("format") == FORMAT and "state" in payload):
+        raise CheckpointError(f"{path} is not a bnlab checkpoint (a torch file without the bnlab header)")
+    if payload.get("version") != VERSION:
+        raise CheckpointError(
+            f"{path} is a bnlab checkpoint of format version {payload.get('version')!r}; this bnlab reads "
+            f"version {VERSION}"
+        )
+    return _decode(payload["state"])

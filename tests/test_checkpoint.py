@@ -1,0 +1,311 @@
+"""Checkpoints: atomic writes (real killed writer processes), safe loading, clear errors."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from bnlab.inference import CheckpointError, load_checkpoint, save_checkpoint
+
+
+def _training_state():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(torch.randn(8, 4)).sum().backward()
+    opt.step()
+    return {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "epoch": 3,
+        "step": 120,
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "numpy": np.random.get_state(),  # noqa: NPY002 (the legacy global state, as training saves it)
+            "numpy_generator": np.random.default_rng(5).bit_generator.state,
+            "python": random.getstate(),
+        },
+        "history": {"loss": [2.3, 1.1, 0.7], "accuracy": [0.1, 0.5, 0.8]},
+        "config": {"lr": 1e-3, "name": "mlp", "sizes": (4, 3), "note": None},
+    }
+
+
+def _assert_same(a, b):
+    assert type(a) is type(b)
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    elif isinstance(a, np.ndarray):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    elif isinstance(a, dict):
+        assert list(a) == list(b)
+        for k in a:
+            _assert_same(a[k], b[k])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            _assert_same(x, y)
+    else:
+        assert a == b
+
+
+def test_round_trip_of_a_training_state(tmp_path):
+    state = _training_state()
+    path = save_checkpoint(tmp_path / "ckpt.pt", state)
+    assert path == tmp_path / "ckpt.pt"
+    back = load_checkpoint(path)
+    _assert_same(state, back)
+    # the restored RNG states reproduce the same draws
+    torch.set_rng_state(back["rng"]["torch"])
+    np.random.set_state(back["rng"]["numpy"])  # noqa: NPY002
+    random.setstate(back["rng"]["python"])
+    gen = np.random.default_rng()
+    gen.bit_generator.state = back["rng"]["numpy_generator"]
+    draws = (torch.rand(3), np.random.rand(3), random.random(), gen.random(3))  # noqa: NPY002
+    torch.set_rng_state(state["rng"]["torch"])
+    np.random.set_state(state["rng"]["numpy"])  # noqa: NPY002
+    random.setstate(state["rng"]["python"])
+    gen.bit_generator.state = state["rng"]["numpy_generator"]
+    again = (torch.rand(3), np.random.rand(3), random.random(), gen.random(3))  # noqa: NPY002
+    assert torch.equal(draws[0], again[0]) and np.array_equal(draws[1], again[1])
+    assert draws[2] == again[2] and np.array_equal(draws[3], again[3])
+    # the model and optimizer states load into fresh objects
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    model.load_state_dict(back["model"])
+    torch.optim.Adam(model.parameters()).load_state_dict(back["optimizer"])
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        np.arange(6, dtype=np.uint32).reshape(2, 3),
+        np.array([[1.5, -2.0]], dtype=np.float16),
+        np.asfortranarray(np.arange(6.0).reshape(2, 3)),
+        np.array([True, False]),
+        np.zeros((0, 4), dtype=np.int8),
+        np.arange(4, dtype=">i4"),
+        np.float64(0.25),
+        np.int64(-7),
+        np.bool_(True),
+    ],
+)
+def test_numpy_values_round_trip_exactly(tmp_path, value):
+    back = load_checkpoint(save_checkpoint(tmp_path / "a.pt", {"v": value, "l": [value]}))
+    for got in (back["v"], back["l"][0]):
+        assert type(got) is type(value)
+        assert np.asarray(got).dtype == np.asarray(value).dtype
+        assert np.array_equal(got, value)
+
+
+def test_map_location_and_parameters(tmp_path):
+    p = torch.nn.Parameter(torch.ones(2))
+    back = load_checkpoint(save_checkpoint(tmp_path / "a.pt", {"p": p}), map_location=torch.device("cpu"))
+    assert isinstance(back["p"], torch.nn.Parameter) and torch.equal(back["p"], p)
+
+
+class _Opaque:
+    pass
+
+
+@pytest.mark.parametrize(
+    "state, where",
+    [
+        ({"obj": _Opaque()}, "state['obj']"),
+        ({"a": [1, {"b": _Opaque()}]}, "state['a'][1]['b']"),
+        ({"arr": np.array([object()])}, "state['arr']"),
+        ({"nt": torch.return_types.max((torch.ones(1), torch.zeros(1)))}, "state['nt']"),
+        ({"f": lambda: 0}, "state['f']"),
+    ],
+)
+def test_unloadable_values_are_refused_before_touching_the_file(tmp_path, state, where):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, {"epoch": 1})
+    before = path.read_bytes()
+    with pytest.raises(TypeError, match=where.replace("[", r"\[").replace("]", r"\]")):
+        save_checkpoint(path, state)
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["ckpt.pt"]
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(TypeError, match="expects a dict"):
+        save_checkpoint(tmp_path / "a.pt", [1, 2])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        save_checkpoint(tmp_path / "missing" / "a.pt", {})
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "nothing.pt")
+    with pytest.raises(ValueError, match="reserved key"):
+        save_checkpoint(tmp_path / "a.pt", {"__bnlab_ndarray__": 1})
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_pickle_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    # a file with the bnlab header whose state would call open() when unpickled
+    torch.save({"format": "bnlab-checkpoint", "version": 1, "state": {"x": _RunsCode(str(marker))}}, path)
+    with pytest.raises(CheckpointError, match=r"refusing to load .*would run code.*GLOBAL"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_truncated_files_give_a_clear_error(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, {"w": torch.arange(1000.0), "epoch": 2})
+    data = path.read_bytes()
+    cut = tmp_path / "cut.pt"
+    for n in (0, 3, 40, len(data) // 3, len(data) // 2, len(data) - 30, len(data) - 1):
+        cut.write_bytes(data[:n])
+        with pytest.raises(CheckpointError, match="truncated|not a bnlab checkpoint"):
+            load_checkpoint(cut)
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_checkpoint(cut)
+
+
+def test_corrupted_bytes_are_detected(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, {"w": torch.zeros(4096)})
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as z:
+        info = next(i for i in z.infolist() if i.filename.endswith("data/0"))
+    data[info.header_offset + 200] ^= 0xFF  # flip a byte inside the tensor's record
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(path)
+
+
+def test_foreign_files_are_not_bnlab_checkpoints(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    plain = tmp_path / "plain.pt"
+    torch.save({"weight": torch.ones(2)}, plain)
+    other_zip = tmp_path / "other.zip"
+    with zipfile.ZipFile(other_zip, "w") as z:
+        z.writestr("readme.txt", "not torch")
+    for path in (text, plain, other_zip):
+        with pytest.raises(CheckpointError, match="not a bnlab checkpoint"):
+            load_checkpoint(path)
+    future = tmp_path / "future.pt"
+    torch.save({"format": "bnlab-checkpoint", "version": 99, "state": {}}, future)
+    with pytest.raises(CheckpointError, match="version 99"):
+        load_checkpoint(future)
+
+
+def test_permissions_follow_the_umask_and_the_replaced_file(tmp_path):
+    if sys.platform == "win32":
+        pytest.skip("POSIX permissions")
+    path = tmp_path / "ckpt.pt"
+    old = os.umask(0o022)
+    try:
+        save_checkpoint(path, {})
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+    path.chmod(0o600)
+    save_checkpoint(path, {"a": 1})
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+# --- interrupted writers: real processes -------------------------------------------------------------
+
+_WRITER = textwrap.dedent(
+    """
+    import resource, signal, sys, torch
+    from bnlab.inference import save_checkpoint
+    mode, path = sys.argv[1], sys.argv[2]
+    if mode in ("sigxfsz", "efbig"):
+        # the kernel stops this process once it writes past 256 KiB: SIGXFSZ kills it (its default
+        # action, which Python itself turns off), or, with the signal ignored, the write fails with EFBIG
+        signal.signal(signal.SIGXFSZ, signal.SIG_DFL if mode == "sigxfsz" else signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))
+        save_checkpoint(path, {"epoch": 2, "w": torch.full((1 << 20,), 2.0)})
+        print("finished", flush=True)
+    else:  # "loop": overwrite the checkpoint forever until killed
+        i = 0
+        while True:
+            i += 1
+            save_checkpoint(path, {"epoch": i, "w": torch.full((1 << 21,), float(i))})
+            print(i, flush=True)
+    """
+)
+
+
+def _writer(mode, path):
+    return subprocess.Popen(
+        [sys.executable, "-c", _WRITER, mode, str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _check_epoch(path, epoch):
+    state = load_checkpoint(path)
+    assert state["epoch"] == epoch
+    assert torch.equal(state["w"], torch.full_like(state["w"], float(epoch)))
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs POSIX file-size limits")
+def test_writer_killed_midway_leaves_the_previous_checkpoint(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, {"epoch": 1, "w": torch.full((10,), 1.0)})
+    proc = _writer("sigxfsz", path)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGXFSZ, (proc.returncode, out, err)
+    assert "finished" not in out
+    _check_epoch(path, 1)
+    leftovers = [p for p in tmp_path.iterdir() if p.name != "ckpt.pt"]
+    assert len(leftovers) == 1 and leftovers[0].name.startswith(".ckpt.pt.")  # the dead writer's temp file
+    assert leftovers[0].stat().st_size > 0
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs POSIX file-size limits")
+def test_write_failing_midway_leaves_the_previous_checkpoint_and_no_temp_file(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, {"epoch": 1, "w": torch.full((10,), 1.0)})
+    proc = _writer("efbig", path)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "finished" not in out, (out, err)
+    assert "Traceback" in err, err
+    _check_epoch(path, 1)
+    assert os.listdir(tmp_path) == ["ckpt.pt"]
+
+
+def test_sigkill_at_any_moment_leaves_a_complete_checkpoint(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    proc = _writer("loop", path)
+    try:
+        first = proc.stdout.readline()  # one checkpoint is complete
+        assert first.strip() == "1", (first, proc.stderr.read() if proc.poll() is not None else "")
+        time.sleep(random.Random(0).uniform(0.05, 0.3))
+    finally:
+        proc.kill()
+        proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    state = load_checkpoint(path)
+    _check_epoch(path, state["epoch"])
+
+
+def test_the_file_is_an_ordinary_torch_zip(tmp_path):
+    # the checkpoint is an ordinary torch zip file: torch can inspect it with weights_only=True too
+    path = save_checkpoint(tmp_path / "a.pt", {"x": torch.ones(1)})
+    raw = torch.load(io.BytesIO(path.read_bytes()), weights_only=True)
+    assert raw["format"] == "bnlab-checkpoint" and raw["version"] == 1
