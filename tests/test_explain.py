@@ -1,0 +1,284 @@
+"""bnlab.explain: the numbers checked against NumPy on real arrays, the text, the figure, the errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import doctest
+import math
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import bnlab
+import bnlab.explain as explain_module
+from bnlab.explain import Explanation, explain
+
+ALL_LAYOUTS = ["NC", "NCL", "NLC", "NCHW", "NHWC", "NCDHW", "NDHWC"]
+
+
+def independent_axes(layout: str, per: str) -> tuple[int, ...]:
+    """Reduce axes worked out from the layout letters alone, not from bnlab.axes."""
+    if per == "activation":
+        return (0,)
+    return tuple(i for i, letter in enumerate(layout) if letter != "C")
+
+
+# ------------------------------------------------------------------------------------------ numbers
+
+
+def test_paper_example_per_channel():
+    e = explain((32, 28, 28, 16), layout="NHWC", per="channel")
+    assert e.axes == (0, 1, 2)
+    assert e.num_sets == 16
+    assert e.set_size == 25_088 == 32 * 28 * 28
+    assert e.feature_shape == (16,)
+    assert e.num_params == 32
+    assert dict(e.params_side_by_side) == {"channel": 32, "activation": 2 * 28 * 28 * 16}
+
+
+def test_paper_example_per_activation():
+    e = explain((32, 28, 28, 16), layout="NHWC", per="activation")
+    assert e.axes == (0,)
+    assert e.num_sets == 12_544 == 28 * 28 * 16
+    assert e.set_size == 32
+    assert e.feature_shape == (28, 28, 16)
+    assert e.num_params == 25_088
+
+
+@pytest.mark.parametrize("layout", ALL_LAYOUTS)
+@pytest.mark.parametrize("per", ["channel", "activation"])
+def test_counts_match_numpy_on_a_real_array(layout, per):
+    shape = tuple(range(2, 2 + len(layout)))  # distinct sizes, so a wrong axis shows
+    t = np.random.default_rng(0).standard_normal(shape)
+    e = explain(shape, layout=layout, per=per)
+    axes = independent_axes(layout, per)
+    assert e.axes == axes
+    mu = np.mean(t, axis=axes)
+    assert e.num_sets == mu.size
+    assert e.feature_shape == mu.shape
+    assert e.set_size == t.size // mu.size
+    assert e.num_params == 2 * mu.size
+    assert e.params_side_by_side["channel"] == 2 * shape[layout.index("C")]
+    assert e.params_side_by_side["activation"] == 2 * math.prod(shape[1:])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    layout=st.sampled_from(ALL_LAYOUTS),
+    per=st.sampled_from(["channel", "activation"]),
+    data=st.data(),
+)
+def test_every_value_falls_in_exactly_one_set(layout, per, data):
+    shape = tuple(data.draw(st.lists(st.integers(1, 5), min_size=len(layout), max_size=len(layout))))
+    e = explain(shape, layout=layout, per=per)
+    # label each value by the set B it belongs to: its index along the axes that are *not* reduced
+    kept = [a for a in range(len(shape)) if a not in independent_axes(layout, per)]
+    labels = np.zeros(shape, dtype=np.int64)
+    for a in kept:
+        labels = labels * shape[a] + np.indices(shape)[a]
+    counts = np.bincount(labels.ravel())
+    assert e.num_sets == counts.size
+    assert np.all(counts == e.set_size)
+    assert e.num_sets * e.set_size == math.prod(shape)
+
+
+def test_channel_sets_are_the_same_values_in_nchw_and_nhwc():
+    t_nchw = np.random.default_rng(1).standard_normal((4, 3, 5, 6))
+    t_nhwc = t_nchw.transpose(0, 2, 3, 1)
+    a = explain(t_nchw.shape, layout="NCHW")
+    b = explain(t_nhwc.shape, layout="NHWC")
+    assert a.num_sets == b.num_sets and a.set_size == b.set_size
+    np.testing.assert_allclose(np.mean(t_nchw, axis=a.axes), np.mean(t_nhwc, axis=b.axes))
+    np.testing.assert_allclose(np.var(t_nchw, axis=a.axes), np.var(t_nhwc, axis=b.axes))
+
+
+def test_per_channel_is_per_activation_on_the_flattened_view():
+    # CS231n's definition: spatial BN = per-activation BN on an (N·H·W, C) view
+    t = np.random.default_rng(2).standard_normal((4, 5, 6, 3))
+    e = explain(t.shape, layout="NHWC", per="channel")
+    flat = t.reshape(-1, 3)
+    f = explain(flat.shape, layout="NC", per="activation")
+    assert e.set_size == f.set_size == 4 * 5 * 6
+    np.testing.assert_allclose(np.mean(t, axis=e.axes), np.mean(flat, axis=f.axes))
+
+
+def test_layout_is_case_insensitive_and_normalized():
+    e = explain((2, 3, 4, 5), layout="nchw")
+    assert e.layout == "NCHW" and e.axes == (0, 2, 3)
+
+
+def test_numpy_integer_sizes_are_accepted():
+    e = explain(np.array([32, 28, 28, 16]), layout="NHWC")
+    assert e.shape == (32, 28, 28, 16) and all(type(n) is int for n in e.shape)
+
+
+def test_explanation_is_frozen():
+    e = explain((2, 3), layout="NC")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        e.num_sets = 5
+
+
+# --------------------------------------------------------------------------------------------- text
+
+
+def test_english_text_has_the_sets_formula_and_parameters():
+    text = explain((32, 28, 28, 16), layout="NHWC", per="channel", lang="en").text
+    assert "16 sets B" in text
+    assert "16 of 25,088 values" in text and "12,544 of 32 values" in text
+    assert "m' = m·p·q = 32·28·28 = 25,088" in text
+    assert "np.mean(t, axis=(0, 1, 2))" in text and "np.var(t, axis=(0, 1, 2))" in text
+    assert "2·C = 2·16 = 32" in text and "2·C·H·W = 2·16·28·28 = 25,088" in text
+    assert "y = γ/√(Var[x]+ε)·x + (β − γ·E[x]/√(Var[x]+ε))" in text
+    assert "location" in text and "conjunto" not in text
+
+
+def test_spanish_text():
+    text = explain((32, 28, 28, 16), layout="NHWC", per="activation", lang="es").text
+    assert "12 544 conjuntos B" in text
+    assert "cada uno con m = 32 valores" in text
+    assert "np.mean(t, axis=(0,))" in text
+    assert "ubicación" in text and "parámetros" in text
+    assert " sets " not in text and "values" not in text
+
+
+def test_text_is_str_and_marks_the_chosen_variant():
+    e = explain((32, 28, 28, 16), layout="NHWC", per="activation")
+    assert str(e) == e.text
+    header = next(line for line in e.text.splitlines() if "per channel" in line and "per activation" in line)
+    assert header.index("(this one)") > header.index("per activation")
+
+
+@pytest.mark.parametrize("layout", ALL_LAYOUTS)
+@pytest.mark.parametrize("per", ["channel", "activation"])
+@pytest.mark.parametrize("lang", ["en", "es"])
+def test_numpy_lines_in_the_text_run_and_give_the_statistics(layout, per, lang):
+    shape = tuple(range(2, 2 + len(layout)))
+    e = explain(shape, layout=layout, per=per, lang=lang)
+    code = [line.split("#")[0].strip() for line in e.text.splitlines() if "= np." in line]
+    assert len(code) == 2
+    t = np.random.default_rng(3).standard_normal(shape)
+    ns = {"np": np, "t": t}
+    for line in code:
+        exec(line, ns)
+    axes = independent_axes(layout, per)
+    np.testing.assert_allclose(ns["mu_B"], t.mean(axis=axes))
+    np.testing.assert_allclose(ns["var_B"], t.var(axis=axes))
+
+
+@pytest.mark.parametrize("layout", ALL_LAYOUTS)
+def test_text_numbers_agree_with_the_fields(layout):
+    shape = tuple(range(3, 3 + len(layout)))
+    for per in ("channel", "activation"):
+        e = explain(shape, layout=layout, per=per)
+        row = next(line for line in e.text.splitlines() if line.strip().startswith("sets B"))
+        cells = re.findall(r"([\d,]+) of ([\d,]+) values", row)
+        got = [(int(a.replace(",", "")), int(b.replace(",", ""))) for a, b in cells]
+        assert got == [
+            (explain(shape, layout, p).num_sets, explain(shape, layout, p).set_size) for p in ("channel", "activation")
+        ]
+        assert all(len(line) <= 100 for line in e.text.splitlines()), "text should fit a terminal"
+
+
+def test_fully_connected_layout_says_the_variants_coincide():
+    en = explain((8, 5), layout="NC", per="activation").text
+    es = explain((8, 5), layout="NC", per="activation", lang="es").text
+    assert "same thing" in en and "coinciden" in es
+    assert en.count("5 of 8 values") == 2  # both columns of the table
+
+
+def test_a_set_of_one_value_is_flagged():
+    assert "Warning" in explain((1, 3, 1, 1), layout="NCHW").text
+    assert "Warning" not in explain((2, 3, 1, 1), layout="NCHW").text
+
+
+# ------------------------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(shape=(2, 3, 4, 5), layout="NWHC"), ["NWHC", "NHWC"]),
+        (dict(shape=(32, 28, 28), layout="NHWC"), ["3 dimensions", "needs 4", "NCL"]),
+        (dict(shape=(32, 0, 28, 16), layout="NHWC"), ["positive", "H=0"]),
+        (dict(shape=(-1, 3), layout="NC"), ["positive", "N=-1"]),
+        (dict(shape=(2, 3), layout="NC", lang="fr"), ["lang", "'fr'", "'es'"]),
+        (dict(shape=(2, 3), layout="NC", per="batch"), ["per", "'batch'", "'activation'"]),
+        (dict(shape=(2.5, 3), layout="NC"), ["whole numbers"]),
+        (dict(shape=(True, 3), layout="NC"), ["whole numbers"]),
+        (dict(shape=32, layout="NC"), ["sequence"]),
+    ],
+)
+def test_bad_input_names_the_problem(kwargs, words):
+    with pytest.raises(ValueError) as info:
+        explain(**kwargs)
+    for word in words:
+        assert word in str(info.value)
+
+
+# ------------------------------------------------------------------------------------------- figure
+
+ORANGE = np.array([0xF2, 0x8E, 0x2B]) / 255
+
+
+def orange_pixels(img: np.ndarray) -> np.ndarray:
+    return np.all(np.abs(img[..., :3] - ORANGE) < 0.02, axis=-1)
+
+
+@pytest.mark.parametrize("lang", ["en", "es"])
+def test_figure_colours_more_values_per_channel_than_per_activation(tmp_path, lang):
+    import matplotlib.image
+
+    path = explain((32, 28, 28, 16), layout="NHWC", lang=lang).save_figure(tmp_path / "b.png")
+    img = matplotlib.image.imread(path)
+    assert img.shape[0] > 300 and img.shape[1] > 600
+    orange = orange_pixels(img)
+    w = img.shape[1]
+    left, right = orange[:, : w // 2].sum(), orange[:, w // 2 :].sum()
+    # left: the whole c=0 map of 3 examples (3·16 cells); right: one cell in each of 3 examples (3 cells)
+    assert right > 0
+    assert 8 < left / right < 30
+
+
+@pytest.mark.parametrize("layout", ALL_LAYOUTS)
+def test_figure_for_every_layout(tmp_path, layout):
+    shape = tuple([64, *range(3, 2 + len(layout))]) if len(layout) > 2 else (64, 100)
+    path = tmp_path / "sub" / f"{layout}.png"
+    out = explain(shape, layout=layout, lang="es").save_figure(path)
+    assert out == path
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert path.stat().st_size < 200_000
+
+
+def test_figure_does_not_touch_pyplot(tmp_path):
+    import matplotlib.pyplot as plt
+
+    before = plt.get_fignums()
+    explain((2, 3, 4, 4), layout="NCHW").save_figure(tmp_path / "x.svg")
+    assert plt.get_fignums() == before
+    assert (tmp_path / "x.svg").read_text().lstrip().startswith("<?xml")
+
+
+# ----------------------------------------------------------------------------------------- plumbing
+
+
+def test_lazy_export_and_module_import_agree():
+    assert isinstance(bnlab.explain((2, 3), layout="NC"), Explanation)
+    assert isinstance(explain_module((2, 3), layout="NC"), Explanation)  # the module is callable
+
+
+def test_bnlab_explain_works_after_importing_the_submodule_first():
+    code = (
+        "import bnlab.explain, bnlab\nprint(bnlab.explain((32, 28, 28, 16), layout='NHWC', per='activation').num_sets)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "12544"
+
+
+def test_doctests():
+    result = doctest.testmod(explain_module, verbose=False)
+    assert result.attempted > 0 and result.failed == 0
