@@ -1,0 +1,28 @@
+"""Shared test helpers: an independent float64 batch norm, written without bnlab."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+def bn_float64(x, gamma, beta, axes, eps=1e-5):
+    """Alg. 1 by brute force: move the pooled axes to the front, flatten, normalize each column."""
+    x = np.asarray(x, dtype=np.float64)
+    keep = [a for a in range(x.ndim) if a not in axes]
+    perm = list(axes) + keep
+    xt = np.transpose(x, perm)
+    m = int(np.prod([x.shape[a] for a in axes]))
+    cols = xt.reshape(m, -1)
+    mu = cols.sum(axis=0) / m
+    var = ((cols - mu) ** 2).sum(axis=0) / m
+    xhat = (cols - mu) / np.sqrt(var + eps)
+    y = xhat * np.asarray(gamma, np.float64).reshape(-1) + np.asarray(beta, np.float64).reshape(-1)
+    y = np.transpose(y.reshape(xt.shape), np.argsort(perm))
+    fshape = tuple(x.shape[a] for a in keep)
+    return y, mu.reshape(fshape), var.reshape(fshape)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)

@@ -1,0 +1,288 @@
+"""bnlab.nn against torch.nn.BatchNorm*d (the framework users trust) and the NumPy reference."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+import bnlab.nn
+from bnlab import reference as ref
+from bnlab.nn import functional as F
+
+SHAPES = {1: [(8, 4), (6, 4, 7)], 2: [(5, 4, 6, 7)], 3: [(3, 4, 3, 4, 5)]}
+PAIRS = {
+    1: (torch.nn.BatchNorm1d, bnlab.nn.BatchNorm1d),
+    2: (torch.nn.BatchNorm2d, bnlab.nn.BatchNorm2d),
+    3: (torch.nn.BatchNorm3d, bnlab.nn.BatchNorm3d),
+}
+CASES = [(d, s) for d, shapes in SHAPES.items() for s in shapes]
+
+
+def _pair(d, **kw):
+    torch.manual_seed(0)
+    theirs = PAIRS[d][0](4, **kw)
+    if theirs.affine:
+        with torch.no_grad():
+            theirs.weight.uniform_(0.5, 1.5)
+            theirs.bias.uniform_(-0.5, 0.5)
+    ours = PAIRS[d][1](4, **kw)
+    ours.load_state_dict(theirs.state_dict())
+    return theirs, ours
+
+
+def _close(a, b, tol=1e-5):
+    torch.testing.assert_close(a, b, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("d, shape", CASES)
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("track", [True, False])
+def test_matches_torch_over_steps(d, shape, momentum, affine, track):
+    theirs, ours = _pair(d, momentum=momentum, affine=affine, track_running_stats=track)
+    g = torch.Generator().manual_seed(1)
+    for step in range(4):
+        x = torch.randn(shape, generator=g) * (1 + step) + step
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = theirs(xa), ours(xb)
+        _close(yb, ya)
+        dy = torch.randn(shape, generator=g)
+        ya.backward(dy)
+        yb.backward(dy)
+        _close(xb.grad, xa.grad)
+        if affine:
+            _close(ours.weight.grad, theirs.weight.grad, 1e-4)
+            _close(ours.bias.grad, theirs.bias.grad, 1e-4)
+    sa, sb = theirs.state_dict(), ours.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        _close(sb[k].float(), sa[k].float())
+    theirs.eval(), ours.eval()
+    x = torch.randn(shape, generator=g)
+    _close(ours(x), theirs(x))
+
+
+def test_state_dict_loads_both_ways():
+    theirs, ours = _pair(2)
+    ours(torch.randn(4, 4, 3, 3))
+    back = torch.nn.BatchNorm2d(4)
+    back.load_state_dict(ours.state_dict())
+    for k, v in ours.state_dict().items():
+        assert torch.equal(back.state_dict()[k], v)
+    assert int(ours.num_batches_tracked) == 1
+
+
+def test_old_state_dict_without_num_batches_tracked():
+    ours = bnlab.nn.BatchNorm2d(4)
+    sd = torch.nn.BatchNorm2d(4).state_dict()
+    del sd["num_batches_tracked"]
+    sd._metadata[""]["version"] = 1
+    ours.load_state_dict(sd)  # like torch: version-1 dicts had no counter
+    assert int(ours.num_batches_tracked) == 0
+
+
+@pytest.mark.parametrize("shape, axes", [((3, 2, 3, 2), (0, 2, 3)), ((4, 2, 3), (0,)), ((3, 2, 2, 2), (0, 1, 3))])
+def test_gradcheck_and_gradgradcheck(shape, axes):
+    torch.manual_seed(0)
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    fshape = tuple(n for i, n in enumerate(shape) if i not in axes)
+    w = torch.randn(fshape, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(fshape, dtype=torch.float64, requires_grad=True)
+
+    def fn(x, w, b):
+        return F.batch_norm(x, None, None, w, b, training=True, axes=axes)
+
+    assert torch.autograd.gradcheck(fn, (x, w, b))
+    assert torch.autograd.gradgradcheck(fn, (x, w, b))
+
+
+@pytest.mark.parametrize("per", ["channel", "activation"])
+def test_matches_reference(per):
+    rng = np.random.default_rng(0)
+    x = rng.normal(1, 2, (6, 3, 4, 5))
+    axes = (0, 2, 3) if per == "channel" else (0,)
+    fshape = (3,) if per == "channel" else (3, 4, 5)
+    gamma, beta = rng.normal(size=fshape), rng.normal(size=fshape)
+    bn = bnlab.nn.BatchNorm2d(3, per=per, spatial_size=None if per == "channel" else (4, 5), dtype=torch.float64)
+    with torch.no_grad():
+        bn.weight.copy_(torch.from_numpy(gamma))
+        bn.bias.copy_(torch.from_numpy(beta))
+    xt = torch.from_numpy(x).requires_grad_()
+    y = bn(xt)
+    y_ref, cache = ref.forward(x, gamma, beta, axes=axes)
+    np.testing.assert_allclose(y.detach().numpy(), y_ref, atol=1e-12)
+    dy = rng.normal(size=x.shape)
+    y.backward(torch.from_numpy(dy))
+    dx, dgamma, dbeta = ref.backward(dy, cache)
+    np.testing.assert_allclose(xt.grad.numpy(), dx, atol=1e-10)
+    np.testing.assert_allclose(bn.weight.grad.numpy(), dgamma, atol=1e-10)
+    np.testing.assert_allclose(bn.bias.grad.numpy(), dbeta, atol=1e-10)
+    # running statistics: (1 − 0.1)·init + 0.1·batch, unbiased variance
+    m = cache.m
+    np.testing.assert_allclose(bn.running_mean.numpy(), 0.1 * cache.mu_B.squeeze(axis=axes), atol=1e-12)
+    np.testing.assert_allclose(
+        bn.running_var.numpy(), 0.9 + 0.1 * cache.sigma2_B.squeeze(axis=axes) * m / (m - 1), atol=1e-12
+    )
+    bn.eval()
+    y_eval = bn(xt).detach().numpy()
+    y_ref = ref.inference(x, gamma, beta, bn.running_mean.numpy(), bn.running_var.numpy(), axes=axes)
+    np.testing.assert_allclose(y_eval, y_ref, atol=1e-12)
+
+
+def test_per_activation_lazy_shapes_and_state_dict():
+    bn = bnlab.nn.BatchNorm2d(3, per="activation")
+    x = torch.randn(5, 3, 4, 6)
+    bn(x)
+    assert bn.weight.shape == bn.running_mean.shape == (3, 4, 6)
+    assert bn.spatial_size == (4, 6)
+    fresh = bnlab.nn.BatchNorm2d(3, per="activation")
+    fresh.load_state_dict(bn.state_dict())  # a lazy layer takes its shapes from the checkpoint
+    bn.eval(), fresh.eval()
+    torch.testing.assert_close(fresh(x), bn(x))
+    with pytest.raises(ValueError, match="fixed input size"):
+        bn(torch.randn(5, 3, 4, 5))
+
+
+def test_per_activation_equals_torch_batchnorm1d_on_flattened_features():
+    """Per-activation BN on (N, C, H, W) is BatchNorm1d over the N samples of C·H·W features."""
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 4, 4)
+    ours = bnlab.nn.BatchNorm2d(3, per="activation", spatial_size=(4, 4))
+    theirs = torch.nn.BatchNorm1d(48)
+    _close(ours(x).flatten(1), theirs(x.flatten(1)))
+    _close(ours.running_var.flatten(), theirs.running_var)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs_use_float32_statistics(dtype):
+    torch.manual_seed(0)
+    x = (torch.randn(8, 4, 5, 5) * 3 + 100).to(dtype)
+    bn = bnlab.nn.BatchNorm2d(4)
+    y = bn(x.requires_grad_())
+    assert y.dtype == dtype and bn.running_mean.dtype == torch.float32 and bn.weight.dtype == torch.float32
+    expected = torch.nn.functional.batch_norm(x.float(), None, None, training=True)
+    tol = 1e-2 if dtype == torch.float16 else 5e-2
+    torch.testing.assert_close(y.float(), expected, atol=tol, rtol=tol)
+    torch.testing.assert_close(bn.running_mean, 0.1 * x.float().mean((0, 2, 3)), atol=1e-3, rtol=1e-5)
+    y.float().sum().backward()
+    assert x.grad.dtype == dtype and bn.weight.grad.dtype == torch.float32
+
+
+def test_channels_last_keeps_memory_format():
+    torch.manual_seed(0)
+    x = torch.randn(4, 8, 5, 6)
+    xl = x.to(memory_format=torch.channels_last).requires_grad_()
+    ours, theirs = bnlab.nn.BatchNorm2d(8), torch.nn.BatchNorm2d(8)
+    y = ours(xl)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    xc = x.clone().requires_grad_()
+    _close(y, theirs(xc))
+    dy = torch.randn_like(x)
+    y.backward(dy.to(memory_format=torch.channels_last))
+    theirs(xc).backward(dy)
+    _close(xl.grad, xc.grad)
+
+
+def test_float32_statistics_stable_with_large_offset():
+    torch.manual_seed(0)
+    x64 = 1e6 + torch.randn(16, 4, 16, 16, dtype=torch.float64)
+    x = x64.float()
+    bn = bnlab.nn.BatchNorm2d(4, momentum=1.0)
+    bn(x)
+    xd = x.double()
+    torch.testing.assert_close(bn.running_mean.double(), xd.mean((0, 2, 3)), rtol=1e-4, atol=0)
+    torch.testing.assert_close(bn.running_var.double(), xd.var((0, 2, 3)), rtol=1e-4, atol=0)
+
+
+def test_nan_input_does_not_poison_running_statistics():
+    bn = bnlab.nn.BatchNorm2d(3)
+    bn(torch.randn(4, 3, 2, 2))
+    before = copy.deepcopy(bn.state_dict())
+    x = torch.randn(4, 3, 2, 2)
+    x[0, 1, 0, 0] = float("nan")
+    x[1, 2, 1, 1] = float("inf")
+    y = bn(x)
+    assert torch.isnan(y[:, 1]).all() and torch.isfinite(y[:, 0]).all()  # IEEE in the output
+    assert torch.equal(bn.running_mean[1:], before["running_mean"][1:])  # poisoned channels keep theirs
+    assert torch.equal(bn.running_var[1:], before["running_var"][1:])
+    assert not torch.equal(bn.running_mean[0], before["running_mean"][0])  # the clean channel updates
+    assert torch.isfinite(bn.running_mean).all() and torch.isfinite(bn.running_var).all()
+
+
+def _bad_inputs():
+    return [
+        (lambda bn: bn(torch.randn(4, 3, 5)), ValueError, r"expected 4D input \(got 3D input\)"),
+        (lambda bn: bn(torch.randn(4, 5, 2, 2)), ValueError, "expected 3 channels"),
+        (lambda bn: bn(torch.randn(1, 3, 1, 1)), ValueError, "Expected more than 1 value per channel when training"),
+        (lambda bn: bn(torch.randn(0, 3, 2, 2)), ValueError, "empty batch"),
+        (lambda bn: bn(torch.ones(4, 3, 2, 2, dtype=torch.int64)), TypeError, "floating-point"),
+        (
+            lambda bn: F.batch_norm(
+                torch.randn(4, 3, 2, 2), bn.running_mean, bn.running_var, torch.ones(3, device="meta"), training=True
+            ),
+            ValueError,
+            "weight is on meta but the input is on cpu",
+        ),
+    ]
+
+
+@pytest.mark.parametrize("call, exc, match", _bad_inputs())
+def test_bad_input_is_rejected_and_changes_no_state(call, exc, match):
+    bn = bnlab.nn.BatchNorm2d(3)
+    bn(torch.randn(4, 3, 2, 2))
+    before = copy.deepcopy(bn.state_dict())
+    with pytest.raises(exc, match=match):
+        call(bn)
+    after = bn.state_dict()
+    for k in before:
+        assert torch.equal(after[k], before[k]), k
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"eps": 0.0}, "eps must be a positive"),
+        ({"momentum": 1.5}, r"momentum must be in \[0, 1\]"),
+        ({"per": "pixel"}, "per must be"),
+        ({"spatial_size": (3, 3)}, "only used with per='activation'"),
+    ],
+)
+def test_bad_constructor_arguments(kw, match):
+    with pytest.raises(ValueError, match=match):
+        bnlab.nn.BatchNorm2d(3, **kw)
+
+
+def test_functional_bad_arguments():
+    x = torch.randn(4, 3, 2, 2)
+    with pytest.raises(ValueError, match="required when training=False"):
+        F.batch_norm(x, None, None, training=False)
+    with pytest.raises(ValueError, match="weight has shape"):
+        F.batch_norm(x, None, None, torch.ones(2, 2), training=True)
+    with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\]"):
+        F.batch_norm(x, torch.zeros(3), torch.ones(3), training=True, momentum=-0.5)
+    rm = torch.zeros(3)
+    with pytest.raises(ValueError, match="eps must be"):
+        F.batch_norm(x, rm, torch.ones(3), training=True, eps=-1.0)
+    assert torch.equal(rm, torch.zeros(3))
+
+
+def test_eval_mode_single_sample_allowed():
+    bn = bnlab.nn.BatchNorm2d(3).eval()
+    theirs = torch.nn.BatchNorm2d(3).eval()
+    x = torch.randn(1, 3, 1, 1)
+    _close(bn(x), theirs(x))
+
+
+def test_frozen_layer_uses_and_keeps_running_statistics():
+    bn = bnlab.nn.BatchNorm2d(3)
+    bn(torch.randn(8, 3, 4, 4) * 2 + 1)
+    before = copy.deepcopy(bn.state_dict())
+    bn.frozen = True
+    bn.train()
+    x = torch.randn(8, 3, 4, 4)
+    y = bn(x)
+    bn.eval()
+    _close(y, bn(x))
+    for k, v in bn.state_dict().items():
+        assert torch.equal(v, before[k])
