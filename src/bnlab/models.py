@@ -1,0 +1,271 @@
+"""Classifiers whose normalization is a parameter: a small CNN and the paper's Fig. 1 MLP.
+
+``norm`` picks the set B of every BN layer (Ioffe & Szegedy 2015):
+
+- ``"none"``: no normalization; convolutions and linear layers keep their bias;
+- ``"activation"``: per-activation BN (§3), one μ/σ² and one (γ, β) per (channel, location);
+- ``"channel"``: convolutional BN (§3.2), one μ/σ² and one (γ, β) per feature map.
+
+A conv or linear layer that feeds a BN has no bias: BN subtracts the mean, so a bias would be cancelled
+and β takes its role (§3.2). For a fully connected layer (input (N, C)) both variants are the same set B.
+
+Every nonlinearity is its own module, so the input to one of them — a *pre-activation* — can be watched
+with a forward pre-hook (:class:`UnitRecorder`), as in the paper's Fig. 1(b, c):
+
+>>> model = SmallCNN(in_channels=1, image_size=(8, 8), num_classes=10, norm="channel")
+>>> model.pre_activation_layers()
+['features.act1', 'features.act2', 'head.act3']
+>>> count_parameters(model)["bn"]                   # 2·C per BN layer: 2·16 + 2·32 + 2·64
+224
+>>> count_parameters(SmallCNN(1, (8, 8), 10, norm="activation"))["bn"]   # 2·C·H·W for the conv layers
+3200
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from . import nn as bnn
+
+__all__ = [
+    "NORMS",
+    "ACTIVATIONS",
+    "ARCHS",
+    "SmallCNN",
+    "PaperMLP",
+    "build_model",
+    "model_spec",
+    "count_parameters",
+    "bn_layers",
+    "UnitRecorder",
+]
+
+NORMS = ("none", "activation", "channel")
+ACTIVATIONS = ("relu", "sigmoid")
+ARCHS = ("cnn", "mlp")
+
+
+def _check_choice(name: str, value, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(map(repr, choices))}")
+    return value
+
+
+def _activation(name: str) -> nn.Module:
+    return nn.ReLU() if name == "relu" else nn.Sigmoid()
+
+
+def _bn2d(norm: str, channels: int, size: tuple[int, int]) -> nn.Module:
+    if norm == "activation":
+        return bnn.BatchNorm2d(channels, per="activation", spatial_size=size)
+    return bnn.BatchNorm2d(channels)
+
+
+def _bn1d(norm: str, features: int) -> nn.Module:
+    # input (N, C): both variants pool the same m values; spatial_size=() keeps per-activation eager
+    if norm == "activation":
+        return bnn.BatchNorm1d(features, per="activation", spatial_size=())
+    return bnn.BatchNorm1d(features)
+
+
+class _Recordable(nn.Module):
+    """Shared helpers: the spec to rebuild the model, and the names of its nonlinearities."""
+
+    spec: dict
+
+    def pre_activation_layers(self) -> list[str]:
+        """Names of the nonlinearity modules, first to last; their inputs are the pre-activations."""
+        return [name for name, m in self.named_modules() if isinstance(m, (nn.ReLU, nn.Sigmoid))]
+
+
+class SmallCNN(_Recordable):
+    """Conv blocks + classifier head, with ``norm`` in :data:`NORMS` and ``activation`` in :data:`ACTIVATIONS`.
+
+    ``features``: for each width, conv 3×3 (padding 1) → BN → nonlinearity → max-pool 2×2;
+    ``head``: flatten → linear ``hidden`` → BN → nonlinearity → linear ``num_classes`` (with bias: it feeds
+    the softmax, not a BN). On 8×8 digits with the default widths (16, 32) the maps are 8×8 then 4×4.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        image_size: Sequence[int],
+        num_classes: int,
+        norm: str = "channel",
+        activation: str = "relu",
+        widths: Sequence[int] = (16, 32),
+        hidden: int = 64,
+    ) -> None:
+        super().__init__()
+        _check_choice("norm", norm, NORMS)
+        _check_choice("activation", activation, ACTIVATIONS)
+        h, w = (int(s) for s in image_size)
+        self.spec = {
+            "arch": "cnn",
+            "in_channels": int(in_channels),
+            "image_size": [h, w],
+            "num_classes": int(num_classes),
+            "norm": norm,
+            "activation": activation,
+            "widths": [int(c) for c in widths],
+            "hidden": int(hidden),
+        }
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
+        c_in = in_channels
+        for i, c in enumerate(widths, start=1):
+            layers[f"conv{i}"] = nn.Conv2d(c_in, c, 3, padding=1, bias=norm == "none")
+            if norm != "none":
+                layers[f"bn{i}"] = _bn2d(norm, c, (h, w))
+            layers[f"act{i}"] = _activation(activation)
+            layers[f"pool{i}"] = nn.MaxPool2d(2)
+            if h < 2 or w < 2:
+                raise ValueError(f"image_size {tuple(image_size)} is too small for {len(widths)} pooling stages")
+            h, w, c_in = h // 2, w // 2, c
+        self.features = nn.Sequential(layers)
+        k = len(widths) + 1
+        head: OrderedDict[str, nn.Module] = OrderedDict()
+        head["flatten"] = nn.Flatten()
+        head[f"fc{k}"] = nn.Linear(c_in * h * w, hidden, bias=norm == "none")
+        if norm != "none":
+            head[f"bn{k}"] = _bn1d(norm, hidden)
+        head[f"act{k}"] = _activation(activation)
+        head["out"] = nn.Linear(hidden, num_classes)
+        self.head = nn.Sequential(head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class PaperMLP(_Recordable):
+    """The network of the paper's Fig. 1: 784-100-100-100-10, sigmoid, BN before each sigmoid (§4.1).
+
+    ``norm`` is ``"none"`` or ``"activation"`` (for a fully connected layer ``"channel"`` is the same set
+    B, and is accepted as a synonym). Weights start as small Gaussians, N(0, 1/fan_in), as the paper says
+    "small random Gaussian values" without giving the scale.
+    """
+
+    def __init__(
+        self,
+        in_features: int = 784,
+        num_classes: int = 10,
+        norm: str = "activation",
+        hidden: Sequence[int] = (100, 100, 100),
+        activation: str = "sigmoid",
+    ) -> None:
+        super().__init__()
+        _check_choice("norm", norm, NORMS)
+        _check_choice("activation", activation, ACTIVATIONS)
+        self.spec = {
+            "arch": "mlp",
+            "in_features": int(in_features),
+            "num_classes": int(num_classes),
+            "norm": norm,
+            "activation": activation,
+            "hidden": [int(n) for n in hidden],
+        }
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
+        layers["flatten"] = nn.Flatten()
+        n_in = in_features
+        for i, n in enumerate(hidden, start=1):
+            layers[f"fc{i}"] = nn.Linear(n_in, n, bias=norm == "none")
+            if norm != "none":
+                layers[f"bn{i}"] = _bn1d(norm, n)
+            layers[f"act{i}"] = _activation(activation)
+            n_in = n
+        layers["out"] = nn.Linear(n_in, num_classes)
+        self.layers = nn.Sequential(layers)
+        with torch.no_grad():
+            for m in self.modules():
+                if isinstance(m, nn.Linear):
+                    m.weight.normal_(0.0, m.in_features**-0.5)
+                    if m.bias is not None:
+                        m.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+def build_model(spec: dict) -> nn.Module:
+    """Rebuild a model from its ``spec`` (the plain dict stored in checkpoints)."""
+    spec = dict(spec)
+    arch = _check_choice("arch", spec.pop("arch", None), ARCHS)
+    if arch == "cnn":
+        return SmallCNN(**spec)
+    return PaperMLP(**spec)
+
+
+def model_spec(model: nn.Module) -> dict:
+    """The plain dict :func:`build_model` rebuilds ``model`` from."""
+    return dict(model.spec)
+
+
+def bn_layers(model: nn.Module) -> list[tuple[str, bnn._BatchNorm]]:
+    """``(name, module)`` of every bnlab BN layer, in order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, bnn._BatchNorm)]
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """Trainable parameter counts: ``total``, ``bn`` (γ and β together) and ``other``."""
+    bn = sum(p.numel() for _, m in bn_layers(model) for p in m.parameters(recurse=False))
+    total = sum(p.numel() for p in model.parameters())
+    return {"total": total, "bn": bn, "other": total - bn}
+
+
+class UnitRecorder:
+    """Watches one pre-activation unit: the input of one nonlinearity at one position, across the batch.
+
+    ``layer`` is a name from ``model.pre_activation_layers()`` (default: the last one, as the paper shows
+    "a typical activation from the last hidden layer"); ``unit`` indexes the per-example feature shape:
+    an int for a linear layer, ``(c, h, w)`` for a conv map (an int there is taken as channel ``unit`` at
+    the centre location). Only training-mode forwards are recorded, unless ``record_eval=True``.
+
+    ``values`` holds the last batch of that unit's values (a 1-D float tensor of length m) and
+    ``percentiles(q)`` gives their q-th percentiles, with NumPy's default (linear) interpolation.
+    Use as a context manager or call :meth:`close` to remove the hook.
+    """
+
+    def __init__(self, model: nn.Module, layer: str | None = None, unit=0, record_eval: bool = False) -> None:
+        names = model.pre_activation_layers()
+        layer = names[-1] if layer is None else layer
+        if layer not in names:
+            raise ValueError(f"unknown pre-activation layer {layer!r}; expected one of {', '.join(names)}")
+        self.layer = layer
+        self.unit = unit
+        self.record_eval = record_eval
+        self.values: torch.Tensor | None = None
+        module = dict(model.named_modules())[layer]
+        self._handle = module.register_forward_pre_hook(self._hook)
+
+    def _index(self, x: torch.Tensor) -> tuple:
+        unit = self.unit
+        if x.dim() == 2:
+            return (slice(None), int(unit))
+        if isinstance(unit, int):
+            unit = (unit, *(s // 2 for s in x.shape[2:]))
+        if len(unit) != x.dim() - 1:
+            raise ValueError(f"unit {self.unit!r} does not index a feature of shape {tuple(x.shape[1:])}")
+        return (slice(None), *unit)
+
+    def _hook(self, module: nn.Module, args) -> None:
+        if module.training or self.record_eval:
+            x = args[0]
+            self.values = x[self._index(x)].detach().float().clone()
+
+    def percentiles(self, q: Sequence[float] = (15, 50, 85)) -> list[float]:
+        if self.values is None:
+            raise RuntimeError("nothing recorded yet: run a forward pass in training mode first")
+        qs = torch.tensor([float(v) / 100 for v in q], dtype=torch.float64)
+        return [float(v) for v in torch.quantile(self.values.double(), qs)]
+
+    def close(self) -> None:
+        self._handle.remove()
+
+    def __enter__(self) -> UnitRecorder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
