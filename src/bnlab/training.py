@@ -130,7 +130,7 @@ class TrainingInterrupted(KeyboardInterrupt):
 def seed_everything(seed: int) -> None:
     """Seed torch, NumPy and Python's ``random``."""
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - the global generator is what users' code draws from
     torch.manual_seed(seed)
 
 
@@ -179,12 +179,13 @@ def _new_history() -> dict:
 
 
 def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    numpy_state = np.random.get_state()  # noqa: NPY002 - the state seed_everything seeded
+    return {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
 
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(tuple(state["numpy"]))
+    np.random.set_state(tuple(state["numpy"]))  # noqa: NPY002
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
 
