@@ -13,11 +13,14 @@ import importlib
 
 from .axes import effective_batch_size, feature_shape, reduce_axes
 
+# Bound eagerly: the function shares its name with its module, and binding it here means a later
+# ``import bnlab.explain`` cannot rebind the name to the module (explain itself imports only numpy).
+from .explain import explain
+
 __version__ = "0.1.0"
 
 # public name -> module that defines it (loaded lazily, so the NumPy reference needs no torch import)
 _LAZY = {
-    "explain": "bnlab.explain",
     "recalibrate": "bnlab.inference",
     "fold": "bnlab.inference",
     "freeze": "bnlab.inference",
@@ -28,7 +31,7 @@ _LAZY = {
     "load_checkpoint": "bnlab.inference",
 }
 
-__all__ = ["reduce_axes", "feature_shape", "effective_batch_size", "__version__", *_LAZY]
+__all__ = ["reduce_axes", "feature_shape", "effective_batch_size", "explain", "__version__", *_LAZY]
 
 
 def __getattr__(name: str):

@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import math
 import operator
-import sys
 import textwrap
-import types
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -504,14 +502,3 @@ def _save_figure(e: Explanation, path: Path, dpi: int = 100) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
     return path
-
-
-# `import bnlab.explain` binds the *module* to the name bnlab.explain, shadowing the function that
-# bnlab/__init__.py exports under the same name. Making the module callable keeps bnlab.explain(...)
-# working whichever of the two the name happens to hold.
-class _CallableModule(types.ModuleType):
-    def __call__(self, *args, **kwargs) -> Explanation:
-        return explain(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
