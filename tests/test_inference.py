@@ -637,3 +637,21 @@ def test_top_level_names():
         "load_checkpoint",
     ):
         assert getattr(bnlab, name) is getattr(bnlab.inference, name)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
+@pytest.mark.filterwarnings("error::UserWarning")
+def test_docs_examples_run(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("onnxruntime")
+    import pathlib
+    import re
+
+    doc = pathlib.Path(__file__).resolve().parents[1] / "docs" / "inference.md"
+    blocks = re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S)
+    assert len(blocks) >= 7
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, str(doc), "exec"), namespace)
+    out = capsys.readouterr().out
+    assert "Affine((8, 8, 8), per='activation')" in out and "True True True" in out
