@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
-__all__ = ["Moments", "moments", "merge", "merge_all", "population_statistics"]
+__all__ = ["Moments", "moments", "merge", "merge_all", "Population", "population_statistics"]
 
 
 class Moments(NamedTuple):
@@ -83,10 +83,9 @@ def merge_all(parts: Iterable[Moments]) -> Moments:
     return total
 
 
-def population_statistics(batches: Iterable[Moments]):
-    """Alg. 2 population statistics from the per-mini-batch summaries of the training data.
-
-    Returns ``(E[x], Var[x])`` with
+class Population:
+    """Running Alg. 2 population statistics: :meth:`add` each training mini-batch's moments, then
+    :meth:`statistics` gives ``(E[x], Var[x])`` with
 
         E[x]   = Σ_b m_b μ_b / Σ_b m_b                      (= E_B[μ_B] when all m_b = m)
         Var[x] = Σ_b m_b σ²_b / Σ_b (m_b − 1)              (= m/(m−1) · E_B[σ²_B] when all m_b = m)
@@ -94,14 +93,30 @@ def population_statistics(batches: Iterable[Moments]):
     i.e. each batch weighs in proportion to its size, and the variance is the pooled *within-batch*
     unbiased estimate: the spread of the batch means is not added, exactly as in Alg. 2 (the network was
     trained with within-batch statistics). The mean is the count-weighted mean that :func:`merge` gives.
+    Memory stays one feature-shaped triple however many batches are added.
     """
-    total = None
-    within_m2 = 0
-    dof = 0
+
+    def __init__(self) -> None:
+        self.total: Moments | None = None  # Chan-merged moments of everything seen (for the mean)
+        self.within_m2 = 0  # Σ_b M2_b
+        self.dof = 0  # Σ_b (m_b − 1)
+        self.batches = 0
+
+    def add(self, batch: Moments) -> None:
+        self.total = batch if self.total is None else merge(self.total, batch)
+        self.within_m2 = self.within_m2 + batch.m2
+        self.dof = self.dof + (batch.count - 1)
+        self.batches += 1
+
+    def statistics(self):
+        if self.total is None:
+            raise ValueError("population statistics need at least one mini-batch, got none")
+        return self.total.mean, self.within_m2 / self.dof
+
+
+def population_statistics(batches: Iterable[Moments]):
+    """Alg. 2 population statistics ``(E[x], Var[x])`` from per-mini-batch moments (see :class:`Population`)."""
+    population = Population()
     for b in batches:
-        total = b if total is None else merge(total, b)
-        within_m2 = within_m2 + b.m2
-        dof = dof + (b.count - 1)
-    if total is None:
-        raise ValueError("population_statistics needs at least one mini-batch, got none")
-    return total.mean, within_m2 / dof
+        population.add(b)
+    return population.statistics()

@@ -15,8 +15,8 @@ How the pass runs:
   see at inference (dropout's extra variance would otherwise inflate Var[x]: the "variance shift" of
   Li et al. 2019);
 - each layer's input is captured by a forward pre-hook; per batch its moments are taken over the layer's
-  reduce axes in float64 (float32 on MPS) by :func:`bnlab.moments.moments`, and combined at the end by
-  :func:`bnlab.moments.population_statistics`, which weighs a batch of m'_b values by its size:
+  reduce axes in float64 (float32 on MPS) by :func:`bnlab.moments.moments`, and accumulated as they come by
+  :class:`bnlab.moments.Population`, which weighs a batch of m'_b values by its size:
 
       E[x] = Σ_b m'_b μ_b / Σ_b m'_b,      Var[x] = Σ_b m'_b σ²_b / Σ_b (m'_b − 1)
 
@@ -41,7 +41,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from ..moments import moments, population_statistics
+from ..moments import Population, moments
 from ._layers import accumulation_dtype, bn_layers, describe, reduce_axes
 
 __all__ = ["recalibrate"]
@@ -96,7 +96,7 @@ def recalibrate(
         warnings.warn("recalibrate: the model has no batch-normalization layers; nothing to do", stacklevel=2)
         return model
     device = _model_device(model)
-    records: dict[int, list] = {id(m): [] for _, m in layers}
+    records: dict[int, Population] = {id(m): Population() for _, m in layers}
     dtypes: dict[int, torch.dtype] = {}
     where = {"batch": 0}
 
@@ -112,7 +112,7 @@ def recalibrate(
                     f"than 1 value per statistic in every batch: use larger batches"
                 )
             dtypes[id(module)] = x.dtype
-            records[id(module)].append(moments(x.detach().to(accumulation_dtype(x.device)), axes))
+            records[id(module)].add(moments(x.detach().to(accumulation_dtype(x.device)), axes))
 
         return hook
 
@@ -169,14 +169,14 @@ def recalibrate(
 
     results = []
     for name, m in layers:
-        if not records[id(m)]:
+        if not records[id(m)].batches:
             warnings.warn(
                 f"recalibrate: layer {describe(name, m)} received no input during the pass; "
                 f"its statistics are left as they were",
                 stacklevel=2,
             )
             continue
-        mean, var = population_statistics(records[id(m)])
+        mean, var = records[id(m)].statistics()
         if not (torch.isfinite(mean).all() and torch.isfinite(var).all()):
             raise ValueError(
                 f"recalibrate: layer {describe(name, m)} got non-finite statistics (NaN or Inf in its input); "
