@@ -29,6 +29,8 @@ _LAZY = {
     "export_onnx": "bnlab.inference",
     "save_checkpoint": "bnlab.inference",
     "load_checkpoint": "bnlab.inference",
+    "CheckpointError": "bnlab.inference",
+    "Affine": "bnlab.inference",
 }
 
 __all__ = ["reduce_axes", "feature_shape", "effective_batch_size", "explain", "__version__", *_LAZY]
