@@ -309,9 +309,11 @@ def fit(
         with _SigintFlag() as sigint:
             if step == 0 and config.eval_every:
                 do_eval()  # the untrained network, step 0
+            order_epoch, order = -1, None
             while step < total_steps:
                 epoch, k = divmod(step, steps_per_epoch)
-                order = _epoch_order(n, config.seed, epoch)
+                if epoch != order_epoch:
+                    order_epoch, order = epoch, _epoch_order(n, config.seed, epoch)
                 idx = order[k * config.batch_size : (k + 1) * config.batch_size]
                 xb, yb = x[idx], y[idx]
                 t0 = time.perf_counter()

@@ -1,0 +1,576 @@
+"""The ``bnlab`` command: demo, train, evaluate, explain, experiment, bench.
+
+Help texts are in English and Spanish side by side; messages are in one language, chosen by ``--lang``
+or, by default, from the locale (``LC_ALL``, ``LC_MESSAGES``, ``LANG``: a value starting with ``es`` gives
+Spanish). Exit status: 0 on success, 2 for bad arguments or unreadable input, 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main", "build_parser", "default_lang"]
+
+LANGS = ("en", "es")
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+MSG = {
+    "en": {
+        "error": "error",
+        "try_help": "Try '{prog} --help' for more information.",
+        "need_data": "--data is required with --dataset {dataset} ({what})",
+        "digits_no_data": "--data is not used with --dataset digits (the digits ship with scikit-learn)",
+        "no_path": "{flag} {path}: no such file or directory",
+        "what_mnist": "a directory of IDX files or an .npz with 'images' and 'labels'",
+        "what_cifar10": "the cifar-10-batches-py directory",
+        "bad_data": "cannot read {flag} {path}: {err}",
+        "exists": ("{ckpt} already exists: add --resume to continue that run, or choose another --out directory"),
+        "no_resume": "--resume: no checkpoint in {out}; starting a new run",
+        "resuming": "Resuming from {ckpt} (step {step})",
+        "interrupted": "Interrupted at step {step}/{total}. Checkpoint saved to {ckpt}.\nContinue with: {cmd}",
+        "interrupted_nosave": "Interrupted; nothing was saved.",
+        "trained": "Test accuracy (eval mode): {acc} — loss {loss} on {n} test images",
+        "saved": "Checkpoint: {ckpt}\nHistory: {hist}\nFigure: {fig}",
+        "not_ckpt": "{path} is not a training checkpoint written by 'bnlab train': {err}",
+        "evaluated": "{split} accuracy (eval mode, {what}): {acc} — loss {loss} on {n} images",
+        "ema": "running statistics",
+        "recal": "recalibrated statistics (Alg. 2)",
+        "bad_shape": "SHAPE must be integers separated by commas or 'x', such as 32,28,28,16 — got {shape!r}",
+        "figure_saved": "Figure written to {path}",
+        "bench_missing": (
+            "benchmarks/cpu.py is not in this checkout. The CPU benchmark lives in the bnlab source "
+            "repository (benchmarks/cpu.py); it is not installed with the package. Clone the repository "
+            "and run: python benchmarks/cpu.py"
+        ),
+        "bench_running": "Running {path}",
+    },
+    "es": {
+        "error": "error",
+        "try_help": "Prueba '{prog} --help' para más información.",
+        "need_data": "--data es obligatorio con --dataset {dataset} ({what})",
+        "digits_no_data": "--data no se usa con --dataset digits (los dígitos vienen con scikit-learn)",
+        "no_path": "{flag} {path}: no existe ese archivo o directorio",
+        "what_mnist": "un directorio con archivos IDX o un .npz con 'images' y 'labels'",
+        "what_cifar10": "el directorio cifar-10-batches-py",
+        "bad_data": "no se puede leer {flag} {path}: {err}",
+        "exists": ("{ckpt} ya existe: añade --resume para continuar esa ejecución, o elige otro directorio --out"),
+        "no_resume": "--resume: no hay punto de control en {out}; se empieza una ejecución nueva",
+        "resuming": "Continuando desde {ckpt} (paso {step})",
+        "interrupted": (
+            "Interrumpido en el paso {step}/{total}. Punto de control guardado en {ckpt}.\nPara continuar: {cmd}"
+        ),
+        "interrupted_nosave": "Interrumpido; no se guardó nada.",
+        "trained": "Exactitud de prueba (modo evaluación): {acc} — pérdida {loss} en {n} imágenes de prueba",
+        "saved": "Punto de control: {ckpt}\nHistorial: {hist}\nFigura: {fig}",
+        "not_ckpt": "{path} no es un punto de control escrito por 'bnlab train': {err}",
+        "evaluated": "Exactitud en {split} (modo evaluación, {what}): {acc} — pérdida {loss} en {n} imágenes",
+        "ema": "estadísticas acumuladas",
+        "recal": "estadísticas recalibradas (Alg. 2)",
+        "bad_shape": ("SHAPE deben ser enteros separados por comas o 'x', como 32,28,28,16 — se recibió {shape!r}"),
+        "figure_saved": "Figura escrita en {path}",
+        "bench_missing": (
+            "benchmarks/cpu.py no está en esta copia. El benchmark de CPU está en el repositorio de código de "
+            "bnlab (benchmarks/cpu.py); no se instala con el paquete. Clona el repositorio y ejecuta: "
+            "python benchmarks/cpu.py"
+        ),
+        "bench_running": "Ejecutando {path}",
+    },
+}
+
+
+class UsageError(Exception):
+    """A bad argument found after parsing; ``flag`` names the option at fault."""
+
+
+def default_lang(environ: os._Environ | dict | None = None) -> str:
+    """``"es"`` when the locale is Spanish (LC_ALL, then LC_MESSAGES, then LANG), else ``"en"``."""
+    env = os.environ if environ is None else environ
+    for var in ("LC_ALL", "LC_MESSAGES", "LANG"):
+        value = env.get(var)
+        if value:
+            return "es" if value.lower().startswith("es") else "en"
+    return "en"
+
+
+def _lang_from_argv(argv: Sequence[str]) -> str | None:
+    for i, a in enumerate(argv):
+        if a == "--lang" and i + 1 < len(argv) and argv[i + 1] in LANGS:
+            return argv[i + 1]
+        if a.startswith("--lang=") and a.split("=", 1)[1] in LANGS:
+            return a.split("=", 1)[1]
+    return None
+
+
+# -- argument types with bilingual messages ---------------------------------------------------------------
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer / no es un entero") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1 / debe ser al menos 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number / no es un número") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number / debe ser un número positivo")
+    return value
+
+
+def _batch_size(text: str) -> int:
+    value = _positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(
+            "batch normalization needs at least 2 examples per batch / la normalización por lotes necesita "
+            "al menos 2 ejemplos por lote"
+        )
+    return value
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(s) for s in text.replace(" ", "").split(",") if s != "")
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give seeds as integers separated by commas, e.g. 0,1 / da las semillas como enteros "
+            f"separados por comas, p. ej. 0,1"
+        ) from None
+    if not seeds or any(s < 0 for s in seeds):
+        raise argparse.ArgumentTypeError(f"{text!r}: at least one seed ≥ 0 / al menos una semilla ≥ 0")
+    return seeds
+
+
+# -- parser -----------------------------------------------------------------------------------------------
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    def add_usage(self, usage, actions, groups, prefix=None):
+        return super().add_usage(usage, actions, groups, prefix="usage / uso: " if prefix is None else prefix)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with bilingual section titles and errors that say how to get help."""
+
+    lang = "en"
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Formatter)
+        kwargs.setdefault("add_help", False)
+        super().__init__(*args, **kwargs)
+        self._positionals.title = "arguments / argumentos"
+        self._optionals.title = "options / opciones"
+        self.add_argument(
+            "-h", "--help", action="help", default=argparse.SUPPRESS,
+            help="show this help and exit / muestra esta ayuda y termina",
+        )  # fmt: skip
+
+    def error(self, message: str):
+        m = MSG[_Parser.lang]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: {m['error']}: {message}\n{m['try_help'].format(prog=self.prog)}\n")
+
+
+def _add_lang(p: argparse.ArgumentParser, top: bool = False) -> None:
+    p.add_argument(
+        "--lang", choices=LANGS, default=None if top else argparse.SUPPRESS,
+        help="language of messages and reports (default: from the locale) / idioma de los mensajes e informes "
+        "(por defecto: el de la configuración regional)",
+    )  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .data import DATASETS
+    from .models import ACTIVATIONS, NORMS
+    from .training import OPTIMIZERS
+
+    parser = _Parser(
+        prog="bnlab",
+        description=(
+            "Batch normalization in convolutional networks (Ioffe & Szegedy 2015): what set B is, and what it\n"
+            "changes.\n"
+            "Normalización por lotes en redes convolucionales (Ioffe y Szegedy 2015): qué es el conjunto B y\n"
+            "qué cambia."
+        ),
+        epilog=(
+            "Start with / Empieza con:  bnlab demo\n"
+            "Each command has its own help / Cada orden tiene su ayuda:  bnlab COMMAND --help"
+        ),
+    )
+    _add_lang(parser, top=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    # demo
+    p = sub.add_parser(
+        "demo",
+        help="train a CNN without BN, with BN per activation and per channel; write an HTML report / "
+        "entrena una CNN sin BN, con BN por activación y por canal; escribe un informe HTML",
+        description="Train the same CNN on scikit-learn's digits without BN, with BN per activation and per channel,\n"
+        "and write DIR/index.html (about half a minute on a laptop CPU).\n"
+        "Entrena la misma CNN con los dígitos de scikit-learn sin BN, con BN por activación y por canal,\n"
+        "y escribe DIR/index.html (alrededor de medio minuto en la CPU de un portátil).",
+    )
+    p.add_argument("--out", metavar="DIR", default="bnlab-demo",
+                   help="folder for the report (default: bnlab-demo) / carpeta del informe")  # fmt: skip
+    _add_lang(p)
+    p.add_argument("--epochs", type=_positive_int, default=8,
+                   help="epochs per run (default: 8) / épocas por ejecución")  # fmt: skip
+    p.add_argument("--seeds", type=_seeds, default=(0, 1), metavar="S1,S2,...",
+                   help="seeds; each run is repeated per seed (default: 0,1) / semillas; cada ejecución se repite "
+                   "con cada una")  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no progress bars / sin barras de progreso")
+
+    # train
+    p = sub.add_parser(
+        "train",
+        help="train one network, with checkpoints each epoch / entrena una red, con puntos de control por época",
+        description="Train one network; a checkpoint is saved in --out at the end of every epoch and on Ctrl-C,\n"
+        "and --resume continues exactly where it stopped.\n"
+        "Entrena una red; se guarda un punto de control en --out al final de cada época y con Ctrl-C,\n"
+        "y --resume continúa exactamente donde se detuvo.",
+    )
+    p.add_argument("--dataset", choices=DATASETS, default="digits",
+                   help="dataset (default: digits) / conjunto de datos")  # fmt: skip
+    p.add_argument("--data", metavar="PATH", type=Path,
+                   help="where mnist or cifar10 is (not needed for digits) / dónde están mnist o cifar10 "
+                   "(no hace falta para digits)")  # fmt: skip
+    p.add_argument("--model", choices=("cnn", "mlp"), default="cnn",
+                   help="cnn: small CNN; mlp: the paper's Fig. 1 network 3×100 (default: cnn) / cnn: CNN pequeña; "
+                   "mlp: la red de la Fig. 1 del artículo")  # fmt: skip
+    p.add_argument("--norm", choices=NORMS, default="channel",
+                   help="none, activation (per-activation BN) or channel (convolutional BN) (default: channel) / "
+                   "none, activation (BN por activación) o channel (BN convolucional)")  # fmt: skip
+    p.add_argument("--activation", choices=ACTIVATIONS, default="relu",
+                   help="nonlinearity (default: relu) / no linealidad")  # fmt: skip
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="momentum",
+                   help="sgd, momentum (SGD with 0.9) or adam (default: momentum) / optimizador")  # fmt: skip
+    p.add_argument("--lr", type=_positive_float, default=0.05,
+                   help="learning rate (default: 0.05) / tasa de aprendizaje")  # fmt: skip
+    p.add_argument("--batch-size", type=_batch_size, default=32,
+                   help="mini-batch size m (default: 32) / tamaño del minilote m")  # fmt: skip
+    p.add_argument("--epochs", type=_positive_int, default=10, help="epochs (default: 10) / épocas")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0) / semilla aleatoria")
+    p.add_argument("--out", metavar="DIR", type=Path, default=Path("bnlab-train"),
+                   help="folder for checkpoint, history and figure (default: bnlab-train) / carpeta para el punto "
+                   "de control, el historial y la figura")  # fmt: skip
+    p.add_argument("--resume", action="store_true",
+                   help="continue from DIR/last.pt / continuar desde DIR/last.pt")  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no progress bar / sin barra de progreso")
+    _add_lang(p)
+
+    # evaluate
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate a checkpoint in eval mode / evalúa un punto de control en modo evaluación",
+        description="Evaluate a checkpoint written by 'bnlab train' in eval mode (Alg. 2 statistics).\n"
+        "Evalúa en modo evaluación (estadísticas del Alg. 2) un punto de control escrito por 'bnlab train'.",
+    )
+    p.add_argument("checkpoint", metavar="CHECKPOINT", type=Path,
+                   help="a last.pt written by 'bnlab train' / un last.pt escrito por 'bnlab train'")  # fmt: skip
+    p.add_argument("--dataset", choices=DATASETS,
+                   help="dataset (default: the one it was trained on) / conjunto de datos (por defecto: el del "
+                   "entrenamiento)")  # fmt: skip
+    p.add_argument(
+        "--data",
+        metavar="PATH",
+        type=Path,
+        help="where mnist or cifar10 is (default: as in training) / dónde están mnist o cifar10",
+    )
+    p.add_argument("--split", choices=("test", "val", "train"), default="test",
+                   help="which split (default: test) / qué partición")  # fmt: skip
+    p.add_argument("--recalibrate", action="store_true",
+                   help="also evaluate with statistics recalibrated on the training split (Alg. 2) / evaluar también "
+                   "con estadísticas recalibradas en la partición de entrenamiento")  # fmt: skip
+    _add_lang(p)
+
+    # explain
+    p = sub.add_parser(
+        "explain",
+        help="which values form one set B for a tensor shape / qué valores forman un conjunto B para una forma",
+        description="Say which values share one mean and variance (set B) for a tensor of SHAPE, how many sets\n"
+        "there are, how many values each pools, and the γ/β counts of both variants.\n"
+        "Dice qué valores comparten una media y una varianza (conjunto B) para un tensor de forma SHAPE,\n"
+        "cuántos conjuntos hay, cuántos valores reúne cada uno y cuántos γ/β tiene cada variante.",
+        epilog="Example / Ejemplo:  bnlab explain 32,28,28,16 --layout NHWC --per channel --figure setb.png",
+    )
+    p.add_argument("shape", metavar="SHAPE",
+                   help="tensor shape, e.g. 32,28,28,16 / forma del tensor, p. ej. 32,28,28,16")  # fmt: skip
+    p.add_argument(
+        "--layout",
+        default="NHWC",
+        help="axis order: NHWC, NCHW, NC, NCL, NLC, NCDHW, NDHWC (default: NHWC) / orden de los ejes",
+    )
+    p.add_argument("--per", choices=("channel", "activation"), default="channel",
+                   help="channel: convolutional BN; activation: per-activation BN (default: channel) / channel: BN "
+                   "convolucional; activation: BN por activación")  # fmt: skip
+    p.add_argument("--figure", metavar="PNG", type=Path,
+                   help="also draw one set B for both variants into this file / dibuja además un conjunto B de "
+                   "ambas variantes en este archivo")  # fmt: skip
+    _add_lang(p)
+
+    # experiment
+    p = sub.add_parser(
+        "experiment",
+        help="reproduce an experiment of the paper / reproduce un experimento del artículo",
+        description="Reproduce an experiment of Ioffe & Szegedy (2015).\n"
+        "Reproduce un experimento de Ioffe y Szegedy (2015).",
+    )
+    exp = p.add_subparsers(dest="experiment", metavar="EXPERIMENT", parser_class=_Parser)
+    exp.required = True
+    q = exp.add_parser(
+        "paper-fig1",
+        help="Fig. 1: 3×100 sigmoid MLP with and without BN on MNIST / Fig. 1: MLP sigmoide 3×100 con y sin BN "
+        "en MNIST",
+        description="The paper's Fig. 1: a 784-100-100-100-10 sigmoid network, with and without BN, batches of 60.\n"
+        "La Fig. 1 del artículo: una red sigmoide 784-100-100-100-10, con y sin BN, lotes de 60.",
+    )
+    q.add_argument("--data", metavar="PATH", type=Path, required=True,
+                   help="MNIST: a directory of IDX files or an .npz / MNIST: un directorio IDX o un .npz")  # fmt: skip
+    q.add_argument("--out", metavar="DIR", type=Path, default=Path("bnlab-paper-fig1"),
+                   help="output folder (default: bnlab-paper-fig1) / carpeta de salida")  # fmt: skip
+    q.add_argument("--steps", type=_positive_int, default=10_000,
+                   help="training steps (default: 10000; the paper: 50000) / pasos de entrenamiento (el artículo: "
+                   "50000)")  # fmt: skip
+    q.add_argument("--lr", type=_positive_float, default=0.1,
+                   help="SGD learning rate (default: 0.1; not given in the paper) / tasa de aprendizaje de SGD "
+                   "(no la da el artículo)")  # fmt: skip
+    q.add_argument("--seed", type=int, default=0, help="random seed (default: 0) / semilla aleatoria")
+    q.add_argument("--quiet", action="store_true", help="no progress bars / sin barras de progreso")
+    _add_lang(q)
+
+    # bench
+    p = sub.add_parser(
+        "bench",
+        help="run the CPU benchmark (benchmarks/cpu.py) / ejecuta el benchmark de CPU (benchmarks/cpu.py)",
+        description="Run benchmarks/cpu.py from the source checkout, passing ARGS on.\n"
+        "Ejecuta benchmarks/cpu.py de la copia del código fuente, pasándole ARGS.",
+    )
+    _add_lang(p)
+    p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
+                   help="arguments for the benchmark / argumentos para el benchmark")  # fmt: skip
+    return parser
+
+
+# -- commands ---------------------------------------------------------------------------------------------
+def _check_data(dataset: str, data: Path | None, lang: str, flag: str = "--data") -> None:
+    m = MSG[lang]
+    if dataset == "digits":
+        if data is not None:
+            raise UsageError(m["digits_no_data"])
+        return
+    if data is None:
+        raise UsageError(m["need_data"].format(dataset=dataset, what=m[f"what_{dataset}"]))
+    if not data.exists():
+        raise UsageError(m["no_path"].format(flag=flag, path=data))
+
+
+def _load(dataset: str, data: Path | None, seed: int, lang: str):
+    from .data import load_dataset
+
+    try:
+        return load_dataset(dataset, data, seed=seed)
+    except (ValueError, OSError) as err:
+        raise UsageError(MSG[lang]["bad_data"].format(flag="--data", path=data, err=err)) from None
+
+
+def _cmd_demo(args, lang: str) -> int:
+    from .report import run_demo
+
+    command = "bnlab demo" + (f" --out {args.out}" if args.out != "bnlab-demo" else "") + f" --lang {lang}"
+    run_demo(args.out, lang=lang, epochs=args.epochs, seeds=args.seeds, progress=not args.quiet, command=command)
+    return 0
+
+
+def _build(args, data):
+    from .models import PaperMLP, SmallCNN
+
+    c, h, w = data.image_shape
+    if args.model == "mlp":
+        return PaperMLP(c * h * w, data.num_classes, norm=args.norm, activation=args.activation)
+    return SmallCNN(c, (h, w), data.num_classes, norm=args.norm, activation=args.activation)
+
+
+def _cmd_train(args, lang: str) -> int:
+    from .inference import load_checkpoint
+    from .report.plots import curves_figure
+    from .training import CHECKPOINT_NAME, TrainConfig, TrainingInterrupted, evaluate, fit, seed_everything
+
+    m = MSG[lang]
+    _check_data(args.dataset, args.data, lang)
+    ckpt = args.out / CHECKPOINT_NAME
+    if ckpt.exists() and not args.resume:
+        raise UsageError(m["exists"].format(ckpt=ckpt))
+    if args.resume:
+        if ckpt.exists():
+            print(m["resuming"].format(ckpt=ckpt, step=load_checkpoint(ckpt)["step"]), file=sys.stderr)
+        else:
+            print(m["no_resume"].format(out=args.out), file=sys.stderr)
+    data = _load(args.dataset, args.data, args.seed, lang)
+    seed_everything(args.seed)
+    model = _build(args, data)
+    config = TrainConfig(optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
+                         seed=args.seed)  # fmt: skip
+    meta = {"dataset": args.dataset, "data": str(args.data.resolve()) if args.data else None, "seed": args.seed}
+    try:
+        result = fit(model, data, config, out_dir=args.out, resume=args.resume, progress=not args.quiet,
+                     desc=f"{args.model}/{args.norm}", meta=meta)  # fmt: skip
+    except TrainingInterrupted as stop:
+        if stop.checkpoint is None:
+            print(m["interrupted_nosave"], file=sys.stderr)
+        else:
+            cmd = " ".join(["bnlab", *[a for a in args.argv if a != "--resume"], "--resume"])
+            total = (len(data.x_train) // args.batch_size) * args.epochs
+            print(m["interrupted"].format(step=stop.step, total=total, ckpt=stop.checkpoint, cmd=cmd), file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except ValueError as err:  # e.g. --resume with other settings
+        raise UsageError(str(err)) from None
+    test = evaluate(result.model, data.x_test, data.y_test)
+    hist = args.out / "history.json"
+    hist.write_text(json.dumps({"config": config.to_dict(), "meta": meta, "test": test, "history": result.history}),
+                    encoding="utf-8")  # fmt: skip
+    fig = args.out / "curves.png"
+    run = {"norm": args.norm, "history": result.history}
+    curves_figure([run], f"{args.dataset}, {args.model}, {args.norm}, {args.activation}, {args.optimizer} {args.lr:g}",
+                  lang, fig)  # fmt: skip
+    from .report.strings import num, pct
+
+    print(m["trained"].format(acc=pct(test["accuracy"], lang), loss=num(test["loss"], lang, 4), n=len(data.x_test)))
+    print(m["saved"].format(ckpt=ckpt, hist=hist, fig=fig))
+    return 0
+
+
+def _cmd_evaluate(args, lang: str) -> int:
+    import copy
+
+    from .inference import CheckpointError
+    from .report.strings import num, pct
+    from .training import evaluate, load_trained
+
+    m = MSG[lang]
+    if not args.checkpoint.exists():
+        raise UsageError(m["no_path"].format(flag="CHECKPOINT", path=args.checkpoint))
+    try:
+        model, saved = load_trained(args.checkpoint)
+    except (CheckpointError, ValueError, KeyError) as err:
+        raise UsageError(m["not_ckpt"].format(path=args.checkpoint, err=err)) from None
+    meta = saved.get("meta") or {}
+    dataset = args.dataset or meta.get("dataset", "digits")
+    data_path = args.data if args.data is not None else (Path(meta["data"]) if meta.get("data") else None)
+    if args.dataset == "digits" and args.data is None:
+        data_path = None
+    _check_data(dataset, data_path, lang)
+    data = _load(dataset, data_path, int(meta.get("seed", 0)), lang)
+    x, y = getattr(data, f"x_{args.split}"), getattr(data, f"y_{args.split}")
+    res = evaluate(model, x, y)
+    acc, loss = pct(res["accuracy"], lang), num(res["loss"], lang, 4)
+    print(m["evaluated"].format(split=args.split, what=m["ema"], acc=acc, loss=loss, n=len(x)))
+    if args.recalibrate:
+        from .inference import recalibrate
+
+        bs = int(saved["config"]["batch_size"])
+        n = (len(data.x_train) // bs) * bs
+        recal = recalibrate(copy.deepcopy(model), [data.x_train[i : i + bs] for i in range(0, n, bs)], progress=False)
+        res = evaluate(recal, x, y)
+        print(m["evaluated"].format(split=args.split, what=m["recal"], acc=pct(res["accuracy"], lang),
+                                    loss=num(res["loss"], lang, 4), n=len(x)))  # fmt: skip
+    return 0
+
+
+def _parse_shape(text: str, lang: str) -> tuple[int, ...]:
+    parts = [p for p in text.replace("x", ",").replace("×", ",").replace(" ", ",").split(",") if p]
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        shape = ()
+    if not shape or any(n < 1 for n in shape):
+        raise UsageError(MSG[lang]["bad_shape"].format(shape=text))
+    return shape
+
+
+def _cmd_explain(args, lang: str) -> int:
+    from .explain import explain
+
+    shape = _parse_shape(args.shape, lang)
+    try:
+        e = explain(shape, layout=args.layout, per=args.per, lang=lang)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    print(e.text)
+    if args.figure is not None:
+        if not args.figure.parent.exists():
+            raise UsageError(MSG[lang]["no_path"].format(flag="--figure", path=args.figure.parent))
+        e.save_figure(args.figure)
+        print(MSG[lang]["figure_saved"].format(path=args.figure))
+    return 0
+
+
+def _cmd_experiment(args, lang: str) -> int:
+    from .report import run_paper_fig1
+
+    if not args.data.exists():
+        raise UsageError(MSG[lang]["no_path"].format(flag="--data", path=args.data))
+    try:
+        run_paper_fig1(args.data, args.out, steps=args.steps, lr=args.lr, seed=args.seed, lang=lang,
+                       progress=not args.quiet)  # fmt: skip
+    except (ValueError, OSError) as err:
+        raise UsageError(MSG[lang]["bad_data"].format(flag="--data", path=args.data, err=err)) from None
+    return 0
+
+
+def _find_benchmark() -> Path | None:
+    candidates = [Path.cwd() / "benchmarks" / "cpu.py", Path(__file__).resolve().parents[2] / "benchmarks" / "cpu.py"]
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def _cmd_bench(args, lang: str) -> int:
+    path = _find_benchmark()
+    if path is None:
+        print(MSG[lang]["bench_missing"], file=sys.stderr)
+        return 1
+    print(MSG[lang]["bench_running"].format(path=path), file=sys.stderr)
+    passthrough = args.args[1:] if args.args[:1] == ["--"] else args.args
+    return subprocess.call([sys.executable, str(path), *passthrough])
+
+
+COMMANDS = {
+    "demo": _cmd_demo,
+    "train": _cmd_train,
+    "evaluate": _cmd_evaluate,
+    "explain": _cmd_explain,
+    "experiment": _cmd_experiment,
+    "bench": _cmd_bench,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``bnlab`` command with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    lang = _lang_from_argv(argv) or default_lang()
+    _Parser.lang = lang
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help, or an argparse error (already printed)
+        return int(stop.code or 0) if not isinstance(stop.code, str) else EXIT_USAGE
+    lang = args.lang or lang
+    args.argv = argv
+    prog = "bnlab " + args.command
+    try:
+        return COMMANDS[args.command](args, lang)
+    except UsageError as err:
+        m = MSG[lang]
+        print(f"{prog}: {m['error']}: {err}\n{m['try_help'].format(prog=prog)}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(MSG[lang]["interrupted_nosave"], file=sys.stderr)
+        return EXIT_INTERRUPTED

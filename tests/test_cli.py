@@ -1,0 +1,161 @@
+"""The bnlab command: languages, bad arguments, train → evaluate, explain, Ctrl-C through a real SIGINT."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bnlab.cli import default_lang, main
+from bnlab.inference import load_checkpoint
+
+
+def _run(*args, lang_env: str = "C.UTF-8", timeout: float = 120, **kwargs):
+    env = {**os.environ, "LANG": lang_env, "LC_ALL": "", "LC_MESSAGES": ""}
+    return subprocess.run(
+        [sys.executable, "-m", "bnlab", *args], capture_output=True, text=True, env=env, timeout=timeout, **kwargs
+    )
+
+
+@pytest.mark.parametrize(
+    "env, lang",
+    [
+        ({}, "en"),
+        ({"LANG": "es_ES.UTF-8"}, "es"),
+        ({"LANG": "es_MX"}, "es"),
+        ({"LANG": "en_US.UTF-8"}, "en"),
+        ({"LC_ALL": "en_GB.UTF-8", "LANG": "es_ES.UTF-8"}, "en"),  # LC_ALL wins
+        ({"LC_ALL": "", "LC_MESSAGES": "es_AR.UTF-8", "LANG": "en_US"}, "es"),
+        ({"LANG": "C.UTF-8"}, "en"),
+    ],
+)
+def test_default_lang_follows_the_locale(env, lang):
+    assert default_lang(env) == lang
+
+
+def test_help_is_bilingual(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "show this help and exit / muestra esta ayuda y termina" in out
+    for command in ("demo", "train", "evaluate", "explain", "experiment", "bench"):
+        assert command in out
+    assert main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "learning rate" in out and "tasa de aprendizaje" in out
+
+
+def test_module_entry_point_runs():
+    r = _run("--help")
+    assert r.returncode == 0 and "usage / uso: bnlab" in r.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--norm", "batch"], "argument --norm: invalid choice: 'batch'"),
+        (["train", "--lr", "0"], "argument --lr: 0 must be a positive number"),
+        (["train", "--lr", "fast"], "argument --lr: 'fast' is not a number"),
+        (["train", "--batch-size", "1"], "at least 2 examples per batch"),
+        (["train", "--epochs", "-3"], "argument --epochs: -3 must be at least 1"),
+        (["train", "--dataset", "mnist"], "--data is required with --dataset mnist"),
+        (["train", "--data", "x.npz"], "--data is not used with --dataset digits"),
+        (["explain", "32,a"], "SHAPE must be integers"),
+        (["explain", "32,28,28", "--layout", "NHWC"], "layout NHWC needs 4"),
+        (["experiment", "paper-fig1"], "the following arguments are required: --data"),
+        (["experiment", "fig9"], "invalid choice: 'fig9'"),
+        (["demo", "--seeds", "a,b"], "give seeds as integers"),
+        ([], "the following arguments are required: COMMAND"),
+    ],
+)
+def test_bad_arguments_fail_with_a_clear_message(args, message, capsys):
+    assert main([*args, "--lang", "en"] if args else []) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "--help" in err  # says where to look
+
+
+def test_missing_data_path_names_the_flag(tmp_path, capsys):
+    missing = tmp_path / "missing.npz"
+    assert main(["train", "--dataset", "mnist", "--data", str(missing), "--lang", "en"]) == 2
+    assert f"--data {missing}: no such file or directory" in capsys.readouterr().err
+    assert main(["experiment", "paper-fig1", "--data", str(missing), "--lang", "en"]) == 2
+    assert f"--data {missing}" in capsys.readouterr().err
+
+
+def test_unreadable_data_file_is_a_usage_error(tmp_path, capsys):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not an npz")
+    assert main(["train", "--dataset", "mnist", "--data", str(bad), "--lang", "en", "--out", str(tmp_path)]) == 2
+    assert f"cannot read --data {bad}" in capsys.readouterr().err
+
+
+def test_errors_in_spanish_from_the_locale():
+    r = _run("train", "--dataset", "mnist", lang_env="es_ES.UTF-8")
+    assert r.returncode == 2
+    assert "--data es obligatorio con --dataset mnist" in r.stderr
+    assert "Prueba 'bnlab train --help'" in r.stderr
+    r = _run("train", "--dataset", "mnist", "--lang", "en", lang_env="es_ES.UTF-8")
+    assert "--data is required" in r.stderr  # --lang overrides the locale
+
+
+def test_explain_prints_counts_and_draws(tmp_path, capsys):
+    fig = tmp_path / "setb.png"
+    assert main(["explain", "32,28,28,16", "--per", "activation", "--figure", str(fig), "--lang", "en"]) == 0
+    out = capsys.readouterr().out
+    assert "12,544" in out and "np.mean(t, axis=(0,))" in out
+    assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["explain", "32x16x8x8", "--layout", "NCHW", "--lang", "es"]) == 0
+    out = capsys.readouterr().out
+    assert "2 048" in out and "conjuntos B" in out
+
+
+def test_train_then_evaluate(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--epochs", "1", "--out", str(out), "--quiet", "--lang", "en", "--norm", "activation"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "Test accuracy (eval mode):" in text
+    for name in ("last.pt", "history.json", "curves.png"):
+        assert (out / name).is_file()
+    assert main(args) == 2  # would overwrite the run
+    assert "already exists: add --resume" in capsys.readouterr().err
+    assert main([*args[:2], "2", *args[3:], "--resume"]) == 0  # one more epoch
+    assert load_checkpoint(out / "last.pt")["step"] == 2 * (1258 // 32)
+    capsys.readouterr()
+    assert main(["evaluate", str(out / "last.pt"), "--recalibrate", "--lang", "en"]) == 0
+    text = capsys.readouterr().out
+    assert "test accuracy (eval mode, running statistics)" in text
+    assert "recalibrated statistics (Alg. 2)" in text
+    assert main(["evaluate", str(tmp_path / "none.pt"), "--lang", "en"]) == 2
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    assert main(["evaluate", str(tmp_path / "junk.pt"), "--lang", "en"]) == 2
+    assert "is not a training checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "LANG": "C.UTF-8"}
+    cmd = [sys.executable, "-m", "bnlab", "train", "--epochs", "400", "--out", str(out), "--quiet", "--lang", "en"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 90
+        while not (out / "last.pt").exists():  # the first epoch's checkpoint: training is under way
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no checkpoint after 90 s"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "Interrupted at step" in stderr and "Checkpoint saved to" in stderr
+    assert "--resume" in stderr and "Traceback" not in stderr
+    saved = load_checkpoint(out / "last.pt")
+    assert 0 < saved["step"] < 400 * (1258 // 32)
+    assert len(saved["history"]["loss"]) == saved["step"]
