@@ -20,9 +20,9 @@ Backward (closed form, §3, with g_i = ∂ℓ/∂x̂_i = ∂ℓ/∂y_i · γ)::
 Alg. 2 (inference): E[x] = E_B[μ_B], Var[x] = m/(m−1) E_B[σ²_B] over training mini-batches, then the
 fixed affine map y = γ/√(Var[x]+ε) · x + (β − γ E[x]/√(Var[x]+ε)) — one per feature map for conv layers.
 
-Arrays of float32 stay float32 (statistics are accumulated by NumPy's pairwise summation); float64 stays
-float64. The code computes each line of the paper once, in place where it can, so that this literal
-reference is also reasonably fast.
+Arrays of float32 stay float32 (statistics are sums along contiguous rows, with the corrected two-pass
+variance below); float64 stays float64. The code computes each line of the paper once, in place where it
+can, so that this literal reference is also fast (about torch's own CPU kernel, see docs/performance.md).
 
 >>> import numpy as np
 >>> x = np.random.default_rng(0).normal(3.0, 2.0, size=(8, 5, 5, 4))      # NHWC
@@ -73,6 +73,52 @@ def _broadcast(p: np.ndarray, shape: Sequence[int], axes: tuple[int, ...], dtype
     return np.asarray(p, dtype=dtype).reshape(param_shape(shape, axes))
 
 
+# Speed without changing a line of the paper. The sums run along contiguous memory (the trailing reduced axes
+# as rows, then the rest). The elementwise lines take their per-feature operands (μ_B, γ, ...) spread over one
+# sample, so that only the batch axis broadcasts (NumPy's loops run several times faster than when a feature
+# vector broadcasts inside every row), and run in chunks of the batch axis small enough to stay in cache from
+# one line to the next.
+_CHUNK_BYTES = 1 << 19
+
+
+def _row_sum(rows: np.ndarray, other: np.ndarray | None = None) -> np.ndarray:
+    """Σ along the last axis of ``rows`` (or of rows·other): a SIMD loop without temporaries."""
+    if other is None:
+        return np.einsum("...i->...", rows)
+    if hasattr(np, "vecdot"):
+        return np.vecdot(rows, other)
+    return np.einsum("...i,...i->...", rows, other)
+
+
+def _sum(a: np.ndarray, axes: tuple[int, ...], b: np.ndarray | None = None) -> np.ndarray:
+    """Σ over ``axes`` of ``a`` (or of a·b, without forming the product), reduced axes kept as size 1."""
+    k = a.ndim
+    while k > 0 and k - 1 in axes:
+        k -= 1
+    if k < a.ndim:  # rows over the trailing reduced axes (contiguous for C-ordered arrays)
+        rows = a.reshape(a.shape[:k] + (-1,))
+        s = _row_sum(rows, None if b is None else b.reshape(rows.shape))
+        s = s.sum(axis=tuple(ax for ax in axes if ax < k))
+    else:
+        s = (a if b is None else a * b).sum(axis=axes)
+    return s.reshape(param_shape(a.shape, axes))
+
+
+def _per_sample(p: np.ndarray, shape: Sequence[int], axes: tuple[int, ...]) -> np.ndarray:
+    """A per-feature array (reduced axes of size 1) spread over one sample: broadcasts on the batch axis only."""
+    if 0 not in axes:
+        return p
+    return np.ascontiguousarray(np.broadcast_to(p, (1, *shape[1:])))
+
+
+def _batches(axes: tuple[int, ...], *arrays: np.ndarray):
+    """The arrays (shape of x) in matching chunks of the batch axis, for the elementwise lines."""
+    n = arrays[0].shape[0]
+    step = n if 0 not in axes else max(1, _CHUNK_BYTES // max(1, arrays[0][:1].nbytes))
+    for i in range(0, n, step):
+        yield tuple(a[i : i + step] for a in arrays)
+
+
 def forward(x, gamma, beta, axes=(0,), eps: float = 1e-5):
     """Alg. 1: normalize ``x`` over ``axes`` and scale/shift; returns ``(y, cache)``.
 
@@ -85,18 +131,23 @@ def forward(x, gamma, beta, axes=(0,), eps: float = 1e-5):
     beta = _broadcast(beta, x.shape, axes, x.dtype)
     m = int(np.prod([x.shape[a] for a in axes]))
 
-    mu_B = x.mean(axis=axes, keepdims=True)  # μ_B = 1/m Σ x_i
-    x_hat = np.subtract(x, mu_B)  # x_i − μ_B  (becomes x̂ in place below)
+    mu_B = _sum(x, axes) / m  # μ_B = 1/m Σ x_i
+    x_hat = np.subtract(x, _per_sample(mu_B, x.shape, axes))  # x_i − μ_B  (becomes x̂ in place below)
     # Rounding in the first pass leaves μ_B off by δ (large when |μ_B| ≫ σ_B, as with x = 1e6 + N(0, 1)).
-    # x_i − μ_B is exact there, so its mean is that δ: correct μ_B and x_i − μ_B by it (corrected two-pass).
-    delta = x_hat.mean(axis=axes, keepdims=True)
+    # x_i − μ_B is exact there, so its mean is that δ: correct μ_B and x_i − μ_B by it (corrected two-pass),
+    # using Σ (x_i − μ_B − δ)² = Σ (x_i − μ_B)² − m δ².
+    delta = _sum(x_hat, axes) / m
     mu_B += delta
-    x_hat -= delta
-    y = np.square(x_hat)  # (x_i − μ_B)², in the buffer that becomes y
-    sigma2_B = y.mean(axis=axes, keepdims=True)  # σ²_B = 1/m Σ (x_i − μ_B)²
-    x_hat *= 1.0 / np.sqrt(sigma2_B + eps)  # x̂_i = (x_i − μ_B) / √(σ²_B + ε)
-    np.multiply(gamma, x_hat, out=y)  # y_i = γ x̂_i + β
-    y += beta
+    sigma2_B = np.maximum(_sum(x_hat, axes, x_hat) / m - delta * delta, 0)  # σ²_B = 1/m Σ (x_i − μ_B)²
+    y = np.empty_like(x)
+    delta_, inv_sigma_, gamma_, beta_ = (
+        _per_sample(p, x.shape, axes) for p in (delta, 1 / np.sqrt(sigma2_B + eps), gamma, beta)
+    )
+    for x_hat_c, y_c in _batches(axes, x_hat, y):
+        x_hat_c -= delta_
+        x_hat_c *= inv_sigma_  # x̂_i = (x_i − μ_B) / √(σ²_B + ε)
+        np.multiply(gamma_, x_hat_c, out=y_c)  # y_i = γ x̂_i + β
+        y_c += beta_
     return y, Cache(x_hat, mu_B, sigma2_B, gamma, eps, axes, m)
 
 
@@ -107,16 +158,21 @@ def backward(dy, cache: Cache):
     if dy.shape != x_hat.shape:
         raise ValueError(f"dy has shape {dy.shape}, expected the shape of x {x_hat.shape}")
 
-    dbeta = dy.sum(axis=axes, keepdims=True)  # ∂ℓ/∂β = Σ ∂ℓ/∂y_i
-    dx = np.multiply(dy, x_hat)
-    dgamma = dx.sum(axis=axes, keepdims=True)  # ∂ℓ/∂γ = Σ ∂ℓ/∂y_i x̂_i
+    dbeta = _sum(dy, axes)  # ∂ℓ/∂β = Σ ∂ℓ/∂y_i
+    dgamma = _sum(dy, axes, x_hat)  # ∂ℓ/∂γ = Σ ∂ℓ/∂y_i x̂_i
     # With g_i = γ ∂ℓ/∂y_i:  Σ g_j = γ ∂ℓ/∂β  and  Σ g_j x̂_j = γ ∂ℓ/∂γ, so
-    # ∂ℓ/∂x_i = γ/(m √(σ²_B+ε)) · [ m ∂ℓ/∂y_i − ∂ℓ/∂β − x̂_i ∂ℓ/∂γ ].
-    scale = gamma / (m * np.sqrt(sigma2_B + eps))
-    np.multiply(x_hat, -dgamma, out=dx)  # − x̂_i ∂ℓ/∂γ
-    dx += m * dy  # + m ∂ℓ/∂y_i
-    dx -= dbeta  # − ∂ℓ/∂β
-    dx *= scale
+    # ∂ℓ/∂x_i = γ/(m √(σ²_B+ε)) · [ m ∂ℓ/∂y_i − ∂ℓ/∂β − x̂_i ∂ℓ/∂γ ]
+    #         = γ/√(σ²_B+ε) · [ ∂ℓ/∂y_i − ∂ℓ/∂β / m − x̂_i ∂ℓ/∂γ / m ].
+    scale, dbeta_m, dgamma_m = (
+        _per_sample(p, dy.shape, axes).astype(dy.dtype, copy=False)
+        for p in (gamma / np.sqrt(sigma2_B + eps), dbeta / m, dgamma / m)
+    )
+    dx = np.empty(dy.shape, np.result_type(dy, x_hat))
+    for dy_c, x_hat_c, dx_c in _batches(axes, dy, x_hat, dx):
+        np.multiply(dgamma_m, x_hat_c, out=dx_c)  # x̂_i ∂ℓ/∂γ / m
+        np.subtract(dy_c, dx_c, out=dx_c)  # ∂ℓ/∂y_i − x̂_i ∂ℓ/∂γ / m
+        dx_c -= dbeta_m  # − ∂ℓ/∂β / m
+        dx_c *= scale  # · γ/√(σ²_B+ε)
     return dx, dgamma.squeeze(axis=axes), dbeta.squeeze(axis=axes)
 
 

@@ -1,0 +1,252 @@
+"""CPU benchmark: bnlab's batch norm against torch's own kernels, measured side by side in one run.
+
+    python benchmarks/cpu.py                      # the five issue shapes, 1 and 2 threads, torch.compile peer
+    python benchmarks/cpu.py --quick --no-compile # two shapes, fewer repeats, no compile
+    python benchmarks/cpu.py --shapes 32x64x56x56 --threads 1 --repeats 31
+
+Every case times its variants side by side, taking turns in blocks of ``--block`` calls (native ×3,
+ours ×3, native ×3, ...; the first call of a block is not counted, see :func:`interleaved`), and reports
+the median over ``--repeats`` turns in milliseconds; ``ratio`` is ours ÷ native, so < 1 means bnlab is faster. All
+inputs are float32. It is a benchmark, not a test: it prints numbers and never fails on slowness.
+
+Cases (native = what a torch user runs today):
+- ``fwd train NCHW``: ``bnlab.nn.functional.batch_norm(x, rm, rv, w, b, training=True)`` vs
+  ``torch.nn.functional.batch_norm`` with the same arguments (both update the running statistics);
+  ``compiled`` is ``torch.compile`` of that same torch call, its one-off compile time reported apart;
+- ``fwd train CL``: the same on a channels_last input;
+- ``fwd+bwd CL``: forward and ``autograd.grad`` for x, γ, β on a channels_last input;
+- ``eval NCHW``: ``training=False`` with the running statistics;
+- ``bwd NCHW``: ``autograd.grad`` of a retained graph (backward only);
+- ``ref fwd`` / ``ref bwd``: the NumPy reference (:mod:`bnlab.reference`, axes (0, 2, 3)) vs torch's native
+  NCHW training forward / backward at the same thread count (the target is set at 1 thread).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+import bnlab.nn.functional as BF
+from bnlab import reference as ref
+
+SHAPES = [(32, 64, 56, 56), (32, 256, 28, 28), (64, 512, 14, 14), (128, 64, 28, 28), (256, 32, 8, 8)]
+QUICK_SHAPES = [(32, 64, 56, 56), (256, 32, 8, 8)]
+CASES = ["fwd train NCHW", "fwd train CL", "fwd+bwd CL", "eval NCHW", "bwd NCHW", "ref fwd", "ref bwd"]
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    return tuple(int(s) for s in text.lower().split("x"))
+
+
+def interleaved(variants: dict, repeats: int, block: int = 3, warmup: int = 1) -> dict[str, float]:
+    """Median seconds per call of each variant, the variants taking turns in blocks of ``block`` calls.
+
+    The first call of each block is not counted (when block > 1): it pays for switching the allocator's
+    state from the other variant's buffers (on glibc, page faults after a heap trim), a cost that a model
+    which runs one implementation in every layer does not see.
+    """
+    for fn in variants.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            for i in range(block):
+                t0 = time.perf_counter()
+                fn()
+                if i > 0 or block == 1:
+                    times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def keep_freed_memory() -> bool:
+    """glibc: keep freed memory in the heap (no trim, no mmap up to 32 MiB) for this process.
+
+    With glibc's defaults a freed 10-30 MB buffer is often handed back to the OS and the next one is
+    page-faulted in again, a cost that depends on the order of allocations rather than on the kernel that
+    runs (in this VM ~5 ms per 25 MB array, and which variant pays it changes from run to run). Both
+    native and bnlab run under the same setting; ``--default-malloc`` measures with glibc's defaults.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(libc.mallopt(m_trim_threshold, 1 << 30)) and bool(libc.mallopt(m_mmap_threshold, 32 << 20))
+
+
+class Inputs:
+    """Tensors for one shape: x (NCHW and channels_last), parameters, running stats, dy; NumPy copies."""
+
+    def __init__(self, shape):
+        g = torch.Generator().manual_seed(0)
+        c = shape[1]
+        self.x = torch.randn(shape, generator=g) * 2 + 0.5
+        self.x_cl = self.x.contiguous(memory_format=torch.channels_last)
+        self.dy = torch.randn(shape, generator=g)
+        self.dy_cl = self.dy.contiguous(memory_format=torch.channels_last)
+        self.w = torch.rand(c, generator=g) + 0.5
+        self.b = torch.randn(c, generator=g)
+        self.rm, self.rv = torch.zeros(c), torch.ones(c)
+        self.x_np, self.dy_np = self.x.numpy(), self.dy.numpy()
+        self.w_np, self.b_np = self.w.numpy(), self.b.numpy()
+
+
+def _train(fn, t: Inputs, x):
+    return lambda: fn(x, t.rm, t.rv, t.w, t.b, training=True)
+
+
+def _fwd_bwd(fn, t: Inputs, x, dy):
+    def run():
+        xr = x.detach().requires_grad_()
+        w = t.w.detach().requires_grad_()
+        b = t.b.detach().requires_grad_()
+        y = fn(xr, t.rm, t.rv, w, b, training=True)
+        return torch.autograd.grad(y, (xr, w, b), dy)
+
+    return run
+
+
+def _bwd(fn, t: Inputs):
+    xr = t.x.detach().requires_grad_()
+    w = t.w.detach().requires_grad_()
+    b = t.b.detach().requires_grad_()
+    y = fn(xr, None, None, w, b, training=True)
+    return lambda: torch.autograd.grad(y, (xr, w, b), t.dy, retain_graph=True)
+
+
+def compile_peer(t: Inputs):
+    """torch.compile of the same F.batch_norm call; returns (callable, seconds of the first call)."""
+    compiled = torch.compile(
+        lambda x, rm, rv, w, b: torch.nn.functional.batch_norm(x, rm, rv, w, b, training=True), dynamic=False
+    )
+    t0 = time.perf_counter()
+    compiled(t.x, t.rm, t.rv, t.w, t.b)
+    return (lambda: compiled(t.x, t.rm, t.rv, t.w, t.b)), time.perf_counter() - t0
+
+
+def run_shape(shape, repeats: int, block: int, use_compile: bool, cases) -> list[dict]:
+    t = Inputs(shape)
+
+    def timed(variants):
+        return interleaved(variants, repeats, block)
+
+    F = torch.nn.functional
+    rows = []
+
+    def add(case, result, extra=None):
+        row = {"case": case, "shape": shape, "native": result["native"], "ours": result["ours"]}
+        row.update(extra or {})
+        rows.append(row)
+
+    if "fwd train NCHW" in cases:
+        variants = {"native": _train(F.batch_norm, t, t.x), "ours": _train(BF.batch_norm, t, t.x)}
+        extra = {}
+        if use_compile:
+            try:
+                variants["compiled"], extra["compile_s"] = compile_peer(t)
+            except Exception as exc:  # no C++ compiler, unsupported platform, ...
+                print(f"  torch.compile unavailable: {type(exc).__name__}: {exc}", file=sys.stderr)
+        result = timed(variants)
+        if "compiled" in result:
+            extra["compiled"] = result["compiled"]
+        add("fwd train NCHW", result, extra)
+    if "fwd train CL" in cases:
+        add(
+            "fwd train CL",
+            timed({"native": _train(F.batch_norm, t, t.x_cl), "ours": _train(BF.batch_norm, t, t.x_cl)}),
+        )
+    if "fwd+bwd CL" in cases:
+        variants = {
+            "native": _fwd_bwd(F.batch_norm, t, t.x_cl, t.dy_cl),
+            "ours": _fwd_bwd(BF.batch_norm, t, t.x_cl, t.dy_cl),
+        }
+        add("fwd+bwd CL", timed(variants))
+    if "eval NCHW" in cases:
+        variants = {
+            "native": lambda: F.batch_norm(t.x, t.rm, t.rv, t.w, t.b, training=False),
+            "ours": lambda: BF.batch_norm(t.x, t.rm, t.rv, t.w, t.b, training=False),
+        }
+        add("eval NCHW", timed(variants))
+    if "bwd NCHW" in cases:
+        add("bwd NCHW", timed({"native": _bwd(F.batch_norm, t), "ours": _bwd(BF.batch_norm, t)}))
+    axes = (0, 2, 3)
+    if "ref fwd" in cases:
+        variants = {
+            "native": lambda: F.batch_norm(t.x, None, None, t.w, t.b, training=True),
+            "ours": lambda: ref.forward(t.x_np, t.w_np, t.b_np, axes=axes),
+        }
+        add("ref fwd", timed(variants))
+    if "ref bwd" in cases:
+        _, cache = ref.forward(t.x_np, t.w_np, t.b_np, axes=axes)
+        variants = {"native": _bwd(F.batch_norm, t), "ours": lambda: ref.backward(t.dy_np, cache)}
+        add("ref bwd", timed(variants))
+    return rows
+
+
+def format_table(rows: list[dict], threads: int) -> str:
+    head = (
+        "| threads | case | shape | native ms | bnlab ms | ratio bnlab/native "
+        "| compiled ms | ratio compiled/native | compile s |"
+    )
+    lines = [head, "|" + "---|" * 9]
+    for r in rows:
+        shape = "x".join(map(str, r["shape"]))
+        comp = r.get("compiled")
+        comp_ms = f"{comp * 1e3:.2f}" if comp is not None else ""
+        comp_ratio = f"{comp / r['native']:.2f}" if comp is not None else ""
+        comp_s = f"{r['compile_s']:.1f}" if "compile_s" in r else ""
+        lines.append(
+            f"| {threads} | {r['case']} | {shape} | {r['native'] * 1e3:.2f} | {r['ours'] * 1e3:.2f} | "
+            f"{r['ours'] / r['native']:.2f} | {comp_ms} | {comp_ratio} | {comp_s} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shapes", help="comma-separated NxCxHxW shapes (default: the five issue shapes)")
+    p.add_argument("--threads", default="1,2", help="comma-separated torch thread counts (default 1,2)")
+    p.add_argument("--repeats", type=int, default=15, help="turns per variant (median reported)")
+    p.add_argument("--block", type=int, default=3, help="consecutive calls per variant per turn (first not counted)")
+    p.add_argument("--quick", action="store_true", help="two shapes, 5 repeats")
+    p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile peer")
+    p.add_argument(
+        "--default-malloc", action="store_true", help="leave glibc's trim/mmap thresholds (see keep_freed_memory)"
+    )
+    p.add_argument("--cases", help=f"comma-separated subset of: {', '.join(CASES)}")
+    args = p.parse_args(argv)
+
+    shapes = (
+        [_parse_shape(s) for s in args.shapes.split(",")] if args.shapes else (QUICK_SHAPES if args.quick else SHAPES)
+    )
+    repeats = 5 if args.quick and args.repeats == 15 else args.repeats
+    cases = set(CASES if not args.cases else (c.strip() for c in args.cases.split(",")))
+    unknown = cases - set(CASES)
+    if unknown:
+        p.error(f"unknown cases {sorted(unknown)}; choose from {CASES}")
+    malloc = "glibc defaults" if args.default_malloc else "freed memory kept (mallopt)"
+    if not args.default_malloc and not keep_freed_memory():
+        malloc = "default allocator (mallopt unavailable)"
+    print(
+        f"# torch {torch.__version__}, numpy {np.__version__}, {torch.get_num_threads()} threads available, "
+        f"float32, median over {repeats} turns of blocks of {args.block} calls, {malloc}; ratio < 1: bnlab faster"
+    )
+    for threads in (int(s) for s in args.threads.split(",")):
+        torch.set_num_threads(threads)
+        rows = []
+        for shape in shapes:
+            rows += run_shape(shape, repeats, args.block, args.compile, cases)
+        print()
+        print(format_table(rows, threads), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

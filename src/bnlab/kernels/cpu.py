@@ -1,0 +1,186 @@
+"""CPU fast paths for the batch-norm transform, with the contracts of :mod:`.composed`.
+
+:func:`bnlab.kernels.select` picks this module for CPU tensors. Every function here takes the same
+arguments as its namesake in :mod:`.composed` and routes each call to the fastest path that keeps the
+numerical policy (statistics in at least float32 by a stable method); whatever it does not cover goes
+to :mod:`.composed` unchanged. The fast paths apply to convolutional BN in torch's convention — a dense
+(contiguous or channels_last) input of 3 or more dimensions, reduce axes = every axis but 1:
+
+- **statistics** (training forward): the set B of channel c is split into its N rows x[n, c, ...]
+  (m_r = p·q values each). Each row gets a two-pass mean and M2 = Σ (x − μ_r)² from stock reductions
+  over the row axis (contiguous in NCHW, so the row stays in cache between passes), then the rows are
+  merged across the batch with Chan's formula (:func:`merge_rows`). torch's own CPU statistics loop is
+  scalar in NCHW, and in channels_last it sums each channel sequentially in float32, which is fast but
+  off by ~1e-4 relative on ordinary data and by orders of magnitude with a 1e6 offset — so statistics
+  are never routed to it;
+- **normalize** (eval, and the training output): torch's native batch-norm kernel, a vectorized
+  per-channel y = a·x + b (faster than ``addcmul`` with two broadcast operands), written into the
+  scratch buffer of the statistics pass in training;
+- **backward**: ``aten.native_batch_norm_backward`` given our μ_B and 1/√(σ²_B + ε); its reductions are
+  centred on μ_B, so they stay accurate with large offsets.
+
+Nothing here is differentiable (the double backward uses :mod:`.composed`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..moments import Moments, moments
+from . import composed
+
+__all__ = ["batch_stats", "normalize", "forward", "backward", "fast_path", "merge_rows"]
+
+_HALF = (torch.float16, torch.bfloat16)
+_FLOAT = (torch.float32, torch.float64)
+# A row mean is rounded to about ε_dtype·|μ_r|, and the two-pass M2 of the row then grows by
+# m_r·(rounding)². Where ε_dtype·|μ_r| exceeds this fraction of σ_r (float32: |μ_r| > ~800 σ_r, e.g.
+# x = 1e6 + N(0, 1)) the rows are corrected by the mean of x − μ_r (corrected two-pass, one more pass).
+_ROUNDING_TOLERANCE = 1e-4
+
+
+def fast_path(x: torch.Tensor, axes: tuple[int, ...]) -> bool:
+    """True where the routed paths apply: CPU, per-channel axes of a dense input with ≥ 3 dims."""
+    if x.device.type != "cpu" or x.dim() < 3 or x.numel() == 0 or tuple(axes) != (0, *range(2, x.dim())):
+        return False
+    if x.dtype not in _FLOAT and x.dtype not in _HALF:
+        return False
+    if x.is_contiguous():
+        return True
+    fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.dim())
+    return fmt is not None and x.is_contiguous(memory_format=fmt)
+
+
+def _is_rows_contiguous(x: torch.Tensor) -> bool:
+    return x.is_contiguous()
+
+
+def _same_dtype(dtype: torch.dtype, *tensors) -> bool:
+    return all(t is None or t.dtype == dtype for t in tensors)
+
+
+def merge_rows(row_mean: torch.Tensor, row_m2: torch.Tensor, row_count: int) -> Moments:
+    """Chan's merge of N row summaries of equal size into one per channel.
+
+    ``row_mean``, ``row_m2``: shape (N, C), each row holding ``row_count`` values. For k groups of equal
+    count m_r the pairwise formula of :mod:`bnlab.moments` folds into
+        μ = mean_r μ_r,   M2 = Σ_r M2_r + m_r · Σ_r (μ_r − μ)²
+    (within-row plus between-row sums of squares); the between-row part is itself the two-pass
+    :func:`bnlab.moments.moments` of the row means. Computed in float64: these are (N, C) tensors.
+    """
+    between = moments(row_mean.double(), axes=(0,))
+    return Moments(between.count * row_count, between.mean, row_m2.double().sum(0) + row_count * between.m2)
+
+
+def _row_moments(x3: torch.Tensor, scratch3: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (float64) and M2 of each row x3[n, c, :]; ``scratch3`` (like x3) is overwritten.
+
+    NCHW: d = x − μ_r into the scratch, then M2 = ‖d‖² (a contiguous-row norm). channels_last, where
+    the row axis is strided and a strided norm is slow: (x − μ_r)² into the scratch in one fused op
+    (``mse_loss`` without reduction), then a vectorized sum.
+    """
+    n_row = x3.shape[2]
+    row_mean = x3.sum(2).div_(n_row)
+    shift = row_mean.unsqueeze(2)
+    if _is_rows_contiguous(x3):
+        torch.sub(x3, shift, out=scratch3)
+        row_m2 = torch.linalg.vector_norm(scratch3, dim=2).square_()
+    else:
+        torch.ops.aten.mse_loss.out(x3, shift, 0, out=scratch3)
+        row_m2 = scratch3.sum(2)
+    info = torch.finfo(x3.dtype)
+    # ε·|μ_r| > tolerance·σ_r, i.e. μ_r²·ε²·m_r > tolerance²·M2_r (zero rows: 0 > tiny, no correction)
+    ratio = info.eps**2 * n_row / max(_ROUNDING_TOLERANCE**2, info.tiny)
+    if bool(((row_mean * row_mean).mul_(ratio) > row_m2 + info.tiny).any()):
+        # corrected two-pass: with d = x − μ_r exact, the rounding of μ_r is δ = mean(d)
+        torch.sub(x3, shift, out=scratch3)
+        delta = scratch3.sum(2, dtype=torch.float64).div_(n_row)
+        if _is_rows_contiguous(x3):
+            row_m2 = torch.linalg.vector_norm(scratch3, dim=2).square_()
+        else:
+            row_m2 = scratch3.square_().sum(2)
+        row_m2 = (row_m2.double() - n_row * delta * delta).clamp_(min=0)
+        return row_mean.double() + delta, row_m2
+    return row_mean.double(), row_m2
+
+
+def _stats_into(x: torch.Tensor, scratch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, biased var) per channel of a float32/float64 ``x`` on the fast path; scratch overwritten."""
+    n, c = x.shape[:2]
+    x3, scratch3 = x.view(n, c, -1), scratch.view(n, c, -1)
+    row_mean, row_m2 = _row_moments(x3, scratch3)
+    total = merge_rows(row_mean, row_m2, x3.shape[2])
+    return total.mean.to(x.dtype), total.variance.to(x.dtype)
+
+
+def batch_stats(x: torch.Tensor, axes: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mini-batch mean and biased variance over ``axes`` (feature-shaped, float32 or float64)."""
+    if not fast_path(x, axes):
+        return composed.batch_stats(x, axes)
+    xs = x.float() if x.dtype in _HALF else x
+    return _stats_into(xs, torch.empty_like(xs))
+
+
+def _native_normalize(x, mean, var, weight, bias, eps: float, out: torch.Tensor | None = None) -> torch.Tensor:
+    if out is None:
+        return torch.batch_norm(x, weight, bias, mean, var, False, 0.0, eps, False)
+    empty = x.new_empty(0, dtype=mean.dtype)
+    torch.ops.aten.native_batch_norm.out(
+        x, weight, bias, mean, var, False, 0.0, eps, out=out, save_mean=empty, save_invstd=empty.clone()
+    )
+    return out
+
+
+def _native_params(x: torch.Tensor, mean, var, *params) -> bool:
+    """torch's kernel takes fp16/bf16 input with float32 parameters, else parameters of x's dtype (and
+    statistics that need no gradient)."""
+    dtype = torch.float32 if x.dtype in _HALF else x.dtype
+    return _same_dtype(dtype, mean, var, *params) and not (mean.requires_grad or var.requires_grad)
+
+
+def normalize(x, mean, var, weight, bias, eps: float, axes: tuple[int, ...]) -> torch.Tensor:
+    """y = γ (x − μ)/√(σ² + ε) + β in x's dtype (and memory format): torch's vectorized kernel."""
+    if fast_path(x, axes) and _native_params(x, mean, var, weight, bias):
+        return _native_normalize(x, mean, var, weight, bias, float(eps))
+    return composed.normalize(x, mean, var, weight, bias, eps, axes)
+
+
+def forward(x, weight, bias, eps: float, axes: tuple[int, ...]):
+    """Training forward of Alg. 1: returns ``(y, mean, var)`` (batch mean and biased variance)."""
+    if not fast_path(x, axes):
+        return composed.forward(x, weight, bias, eps, axes)
+    if x.dtype in _HALF:  # statistics in float32; the kernel reads fp16/bf16 and writes x's dtype
+        xs = x.float()
+        y = None
+        mean, var = _stats_into(xs, torch.empty_like(xs))
+    else:  # y is the statistics' scratch buffer, then overwritten by the output
+        y = torch.empty_like(x)
+        mean, var = _stats_into(x, y)
+    if weight is not None:
+        weight = weight.to(mean.dtype)
+    if bias is not None:
+        bias = bias.to(mean.dtype)
+    return _native_normalize(x, mean, var, weight, bias, float(eps), out=y), mean, var
+
+
+def backward(dy, x, mean, var, weight, eps: float, axes: tuple[int, ...], needs=(True, True, True)):
+    """Closed-form gradients of Alg. 1: ``(dx, dweight, dbias)``; torch's kernel on the fast path.
+
+    ``aten.native_batch_norm_backward`` with save_mean = μ_B and save_invstd = 1/√(σ²_B + ε) computes
+    the same closed form as :func:`.composed.backward`, with its reductions centred on μ_B.
+    """
+    need_x, need_w, need_b = needs
+    if not (fast_path(x, axes) and _native_params(x, mean, var, weight)):
+        return composed.backward(dy, x, mean, var, weight, eps, axes, needs)
+    fmt = torch.contiguous_format if x.is_contiguous() else _memory_format(x)
+    dy = dy.to(x.dtype).contiguous(memory_format=fmt)
+    invstd = torch.rsqrt(var + eps)
+    mask = [bool(need_x), bool(need_w and weight is not None), bool(need_b)]
+    dx, dweight, dbias = torch.ops.aten.native_batch_norm_backward(
+        dy, x, weight, None, None, mean, invstd, True, float(eps), mask
+    )
+    return (dx if need_x else None), (dweight if mask[1] else None), (dbias if need_b else None)
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if x.dim() == 4 else torch.channels_last_3d

@@ -1,0 +1,289 @@
+"""Kernel paths against float64 computations written here, and routed paths against the composed one.
+
+Paths: ``kernels.composed`` everywhere; ``kernels.cpu`` routes per-channel BN on dense NCHW and
+channels_last inputs to row statistics + torch's native normalize/backward kernels, and sends everything
+else (per-activation and other axes, strided inputs) to ``composed``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import bnlab.nn.functional as BF
+from bnlab import kernels
+from bnlab import reference as ref
+from bnlab.kernels import composed, cpu
+
+EPS = 1e-5
+CL = torch.channels_last
+CL3 = torch.channels_last_3d
+
+# (name, shape, axes, memory format): which path each case takes is asserted in test_routing
+CASES = [
+    ("nchw", (4, 3, 5, 6), (0, 2, 3), None),
+    ("ncl", (5, 4, 7), (0, 2), None),
+    ("ncdhw", (3, 4, 2, 3, 4), (0, 2, 3, 4), None),
+    ("channels_last", (4, 3, 5, 6), (0, 2, 3), CL),
+    ("channels_last_3d", (3, 4, 2, 3, 4), (0, 2, 3, 4), CL3),
+    ("batch_of_1", (1, 3, 4, 5), (0, 2, 3), None),
+    ("per_activation", (6, 3, 4, 5), (0,), None),
+    ("other_axes", (4, 3, 5, 6), (0, 3), None),
+    ("nc", (8, 5), (0,), None),
+    ("strided", (4, 3, 5, 12), (0, 2, 3), "strided"),
+]
+ROUTED = {"nchw", "ncl", "ncdhw", "channels_last", "channels_last_3d", "batch_of_1"}
+KERNELS = {"composed": composed, "cpu": cpu}
+
+
+def _input(shape, fmt, dtype=torch.float32, seed=0, offset=1.5):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=g, dtype=torch.float64) * 2.0 + offset).to(dtype)
+    if fmt == "strided":
+        return x[..., ::2]
+    return x if fmt is None else x.contiguous(memory_format=fmt)
+
+
+def _params(c_shape, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(c_shape, generator=g) + 0.5, torch.randn(c_shape, generator=g)
+
+
+def _feature_shape(shape, axes):
+    return tuple(s for i, s in enumerate(shape) if i not in axes)
+
+
+def _view(v, ndim, axes):
+    shape, it = [], iter(v.shape)
+    for i in range(ndim):
+        shape.append(1 if i in axes else next(it))
+    return v.reshape(shape)
+
+
+def bn64(x, w, b, axes, eps=EPS):
+    """Alg. 1 in float64, written out: returns (y, mean, biased var), differentiable."""
+    x = x.double()
+    m = 1
+    for a in axes:
+        m *= x.shape[a]
+    mean = x.sum(dim=axes) / m
+    centred = x - _view(mean, x.dim(), axes)
+    var = (centred * centred).sum(dim=axes) / m
+    y = centred / torch.sqrt(_view(var, x.dim(), axes) + eps)
+    if w is not None:
+        y = y * _view(w.double(), x.dim(), axes)
+    if b is not None:
+        y = y + _view(b.double(), x.dim(), axes)
+    return y, mean, var
+
+
+def _tol(dtype):
+    return {torch.float64: 1e-10, torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 4e-3}[dtype]
+
+
+def test_select_and_routing():
+    assert kernels.select(torch.zeros(2, 3)) is cpu
+    for name, shape, axes, fmt in CASES:
+        x = _input(shape, fmt)
+        assert cpu.fast_path(x, axes) == (name in ROUTED), name
+    assert not cpu.fast_path(torch.zeros(2, 3, 0, 4), (0, 2, 3))
+    assert not cpu.fast_path(torch.zeros(2, 3, 4, dtype=torch.int32), (0, 2))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("name, shape, axes, fmt", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_forward_normalize_backward_vs_float64(kernel, name, shape, axes, fmt, dtype):
+    k = KERNELS[kernel]
+    x = _input(shape, fmt, dtype)
+    w, b = _params(_feature_shape(shape, axes))
+    if dtype == torch.float64:
+        w, b = w.double(), b.double()
+    tol = _tol(dtype)
+    stat_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+
+    y, mean, var = k.forward(x, w, b, EPS, axes)
+    x64 = x.detach().double().clone().requires_grad_()
+    y64, mean64, var64 = bn64(x64, w, b, axes)
+    mean64, var64 = mean64.detach(), var64.detach()
+    assert y.dtype == x.dtype and y.shape == x.shape
+    assert mean.dtype == var.dtype == stat_dtype and mean.shape == var.shape == w.shape
+    if fmt in (CL, CL3):
+        assert y.is_contiguous(memory_format=fmt)
+    stat_tol = 1e-12 if dtype == torch.float64 else 1e-5  # statistics of the (rounded) input, in >= float32
+    torch.testing.assert_close(mean.double(), mean64.detach(), rtol=stat_tol, atol=stat_tol)
+    torch.testing.assert_close(var.double(), var64.detach(), rtol=stat_tol, atol=stat_tol)
+    torch.testing.assert_close(y.double(), y64.detach(), rtol=tol, atol=tol)
+
+    y_eval = k.normalize(x, mean64.to(stat_dtype), var64.to(stat_dtype), w, b, EPS, axes)
+    assert y_eval.dtype == x.dtype
+    torch.testing.assert_close(y_eval.double(), y64.detach(), rtol=tol, atol=tol)
+
+    dy = _input(shape, fmt, dtype, seed=2, offset=0.0)
+    y64.backward(dy.double())
+    w64 = w.double().requires_grad_()
+    b64 = b.double().requires_grad_()
+    y64b, _, _ = bn64(x.detach().double().clone(), w64, b64, axes)
+    y64b.backward(dy.double())
+    dx, dw, db = k.backward(dy, x, mean, var, w, EPS, axes, (True, True, True))
+    assert dx.dtype == x.dtype and dx.shape == x.shape
+    gtol = 3 * tol if dtype in (torch.float32, torch.float64) else 10 * tol
+    scale = x64.grad.abs().max().item()
+    torch.testing.assert_close(dx.double(), x64.grad, rtol=gtol, atol=gtol * scale)
+    torch.testing.assert_close(dw.double(), w64.grad, rtol=gtol, atol=gtol * w64.grad.abs().max().item())
+    torch.testing.assert_close(db.double(), b64.grad, rtol=gtol, atol=gtol * b64.grad.abs().max().item())
+
+
+@pytest.mark.parametrize("name, shape, axes, fmt", CASES, ids=[c[0] for c in CASES])
+def test_cpu_matches_composed(name, shape, axes, fmt):
+    x = _input(shape, fmt)
+    w, b = _params(_feature_shape(shape, axes))
+    got, want = cpu.forward(x, w, b, EPS, axes), composed.forward(x, w, b, EPS, axes)
+    for g, e in zip(got, want, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+    mean, var = want[1], want[2]
+    torch.testing.assert_close(
+        cpu.normalize(x, mean, var, w, b, EPS, axes), composed.normalize(x, mean, var, w, b, EPS, axes)
+    )
+    dy = _input(shape, fmt, seed=3, offset=0.0)
+    for needs in [(True, True, True), (True, False, False), (False, True, True)]:
+        got = cpu.backward(dy, x, mean, var, w, EPS, axes, needs)
+        want = composed.backward(dy, x, mean, var, w, EPS, axes, needs)
+        for g, e in zip(got, want, strict=True):
+            assert (g is None) == (e is None)
+            if g is not None:
+                torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
+    # without γ: no weight gradient, the rest unchanged
+    dx, dw, db = cpu.backward(dy, x, mean, var, None, EPS, axes, (True, True, True))
+    assert dw is None
+    torch.testing.assert_close(dx, composed.backward(dy, x, mean, var, None, EPS, axes)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_backward_takes_broadcast_and_other_format_gradients():
+    x = _input((4, 3, 5, 6), CL)
+    w, _ = _params((3,))
+    mean, var = composed.batch_stats(x, (0, 2, 3))
+    for dy in (torch.ones(1).expand(4, 3, 5, 6), _input((4, 3, 5, 6), None, seed=4)):
+        got = cpu.backward(dy, x, mean, var, w, EPS, (0, 2, 3))
+        want = composed.backward(dy, x, mean, var, w, EPS, (0, 2, 3))
+        for g, e in zip(got, want, strict=True):
+            torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("fmt", [None, CL], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("shape", [(16, 4, 9, 11), (2, 3, 64, 64)])
+def test_stability_offset_1e6(kernel, fmt, shape):
+    """x = 1e6 + N(0, 1) in float32: statistics within 1e-4 relative of float64 (of the same values)."""
+    g = torch.Generator().manual_seed(5)
+    x = (1e6 + torch.randn(shape, generator=g, dtype=torch.float64)).float()
+    if fmt is not None:
+        x = x.contiguous(memory_format=fmt)
+    _, mean64, var64 = bn64(x, None, None, (0, 2, 3))
+    mean, var = KERNELS[kernel].batch_stats(x, (0, 2, 3))
+    torch.testing.assert_close(mean.double(), mean64, rtol=1e-7, atol=0)
+    torch.testing.assert_close(var.double(), var64, rtol=1e-4, atol=0)
+    y, mean_f, var_f = KERNELS[kernel].forward(x, None, None, EPS, (0, 2, 3))
+    torch.testing.assert_close(var_f, var)
+    # y = a·x + b (a = 1/σ, b = −μ/σ) rounds at about ε·|μ|/σ ≈ 0.06 here, as torch's own kernel does
+    y64, _, _ = bn64(x, None, None, (0, 2, 3))
+    torch.testing.assert_close(y.double(), y64, rtol=0, atol=0.15)
+
+
+def test_constant_zero_and_nonfinite_rows():
+    x = torch.randn(4, 3, 5, 6)
+    x[:, 0] = 0.25  # constant channel: variance exactly 0, never negative
+    x[1, 1] = 0.0  # one zero row inside a channel
+    x[2, 2, 1, 1] = float("nan")
+    for fmt in (None, CL):
+        xf = x if fmt is None else x.contiguous(memory_format=fmt)
+        y, mean, var = cpu.forward(xf, None, None, EPS, (0, 2, 3))
+        _, mean64, var64 = bn64(x[:, :2], None, None, (0, 2, 3))
+        assert var[0].item() == 0 and mean[0].item() == 0.25
+        torch.testing.assert_close(var[:2].double(), var64, rtol=1e-5, atol=1e-7)
+        assert torch.isnan(mean[2]) and torch.isnan(y[:, 2]).all() and torch.isfinite(y[:, :2]).all()
+
+
+@pytest.mark.parametrize("fmt", [None, CL], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("affine", [True, False])
+def test_functional_vs_torch_autograd(fmt, affine):
+    """bnlab.nn.functional.batch_norm (routed kernels) ≡ torch.nn.functional.batch_norm: y, grads, stats."""
+    x = _input((6, 4, 7, 5), fmt)
+    w, b = _params((4,)) if affine else (None, None)
+    grads = []
+    outs = []
+    stats = []
+    for fn in (torch.nn.functional.batch_norm, BF.batch_norm):
+        xa = x.clone().requires_grad_()
+        wa = w.clone().requires_grad_() if affine else None
+        ba = b.clone().requires_grad_() if affine else None
+        rm, rv = torch.zeros(4), torch.ones(4)
+        y = fn(xa, rm, rv, wa, ba, training=True, momentum=0.1, eps=EPS)
+        y.backward(_input(x.shape, fmt, seed=6, offset=0.0))
+        outs.append(y)
+        stats.append((rm, rv))
+        grads.append([t.grad for t in (xa, wa, ba) if t is not None])
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+    if fmt is not None:
+        assert outs[1].is_contiguous(memory_format=fmt)
+    for g, e in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
+    for g, e in zip(stats[1], stats[0], strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
+    rm, rv = stats[1]
+    y_eval = BF.batch_norm(x, rm, rv, w, b, training=False, eps=EPS)
+    torch.testing.assert_close(y_eval, torch.nn.functional.batch_norm(x, rm, rv, w, b, False, eps=EPS))
+
+
+def test_double_backward_still_composed():
+    x = torch.randn(3, 2, 4, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(2, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(
+        lambda x, w, b: BF.batch_norm(x, None, None, w, b, training=True), (x, w, b), eps=1e-6, atol=1e-4
+    )
+
+
+@pytest.mark.parametrize("axes, shape", [((0, 2, 3), (9, 3, 5, 6)), ((0,), (9, 3, 5, 6)), ((0, 1, 2), (9, 5, 6, 3))])
+def test_reference_in_chunks(monkeypatch, axes, shape):
+    """The reference's cache-sized chunks of the batch axis give the unchunked result (float64 vs float64)."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(3.0, 2.0, size=shape)
+    fshape = _feature_shape(shape, axes)
+    gamma, beta = rng.uniform(0.5, 1.5, fshape), rng.normal(size=fshape)
+    dy = rng.normal(size=shape)
+    monkeypatch.setattr(ref, "_CHUNK_BYTES", 1)  # one sample per chunk
+    y, cache = ref.forward(x, gamma, beta, axes=axes)
+    dx, dgamma, dbeta = ref.backward(dy, cache)
+    x64 = torch.from_numpy(x).requires_grad_()
+    g64, b64 = torch.from_numpy(gamma).requires_grad_(), torch.from_numpy(beta).requires_grad_()
+    y64, mean64, var64 = bn64(x64, g64, b64, axes)
+    y64.backward(torch.from_numpy(dy))
+    np.testing.assert_allclose(y, y64.detach().numpy(), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(cache.mu_B.squeeze(axis=axes), mean64.detach().numpy(), rtol=1e-12)
+    np.testing.assert_allclose(cache.sigma2_B.squeeze(axis=axes), var64.detach().numpy(), rtol=1e-12)
+    np.testing.assert_allclose(dx, x64.grad.numpy(), rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(dgamma, g64.grad.numpy(), rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(dbeta, b64.grad.numpy(), rtol=1e-9, atol=1e-10)
+
+
+def test_reference_float32_offset_and_contiguous_rows():
+    rng = np.random.default_rng(8)
+    x = (1e6 + rng.standard_normal((8, 3, 20, 20))).astype(np.float32)
+    y, cache = ref.forward(x, np.ones(3, np.float32), np.zeros(3, np.float32), axes=(0, 2, 3))
+    assert y.dtype == np.float32 and cache.x_hat.dtype == np.float32
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(cache.sigma2_B.ravel(), x64.var(axis=(0, 2, 3)), rtol=1e-4)
+    np.testing.assert_allclose(cache.mu_B.ravel(), x64.mean(axis=(0, 2, 3)), rtol=1e-7)
+
+
+@pytest.mark.parametrize("fmt", [None, CL], ids=["nchw", "channels_last"])
+def test_corrected_rows_agree_with_plain_rows(monkeypatch, fmt):
+    """The corrected two-pass branch (taken for |μ| ≫ σ) and the plain one give the same statistics."""
+    x = _input((5, 3, 6, 7), fmt)
+    plain = cpu.batch_stats(x, (0, 2, 3))
+    monkeypatch.setattr(cpu, "_ROUNDING_TOLERANCE", 0.0)  # every row takes the corrected branch
+    corrected = cpu.batch_stats(x, (0, 2, 3))
+    for p, c in zip(plain, corrected, strict=True):
+        torch.testing.assert_close(p, c, rtol=1e-6, atol=1e-7)
