@@ -73,7 +73,7 @@ def _observations(results: dict, settings, lang: str) -> list[str]:
     t = S[lang]
     n_test = results["data"]["test"]
     out = []
-    variant_gap = 0.0
+    variant_gap = variant_gap_recal = 0.0
     for setting in settings:
         by_norm = {n: [r for r in results["runs"] if r["setting"] == setting.key and r["norm"] == n] for n in NORMS}
         if not all(by_norm.values()):
@@ -81,6 +81,13 @@ def _observations(results: dict, settings, lang: str) -> list[str]:
         correct = {n: float(np.mean([n_test - r["errors"] for r in rs])) for n, rs in by_norm.items()}
         acc = {n: _acc_over_seeds(rs, lang) for n, rs in by_norm.items()}
         variant_gap = max(variant_gap, abs(correct["activation"] - correct["channel"]))
+        recal = {
+            n: [n_test * r["traineval"]["recal"]["accuracy"] for r in by_norm[n] if r["traineval"]["recal"]]
+            for n in ("activation", "channel")
+        }
+        if all(recal.values()):
+            gap = abs(float(np.mean(recal["activation"])) - float(np.mean(recal["channel"])))
+            variant_gap_recal = max(variant_gap_recal, round(gap, 1))
         best_bn = max(correct["activation"], correct["channel"])
         span = max(correct.values()) - min(correct.values())
         args = dict(setting=_e(setting.title(lang)), none=acc["none"], act=acc["activation"], chan=acc["channel"])
@@ -112,6 +119,7 @@ def _observations(results: dict, settings, lang: str) -> list[str]:
         out.append(
             t["obs_variants"].format(
                 diff=_count(variant_gap, lang),
+                diff_recal=_count(variant_gap_recal, lang),
                 pa=integer(first["activation"]["params"]["bn"], lang),
                 pc=integer(first["channel"]["params"]["bn"], lang),
                 m=results["batch_size"],

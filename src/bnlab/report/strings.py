@@ -80,8 +80,8 @@ S: dict[str, dict[str, str]] = {
         "col_time": "training time",
         "observations": "What happened",
         "obs_not_learned": (
-            "{setting}: without BN the network did not learn in {epochs} epochs (test accuracy {acc}; guessing "
-            "gives about 10%), while BN per activation reached {act} and BN per channel {chan}."
+            "{setting}: without BN the network did not learn in {epochs} epochs — test accuracy {acc}, where "
+            "guessing gives about 10% — while BN per activation reached {act} and BN per channel {chan}."
         ),
         "obs_bn_helps": (
             "{setting}: BN helped — test accuracy {none} without BN, {act} per activation, {chan} per channel "
@@ -102,7 +102,8 @@ S: dict[str, dict[str, str]] = {
         "mean_range": "{mean} (seeds: {each})",
         "obs_variants": (
             "Per activation vs per channel: averaged over the seeds, the two BN variants differ by at most {diff} "
-            "test images in a setting; per activation has {pa} BN parameters (γ, β) against {pc} per channel and "
+            "test images in a setting ({diff_recal} with recalibrated statistics); per activation has {pa} BN "
+            "parameters (γ, β) against {pc} per channel and "
             "estimates each statistic from m = {m} values instead of up to m·p·q = {mpq}."
         ),
         "sec_setb": "What set B is in this network",
@@ -165,7 +166,7 @@ S: dict[str, dict[str, str]] = {
             "The running statistics average the last few dozen batches, measured while the weights were still "
             "changing; the recalibrated ones are measured on the final network over the whole training set. "
             "The weights are the same in both columns, so where they differ the statistics alone make the "
-            "difference — and recalibrating (a forward pass over the training data, no training) fixes it."
+            "difference. Recalibrating takes one forward pass over the training data, no training."
         ),
         "traineval_missing": "bnlab.recalibrate is not available in this installation; this section was skipped.",
         "sec_timings": "Timings",
@@ -256,8 +257,8 @@ S: dict[str, dict[str, str]] = {
         "col_time": "tiempo de entrenamiento",
         "observations": "Qué pasó",
         "obs_not_learned": (
-            "{setting}: sin BN la red no aprendió en {epochs} épocas (exactitud de prueba {acc}; adivinar da "
-            "alrededor del 10 %), mientras que BN por activación llegó a {act} y BN por canal a {chan}."
+            "{setting}: sin BN la red no aprendió en {epochs} épocas — exactitud de prueba {acc}, cuando adivinar "
+            "da alrededor del 10 % — mientras que BN por activación llegó a {act} y BN por canal a {chan}."
         ),
         "obs_bn_helps": (
             "{setting}: BN ayudó — exactitud de prueba {none} sin BN, {act} por activación, {chan} por canal "
@@ -276,7 +277,8 @@ S: dict[str, dict[str, str]] = {
         "mean_range": "{mean} (semillas: {each})",
         "obs_variants": (
             "Por activación frente a por canal: en promedio sobre las semillas, las dos variantes de BN difieren "
-            "como mucho en {diff} imágenes de prueba en una configuración; por activación tiene {pa} parámetros "
+            "como mucho en {diff} imágenes de prueba en una configuración ({diff_recal} con estadísticas "
+            "recalibradas); por activación tiene {pa} parámetros "
             "de BN (γ, β) frente a {pc} por canal, y estima cada estadística con m = {m} valores en lugar de "
             "hasta m·p·q = {mpq}."
         ),
@@ -297,7 +299,8 @@ S: dict[str, dict[str, str]] = {
         ),
         "setb_fig": "Capa {layer}: los valores en color forman un conjunto B, para las dos variantes.",
         "setb_text": (
-            "La explicación para la capa {layer}, tal como la da <code>bnlab explain {shape} --layout NCHW</code>"
+            "La explicación para la capa {layer}, tal como la da "
+            "<code>bnlab explain {shape} --layout NCHW --lang es</code>"
         ),
         "sec_curves": "Curvas de entrenamiento",
         "curves_intro": (
@@ -345,8 +348,7 @@ S: dict[str, dict[str, str]] = {
             "Las estadísticas acumuladas promedian las últimas decenas de lotes, medidas mientras los pesos aún "
             "cambiaban; las recalibradas se miden en la red final sobre todo el conjunto de entrenamiento. Los "
             "pesos son los mismos en ambas columnas, así que donde difieren la diferencia la causan solo las "
-            "estadísticas — y recalibrar (una pasada hacia delante por los datos de entrenamiento, sin entrenar) "
-            "la corrige."
+            "estadísticas. Recalibrar cuesta una pasada hacia delante por los datos de entrenamiento, sin entrenar."
         ),
         "traineval_missing": "bnlab.recalibrate no está disponible en esta instalación; se omitió esta sección.",
         "sec_timings": "Tiempos",
