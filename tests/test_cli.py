@@ -128,7 +128,7 @@ def test_train_then_evaluate(tmp_path, capsys):
     capsys.readouterr()
     assert main(["evaluate", str(out / "last.pt"), "--recalibrate", "--lang", "en"]) == 0
     text = capsys.readouterr().out
-    assert "test accuracy (eval mode, running statistics)" in text
+    assert "Test accuracy (eval mode, running statistics)" in text
     assert "recalibrated statistics (Alg. 2)" in text
     assert main(["evaluate", str(tmp_path / "none.pt"), "--lang", "en"]) == 2
     (tmp_path / "junk.pt").write_bytes(b"junk")

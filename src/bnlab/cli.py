@@ -40,6 +40,7 @@ MSG = {
         "saved": "Checkpoint: {ckpt}\nHistory: {hist}\nFigure: {fig}",
         "not_ckpt": "{path} is not a training checkpoint written by 'bnlab train': {err}",
         "evaluated": "{split} accuracy (eval mode, {what}): {acc} — loss {loss} on {n} images",
+        "splits": {"test": "Test", "val": "Validation", "train": "Training"},
         "ema": "running statistics",
         "recal": "recalibrated statistics (Alg. 2)",
         "bad_shape": "SHAPE must be integers separated by commas or 'x', such as 32,28,28,16 — got {shape!r}",
@@ -71,6 +72,7 @@ MSG = {
         "saved": "Punto de control: {ckpt}\nHistorial: {hist}\nFigura: {fig}",
         "not_ckpt": "{path} no es un punto de control escrito por 'bnlab train': {err}",
         "evaluated": "Exactitud en {split} (modo evaluación, {what}): {acc} — pérdida {loss} en {n} imágenes",
+        "splits": {"test": "prueba", "val": "validación", "train": "entrenamiento"},
         "ema": "estadísticas acumuladas",
         "recal": "estadísticas recalibradas (Alg. 2)",
         "bad_shape": ("SHAPE deben ser enteros separados por comas o 'x', como 32,28,28,16 — se recibió {shape!r}"),
@@ -473,7 +475,7 @@ def _cmd_evaluate(args, lang: str) -> int:
     x, y = getattr(data, f"x_{args.split}"), getattr(data, f"y_{args.split}")
     res = evaluate(model, x, y)
     acc, loss = pct(res["accuracy"], lang), num(res["loss"], lang, 4)
-    print(m["evaluated"].format(split=args.split, what=m["ema"], acc=acc, loss=loss, n=len(x)))
+    print(m["evaluated"].format(split=m["splits"][args.split], what=m["ema"], acc=acc, loss=loss, n=len(x)))
     if args.recalibrate:
         from .inference import recalibrate
 
@@ -481,7 +483,7 @@ def _cmd_evaluate(args, lang: str) -> int:
         n = (len(data.x_train) // bs) * bs
         recal = recalibrate(copy.deepcopy(model), [data.x_train[i : i + bs] for i in range(0, n, bs)], progress=False)
         res = evaluate(recal, x, y)
-        print(m["evaluated"].format(split=args.split, what=m["recal"], acc=pct(res["accuracy"], lang),
+        print(m["evaluated"].format(split=m["splits"][args.split], what=m["recal"], acc=pct(res["accuracy"], lang),
                                     loss=num(res["loss"], lang, 4), n=len(x)))  # fmt: skip
     return 0
 
