@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import os
 import statistics
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -37,6 +39,7 @@ from bnlab import reference as ref
 
 SHAPES = [(32, 64, 56, 56), (32, 256, 28, 28), (64, 512, 14, 14), (128, 64, 28, 28), (256, 32, 8, 8)]
 QUICK_SHAPES = [(32, 64, 56, 56), (256, 32, 8, 8)]
+_STAT = statistics.median
 CASES = ["fwd train NCHW", "fwd train CL", "fwd+bwd CL", "eval NCHW", "bwd NCHW", "ref fwd", "ref bwd"]
 
 
@@ -45,7 +48,7 @@ def _parse_shape(text: str) -> tuple[int, ...]:
 
 
 def interleaved(variants: dict, repeats: int, block: int = 3, warmup: int = 1) -> dict[str, float]:
-    """Median seconds per call of each variant, the variants taking turns in blocks of ``block`` calls.
+    """Median (or ``--stat min``) seconds per call of each variant, taking turns in blocks of ``block`` calls.
 
     The first call of each block is not counted (when block > 1): it pays for switching the allocator's
     state from the other variant's buffers (on glibc, page faults after a heap trim), a cost that a model
@@ -62,7 +65,7 @@ def interleaved(variants: dict, repeats: int, block: int = 3, warmup: int = 1) -
                 fn()
                 if i > 0 or block == 1:
                     times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return {name: _STAT(ts) for name, ts in times.items()}
 
 
 def keep_freed_memory() -> bool:
@@ -122,7 +125,11 @@ def _bwd(fn, t: Inputs):
 
 
 def compile_peer(t: Inputs):
-    """torch.compile of the same F.batch_norm call; returns (callable, seconds of the first call)."""
+    """torch.compile of the same F.batch_norm call; returns (callable, seconds of the first call).
+
+    Dynamo's state is reset first, so every shape gets its own compile (no recompile limit, no reuse).
+    """
+    torch._dynamo.reset()
     compiled = torch.compile(
         lambda x, rm, rv, w, b: torch.nn.functional.batch_norm(x, rm, rv, w, b, training=True), dynamic=False
     )
@@ -218,6 +225,12 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="two shapes, 5 repeats")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile peer")
     p.add_argument(
+        "--warm-compile-cache",
+        action="store_true",
+        help="let torch.compile reuse its on-disk caches (default: a fresh cache dir, so compile times are cold)",
+    )
+    p.add_argument("--stat", choices=("median", "min"), default="median", help="statistic of the timed calls")
+    p.add_argument(
         "--default-malloc", action="store_true", help="leave glibc's trim/mmap thresholds (see keep_freed_memory)"
     )
     p.add_argument("--cases", help=f"comma-separated subset of: {', '.join(CASES)}")
@@ -231,12 +244,16 @@ def main(argv=None) -> int:
     unknown = cases - set(CASES)
     if unknown:
         p.error(f"unknown cases {sorted(unknown)}; choose from {CASES}")
+    if args.compile and not args.warm_compile_cache:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="bnlab-bench-inductor-")
+    global _STAT
+    _STAT = statistics.median if args.stat == "median" else min
     malloc = "glibc defaults" if args.default_malloc else "freed memory kept (mallopt)"
     if not args.default_malloc and not keep_freed_memory():
         malloc = "default allocator (mallopt unavailable)"
     print(
         f"# torch {torch.__version__}, numpy {np.__version__}, {torch.get_num_threads()} threads available, "
-        f"float32, median over {repeats} turns of blocks of {args.block} calls, {malloc}; ratio < 1: bnlab faster"
+        f"float32, {args.stat} over {repeats} turns of blocks of {args.block} calls, {malloc}; ratio < 1: bnlab faster"
     )
     for threads in (int(s) for s in args.threads.split(",")):
         torch.set_num_threads(threads)

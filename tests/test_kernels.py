@@ -287,3 +287,11 @@ def test_corrected_rows_agree_with_plain_rows(monkeypatch, fmt):
     corrected = cpu.batch_stats(x, (0, 2, 3))
     for p, c in zip(plain, corrected, strict=True):
         torch.testing.assert_close(p, c, rtol=1e-6, atol=1e-7)
+
+
+def test_forward_under_autograd_stays_differentiable():
+    x = torch.randn(4, 3, 5, 6, requires_grad=True)
+    w, b = _params((3,))
+    y, mean, var = cpu.forward(x, w, b, EPS, (0, 2, 3))
+    y.sum().backward()
+    assert x.grad is not None and x.grad.abs().max() < 1e-4  # Σ y does not depend on x
