@@ -104,10 +104,9 @@ def _update_running(running_mean, running_var, mean, var, m: int, momentum: floa
     with torch.no_grad():
         unbiased = var * (m / (m - 1))
         ok = torch.isfinite(mean) & torch.isfinite(unbiased)
-        new_mean = torch.lerp(running_mean, mean.to(running_mean.dtype), momentum)
-        new_var = torch.lerp(running_var, unbiased.to(running_var.dtype), momentum)
-        running_mean.copy_(torch.where(ok, new_mean, running_mean))
-        running_var.copy_(torch.where(ok, new_var, running_var))
+        # where a statistic is not finite the "new" value is the old one, so the lerp leaves it unchanged
+        running_mean.lerp_(torch.where(ok, mean.to(running_mean.dtype), running_mean), momentum)
+        running_var.lerp_(torch.where(ok, unbiased.to(running_var.dtype), running_var), momentum)
 
 
 def batch_norm(
