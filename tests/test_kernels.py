@@ -295,3 +295,26 @@ def test_forward_under_autograd_stays_differentiable():
     y, mean, var = cpu.forward(x, w, b, EPS, (0, 2, 3))
     y.sum().backward()
     assert x.grad is not None and x.grad.abs().max() < 1e-4  # Σ y does not depend on x
+
+
+@pytest.mark.parametrize("fmt, shape", [(CL, (7, 3, 5, 6)), (CL3, (5, 4, 2, 3, 4))], ids=["2d", "3d"])
+@pytest.mark.parametrize("offset", [1.5, 1e6])
+def test_channels_last_chunks(monkeypatch, fmt, shape, offset):
+    """channels_last statistics in chunks of 2 samples (the last one shorter) ≡ float64, both branches."""
+    monkeypatch.setattr(cpu, "_CHUNK_BYTES", 2 * 4 * int(np.prod(shape[1:])))
+    x = _input(shape, fmt, torch.float64, seed=9, offset=offset).float().contiguous(memory_format=fmt)
+    axes = tuple(a for a in range(len(shape)) if a != 1)
+    _, mean64, var64 = bn64(x, None, None, axes)
+    mean, var = cpu.batch_stats(x, axes)
+    torch.testing.assert_close(mean.double(), mean64, rtol=1e-7, atol=1e-6)
+    torch.testing.assert_close(var.double(), var64, rtol=1e-5, atol=0)
+    w, b = _params((shape[1],))
+    y, mean_f, var_f = cpu.forward(x, w, b, EPS, axes)
+    torch.testing.assert_close(var_f, var)
+    assert y.is_contiguous(memory_format=fmt)
+    y_whole = composed.normalize(x, mean, var, w, b, EPS, axes)
+    # with the 1e6 offset y = a·x + b rounds at about ε·|μ|/σ (see test_stability_offset_1e6)
+    torch.testing.assert_close(y, y_whole, rtol=1e-5, atol=1e-5 if offset < 1e3 else 0.15)
+    monkeypatch.setattr(cpu, "_ROUNDING_TOLERANCE", 0.0)  # every row corrected: same statistics
+    for p, c in zip((mean, var), cpu.batch_stats(x, axes), strict=True):
+        torch.testing.assert_close(p, c, rtol=1e-6, atol=1e-7)

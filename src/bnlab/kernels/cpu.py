@@ -37,6 +37,9 @@ _FLOAT = (torch.float32, torch.float64)
 # m_r·(rounding)². Where ε_dtype·|μ_r| exceeds this fraction of σ_r (float32: |μ_r| > ~800 σ_r, e.g.
 # x = 1e6 + N(0, 1)) the rows are corrected by the mean of x − μ_r (corrected two-pass, one more pass).
 _ROUNDING_TOLERANCE = 1e-4
+# channels_last statistics run over chunks of whole samples of about this many bytes (input), so that
+# the chunk and its scratch buffer stay in the L2/L3 cache between the passes of the two-pass method
+_CHUNK_BYTES = 2 << 20
 
 
 def fast_path(x: torch.Tensor, axes: tuple[int, ...]) -> bool:
@@ -75,9 +78,9 @@ def merge_rows(row_mean: torch.Tensor, row_m2: torch.Tensor, row_count: int) -> 
 def _row_moments(x3: torch.Tensor, scratch3: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean (float64) and M2 of each row x3[n, c, :]; ``scratch3`` (like x3) is overwritten.
 
-    NCHW: d = x − μ_r into the scratch, then M2 = ‖d‖² (a contiguous-row norm). channels_last, where
-    the row axis is strided and a strided norm is slow: (x − μ_r)² into the scratch in one fused op
-    (``mse_loss`` without reduction), then a vectorized sum.
+    NCHW: d = x − μ_r into the scratch, then M2 = ‖d‖² (a contiguous-row norm). channels_last (a batch
+    small enough for one chunk, see :func:`_row_moments_cl`), where the row axis is strided and a
+    strided norm is slow: (x − μ_r)² into the scratch in one fused op, then a vectorized sum.
     """
     n_row = x3.shape[2]
     row_mean = x3.sum(2).div_(n_row)
@@ -88,10 +91,7 @@ def _row_moments(x3: torch.Tensor, scratch3: torch.Tensor) -> tuple[torch.Tensor
     else:
         torch.ops.aten.mse_loss.out(x3, shift, 0, out=scratch3)
         row_m2 = scratch3.sum(2)
-    info = torch.finfo(x3.dtype)
-    # ε·|μ_r| > tolerance·σ_r, i.e. μ_r²·ε²·m_r > tolerance²·M2_r (zero rows: 0 > tiny, no correction)
-    ratio = info.eps**2 * n_row / max(_ROUNDING_TOLERANCE**2, info.tiny)
-    if bool(((row_mean * row_mean).mul_(ratio) > row_m2 + info.tiny).any()):
+    if _needs_correction(row_mean, row_m2, n_row):
         # corrected two-pass: with d = x − μ_r exact, the rounding of μ_r is δ = mean(d)
         torch.sub(x3, shift, out=scratch3)
         delta = scratch3.sum(2).double().div_(n_row)
@@ -104,12 +104,69 @@ def _row_moments(x3: torch.Tensor, scratch3: torch.Tensor) -> tuple[torch.Tensor
     return row_mean.double(), row_m2
 
 
-def _stats_into(x: torch.Tensor, scratch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, biased var) per channel of a float32/float64 ``x`` on the fast path; scratch overwritten."""
+def _needs_correction(row_mean: torch.Tensor, row_m2: torch.Tensor, n_row: int) -> bool:
+    """True where some row mean is rounded by more than ``_ROUNDING_TOLERANCE``·σ_r (see the constant).
+
+    ε·|μ_r| > tolerance·σ_r, i.e. μ_r²·ε²·m_r > tolerance²·M2_r (zero rows: 0 > tiny, no correction).
+    """
+    info = torch.finfo(row_mean.dtype)
+    ratio = info.eps**2 * n_row / max(_ROUNDING_TOLERANCE**2, info.tiny)
+    return bool(((row_mean * row_mean).mul_(ratio) > row_m2 + info.tiny).any())
+
+
+def _chunk_rows(n: int, row_bytes: int) -> int:
+    """Samples per chunk: about ``_CHUNK_BYTES`` of input (at least one sample)."""
+    return max(1, min(n, _CHUNK_BYTES // max(row_bytes, 1)))
+
+
+def _row_moments_cl(xt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (float64) and M2 of each row of a channels_last input viewed as ``xt`` = (N, m_r, C).
+
+    The batch is processed in chunks of samples of about ``_CHUNK_BYTES``: the chunk's row means by a
+    sum over m_r (vectorized over the contiguous C), then (x − μ_r)² into a small scratch buffer in one
+    fused op (``mse_loss`` without reduction) and its sum. The chunk is read from memory once; the
+    second and third pass run in cache.
+    """
+    n, n_row, c = xt.shape
+    k = _chunk_rows(n, n_row * c * xt.element_size())
+    row_mean = xt.new_empty(n, c)
+    row_m2 = xt.new_empty(n, c)
+    scratch = xt.new_empty(k, n_row, c)
+    for n0 in range(0, n, k):
+        n1 = min(n, n0 + k)
+        chunk, mean, sq = xt[n0:n1], row_mean[n0:n1], scratch[: n1 - n0]
+        torch.sum(chunk, 1, out=mean)
+        mean.div_(n_row)
+        torch.ops.aten.mse_loss.out(chunk, mean.unsqueeze(1), 0, out=sq)
+        torch.sum(sq, 1, out=row_m2[n0:n1])
+    if not _needs_correction(row_mean, row_m2, n_row):
+        return row_mean.double(), row_m2
+    # corrected two-pass, chunk by chunk: with d = x − μ_r exact, the rounding of μ_r is δ = mean(d)
+    delta = row_mean.new_empty(n, c)
+    for n0 in range(0, n, k):
+        n1 = min(n, n0 + k)
+        chunk, sq = xt[n0:n1], scratch[: n1 - n0]
+        torch.sub(chunk, row_mean[n0:n1].unsqueeze(1), out=sq)
+        torch.sum(sq, 1, out=delta[n0:n1])
+        torch.sum(sq.square_(), 1, out=row_m2[n0:n1])
+    delta = delta.double().div_(n_row)
+    row_m2 = (row_m2.double() - n_row * delta * delta).clamp_(min=0)
+    return row_mean.double() + delta, row_m2
+
+
+def _stats_into(x: torch.Tensor, scratch: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, biased var) per channel of a float32/float64 ``x`` on the fast path.
+
+    ``scratch`` (like x, or None: allocated where needed) is overwritten. A channels_last batch larger
+    than one chunk is processed in cache-sized chunks with a small scratch buffer of its own.
+    """
     n, c = x.shape[:2]
-    x3, scratch3 = x.view(n, c, -1), scratch.view(n, c, -1)
-    row_mean, row_m2 = _row_moments(x3, scratch3)
-    total = merge_rows(row_mean, row_m2, x3.shape[2])
+    if not x.is_contiguous() and _chunk_rows(n, x[0].numel() * x.element_size()) < n:
+        row_mean, row_m2 = _row_moments_cl(x.movedim(1, -1).reshape(n, -1, c))  # a view of channels_last
+    else:
+        scratch = torch.empty_like(x) if scratch is None else scratch
+        row_mean, row_m2 = _row_moments(x.view(n, c, -1), scratch.view(n, c, -1))
+    total = merge_rows(row_mean, row_m2, x.numel() // (n * c))
     return total.mean.to(x.dtype), total.variance.to(x.dtype)
 
 
@@ -118,7 +175,7 @@ def batch_stats(x: torch.Tensor, axes: tuple[int, ...]) -> tuple[torch.Tensor, t
     if not fast_path(x, axes):
         return composed.batch_stats(x, axes)
     xs = x.float() if x.dtype in _HALF else x
-    return _stats_into(xs, torch.empty_like(xs))
+    return _stats_into(xs, None)
 
 
 def _native_normalize(x, mean, var, weight, bias, eps: float, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -155,7 +212,7 @@ def forward(x, weight, bias, eps: float, axes: tuple[int, ...]):
     if x.dtype in _HALF:  # statistics in float32; the kernel reads fp16/bf16 and writes x's dtype
         xs = x.float()
         y = None
-        mean, var = _stats_into(xs, torch.empty_like(xs))
+        mean, var = _stats_into(xs, None)
     else:  # y is the statistics' scratch buffer, then overwritten by the output
         y = torch.empty_like(x)
         mean, var = _stats_into(x, y)
