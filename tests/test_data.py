@@ -452,7 +452,6 @@ def test_load_dataset_dispatches(tmp_path):
     "name, path, words",
     [
         ("imagenet", None, ["imagenet", "digits, mnist, cifar10"]),
-        ("mnist", None, ["path="]),
         ("cifar10", None, ["path="]),
         ("digits", "/tmp", ["path=None"]),
     ],
@@ -462,3 +461,14 @@ def test_load_dataset_errors(name, path, words):
         load_dataset(name, path)
     for word in words:
         assert word in str(info.value)
+
+
+def test_the_shipped_mnist_subset_loads_by_default():
+    from bnlab.data import MNIST10K, load_dataset, load_mnist
+
+    assert MNIST10K.is_file()
+    ds = load_mnist()
+    assert ds.num_classes == 10 and ds.image_shape == (1, 28, 28)
+    assert len(ds.x_train) + len(ds.x_val) + len(ds.x_test) == 10_000
+    same = load_dataset("mnist")
+    assert torch.equal(ds.x_train, same.x_train) and torch.equal(ds.y_test, same.y_test)

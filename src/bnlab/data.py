@@ -1,4 +1,5 @@
-"""Datasets as plain tensors: scikit-learn's digits (bundled), MNIST (IDX or .npz), CIFAR-10 (python batches).
+"""Datasets as plain tensors: scikit-learn's digits (bundled), MNIST (IDX or .npz; a 10,000-image subset ships
+with bnlab, see :data:`MNIST10K`), CIFAR-10 (python batches).
 
 Every loader returns a :class:`Dataset` with train / validation / test splits:
 
@@ -43,6 +44,7 @@ __all__ = [
     "load_dataset",
     "load_digits",
     "load_mnist",
+    "MNIST10K",
     "load_cifar10",
     "read_idx",
     "split_indices",
@@ -53,6 +55,10 @@ __all__ = [
 DATASETS = ("digits", "mnist", "cifar10")
 
 _DEFAULT_VAL, _DEFAULT_TEST = 0.1, 0.2
+
+#: 10,000 real MNIST digits shipped inside the package (MIT; attribution in ``bnlab/datasets/README.md``).
+#: ``load_mnist()`` and ``load_dataset("mnist")`` read it when no path is given.
+MNIST10K = Path(__file__).resolve().parent / "datasets" / "mnist10k.npz"
 
 
 @dataclass(frozen=True, repr=False)
@@ -313,7 +319,7 @@ def _read_mnist_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_mnist(
-    path: str | Path | Sequence[str | Path],
+    path: str | Path | Sequence[str | Path] = MNIST10K,
     seed: int = 0,
     val_fraction: float = _DEFAULT_VAL,
     test_fraction: float | None = None,
@@ -329,6 +335,7 @@ def load_mnist(
     * explicit IDX paths: ``(images, labels)`` or ``(train_images, train_labels, test_images, test_labels)``.
 
     Without an official test set, ``test_fraction`` (default 0.2) of the data is held out as the test split.
+    The default ``path`` is the 10,000-image subset shipped with bnlab (:data:`MNIST10K`).
     """
     test = None
     if isinstance(path, (str, Path)):
@@ -489,7 +496,8 @@ def load_cifar10(
 
 
 def load_dataset(name: str, path: str | Path | None = None, seed: int = 0, **kwargs) -> Dataset:
-    """Load ``"digits"`` (bundled, no path), ``"mnist"`` or ``"cifar10"`` (from ``path``).
+    """Load ``"digits"`` (bundled, no path), ``"mnist"`` (from ``path``; without one, the shipped 10,000-image
+    subset :data:`MNIST10K`) or ``"cifar10"`` (from ``path``).
 
     Extra keyword arguments (``val_fraction``, ``test_fraction``) go to the loader.
     """
@@ -500,8 +508,9 @@ def load_dataset(name: str, path: str | Path | None = None, seed: int = 0, **kwa
         if path is not None:
             raise ValueError("the digits dataset ships with scikit-learn; leave path=None")
         return load_digits(seed=seed, **kwargs)
+    if path is None and key == "mnist":
+        path = MNIST10K
     if path is None:
-        where = "a directory of IDX files or an .npz" if key == "mnist" else "the cifar-10-batches-py directory"
-        raise ValueError(f"{key} is read from disk: pass path=... ({where})")
+        raise ValueError(f"{key} is read from disk: pass path=... (the cifar-10-batches-py directory)")
     loader = load_mnist if key == "mnist" else load_cifar10
     return loader(path, seed=seed, **kwargs)
