@@ -506,6 +506,11 @@ def _read_training_checkpoint(path: Path, lang: str) -> dict:
         raise UsageError(MSG[lang]["not_ckpt"].format(path=path, err=err)) from None
 
 
+def _train_title(args, lang: str) -> str:
+    rate = {"en": "learning rate", "es": "tasa de aprendizaje"}[lang]
+    return f"{args.dataset}, {args.model}, {args.norm}, {args.activation}, {args.optimizer}, {rate} {args.lr:g}"
+
+
 def _cmd_train(args, lang: str) -> int:
     m = MSG[lang]
     _check_data(args.dataset, args.data, lang)
@@ -568,9 +573,7 @@ def _cmd_train(args, lang: str) -> int:
         from .report.strings import num, pct
 
         run = {"norm": args.norm, "history": result.history}
-        rate = {"en": "learning rate", "es": "tasa de aprendizaje"}[lang]
-        title = f"{args.dataset}, {args.model}, {args.norm}, {args.activation}, {args.optimizer}, {rate} {args.lr:g}"
-        curves_figure([run], title, lang, fig)
+        curves_figure([run], _train_title(args, lang), lang, fig)
     except KeyboardInterrupt:
         print(m["interrupted_after_save"].format(ckpt=ckpt), file=sys.stderr)
         return EXIT_INTERRUPTED
