@@ -389,3 +389,68 @@ def test_a_tensor_whose_bytes_change_with_a_valid_container_is_refused(tmp_path)
     assert torch.load(rewritten, weights_only=True)["state"]["w"].sum() == 16  # torch reads the new bytes
     with pytest.raises(CheckpointError, match=r"state\['w'\] do not match their SHA-256 digest"):
         load_checkpoint(rewritten)
+
+
+# -- second, independent tests of each safety check ---------------------------------------------------------
+class _Exec:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').close()",))
+
+
+def test_a_pickle_calling_exec_deep_inside_a_valid_looking_state_is_refused(tmp_path):
+    marker = tmp_path / "ran"
+    path = tmp_path / "evil.pt"
+    state = {"model": {"w": torch.ones(2)}, "history": {"loss": [1.0, _Exec(str(marker))]}}
+    torch.save({"format": "bnlab-checkpoint", "version": 2, "state": state, "digests": []}, path)
+    with pytest.raises(CheckpointError, match="would run code"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_a_changed_byte_of_the_pickle_that_still_unpickles_fails_the_crc(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, {"name": "aaaaaaaa"})
+    data = bytearray(path.read_bytes())
+    i = bytes(data).index(b"aaaaaaaa")
+    data[i] = ord("b")  # still a valid pickle, of {"name": "baaaaaaa"}: only the CRC can tell
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="fails its CRC check"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    "payload, match",
+    [
+        ({"format": "bnlab-checkpoint", "version": 2}, "without the bnlab header"),
+        ({"format": b"bnlab-checkpoint", "version": 2, "state": {}}, "without the bnlab header"),
+        ([1, 2, 3], "without the bnlab header"),
+        ({"format": "bnlab-checkpoint", "version": True, "state": {}}, "version True"),
+        ({"format": "bnlab-checkpoint", "version": "2", "state": {}}, "version '2'"),
+    ],
+)
+def test_headers_that_almost_match_are_refused(tmp_path, payload, match):
+    path = tmp_path / "x.pt"
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=match):
+        load_checkpoint(path)
+
+
+def test_version_1_files_are_still_read(tmp_path):
+    path = tmp_path / "old.pt"
+    torch.save({"format": "bnlab-checkpoint", "version": 1, "state": {"w": torch.arange(3.0)}}, path)
+    assert torch.equal(load_checkpoint(path)["w"], torch.arange(3.0))
+
+
+def test_too_deep_a_state_is_refused_before_touching_the_file(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, {"ok": 1})
+    before = path.read_bytes()
+    deep: list = []
+    for _ in range(150):
+        deep = [deep]
+    with pytest.raises(ValueError, match="more than 100 deep"):
+        save_checkpoint(path, {"deep": deep})
+    assert path.read_bytes() == before
