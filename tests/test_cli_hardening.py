@@ -230,3 +230,15 @@ def test_progress_bars_are_spanish_and_throttled_off_a_terminal(monkeypatch):
     text = log.getvalue()
     assert "paso" in text and "it/s" not in text
     assert len(text) < 1000  # 160 steps: a line or two, not one redraw per step
+
+
+@pytest.mark.parametrize(
+    "lang, singular, plural", [("en", "N=1 example,", "1 examples"), ("es", "N=1 ejemplo,", "1 ejemplos")]
+)
+def test_explain_says_1_example_and_1_value(capsys, lang, singular, plural):
+    assert main(["explain", "1,3", "--layout", "NC", "--lang", lang]) == 0
+    out = capsys.readouterr().out
+    assert singular in out and plural not in out
+    assert ("m = 1 value." if lang == "en" else "m = 1 valor.") in out
+    assert main(["explain", "11,3", "--layout", "NC", "--lang", lang]) == 0
+    assert ("N=11 examples" if lang == "en" else "N=11 ejemplos") in capsys.readouterr().out
