@@ -65,7 +65,7 @@ def test_module_entry_point_runs():
         (["train", "--data", "x.npz"], "--data is not used with --dataset digits"),
         (["explain", "32,a"], "SHAPE must be positive integers"),
         (["explain", "32,28,28", "--layout", "NHWC"], "layout NHWC needs 4"),
-        (["experiment", "paper-fig1"], "the following arguments are required: --data"),
+        (["experiment", "paper-fig1", "--data", "missing.npz"], "--data missing.npz: no such file"),
         (["experiment", "fig9"], "invalid choice: 'fig9'"),
         (["demo", "--seeds", "a,b"], "give seeds as integers"),
         ([], "the following arguments are required: COMMAND"),
