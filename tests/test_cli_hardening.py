@@ -74,7 +74,7 @@ def test_ctrl_c_during_start_up_is_a_clean_exit(tmp_path):
     time.sleep(0.6)  # inside bnlab's imports (torch takes seconds) or early in training
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    assert proc.returncode in (130, -signal.SIGINT), err  # see test_an_interrupted_demo_leaves_no_empty_folder
     assert "Traceback" not in err and "Interrupted" in err
 
 
