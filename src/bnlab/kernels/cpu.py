@@ -15,7 +15,9 @@ to :mod:`.composed` unchanged. The fast paths apply to convolutional BN in torch
   a 1e6 offset — so statistics are never routed to it;
 - **normalize** (eval, and the training output): torch's native batch-norm kernel, a vectorized
   per-channel y = a·x + b (faster than ``addcmul`` with two broadcast operands), written into the
-  scratch buffer of the statistics pass in training;
+  scratch buffer of the statistics pass in training; where some channel has |μ|/σ above
+  :data:`.composed.SHIFT_RATIO` (a check over C numbers), :func:`.composed.normalize`'s
+  (x − μ)·a + β instead, so that the output is as accurate as the statistics;
 - **backward**: ``aten.native_batch_norm_backward`` given our μ_B and 1/√(σ²_B + ε); its reductions are
   centred on μ_B, so they stay accurate with large offsets.
 
@@ -195,20 +197,26 @@ def _native_params(x: torch.Tensor, mean, var, *params) -> bool:
     return _same_dtype(dtype, mean, var, *params) and not (mean.requires_grad or var.requires_grad)
 
 
+def _shift_needed(mean, var, eps: float) -> bool:
+    """Some channel has |μ|/σ large enough that a·x + b would lose accuracy (see :mod:`.composed`)."""
+    return bool(composed.needs_shift(mean, var, eps).any())
+
+
 def normalize(x, mean, var, weight, bias, eps: float, axes: tuple[int, ...]) -> torch.Tensor:
     """y = γ (x − μ)/√(σ² + ε) + β in x's dtype (and memory format): torch's vectorized kernel."""
-    if fast_path(x, axes) and _native_params(x, mean, var, weight, bias):
+    if fast_path(x, axes) and _native_params(x, mean, var, weight, bias) and not _shift_needed(mean, var, eps):
         return _native_normalize(x, mean, var, weight, bias, float(eps))
     return composed.normalize(x, mean, var, weight, bias, eps, axes)
 
 
-def forward(x, weight, bias, eps: float, axes: tuple[int, ...]):
+def forward(x, weight, bias, eps: float, axes: tuple[int, ...], relu: bool = False):
     """Training forward of Alg. 1: returns ``(y, mean, var)`` (batch mean and biased variance).
 
-    Not differentiable on the fast path: where autograd would record it, the composed ops run instead.
+    ``relu=True``: y = max(BN(x), 0), applied in place. Not differentiable on the fast path: where
+    autograd would record it, the composed ops run instead.
     """
     if not fast_path(x, axes) or (torch.is_grad_enabled() and _any_requires_grad(x, weight, bias)):
-        return composed.forward(x, weight, bias, eps, axes)
+        return composed.forward(x, weight, bias, eps, axes, relu)
     if x.dtype in _HALF:  # statistics in float32; the kernel reads fp16/bf16 and writes x's dtype
         xs = x.float()
         y = None
@@ -220,18 +228,26 @@ def forward(x, weight, bias, eps: float, axes: tuple[int, ...]):
         weight = weight.to(mean.dtype)
     if bias is not None:
         bias = bias.to(mean.dtype)
-    return _native_normalize(x, mean, var, weight, bias, float(eps), out=y), mean, var
+    if _shift_needed(mean, var, eps):
+        y = composed.normalize(x, mean, var, weight, bias, eps, axes)
+    else:
+        y = _native_normalize(x, mean, var, weight, bias, float(eps), out=y)
+    return (y.relu_() if relu else y), mean, var
 
 
-def backward(dy, x, mean, var, weight, eps: float, axes: tuple[int, ...], needs=(True, True, True)):
+def backward(
+    dy, x, mean, var, weight, eps: float, axes: tuple[int, ...], needs=(True, True, True), y=None
+):
     """Closed-form gradients of Alg. 1: ``(dx, dweight, dbias)``; torch's kernel on the fast path.
 
     ``aten.native_batch_norm_backward`` with save_mean = μ_B and save_invstd = 1/√(σ²_B + ε) computes
-    the same closed form as :func:`.composed.backward`, with its reductions centred on μ_B.
+    the same closed form as :func:`.composed.backward`, with its reductions centred on μ_B. ``y``: the
+    output of ``forward(..., relu=True)``; dy is masked to where y > 0 first.
     """
     need_x, need_w, need_b = needs
     if not (fast_path(x, axes) and _native_params(x, mean, var, weight)):
-        return composed.backward(dy, x, mean, var, weight, eps, axes, needs)
+        return composed.backward(dy, x, mean, var, weight, eps, axes, needs, y)
+    dy = composed.relu_mask(dy, y)
     fmt = torch.contiguous_format if x.is_contiguous() else _memory_format(x)
     dy = dy.to(x.dtype).contiguous(memory_format=fmt)
     invstd = torch.rsqrt(var + eps)
