@@ -57,7 +57,10 @@ def test_in_a_subprocess():
     env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-        env=env, capture_output=True, text=True, timeout=600,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
 

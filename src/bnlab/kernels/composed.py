@@ -28,8 +28,16 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["batch_stats", "normalize", "forward", "backward", "affine_coefficients", "needs_shift", "relu_mask",
-           "SHIFT_RATIO"]
+__all__ = [
+    "batch_stats",
+    "normalize",
+    "forward",
+    "backward",
+    "affine_coefficients",
+    "needs_shift",
+    "relu_mask",
+    "SHIFT_RATIO",
+]
 
 # |μ|/√(σ²+ε) above which y = a·x + b is replaced by (x − μ)·a + β: a·x + b errs by about
 # 2·ε_dtype·|γ|·|μ|/σ, i.e. by less than 32 ulps of a unit output below this ratio.
@@ -108,9 +116,7 @@ def relu_mask(dy: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
     return dy if y is None else torch.where(y > 0, dy, torch.zeros((), dtype=dy.dtype, device=dy.device))
 
 
-def backward(
-    dy, x, mean, var, weight, eps: float, axes: tuple[int, ...], needs=(True, True, True), y=None
-):
+def backward(dy, x, mean, var, weight, eps: float, axes: tuple[int, ...], needs=(True, True, True), y=None):
     """Closed-form gradients of Alg. 1 (see :mod:`bnlab.reference`).
 
     ``y``: the output of a ``forward(..., relu=True)``; the gradient then flows only where y > 0.

@@ -265,9 +265,7 @@ def forward(x, weight, bias, eps: float, axes: tuple[int, ...], relu: bool = Fal
     return (y.relu_() if relu else y), mean, var
 
 
-def backward(
-    dy, x, mean, var, weight, eps: float, axes: tuple[int, ...], needs=(True, True, True), y=None
-):
+def backward(dy, x, mean, var, weight, eps: float, axes: tuple[int, ...], needs=(True, True, True), y=None):
     """Closed-form gradients of Alg. 1: ``(dx, dweight, dbias)``; torch's kernel on the fast path.
 
     ``aten.native_batch_norm_backward`` with save_mean = μ_B and save_invstd = 1/√(σ²_B + ε) computes

@@ -88,9 +88,7 @@ def forward(x, weight, bias, eps: float, axes: tuple[int, ...], relu: bool = Fal
     return (y.relu_() if relu else y), mean, var
 
 
-def backward(
-    dy, x, mean, var, weight, eps: float, axes: tuple[int, ...], needs=(True, True, True), y=None
-):
+def backward(dy, x, mean, var, weight, eps: float, axes: tuple[int, ...], needs=(True, True, True), y=None):
     """Closed-form gradients ``(dx, dweight, dbias)``; ``native_batch_norm_backward`` where covered.
 
     ``y``: the output of ``forward(..., relu=True)``; dy is masked to where y > 0 first.

@@ -54,8 +54,9 @@ _MAX_SPLITS = 128  # the merge in the second kernel reads P·F partials per prog
 
 
 @triton.jit
-def _partial_moments(X, PCOUNT, PMEAN, PM2, F, B, sA, sF, sB, R, R_PER_SPLIT,
-                     BLOCK_R: tl.constexpr, BLOCK_F: tl.constexpr):
+def _partial_moments(
+    X, PCOUNT, PMEAN, PM2, F, B, sA, sF, sB, R, R_PER_SPLIT, BLOCK_R: tl.constexpr, BLOCK_F: tl.constexpr
+):
     split = tl.program_id(0)
     f = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
     fmask = f < F
@@ -126,9 +127,33 @@ def _merge_partials(PCOUNT, PMEAN, PM2, P, F, f, fmask, BLOCK_P: tl.constexpr, B
 
 
 @triton.jit
-def _normalize(X, Y, PCOUNT, PMEAN, PM2, MEAN, VAR, W, BIAS, P, F, B, sA, sF, sB, R, R_PER_SPLIT, eps,
-               FROM_PARTIALS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, RELU: tl.constexpr,
-               BLOCK_R: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_P: tl.constexpr):
+def _normalize(
+    X,
+    Y,
+    PCOUNT,
+    PMEAN,
+    PM2,
+    MEAN,
+    VAR,
+    W,
+    BIAS,
+    P,
+    F,
+    B,
+    sA,
+    sF,
+    sB,
+    R,
+    R_PER_SPLIT,
+    eps,
+    FROM_PARTIALS: tl.constexpr,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    RELU: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_F: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
     split = tl.program_id(0)
     f = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
     fmask = f < F
@@ -163,8 +188,24 @@ def _normalize(X, Y, PCOUNT, PMEAN, PM2, MEAN, VAR, W, BIAS, P, F, B, sA, sF, sB
 
 
 @triton.jit
-def _partial_grads(DY, X, Y, MEAN, PSUM, PDOT, F, B, sA, sF, sB, R, R_PER_SPLIT,
-                   HAS_Y: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_F: tl.constexpr):
+def _partial_grads(
+    DY,
+    X,
+    Y,
+    MEAN,
+    PSUM,
+    PDOT,
+    F,
+    B,
+    sA,
+    sF,
+    sB,
+    R,
+    R_PER_SPLIT,
+    HAS_Y: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_F: tl.constexpr,
+):
     split = tl.program_id(0)
     f = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
     fmask = f < F
@@ -190,9 +231,34 @@ def _partial_grads(DY, X, Y, MEAN, PSUM, PDOT, F, B, sA, sF, sB, R, R_PER_SPLIT,
 
 
 @triton.jit
-def _grad_input(DY, X, Y, DX, MEAN, VAR, W, PSUM, PDOT, DW, DB, P, F, B, sA, sF, sB, R, R_PER_SPLIT, eps,
-                HAS_Y: tl.constexpr, HAS_W: tl.constexpr, NEED_X: tl.constexpr,
-                BLOCK_R: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_P: tl.constexpr):
+def _grad_input(
+    DY,
+    X,
+    Y,
+    DX,
+    MEAN,
+    VAR,
+    W,
+    PSUM,
+    PDOT,
+    DW,
+    DB,
+    P,
+    F,
+    B,
+    sA,
+    sF,
+    sB,
+    R,
+    R_PER_SPLIT,
+    eps,
+    HAS_Y: tl.constexpr,
+    HAS_W: tl.constexpr,
+    NEED_X: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_F: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
     split = tl.program_id(0)
     f = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
     fmask = f < F
@@ -364,10 +430,31 @@ def _forward(x, weight, bias, eps, axes, relu, write_y=True):
     stats = torch.empty((2, f), device=x.device, dtype=torch.float32)
     y = torch.empty_like(x) if write_y else None
     _normalize[(splits if write_y else 1, f_blocks)](
-        x, y if write_y else x, part[0], part[1], part[2], stats[0], stats[1], _flat(weight, stats), _flat(bias, stats),
-        splits, f, b, sa, sf, sb, a * b, per_split if write_y else 0, float(eps),
-        FROM_PARTIALS=True, HAS_W=weight is not None, HAS_B=bias is not None, RELU=bool(relu),
-        BLOCK_R=block_r, BLOCK_F=block_f, BLOCK_P=block_p,
+        x,
+        y if write_y else x,
+        part[0],
+        part[1],
+        part[2],
+        stats[0],
+        stats[1],
+        _flat(weight, stats),
+        _flat(bias, stats),
+        splits,
+        f,
+        b,
+        sa,
+        sf,
+        sb,
+        a * b,
+        per_split if write_y else 0,
+        float(eps),
+        FROM_PARTIALS=True,
+        HAS_W=weight is not None,
+        HAS_B=bias is not None,
+        RELU=bool(relu),
+        BLOCK_R=block_r,
+        BLOCK_F=block_f,
+        BLOCK_P=block_p,
     )
     fshape = _feature_shape(x, axes)
     return y, stats[0].view(fshape), stats[1].view(fshape)
@@ -388,17 +475,36 @@ def normalize(x, mean, var, weight, bias, eps: float, axes: tuple[int, ...]) -> 
     block_r, block_f, f_blocks, splits, per_split, block_p = _launch_shape(x, a, f, b)
     y = torch.empty_like(x)
     _normalize[(splits, f_blocks)](
-        x, y, x, x, x, mean.reshape(-1), var.reshape(-1), _flat(weight, x), _flat(bias, x),
-        1, f, b, sa, sf, sb, a * b, per_split, float(eps),
-        FROM_PARTIALS=False, HAS_W=weight is not None, HAS_B=bias is not None, RELU=False,
-        BLOCK_R=block_r, BLOCK_F=block_f, BLOCK_P=16,
+        x,
+        y,
+        x,
+        x,
+        x,
+        mean.reshape(-1),
+        var.reshape(-1),
+        _flat(weight, x),
+        _flat(bias, x),
+        1,
+        f,
+        b,
+        sa,
+        sf,
+        sb,
+        a * b,
+        per_split,
+        float(eps),
+        FROM_PARTIALS=False,
+        HAS_W=weight is not None,
+        HAS_B=bias is not None,
+        RELU=False,
+        BLOCK_R=block_r,
+        BLOCK_F=block_f,
+        BLOCK_P=16,
     )
     return y
 
 
-def backward(
-    dy, x, mean, var, weight, eps: float, axes: tuple[int, ...], needs=(True, True, True), y=None
-):
+def backward(dy, x, mean, var, weight, eps: float, axes: tuple[int, ...], needs=(True, True, True), y=None):
     """Closed-form gradients ``(dx, dweight, dbias)`` in two launches; ``y`` = the ReLU output, if fused."""
     need_x, need_w, need_b = needs
     if not covered(x, axes, weight, dy, mean, var, y) or mean.dtype != torch.float32 or var.dtype != torch.float32:
@@ -410,16 +516,52 @@ def backward(
     part = torch.empty((2, splits, f), device=x.device, dtype=torch.float32)
     mean, var = mean.reshape(-1), var.reshape(-1)
     _partial_grads[(splits, f_blocks)](
-        dy, x, y if y is not None else x, mean, part[0], part[1], f, b, sa, sf, sb, a * b, per_split,
-        HAS_Y=y is not None, BLOCK_R=block_r, BLOCK_F=block_f,
+        dy,
+        x,
+        y if y is not None else x,
+        mean,
+        part[0],
+        part[1],
+        f,
+        b,
+        sa,
+        sf,
+        sb,
+        a * b,
+        per_split,
+        HAS_Y=y is not None,
+        BLOCK_R=block_r,
+        BLOCK_F=block_f,
     )
     grads = torch.empty((2, f), device=x.device, dtype=torch.float32)
     dx = torch.empty_like(x) if need_x else None
     _grad_input[(splits if need_x else 1, f_blocks)](
-        dy, x, y if y is not None else x, dx if need_x else x, mean, var, _flat(weight, mean), part[0], part[1],
-        grads[0], grads[1], splits, f, b, sa, sf, sb, a * b, per_split, float(eps),
-        HAS_Y=y is not None, HAS_W=weight is not None, NEED_X=bool(need_x),
-        BLOCK_R=block_r, BLOCK_F=block_f, BLOCK_P=block_p,
+        dy,
+        x,
+        y if y is not None else x,
+        dx if need_x else x,
+        mean,
+        var,
+        _flat(weight, mean),
+        part[0],
+        part[1],
+        grads[0],
+        grads[1],
+        splits,
+        f,
+        b,
+        sa,
+        sf,
+        sb,
+        a * b,
+        per_split,
+        float(eps),
+        HAS_Y=y is not None,
+        HAS_W=weight is not None,
+        NEED_X=bool(need_x),
+        BLOCK_R=block_r,
+        BLOCK_F=block_f,
+        BLOCK_P=block_p,
     )
     fshape = _feature_shape(x, axes)
     dweight = grads[0].view(fshape) if (need_w and weight is not None) else None
