@@ -40,6 +40,7 @@ their dtype and accumulated in float32; statistics and coefficients are float32.
 from __future__ import annotations
 
 import functools
+import warnings
 
 import torch
 import triton
@@ -335,7 +336,7 @@ def covered(x: torch.Tensor, axes: tuple[int, ...], *params) -> bool:
     """True where these kernels run: CUDA (or CPU under the interpreter), fp32/fp16/bf16, a layout of
     :func:`_plan`, fewer than 2³¹ elements, parameters float32 or x's dtype on x's device, no autograd."""
     device = x.device.type
-    if not (device == "cuda" or (device == "cpu" and INTERPRETED)):
+    if disabled is not None or not (device == "cuda" or (device == "cpu" and INTERPRETED)):
         return False
     if x.dtype not in _DTYPES or x.numel() == 0 or x.numel() >= 2**31:
         return False
@@ -403,6 +404,33 @@ def _flat(t: torch.Tensor | None, dummy: torch.Tensor) -> torch.Tensor:
 # ---- the contract -----------------------------------------------------------------------------------------
 
 
+disabled: str | None = None  # why the kernels were switched off in this process (see _guarded), or None
+
+
+def _guarded(impl, fallback, *args):
+    """``impl(*args)``; on a GPU, if it fails (a triton version that cannot compile these kernels, a
+    card without resources for them), warn once, switch the kernels off and use ``fallback`` — the
+    outputs are fresh tensors, so nothing half-written reaches the caller. Under the interpreter
+    errors are raised (tests must see them)."""
+    global disabled
+    if INTERPRETED:
+        return impl(*args)
+    try:
+        return impl(*args)
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 — any failure of the Triton path falls back to torch's kernels
+        disabled = f"{type(exc).__name__}: {exc}"
+        warnings.warn(
+            f"bnlab: Triton batch-norm kernels failed and are switched off; torch's kernels are used instead "
+            f"({disabled[:300]}) / bnlab: los kernels Triton de batch norm fallaron y se desactivan; se usan "
+            "los de torch",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return fallback(*args)
+
+
 def _stats_into(x, plan, launch):
     a, f, b, sa, sf, sb = plan
     block_r, block_f, f_blocks, splits, per_split, block_p = launch
@@ -417,6 +445,10 @@ def batch_stats(x: torch.Tensor, axes: tuple[int, ...]) -> tuple[torch.Tensor, t
     """Mini-batch mean and biased variance over ``axes`` (float32): partial moments + Chan's merge."""
     if not covered(x, axes):
         return cuda.batch_stats(x, axes)
+    return _guarded(_batch_stats, cuda.batch_stats, x, axes)
+
+
+def _batch_stats(x, axes):
     _, mean, var = _forward(x, None, None, 1e-5, axes, False, write_y=False)
     return mean, var
 
@@ -464,13 +496,17 @@ def forward(x, weight, bias, eps: float, axes: tuple[int, ...], relu: bool = Fal
     """Training forward: ``(y, mean, var)`` in two launches (partial moments; merge + normalize)."""
     if not covered(x, axes, weight, bias):
         return cuda.forward(x, weight, bias, eps, axes, relu)
-    return _forward(x, weight, bias, eps, axes, relu)
+    return _guarded(_forward, cuda.forward, x, weight, bias, eps, axes, relu)
 
 
 def normalize(x, mean, var, weight, bias, eps: float, axes: tuple[int, ...]) -> torch.Tensor:
     """y = (x − μ)·γ/√(σ²+ε) + β in one launch (eval), coefficients in float32."""
     if not covered(x, axes, mean, var, weight, bias):
         return cuda.normalize(x, mean, var, weight, bias, eps, axes)
+    return _guarded(_normalize_eval, cuda.normalize, x, mean, var, weight, bias, eps, axes)
+
+
+def _normalize_eval(x, mean, var, weight, bias, eps, axes):
     a, f, b, sa, sf, sb = _plan(x, axes)
     block_r, block_f, f_blocks, splits, per_split, block_p = _launch_shape(x, a, f, b)
     y = torch.empty_like(x)
@@ -506,9 +542,13 @@ def normalize(x, mean, var, weight, bias, eps: float, axes: tuple[int, ...]) -> 
 
 def backward(dy, x, mean, var, weight, eps: float, axes: tuple[int, ...], needs=(True, True, True), y=None):
     """Closed-form gradients ``(dx, dweight, dbias)`` in two launches; ``y`` = the ReLU output, if fused."""
-    need_x, need_w, need_b = needs
     if not covered(x, axes, weight, dy, mean, var, y) or mean.dtype != torch.float32 or var.dtype != torch.float32:
         return cuda.backward(dy, x, mean, var, weight, eps, axes, needs, y)
+    return _guarded(_backward, cuda.backward, dy, x, mean, var, weight, eps, axes, needs, y)
+
+
+def _backward(dy, x, mean, var, weight, eps, axes, needs, y):
+    need_x, need_w, need_b = needs
     a, f, b, sa, sf, sb = _plan(x, axes)
     block_r, block_f, f_blocks, splits, per_split, block_p = _launch_shape(x, a, f, b)
     dy = _like_x(dy, x)
