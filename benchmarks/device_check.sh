@@ -16,5 +16,7 @@ export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 timeout 200 python3 -m pytest -q -p no:cacheprovider -rfEs \
   tests/test_cuda.py tests/test_inference_cuda.py tests/test_kernels.py tests/test_triton.py 2>&1 \
   | tee "$out/pytest.log" | tail -30
+tests_rc=${PIPESTATUS[0]}
 timeout 300 python3 benchmarks/gpu.py 2>&1 | tee "$out/gpu.txt"
-echo "exit codes: pytest ${PIPESTATUS[0]:-?}; logs in $out"
+bench_rc=${PIPESTATUS[0]}
+echo "exit codes: tests $tests_rc, benchmark $bench_rc (124 = timed out); logs in $out"
