@@ -430,3 +430,23 @@ def test_fused_relu_contract(kernel, name, shape, axes, fmt):
     # positional calls without the new arguments still mean "no ReLU"
     plain = k.backward(dy, x, mean, var, w, EPS, axes, (True, True, True))
     assert not torch.allclose(plain[0], dx)
+
+
+@pytest.mark.parametrize("fmt, dtype", [(None, torch.float32), (CL, torch.bfloat16)], ids=["nchw", "cl_bf16"])
+def test_reused_scratch_in_and_out_of_inference_mode(fmt, dtype):
+    """The per-thread scratch of the statistics is reused across calls: first made under
+    torch.inference_mode, then used outside it (and back), with the same statistics each time."""
+    x = _input((64, 8, 32, 32), fmt, dtype, seed=14)  # several chunks
+    x2 = _input((64, 8, 32, 32), fmt, dtype, seed=15)
+    _, mean64, var64 = bn64(x, None, None, (0, 2, 3))
+    with torch.inference_mode():
+        first = cpu.forward(x, None, None, EPS, (0, 2, 3))
+    other = cpu.forward(x2, None, None, EPS, (0, 2, 3))  # overwrites the scratch
+    second = cpu.forward(x, None, None, EPS, (0, 2, 3))
+    with torch.inference_mode():
+        third = cpu.batch_stats(x, (0, 2, 3))
+    for got in (first[1:], second[1:], third):
+        torch.testing.assert_close(got[0].double(), mean64, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got[1].double(), var64, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(other[1], second[1])
+    assert torch.equal(first[0], second[0])

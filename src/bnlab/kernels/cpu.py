@@ -148,7 +148,8 @@ def _scratch(shape: tuple[int, ...], dtype: torch.dtype, slot: int = 0) -> torch
     key = (dtype, slot)
     buf = cache.get(key)
     if buf is None or buf.numel() < numel:
-        buf = cache[key] = torch.empty(numel, dtype=dtype)
+        with torch.inference_mode(False):  # a normal tensor: usable in and out of inference mode
+            buf = cache[key] = torch.empty(numel, dtype=dtype)
     return buf[:numel].view(shape)
 
 
