@@ -450,3 +450,16 @@ def test_reused_scratch_in_and_out_of_inference_mode(fmt, dtype):
         torch.testing.assert_close(got[1].double(), var64, rtol=1e-5, atol=1e-6)
     assert not torch.equal(other[1], second[1])
     assert torch.equal(first[0], second[0])
+
+
+def test_cuda_family_choice_is_validated_and_cpu_unaffected():
+    """use_cuda_family refuses unknown names (state unchanged); CPU tensors always get kernels.cpu."""
+    with pytest.raises(ValueError, match="unknown kernel family 'fast'"):
+        kernels.use_cuda_family("fast")
+    assert kernels._cuda_choice == "triton"
+    kernels.use_cuda_family("composed")
+    try:
+        assert kernels.select(torch.zeros(2, 3)) is cpu
+        assert kernels.select(torch.zeros(2, 3, device="meta")) is composed
+    finally:
+        kernels.use_cuda_family("triton")

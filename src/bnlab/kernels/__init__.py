@@ -21,6 +21,7 @@ tensors skip the Triton kernels (for comparisons; the default is ``triton``).
 from __future__ import annotations
 
 import os
+import warnings
 
 from . import composed, cpu, cuda
 
@@ -28,6 +29,14 @@ __all__ = ["composed", "cpu", "cuda", "select", "use_cuda_family", "triton_famil
 
 _FAMILIES = ("triton", "cuda", "composed")
 _cuda_choice = os.environ.get("BNLAB_CUDA_KERNELS", "triton")
+if _cuda_choice not in _FAMILIES:
+    warnings.warn(
+        f"BNLAB_CUDA_KERNELS={_cuda_choice!r} is not one of {', '.join(_FAMILIES)}; using 'triton' / "
+        f"BNLAB_CUDA_KERNELS={_cuda_choice!r} no es ninguna de {', '.join(_FAMILIES)}; se usa 'triton'",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    _cuda_choice = "triton"
 _triton_module = None  # imported on first use (importing triton costs ~1 s, and only CUDA needs it)
 
 
@@ -35,7 +44,10 @@ def use_cuda_family(name: str) -> None:
     """Which family :func:`select` returns for CUDA tensors: ``"triton"`` (default), ``"cuda"`` or ``"composed"``."""
     global _cuda_choice
     if name not in _FAMILIES:
-        raise ValueError(f"unknown kernel family {name!r}; choose one of {', '.join(_FAMILIES)}")
+        raise ValueError(
+            f"unknown kernel family {name!r}; choose one of {', '.join(_FAMILIES)} / "
+            f"familia de kernels desconocida {name!r}; elija una de {', '.join(_FAMILIES)}"
+        )
     _cuda_choice = name
 
 
