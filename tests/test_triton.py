@@ -144,9 +144,11 @@ def test_layouts_are_covered_with_several_splits_and_tiles(name, shape, axes, fm
     assert tk.covered(x, axes)
     a, f, b, *_ = tk._plan(x, axes)
     assert a * b * f == x.numel() and f == int(torch.tensor(_fshape(shape, axes)).prod())
-    block_r, _, _, splits, per_split, _ = tk._launch_shape(x, a, f, b)
+    block_r, _, _, splits, tiles, _, rows = tk._launch_shape(x, a, f, b)
     if a * b > 2 * block_r:
-        assert splits >= 2 or per_split > block_r
+        assert splits >= 2 and splits * tiles * block_r >= a * b
+    # both tilings are exercised: whole-row tiles (NCHW rows of 63 values) and numbered values
+    assert rows == (name in ("nchw",))
 
 
 @needs_interpreter

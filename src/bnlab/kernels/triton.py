@@ -55,8 +55,30 @@ _MAX_SPLITS = 128  # the merge in the second kernel reads P·F partials per prog
 
 
 @triton.jit
+def _tile(t, R, B, sA, sB, ROWS: tl.constexpr, BLOCK_R: tl.constexpr):
+    """Offsets (without the feature term) and mask of the reduce tile ``t`` of BLOCK_R values.
+
+    ROWS (NCHW-like, B a multiple-ish of BLOCK_R): tile t is a block of one row a, contiguous in b, so
+    the loads are provably contiguous (vectorized). Otherwise the A·B values are numbered r = a·B + b
+    and tile t is r ∈ [t·BLOCK_R, (t+1)·BLOCK_R) (B = 1 for feature-contiguous layouts).
+    """
+    if ROWS:
+        nb = (B + BLOCK_R - 1) // BLOCK_R
+        a = t // nb
+        b = (t - a * nb) * BLOCK_R + tl.arange(0, BLOCK_R)
+        offs = a * sA + b
+        mask = (b < B) & (a < R // B)
+    else:
+        r = t * BLOCK_R + tl.arange(0, BLOCK_R)
+        a = r // B
+        offs = a * sA + (r - a * B) * sB
+        mask = r < R
+    return offs, mask
+
+
+@triton.jit
 def _partial_moments(
-    X, PCOUNT, PMEAN, PM2, F, B, sA, sF, sB, R, R_PER_SPLIT, BLOCK_R: tl.constexpr, BLOCK_F: tl.constexpr
+    X, PCOUNT, PMEAN, PM2, F, B, sA, sF, sB, R, TILES, ROWS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_F: tl.constexpr
 ):
     split = tl.program_id(0)
     f = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
@@ -66,13 +88,10 @@ def _partial_moments(
     n = tl.zeros([BLOCK_F], dtype=tl.float32)
     mean = tl.zeros([BLOCK_F], dtype=tl.float32)
     m2 = tl.zeros([BLOCK_F], dtype=tl.float32)
-    r0 = split * R_PER_SPLIT
-    for i in range(0, R_PER_SPLIT, BLOCK_R):
-        r = r0 + i + tl.arange(0, BLOCK_R)
-        a = r // B
-        b = r - a * B
-        mask = (r < R)[:, None] & fmask[None, :]
-        x = tl.load(X + a[:, None] * sA + f[None, :] * sF + b[:, None] * sB, mask=mask, other=0.0).to(tl.float32)
+    for i in range(0, TILES):
+        roffs, rmask = _tile(split * TILES + i, R, B, sA, sB, ROWS, BLOCK_R)
+        mask = rmask[:, None] & fmask[None, :]
+        x = tl.load(X + roffs[:, None] + f[None, :] * sF, mask=mask, other=0.0).to(tl.float32)
         x = tl.where(mask, x - k[None, :], 0.0)
         cnt = tl.sum(mask.to(tl.float32), axis=0)
         safe = tl.maximum(cnt, 1.0)
@@ -145,12 +164,13 @@ def _normalize(
     sF,
     sB,
     R,
-    R_PER_SPLIT,
+    TILES,
     eps,
     FROM_PARTIALS: tl.constexpr,
     HAS_W: tl.constexpr,
     HAS_B: tl.constexpr,
     RELU: tl.constexpr,
+    ROWS: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_F: tl.constexpr,
     BLOCK_P: tl.constexpr,
@@ -174,13 +194,10 @@ def _normalize(
     shift = tl.zeros([BLOCK_F], dtype=tl.float32)
     if HAS_B:
         shift = tl.load(BIAS + f, mask=fmask, other=0.0).to(tl.float32)
-    r0 = split * R_PER_SPLIT
-    for i in range(0, R_PER_SPLIT, BLOCK_R):
-        r = r0 + i + tl.arange(0, BLOCK_R)
-        a = r // B
-        b = r - a * B
-        mask = (r < R)[:, None] & fmask[None, :]
-        offs = a[:, None] * sA + f[None, :] * sF + b[:, None] * sB
+    for i in range(0, TILES):
+        roffs, rmask = _tile(split * TILES + i, R, B, sA, sB, ROWS, BLOCK_R)
+        mask = rmask[:, None] & fmask[None, :]
+        offs = roffs[:, None] + f[None, :] * sF
         x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
         y = ((x - k[None, :]) - mean[None, :]) * scale[None, :] + shift[None, :]
         if RELU:
@@ -202,8 +219,9 @@ def _partial_grads(
     sF,
     sB,
     R,
-    R_PER_SPLIT,
+    TILES,
     HAS_Y: tl.constexpr,
+    ROWS: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_F: tl.constexpr,
 ):
@@ -213,13 +231,10 @@ def _partial_grads(
     mean = tl.load(MEAN + f, mask=fmask, other=0.0)
     s = tl.zeros([BLOCK_F], dtype=tl.float32)
     dot = tl.zeros([BLOCK_F], dtype=tl.float32)
-    r0 = split * R_PER_SPLIT
-    for i in range(0, R_PER_SPLIT, BLOCK_R):
-        r = r0 + i + tl.arange(0, BLOCK_R)
-        a = r // B
-        b = r - a * B
-        mask = (r < R)[:, None] & fmask[None, :]
-        offs = a[:, None] * sA + f[None, :] * sF + b[:, None] * sB
+    for i in range(0, TILES):
+        roffs, rmask = _tile(split * TILES + i, R, B, sA, sB, ROWS, BLOCK_R)
+        mask = rmask[:, None] & fmask[None, :]
+        offs = roffs[:, None] + f[None, :] * sF
         dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
         if HAS_Y:
             dy = tl.where(tl.load(Y + offs, mask=mask, other=0.0).to(tl.float32) > 0.0, dy, 0.0)
@@ -251,11 +266,12 @@ def _grad_input(
     sF,
     sB,
     R,
-    R_PER_SPLIT,
+    TILES,
     eps,
     HAS_Y: tl.constexpr,
     HAS_W: tl.constexpr,
     NEED_X: tl.constexpr,
+    ROWS: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_F: tl.constexpr,
     BLOCK_P: tl.constexpr,
@@ -285,13 +301,10 @@ def _grad_input(
         k_dy = g
         k_x = -g * invstd * dgamma / m
         k_0 = -g * s / m
-        r0 = split * R_PER_SPLIT
-        for i in range(0, R_PER_SPLIT, BLOCK_R):
-            r = r0 + i + tl.arange(0, BLOCK_R)
-            a = r // B
-            b = r - a * B
-            mask = (r < R)[:, None] & fmask[None, :]
-            offs = a[:, None] * sA + f[None, :] * sF + b[:, None] * sB
+        for i in range(0, TILES):
+            roffs, rmask = _tile(split * TILES + i, R, B, sA, sB, ROWS, BLOCK_R)
+            mask = rmask[:, None] & fmask[None, :]
+            offs = roffs[:, None] + f[None, :] * sF
             dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
             if HAS_Y:
                 dy = tl.where(tl.load(Y + offs, mask=mask, other=0.0).to(tl.float32) > 0.0, dy, 0.0)
@@ -359,28 +372,49 @@ def _multiprocessors(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+def _row_block(b: int, largest: int, smallest: int) -> int:
+    """The largest BLOCK_R in [smallest, largest] tiling rows of b values with ≤ 10% masked lanes, or 0."""
+    block = largest
+    while block >= smallest:
+        if triton.cdiv(b, block) * block <= 1.1 * b:
+            return block
+        block //= 2
+    return 0
+
+
 def _launch_shape(x: torch.Tensor, a: int, f: int, b: int):
-    """(BLOCK_R, BLOCK_F, feature blocks, P splits, R_PER_SPLIT, BLOCK_P), from shapes only (no sync)."""
-    if b == 1:  # features contiguous: wide feature tiles, about 2048 values each
+    """(BLOCK_R, BLOCK_F, feature blocks, P splits, tiles per split, BLOCK_P, ROWS), from shapes only.
+
+    Features contiguous (b = 1): tiles of about 2048 values, 32 features wide. NCHW-like (b > 1): tiles
+    of one row (ROWS) where a block of ≥ 256 tiles the rows with little waste, else tiles of the
+    numbered a·B + b values; 4 features. P splits of the tiles so that there are about 4 programs per
+    SM (P ≤ 128: the second kernel merges P partials per program).
+    """
+    interpreted = x.device.type != "cuda"
+    largest = _INTERPRETER_BLOCK_R if interpreted else 1024
+    rows = False
+    if b == 1:
         block_f = min(32, triton.next_power_of_2(f))
         block_r = max(16, 2048 // block_f)
-    else:  # NCHW: the values of a feature are rows of b contiguous values
+    else:
         block_f = min(4, triton.next_power_of_2(f))
-        block_r = max(16, min(1024, triton.next_power_of_2(a * b)))
-    r = a * b
-    f_blocks = triton.cdiv(f, block_f)
-    if x.device.type == "cuda":
+        block_r = _row_block(b, largest, 8 if interpreted else 256)
+        rows = block_r > 0
+        if not rows:
+            block_r = max(16, min(1024, triton.next_power_of_2(a * b)))
+    if interpreted:
+        block_r = min(block_r, _INTERPRETER_BLOCK_R)
+        programs = _INTERPRETER_PROGRAMS
+    else:
         index = x.device.index if x.device.index is not None else torch.cuda.current_device()
         programs = 4 * _multiprocessors(index)
-    else:
-        programs = _INTERPRETER_PROGRAMS
-        block_r = min(block_r, _INTERPRETER_BLOCK_R)
-    wanted = max(1, programs // f_blocks)
-    splits = max(1, min(_MAX_SPLITS, wanted, triton.cdiv(r, block_r)))
-    per_split = triton.cdiv(triton.cdiv(r, splits), block_r) * block_r
-    splits = triton.cdiv(r, per_split)
+    total = a * triton.cdiv(b, block_r) if rows else triton.cdiv(a * b, block_r)
+    f_blocks = triton.cdiv(f, block_f)
+    splits = max(1, min(_MAX_SPLITS, max(1, programs // f_blocks), total))
+    tiles = triton.cdiv(total, splits)
+    splits = triton.cdiv(total, tiles)
     block_p = min(_BLOCK_P, triton.next_power_of_2(splits))
-    return block_r, block_f, f_blocks, splits, per_split, block_p
+    return block_r, block_f, f_blocks, splits, tiles, block_p, rows
 
 
 def _feature_shape(x: torch.Tensor, axes) -> tuple[int, ...]:
@@ -433,10 +467,10 @@ def _guarded(impl, fallback, *args):
 
 def _stats_into(x, plan, launch):
     a, f, b, sa, sf, sb = plan
-    block_r, block_f, f_blocks, splits, per_split, block_p = launch
+    block_r, block_f, f_blocks, splits, tiles, block_p, rows = launch
     part = torch.empty((3, splits, f), device=x.device, dtype=torch.float32)
     _partial_moments[(splits, f_blocks)](
-        x, part[0], part[1], part[2], f, b, sa, sf, sb, a * b, per_split, BLOCK_R=block_r, BLOCK_F=block_f
+        x, part[0], part[1], part[2], f, b, sa, sf, sb, a * b, tiles, ROWS=rows, BLOCK_R=block_r, BLOCK_F=block_f
     )
     return part
 
@@ -457,7 +491,7 @@ def _forward(x, weight, bias, eps, axes, relu, write_y=True):
     plan = _plan(x, axes)
     a, f, b, sa, sf, sb = plan
     launch = _launch_shape(x, a, f, b)
-    block_r, block_f, f_blocks, splits, per_split, block_p = launch
+    block_r, block_f, f_blocks, splits, tiles, block_p, rows = launch
     part = _stats_into(x, plan, launch)
     stats = torch.empty((2, f), device=x.device, dtype=torch.float32)
     y = torch.empty_like(x) if write_y else None
@@ -478,12 +512,13 @@ def _forward(x, weight, bias, eps, axes, relu, write_y=True):
         sf,
         sb,
         a * b,
-        per_split if write_y else 0,
+        tiles if write_y else 0,
         float(eps),
         FROM_PARTIALS=True,
         HAS_W=weight is not None,
         HAS_B=bias is not None,
         RELU=bool(relu),
+        ROWS=rows,
         BLOCK_R=block_r,
         BLOCK_F=block_f,
         BLOCK_P=block_p,
@@ -508,7 +543,7 @@ def normalize(x, mean, var, weight, bias, eps: float, axes: tuple[int, ...]) -> 
 
 def _normalize_eval(x, mean, var, weight, bias, eps, axes):
     a, f, b, sa, sf, sb = _plan(x, axes)
-    block_r, block_f, f_blocks, splits, per_split, block_p = _launch_shape(x, a, f, b)
+    block_r, block_f, f_blocks, splits, tiles, block_p, rows = _launch_shape(x, a, f, b)
     y = torch.empty_like(x)
     _normalize[(splits, f_blocks)](
         x,
@@ -527,12 +562,13 @@ def _normalize_eval(x, mean, var, weight, bias, eps, axes):
         sf,
         sb,
         a * b,
-        per_split,
+        tiles,
         float(eps),
         FROM_PARTIALS=False,
         HAS_W=weight is not None,
         HAS_B=bias is not None,
         RELU=False,
+        ROWS=rows,
         BLOCK_R=block_r,
         BLOCK_F=block_f,
         BLOCK_P=16,
@@ -550,7 +586,7 @@ def backward(dy, x, mean, var, weight, eps: float, axes: tuple[int, ...], needs=
 def _backward(dy, x, mean, var, weight, eps, axes, needs, y):
     need_x, need_w, need_b = needs
     a, f, b, sa, sf, sb = _plan(x, axes)
-    block_r, block_f, f_blocks, splits, per_split, block_p = _launch_shape(x, a, f, b)
+    block_r, block_f, f_blocks, splits, tiles, block_p, rows = _launch_shape(x, a, f, b)
     dy = _like_x(dy, x)
     y = None if y is None else _like_x(y, x)
     part = torch.empty((2, splits, f), device=x.device, dtype=torch.float32)
@@ -568,8 +604,9 @@ def _backward(dy, x, mean, var, weight, eps, axes, needs, y):
         sf,
         sb,
         a * b,
-        per_split,
+        tiles,
         HAS_Y=y is not None,
+        ROWS=rows,
         BLOCK_R=block_r,
         BLOCK_F=block_f,
     )
@@ -594,11 +631,12 @@ def _backward(dy, x, mean, var, weight, eps, axes, needs, y):
         sf,
         sb,
         a * b,
-        per_split,
+        tiles,
         float(eps),
         HAS_Y=y is not None,
         HAS_W=weight is not None,
         NEED_X=bool(need_x),
+        ROWS=rows,
         BLOCK_R=block_r,
         BLOCK_F=block_f,
         BLOCK_P=block_p,
