@@ -158,6 +158,7 @@ def test_opcheck(axes):
     b = torch.rand(fshape, dtype=torch.float64, requires_grad=True)
     torch.library.opcheck(torch.ops.bnlab.batch_norm_train, (x, w, b, axes, 1e-5, False))
     torch.library.opcheck(torch.ops.bnlab.batch_norm_train, (x, None, None, axes, 1e-5, False))
+    torch.library.opcheck(torch.ops.bnlab.batch_norm_train, (x, w, b, axes, 1e-5, True))  # fused ReLU
     mean, var = torch.randn(fshape, dtype=torch.float64), torch.rand(fshape, dtype=torch.float64) + 0.5
     dy = torch.randn_like(x)
     torch.library.opcheck(
