@@ -63,7 +63,7 @@ def test_module_entry_point_runs():
         (["train", "--epochs", "-3"], "argument --epochs: -3 must be at least 1"),
         (["train", "--dataset", "mnist"], "--data is required with --dataset mnist"),
         (["train", "--data", "x.npz"], "--data is not used with --dataset digits"),
-        (["explain", "32,a"], "SHAPE must be integers"),
+        (["explain", "32,a"], "SHAPE must be positive integers"),
         (["explain", "32,28,28", "--layout", "NHWC"], "layout NHWC needs 4"),
         (["experiment", "paper-fig1"], "the following arguments are required: --data"),
         (["experiment", "fig9"], "invalid choice: 'fig9'"),

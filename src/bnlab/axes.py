@@ -93,10 +93,17 @@ def normalize_axes(axes: Sequence[int] | int, ndim: int) -> tuple[int, ...]:
     """
     if isinstance(axes, int):
         axes = (axes,)
+    if isinstance(axes, (str, bytes)):
+        raise TypeError(f"axes must be an int or a sequence of ints, got {axes!r}")
     try:
-        raw = [int(a) for a in axes]
+        items = list(axes)
     except TypeError:
         raise TypeError(f"axes must be an int or a sequence of ints, got {axes!r}") from None
+    raw = []
+    for a in items:  # int(0.5) would silently give 0: accept only whole numbers (ints, integer NumPy scalars)
+        if isinstance(a, bool) or not hasattr(a, "__index__"):
+            raise TypeError(f"axes must be integers, got {a!r} in {tuple(items)!r}")
+        raw.append(a.__index__())
     out = []
     for a in raw:
         if not -ndim <= a < ndim:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import operator
+import re
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -63,7 +64,7 @@ class Explanation:
     @property
     def text(self) -> str:
         """The explanation, several lines, in ``self.lang``."""
-        return _render_text(self)
+        return _singular(_render_text(self))
 
     def __str__(self) -> str:
         return self.text
@@ -502,3 +503,16 @@ def _save_figure(e: Explanation, path: Path, dpi: int = 100) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
     return path
+
+
+_SINGULAR = {
+    "examples": "example", "values": "value", "locations": "location", "channels": "channel",
+    "features": "feature", "sets": "set", "ejemplos": "ejemplo", "valores": "valor",
+    "ubicaciones": "ubicación", "canales": "canal", "características": "característica", "conjuntos": "conjunto",
+}  # fmt: skip
+_ONE_PLURAL = re.compile(r"(?<![\d.,])\b1 (" + "|".join(_SINGULAR) + r")\b")
+
+
+def _singular(text: str) -> str:
+    """'1 examples' -> '1 example' (and likewise in Spanish): the templates are written for plurals."""
+    return _ONE_PLURAL.sub(lambda m: "1 " + _SINGULAR[m.group(1)], text)

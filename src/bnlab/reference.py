@@ -204,7 +204,18 @@ def population_statistics(batch_means, batch_vars, m):
             f"batch_means and batch_vars must be stacked per batch on axis 0 with equal shapes, got "
             f"{batch_means.shape} and {batch_vars.shape}"
         )
-    counts = np.broadcast_to(np.asarray(m), (len(batch_means),))
+    m_arr = np.asarray(m)
+    if m_arr.dtype == bool or not (
+        np.issubdtype(m_arr.dtype, np.integer)
+        or (np.issubdtype(m_arr.dtype, np.floating) and np.all(np.isfinite(m_arr)) and np.all(m_arr == np.round(m_arr)))
+    ):
+        raise ValueError(f"m must be a whole number of values per set B (or one per batch), got m={m}")
+    if np.any(batch_vars < 0):
+        raise ValueError(
+            "batch_vars holds negative values; a variance σ²_B is never negative (pass the biased batch "
+            "variances of Alg. 1)"
+        )
+    counts = np.broadcast_to(m_arr, (len(batch_means),))
     if np.any(counts < 1) or counts.sum() - len(counts) < 1:
         raise ValueError(f"need more than one value per statistic to estimate a variance, got m={m}")
     return _pooled(

@@ -235,7 +235,8 @@ def run_demo(
             "total": total,
         }
         results["figures"] = figures
-        (out / "results.json").write_text(json.dumps(_finite(results), separators=(",", ":")), encoding="utf-8")
+        text = json.dumps(_finite(results), separators=(",", ":"), allow_nan=False)  # strict JSON
+        (out / "results.json").write_text(text, encoding="utf-8")
         index = write_report(results, out, settings)
     finally:
         torch.set_num_threads(threads)
