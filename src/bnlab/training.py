@@ -241,13 +241,16 @@ def fit(
     desc: str = "train",
     meta: dict | None = None,
     on_step: Callable[[int], None] | None = None,
+    replica=None,
 ) -> TrainResult:
     """Train ``model`` on ``data.x_train, data.y_train``; evaluate on the ``config.eval_split`` split.
 
     ``out_dir``: where ``last.pt`` is written at the end of every epoch (and on Ctrl-C). ``resume``:
     continue from ``out_dir/last.pt`` if it exists (the model and settings must match; ``epochs`` may
     grow). ``meta``: plain values stored in the checkpoint (e.g. the dataset name). ``on_step(step)`` is
-    called after every completed step (the step count so far).
+    called after every completed step (the step count so far). ``replica``: this process's
+    :class:`bnlab.parallel.Replica` in a data-parallel run (``model`` from ``replica.wrap``): only the main
+    replica shows progress and writes checkpoints, and all replicas stop after the same step on Ctrl-C.
 
     Returns a :class:`TrainResult`; raises :class:`TrainingInterrupted` after saving, on Ctrl-C.
     """
@@ -303,7 +306,9 @@ def fit(
         history["eval_accuracy"].append(r["accuracy"])
 
     recorder = UnitRecorder(model, config.record_layer, config.record_unit)
-    bar = tqdm(total=total_steps, initial=step, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    main = replica is None or replica.is_main
+    bar = tqdm(total=total_steps, initial=step, desc=desc, disable=not (progress and main), leave=False,
+               dynamic_ncols=True)  # fmt: skip
     model.train()
     try:
         with _SigintFlag() as sigint:
@@ -338,12 +343,12 @@ def fit(
                     do_eval()
                     bar.set_postfix(loss=f"{loss_value:.3f}", acc=f"{history['eval_accuracy'][-1]:.3f}")
                 bar.update(1)
-                if ckpt is not None and (end_of_epoch or step == total_steps):
+                if ckpt is not None and main and (end_of_epoch or step == total_steps):
                     save_checkpoint(ckpt, state())
                 if on_step is not None:
                     on_step(step)
-                if sigint.raised:
-                    saved_to = save_checkpoint(ckpt, state()) if ckpt is not None else None
+                if sigint.raised if replica is None else replica.agree(sigint.raised):
+                    saved_to = save_checkpoint(ckpt, state()) if ckpt is not None and main else ckpt
                     where = f"checkpoint saved to {saved_to}" if saved_to else "nothing saved (no out_dir)"
                     raise TrainingInterrupted(f"interrupted at step {step}/{total_steps}: {where}", saved_to, step)
     finally:
