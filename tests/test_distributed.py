@@ -123,8 +123,8 @@ def _equality(rank: int, world: int, out_dir: str = "") -> dict:
         y = bn(xs)
         (y * _layout(dy[lo:hi], cl)).sum().backward()
         # (per-activation output follows the kernels' composed path, contiguous, as in one process)
-        layout_kept = (not cl) or hi == lo or per == "activation" or y.is_contiguous(memory_format=torch.channels_last if y.dim() == 4
-                                                               else torch.channels_last_3d)  # fmt: skip
+        fmt = torch.channels_last if y.dim() == 4 else torch.channels_last_3d
+        layout_kept = (not cl) or hi == lo or per == "activation" or y.is_contiguous(memory_format=fmt)
         bn.eval()
         before = collective_count()
         y_eval = bn(xs.detach())

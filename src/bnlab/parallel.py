@@ -20,6 +20,7 @@ from those variables — which is how a run goes to several machines::
 from __future__ import annotations
 
 import datetime
+import inspect
 import multiprocessing as mp
 import os
 import signal
@@ -101,9 +102,14 @@ class ShardedModel(nn.Module):
         device = next(model.parameters()).device
         ids = [device.index] if device.type == "cuda" else None
         # DDP is kept out of the module tree: parameters, state_dict and hooks see the plain model
-        self.__dict__["ddp"] = nn.parallel.DistributedDataParallel(
-            self.net, device_ids=ids, process_group=replica.group, broadcast_buffers=False
+        ddp = nn.parallel.DistributedDataParallel
+        # BN running statistics are identical on every rank already (synchronized BN): no buffer broadcast
+        no_sync = (
+            "forward_sync_buffers"
+            if "forward_sync_buffers" in inspect.signature(ddp).parameters
+            else "broadcast_buffers"
         )
+        self.__dict__["ddp"] = ddp(self.net, device_ids=ids, process_group=replica.group, **{no_sync: False})
 
     @property
     def spec(self) -> dict:
