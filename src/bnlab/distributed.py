@@ -191,14 +191,21 @@ def _exchange_statistics(x, axes, group, timeout, error: Exception | None):
 
 
 def _input_grad(dy, x, mean, invstd, weight, sum_dy, sum_dy_xhat, m: int, axes):
-    """∂ℓ/∂x = γ·invstd/m·(m·dy − Σdy − x̂·Σdy·x̂) with the global sums and count: dx = c·dy + d·x + e."""
-    shape = param_shape(x.shape, axes)
+    """∂ℓ/∂x = γ·invstd/m·(m·dy − Σdy − x̂·Σdy·x̂) with the global sums and count, as dx = c·dy + (d·x + e).
+
+    d·x + e is one affine pass over x: the kernels' ``normalize`` with mean 0, variance 1, ε = 0, γ = d,
+    β = e (on the CPU fast path torch's vectorized kernel); then ``addcmul_`` adds c·dy in place.
+    """
     c = invstd if weight is None else weight.to(invstd.dtype) * invstd
     d = -c * invstd * sum_dy_xhat / m
     e = -c * sum_dy / m - d * mean
-    dt = dy.dtype if dy.dtype in (torch.float32, torch.float64) else torch.float32
-    view = [v.to(dt).reshape(shape) for v in (c, d, e)]
-    return torch.addcmul(view[2] + view[1] * x.to(dt), dy.to(dt), view[0]).to(x.dtype)
+    dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    c, d, e = (v.to(dt) for v in (c, d, e))
+    xs = x if x.dtype == dt else x.to(dt)
+    k = kernels.select(x)
+    dx = k.normalize(xs, torch.zeros_like(d), torch.ones_like(d), d, e, 0.0, axes)
+    dx.addcmul_(dy if dy.dtype == dt else dy.to(dt), c.reshape(param_shape(x.shape, axes)))
+    return dx.to(x.dtype)
 
 
 class _SyncBatchNormFunction(torch.autograd.Function):
