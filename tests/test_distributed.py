@@ -323,3 +323,18 @@ def test_bad_arguments_are_refused():
         SyncBatchNorm(3)(torch.randn(2, 4))
     with pytest.raises(ValueError, match="cannot convert"):
         convert_sync(torch.nn.LazyBatchNorm2d())
+
+
+def test_docstring_and_docs_examples_run():
+    import doctest
+    import pathlib
+    import re
+
+    import bnlab.distributed
+
+    assert doctest.testmod(bnlab.distributed).failed == 0
+    doc = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "distributed.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", doc, flags=re.S)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, "docs/distributed.md", "exec"), {})
