@@ -206,6 +206,8 @@ def _faults(rank: int, world: int, out_dir: str) -> dict:
     out["local"] = _expect_error(
         lambda: sync_batch_norm(x, None, None, w, None, training=True, timeout=20), kind
     )  # fmt: skip
+    bn = SyncBatchNorm(3, timeout=20)
+    out["module_local"] = _expect_error(lambda: bn(torch.randn(4, 3 + rank, 5)), kind)
     # one value per statistic over all ranks: the same error everywhere
     bn = SyncBatchNorm(3, per="activation", timeout=20)
     out["one_value"] = _expect_error(lambda: bn(torch.randn(1 - rank, 3, 5)), ValueError)
@@ -270,6 +272,8 @@ def test_faults_give_clear_errors_on_every_rank_never_a_hang(tmp_path):
         assert "Expected more than 1 value" in r["one_value"]
     assert "weight has shape (2,)" in r1["local"]
     assert "rank(s) [1] rejected their input" in r0["local"]
+    assert "expected 3 channels on axis 1" in r1["module_local"]
+    assert "rank(s) [1] rejected their input" in r0["module_local"]
     # the group is still usable and in step: ranks hold 0s and 1s, so the global mean is 0.5
     for r in (r0, r1):
         torch.testing.assert_close(r["after_rm"], torch.full((3,), 0.05))

@@ -295,8 +295,14 @@ def sync_batch_norm(
         return _local_batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, axes)
     if not _active(process_group):
         return F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, axes)
-    error = None
+    return _sync(x, running_mean, running_var, weight, bias, momentum, eps, axes, process_group, timeout, None)
+
+
+def _sync(x, running_mean, running_var, weight, bias, momentum, eps, axes, group, timeout, error):
+    """Training-mode synchronized BN; ``error``: this rank's input was already rejected (by the module)."""
     try:
+        if error is not None:
+            raise error
         if x.dim() < 2:
             raise ValueError(f"expected an input of 2 or more dimensions (N, C, ...), got shape {tuple(x.shape)}")
         # local checks on a 2-sample stand-in: "more than one value" is checked on the global count
@@ -310,10 +316,10 @@ def sync_batch_norm(
         error = err  # raised after telling the other ranks, so that they stop too instead of waiting
         axes = tuple(range(x.dim()))
     with torch.no_grad():
-        m, mean, var = _exchange_statistics(x.detach(), axes, process_group, timeout, error)
+        m, mean, var = _exchange_statistics(x.detach(), axes, group, timeout, error)
     sdt = torch.float64 if x.dtype == torch.float64 else torch.float32
     mean, var = mean.to(sdt), var.to(sdt)
-    y = _SyncBatchNormFunction.apply(x, weight, bias, mean, var, m, axes, float(eps), process_group, timeout)
+    y = _SyncBatchNormFunction.apply(x, weight, bias, mean, var, m, axes, float(eps), group, timeout)
     if running_mean is not None:
         _UPDATE_RUNNING(running_mean, running_var, mean, var, m, float(momentum))
     return y
@@ -370,7 +376,15 @@ class SyncBatchNorm(_BatchNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
-        self._check_input_dim(x)
+        synced = self.training and not self.frozen and _active(self.process_group)
+        try:
+            self._check_input_dim(x)
+        except (TypeError, ValueError) as err:
+            if not synced or x.dim() < 1:
+                raise
+            # tell the other ranks before raising, so that they stop too instead of waiting for this one
+            axes = tuple(range(x.dim()))
+            return _sync(x, None, None, None, None, 0.0, self.eps, axes, self.process_group, self.timeout, err)
         if self._is_lazy():  # per-activation without spatial_size: shapes from the first input (any shard size)
             self._materialize(tuple(x.shape[1:]))
         use_batch_stats = (self.training and not self.frozen) or self.running_mean is None
