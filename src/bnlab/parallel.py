@@ -172,11 +172,10 @@ def _child(rank: int, world: int, port: int, fn: Callable[..., int], args: tuple
         code = int(fn(*args) or 0)
     except BaseException:  # noqa: BLE001 - reported here, the exit status tells the launcher
         traceback.print_exc()
-    if code == 0:
-        dist.destroy_process_group()
-    else:  # a peer may be gone: do not wait for it in the teardown
+    if code not in (0, 130):  # a failure: a peer may be gone, do not wait for it in the teardown
         os._exit(code)
-    sys.exit(0)
+    dist.destroy_process_group()  # finished, or stopped by Ctrl-C after the same step on every rank
+    sys.exit(code)
 
 
 def spawn(nproc: int, fn: Callable[..., int], *args) -> int:
