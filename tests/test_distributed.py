@@ -190,8 +190,8 @@ def _expect_error(fn, kind=SyncBatchNormError) -> str:
 
 
 def _faults(rank: int, world: int, out_dir: str) -> dict:
-    out = {}
     x = torch.randn(4, 3, 5)
+    out = {"x": x}
 
     # disagreeing ranks: a clear error on every rank (and the group stays usable)
     bn = SyncBatchNorm(3 if rank == 0 else 4, timeout=20)
@@ -218,9 +218,12 @@ def _faults(rank: int, world: int, out_dir: str) -> dict:
     out["after_rm"] = bn.running_mean.clone()
     # eval on one rank alone: would time out if it communicated
     bn = SyncBatchNorm(3, timeout=2).eval()
+    frozen = SyncBatchNorm(3, timeout=2).train()
+    frozen.frozen = True  # frozen layers use their running statistics, in training mode too
     if rank == 0:
         before = collective_count()
         out["eval_alone"] = (bn(x), collective_count() - before)
+        out["frozen_alone"] = (frozen(x), collective_count() - before)
     # rank 1 stops calling BN: rank 0 gets an error within its timeout, not a hang
     if rank == 0:
         bn = SyncBatchNorm(3, timeout=1.5).train()
@@ -279,6 +282,9 @@ def test_faults_give_clear_errors_on_every_rank_never_a_hang(tmp_path):
         torch.testing.assert_close(r["after_rm"], torch.full((3,), 0.05))
     y, n = r0["eval_alone"]
     assert n == 0 and y.shape == (4, 3, 5)
+    y, n = r0["frozen_alone"]
+    assert n == 0
+    torch.testing.assert_close(y, torch.nn.functional.batch_norm(r0["x"], torch.zeros(3), torch.ones(3)))
     assert "did not complete within 1.5 s" in r0["stopped"] and "stopped calling" in r0["stopped"]
     assert r0["stopped_after"] < 5, r0["stopped_after"]
 
