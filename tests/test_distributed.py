@@ -189,9 +189,9 @@ def _expect_error(fn, kind=SyncBatchNormError) -> str:
     raise AssertionError(f"expected {kind.__name__}")
 
 
-def _faults(rank: int, world: int, out_dir: str) -> dict:
+def _equality_then_faults(rank: int, world: int, out_dir: str) -> dict:
     x = torch.randn(4, 3, 5)
-    out = {"x": x}
+    out = {"x": x, "equality": _equality(rank, world)}
 
     # disagreeing ranks: a clear error on every rank (and the group stays usable)
     bn = SyncBatchNorm(3 if rank == 0 else 4, timeout=20)
@@ -250,7 +250,7 @@ def _equality_then_death(rank: int, world: int, out_dir: str) -> dict:
     return out
 
 
-SCENARIOS = {"equality": _equality, "faults": _faults, "death": _equality_then_death}
+SCENARIOS = {"faults": _equality_then_faults, "death": _equality_then_death}
 
 
 # -- tests ---------------------------------------------------------------------------------------------------
@@ -262,12 +262,18 @@ def test_four_ranks_uneven_shards_equal_one_process_and_a_dead_rank_is_reported(
         assert r["dead_after"] < 3 * 2 + 1, r["dead_after"]
 
 
-def test_two_ranks_uneven_shards_equal_one_process(tmp_path):
-    _check_equality(run_ranks("equality", 2, tmp_path), 2)
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """One launch of 2 ranks: the equality cases, then the faults."""
+    return run_ranks("faults", 2, tmp_path_factory.mktemp("two_ranks"))
 
 
-def test_faults_give_clear_errors_on_every_rank_never_a_hang(tmp_path):
-    r0, r1 = run_ranks("faults", 2, tmp_path)
+def test_two_ranks_uneven_shards_equal_one_process(two_ranks):
+    _check_equality([r["equality"] for r in two_ranks], 2)
+
+
+def test_faults_give_clear_errors_on_every_rank_never_a_hang(two_ranks):
+    r0, r1 = two_ranks
     for r in (r0, r1):
         assert "disagree" in r["channels"] and "(3,)" in r["channels"] and "(4,)" in r["channels"]
         assert "disagree" in r["dtype"] and "float64" in r["dtype"] and "float32" in r["dtype"]
