@@ -23,7 +23,7 @@ from bnlab.distributed import SyncBatchNorm, SyncBatchNormError, collective_coun
 C = 3
 SHARDS = {4: (5, 3, 1, 0), 2: (4, 1)}
 MOMENTUM = 0.3
-TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-2}
 
 
 # -- launching ranks ---------------------------------------------------------------------------------------
@@ -89,6 +89,7 @@ CASES = [
     ("2d-float64-channel", (C,), torch.float64, False, "channel"),
     ("3d-float64-activation", (C, 7), torch.float64, False, "activation"),
     ("5d-float32-cl3d-channel", (C, 2, 3, 4), torch.float32, True, "channel"),
+    ("4d-float16-cl-channel", (C, 4, 5), torch.float16, True, "channel"),  # statistics in float32
 ]
 
 
@@ -115,7 +116,7 @@ def _equality(rank: int, world: int, out_dir: str = "") -> dict:
     for i, (name, sample, dtype, cl, per) in enumerate(CASES):
         x, dy, w, b = _case_data(i, sum(shards), sample, dtype, per)
         bn = SyncBatchNorm(C, momentum=MOMENTUM, per=per, spatial_size=sample[1:] if per == "activation" else None,
-                           dtype=dtype)  # fmt: skip
+                           dtype=torch.float32 if dtype == torch.float16 else dtype)  # fmt: skip
         with torch.no_grad():
             bn.weight.copy_(w)
             bn.bias.copy_(b)

@@ -52,7 +52,6 @@ _UPDATE_RUNNING = getattr(F, "update_running_stats", None) or F._update_running
 
 # header: [magic, call number, count, dtype, input ndim, reduce-axes bitmask, feature numel, feature shape[:5]]
 _MAGIC = 0xB7_5B_4E
-_HEADER = 12
 _ERROR = -1  # count sent by a rank whose input was rejected locally
 _DTYPES = {torch.float16: 1, torch.bfloat16: 2, torch.float32: 3, torch.float64: 4}
 _DTYPE_NAMES = {v: str(k).removeprefix("torch.") for k, v in _DTYPES.items()}
