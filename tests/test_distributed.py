@@ -305,8 +305,8 @@ def test_without_process_group_it_is_plain_batch_norm():
     torch.testing.assert_close(ours.running_var, theirs.running_var)
     ours.eval(), theirs.eval()
     torch.testing.assert_close(ours(x), theirs(x))
-    with pytest.raises(ValueError, match="empty batch"):
-        ours.train()(x[:0])
+    assert ours.train()(x[:0]).shape == theirs.train()(x[:0]).shape == (0, 4, 5, 5)  # an empty batch, as torch
+    assert isinstance(ours, torch.nn.SyncBatchNorm) and isinstance(ours, bnlab.nn._BatchNorm)
 
 
 def test_convert_sync_keeps_tensors_state_and_modes():
@@ -340,6 +340,8 @@ def test_bad_arguments_are_refused():
         SyncBatchNorm(3)(torch.randn(2, 4))
     with pytest.raises(ValueError, match="cannot convert"):
         convert_sync(torch.nn.LazyBatchNorm2d())
+    with pytest.raises(ValueError, match="ghost BN"):
+        convert_sync(bnlab.nn.BatchNorm2d(3, virtual_batch=4))
 
 
 def test_docstring_and_docs_examples_run():

@@ -44,11 +44,9 @@ from .inference._layers import replace_module
 from .inference.freeze import _SAVED_GRAD, freeze_layer, is_frozen
 from .moments import Moments, merge_all
 from .nn import functional as F
-from .nn.modules import _BatchNorm
+from .nn.modules import _BatchNorm, check_input_dim
 
 __all__ = ["SyncBatchNorm", "SyncBatchNormError", "convert_sync", "sync_batch_norm", "collective_count"]
-
-_UPDATE_RUNNING = getattr(F, "update_running_stats", None) or F._update_running
 
 # header: [magic, call number, count, dtype, input ndim, reduce-axes bitmask, feature numel, feature shape[:5]]
 _MAGIC = 0xB7_5B_4E
@@ -252,14 +250,6 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         return dx, dw, db, None, None, None, None, None, None, None
 
 
-def _local_batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, axes):
-    """This rank's shard alone, no communication (an empty shard gives an empty output)."""
-    if x.dim() >= 2 and x.shape[0] == 0:
-        F.check_tensors(_probe(x), axes, training, running_mean, running_var, weight, bias, eps, momentum)
-        return torch.empty_like(x)
-    return F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, axes)
-
-
 def sync_batch_norm(
     x: torch.Tensor,
     running_mean: torch.Tensor | None,
@@ -290,9 +280,7 @@ def sync_batch_norm(
         raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
-    if not training:
-        return _local_batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, axes)
-    if not _active(process_group):
+    if not (training and _active(process_group)):
         return F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, axes)
     return _sync(x, running_mean, running_var, weight, bias, momentum, eps, axes, process_group, timeout, None)
 
@@ -320,19 +308,23 @@ def _sync(x, running_mean, running_var, weight, bias, momentum, eps, axes, group
     mean, var = mean.to(sdt), var.to(sdt)
     y = _SyncBatchNormFunction.apply(x, weight, bias, mean, var, m, axes, float(eps), group, timeout)
     if running_mean is not None:
-        _UPDATE_RUNNING(running_mean, running_var, mean, var, m, float(momentum))
+        F.update_running_stats(running_mean, running_var, mean, var, m, momentum)
     return y
 
 
-class SyncBatchNorm(_BatchNorm):
-    """Batch norm whose set B spans the shards of every process: drop-in for ``torch.nn.SyncBatchNorm``.
+class SyncBatchNorm(_BatchNorm, nn.SyncBatchNorm):
+    """Batch norm whose set B spans the shards of every process: drop-in for ``torch.nn.SyncBatchNorm``
+    (and an instance of it, as bnlab's other layers are of torch's classes).
 
     Same constructor arguments as ``torch.nn.SyncBatchNorm`` (``process_group``: default the world), plus
-    bnlab's ``per=`` and ``spatial_size=`` and ``timeout`` (seconds every collective may take; None: the
-    process group's). Any input rank (N, C, ...), contiguous or channels_last; on CPU (gloo) and GPU
-    (NCCL). In training every rank must call the layer, also with an empty shard (0 samples); eval mode
-    and frozen layers use the running statistics and never communicate. See :mod:`bnlab.distributed`.
+    bnlab's ``bias=``, ``per=``, ``spatial_size=``, ``activation=`` and ``timeout`` (seconds every
+    collective may take; None: the process group's). Any input rank (N, C, ...), contiguous or
+    channels_last; on CPU (gloo) and GPU (NCCL). In training every rank must call the layer, also with an
+    empty shard (0 samples); eval mode and frozen layers use the running statistics and never
+    communicate. See :mod:`bnlab.distributed`.
     """
+
+    _input_dims = tuple(range(2, 9))
 
     def __init__(
         self,
@@ -345,13 +337,15 @@ class SyncBatchNorm(_BatchNorm):
         device=None,
         dtype=None,
         *,
+        bias: bool = True,
         per: str = "channel",
         spatial_size: tuple[int, ...] | None = None,
+        activation: str | None = None,
         timeout: float | None = None,
     ) -> None:
         super().__init__(
             num_features, eps=eps, momentum=momentum, affine=affine, track_running_stats=track_running_stats,
-            device=device, dtype=dtype, per=per, spatial_size=spatial_size,
+            device=device, dtype=dtype, bias=bias, per=per, spatial_size=spatial_size, activation=activation,
         )  # fmt: skip
         if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
             raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
@@ -359,45 +353,36 @@ class SyncBatchNorm(_BatchNorm):
         self.timeout = timeout
 
     def _check_input_dim(self, x: torch.Tensor) -> None:
-        if x.dim() < 2:
+        if isinstance(x, torch.Tensor) and x.dim() < 2:
             raise ValueError(f"expected 2D or more input (N, C, ...), got {x.dim()}D input")
-        if x.shape[1] != self.num_features:
-            raise ValueError(
-                f"expected {self.num_features} channels on axis 1, got input of shape {tuple(x.shape)}; "
-                f"build the layer with num_features={x.shape[1]}"
-            )
-        if self.per == "activation" and self.spatial_size is not None and tuple(x.shape[2:]) != self.spatial_size:
-            raise ValueError(
-                f"this per-activation layer has parameters for locations of size {self.spatial_size}, "
-                f"got input of shape {tuple(x.shape)}; per-activation BN needs a fixed input size"
-            )
+        spatial = self.spatial_size if self.per == "activation" else None
+        check_input_dim(x, (x.dim(),) if isinstance(x, torch.Tensor) else (), self.num_features, spatial)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+    def _materialize_from(self, x: torch.Tensor) -> None:
+        # the base class's checks on a 2-sample stand-in: this rank's shard may hold 0 or 1 samples
+        super()._materialize_from(_probe(x) if isinstance(x, torch.Tensor) and x.dim() >= 2 else x)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        x = input
         synced = self.training and not self.frozen and _active(self.process_group)
         try:
+            if self._is_lazy():  # per-activation without spatial_size: shapes from the first input (any shard)
+                self._materialize_from(x)
             self._check_input_dim(x)
         except (TypeError, ValueError) as err:
-            if not synced or x.dim() < 1:
+            if not (synced and isinstance(x, torch.Tensor) and x.dim() >= 1):
                 raise
             # tell the other ranks before raising, so that they stop too instead of waiting for this one
             axes = tuple(range(x.dim()))
             return _sync(x, None, None, None, None, 0.0, self.eps, axes, self.process_group, self.timeout, err)
-        if self._is_lazy():  # per-activation without spatial_size: shapes from the first input (any shard size)
-            self._materialize(tuple(x.shape[1:]))
-        use_batch_stats = (self.training and not self.frozen) or self.running_mean is None
-        update = use_batch_stats and self.training and self.track_running_stats and self.running_mean is not None
-        momentum = 0.0
-        if update:
-            # momentum=None: cumulative average, the new batch weighs 1/(number of batches seen)
-            momentum = 1.0 / (int(self.num_batches_tracked) + 1) if self.momentum is None else self.momentum
-        running = (self.running_mean, self.running_var) if (update or not use_batch_stats) else (None, None)
-        args = (x, *running, self.weight, self.bias, use_batch_stats, momentum, self.eps, self.reduce_axes(x.dim()))
-        if self.training:
-            y = sync_batch_norm(*args, process_group=self.process_group, timeout=self.timeout)
-        else:  # eval never communicates (without running statistics each shard is normalized by itself)
-            y = _local_batch_norm(*args)
+        use_batch, update, momentum = self._mode()
+        rm, rv = (self.running_mean, self.running_var) if (update or not use_batch) else (None, None)
+        w, b, eps, axes = self.weight, self.bias, self.eps, self.reduce_axes(x.dim())
+        if synced:
+            y = _sync(x, rm, rv, w, b, momentum, eps, axes, self.process_group, self.timeout, None)
+            y = torch.relu(y) if self.activation == "relu" else y
+        else:  # eval (and frozen layers) never communicate; without running statistics a shard is on its own
+            y = F.batch_norm(x, rm, rv, w, b, use_batch, momentum, eps, axes, activation=self.activation)
         if update:
             self.num_batches_tracked.add_(1)
         return y
@@ -409,10 +394,16 @@ class SyncBatchNorm(_BatchNorm):
 def _to_sync(old: nn.Module, process_group, timeout) -> SyncBatchNorm:
     per = getattr(old, "per", "channel")
     spatial = getattr(old, "spatial_size", None) if per == "activation" else None
+    if getattr(old, "virtual_batch", None):
+        raise ValueError(
+            f"cannot synchronize {old}: it is ghost BN (virtual_batch={old.virtual_batch}), whose set B is k samples "
+            f"within one process; build it without virtual_batch, or keep it out of convert_sync"
+        )
     new = SyncBatchNorm(
         old.num_features, eps=old.eps, momentum=old.momentum, affine=old.affine,
         track_running_stats=old.track_running_stats, process_group=process_group, device="meta",
-        per=per, spatial_size=spatial, timeout=timeout,
+        per=per, spatial_size=spatial, activation=getattr(old, "activation", None), timeout=timeout,
+        bias=not old.affine or old._parameters.get("bias") is not None,
     )  # fmt: skip
     # adopt the old layer's very tensors (same Parameters: an optimizer built before keeps working)
     for pname in ("weight", "bias"):
