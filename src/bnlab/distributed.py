@@ -312,9 +312,12 @@ def _sync(x, running_mean, running_var, weight, bias, momentum, eps, axes, group
     return y
 
 
-class SyncBatchNorm(_BatchNorm, nn.SyncBatchNorm):
-    """Batch norm whose set B spans the shards of every process: drop-in for ``torch.nn.SyncBatchNorm``
-    (and an instance of it, as bnlab's other layers are of torch's classes).
+class SyncBatchNorm(_BatchNorm):
+    """Batch norm whose set B spans the shards of every process: drop-in for ``torch.nn.SyncBatchNorm``.
+
+    It is an instance of torch's ``_BatchNorm`` (as every bnlab layer) but deliberately not of
+    ``torch.nn.SyncBatchNorm``: ``DistributedDataParallel`` refuses any module holding one of those on the
+    CPU ("SyncBatchNorm layers only work with GPU modules"), and running on the CPU is the point here.
 
     Same constructor arguments as ``torch.nn.SyncBatchNorm`` (``process_group``: default the world), plus
     bnlab's ``bias=``, ``per=``, ``spatial_size=``, ``activation=`` and ``timeout`` (seconds every
