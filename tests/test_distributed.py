@@ -212,6 +212,9 @@ def _equality_then_faults(rank: int, world: int, out_dir: str) -> dict:
     # one value per statistic over all ranks: the same error everywhere
     bn = SyncBatchNorm(3, per="activation", timeout=20)
     out["one_value"] = _expect_error(lambda: bn(torch.randn(1 - rank, 3, 5)), ValueError)
+    # fused ReLU (carried over by convert_sync from bnlab layers): max(BN(x), 0) with the global statistics
+    xs = torch.randn(3 + 2 * rank, 3, 5, generator=torch.Generator().manual_seed(rank))
+    out["relu"] = (SyncBatchNorm(3, activation="relu")(xs), SyncBatchNorm(3)(xs))
     # still in step after all that
     bn = SyncBatchNorm(3, timeout=20)
     xs = torch.full((2, 3, 5), float(rank))
@@ -289,6 +292,10 @@ def test_faults_give_clear_errors_on_every_rank_never_a_hang(two_ranks):
         torch.testing.assert_close(r["after_rm"], torch.full((3,), 0.05))
     y, n = r0["eval_alone"]
     assert n == 0 and y.shape == (4, 3, 5)
+    for r in (r0, r1):
+        y_relu, y = r["relu"]
+        torch.testing.assert_close(y_relu, torch.relu(y))
+        assert (y_relu == 0).any() and (y_relu > 0).any()
     y, n = r0["frozen_alone"]
     assert n == 0
     torch.testing.assert_close(y, torch.nn.functional.batch_norm(r0["x"], torch.zeros(3), torch.ones(3)))
