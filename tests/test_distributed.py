@@ -215,6 +215,9 @@ def _equality_then_faults(rank: int, world: int, out_dir: str) -> dict:
     # fused ReLU (carried over by convert_sync from bnlab layers): max(BN(x), 0) with the global statistics
     xs = torch.randn(3 + 2 * rank, 3, 5, generator=torch.Generator().manual_seed(rank))
     out["relu"] = (SyncBatchNorm(3, activation="relu")(xs), SyncBatchNorm(3)(xs))
+    # a rank that skips a layer: same shapes, but the layers' names differ, so every rank stops
+    model = convert_sync(torch.nn.Sequential(torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)), timeout=20)
+    out["skipped"] = _expect_error(lambda: model[rank](x))
     # still in step after all that
     bn = SyncBatchNorm(3, timeout=20)
     xs = torch.full((2, 3, 5), float(rank))
@@ -292,6 +295,7 @@ def test_faults_give_clear_errors_on_every_rank_never_a_hang(two_ranks):
         torch.testing.assert_close(r["after_rm"], torch.full((3,), 0.05))
     y, n = r0["eval_alone"]
     assert n == 0 and y.shape == (4, 3, 5)
+    assert "out of step" in r0["skipped"] and "layer '0'" in r0["skipped"] and "layer '1'" in r1["skipped"]
     for r in (r0, r1):
         y_relu, y = r["relu"]
         torch.testing.assert_close(y_relu, torch.relu(y))

@@ -9,7 +9,7 @@ different sizes, including empty ones (an average of the ranks' means would be w
 
 Communication per training step and layer:
 
-- forward: one all-gather of a small integer header (count, dtype, shape, variant, call number) so that
+- forward: one all-gather of a small integer header (count, dtype, shape, variant, layer) so that
   ranks that disagree fail with a clear error on *every* rank instead of exchanging garbage, then one
   all-gather of the packed (mean, M2) of every rank;
 - backward: one all-reduce of the packed (Σ dy, Σ dy·x̂); the input gradient then uses the global count,
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import zlib
 
 import torch
 import torch.distributed as dist
@@ -48,13 +49,12 @@ from .nn.modules import _BatchNorm, check_input_dim
 
 __all__ = ["SyncBatchNorm", "SyncBatchNormError", "convert_sync", "sync_batch_norm", "collective_count"]
 
-# header: [magic, call number, count, dtype, input ndim, reduce-axes bitmask, feature numel, feature shape[:5]]
+# header: [magic, layer id, count, dtype, input ndim, reduce-axes bitmask, feature numel, feature shape[:5]]
 _MAGIC = 0xB7_5B_4E
 _ERROR = -1  # count sent by a rank whose input was rejected locally
 _DTYPES = {torch.float16: 1, torch.bfloat16: 2, torch.float32: 3, torch.float64: 4}
 _DTYPE_NAMES = {v: str(k).removeprefix("torch.") for k, v in _DTYPES.items()}
 
-_calls: dict = {}  # process group -> number of synchronized forwards so far (detects ranks out of step)
 _collectives = [0]
 
 
@@ -111,7 +111,7 @@ def _describe(h: list[int]) -> str:
     return f"{ndim}D input, feature shape {tuple(fshape)}, reduce axes {axes}, {_DTYPE_NAMES.get(h[3], '?')}"
 
 
-def _check_headers(headers: list[list[int]], group) -> None:
+def _check_headers(headers: list[list[int]], group, name: str) -> None:
     """The same error on every rank when the ranks disagree (they all see the same headers)."""
     me = dist.get_rank(group)
     failed = [r for r, h in enumerate(headers) if h[2] == _ERROR]
@@ -134,19 +134,24 @@ def _check_headers(headers: list[list[int]], group) -> None:
             f"synchronized batch norm: the ranks disagree on the channel count, dtype or variant of this layer "
             f"({per_rank}). Every rank must build the same model (same num_features, per=, dtype)"
         )
-    calls = [h[1] for h in headers]
-    if len(set(calls)) > 1:
+    layers = {h[1] for h in headers} - {0}  # 0: a layer without a name (built by hand, or the functional)
+    if len(layers) > 1:
         raise SyncBatchNormError(
-            f"synchronized batch norm: the ranks are out of step (synchronized calls so far: "
-            f"{dict(enumerate(calls))}): a rank skipped a layer or a step; every rank must call each "
-            f"SyncBatchNorm layer in training mode, also with an empty shard"
+            f"synchronized batch norm: the ranks are out of step, calling different layers (this one is in layer "
+            f"{name!r}): a rank skipped a layer or a step; every rank must call each SyncBatchNorm layer in "
+            f"training mode, in the same order, also with an empty shard"
         )
 
 
-def _header(x: torch.Tensor, axes: tuple[int, ...], count: int, call: int) -> torch.Tensor:
+def _layer_id(name: str) -> int:
+    """A number for a layer's name in its model, the same in every process (0: no name)."""
+    return zlib.crc32(name.encode()) % (2**31 - 1) + 1 if name else 0
+
+
+def _header(x: torch.Tensor, axes: tuple[int, ...], count: int, layer: int) -> torch.Tensor:
     fshape = [n for i, n in enumerate(x.shape) if i not in axes]
     mask = sum(1 << a for a in axes)
-    row = [_MAGIC, call, count, _DTYPES.get(x.dtype, 0), x.dim(), mask, math.prod(fshape)]
+    row = [_MAGIC, layer, count, _DTYPES.get(x.dtype, 0), x.dim(), mask, math.prod(fshape)]
     row += (fshape + [-1] * 5)[:5]
     return torch.tensor(row, dtype=torch.int64, device=x.device)
 
@@ -156,18 +161,16 @@ def _probe(x: torch.Tensor) -> torch.Tensor:
     return x.new_zeros(()).expand(2, *x.shape[1:])
 
 
-def _exchange_statistics(x, axes, group, timeout, error: Exception | None):
-    """Global (count, mean, biased var) over every rank's shard; ``error``: this rank's input was rejected."""
-    key = group if group is not None else dist.group.WORLD
-    call = _calls.get(key, 0)
+def _exchange_statistics(x, axes, group, timeout, error: Exception | None, name: str = ""):
+    """Global (count, mean, biased var) over every rank's shard; ``error``: this rank's input was rejected;
+    ``name``: the layer's name in its model (ranks calling differently named layers are out of step)."""
     n = x.shape[0] if error is None else 0
     count = math.prod(x.shape[a] for a in axes) if error is None else _ERROR
-    header = _header(x, axes, count, call)
+    header = _header(x, axes, count, _layer_id(name))
     headers = _all_gather(header, group, timeout, "exchange of shapes (forward)").tolist()
-    _calls[key] = call + 1
     if error is not None:
         raise error
-    _check_headers(headers, group)
+    _check_headers(headers, group, name)
     counts = [h[2] for h in headers]
     m = sum(counts)
     if m <= 1:  # the same error on every rank: they all see the same counts
@@ -285,7 +288,7 @@ def sync_batch_norm(
     return _sync(x, running_mean, running_var, weight, bias, momentum, eps, axes, process_group, timeout, None)
 
 
-def _sync(x, running_mean, running_var, weight, bias, momentum, eps, axes, group, timeout, error):
+def _sync(x, running_mean, running_var, weight, bias, momentum, eps, axes, group, timeout, error, name=""):
     """Training-mode synchronized BN; ``error``: this rank's input was already rejected (by the module)."""
     try:
         if error is not None:
@@ -303,7 +306,7 @@ def _sync(x, running_mean, running_var, weight, bias, momentum, eps, axes, group
         error = err  # raised after telling the other ranks, so that they stop too instead of waiting
         axes = tuple(range(x.dim()))
     with torch.no_grad():
-        m, mean, var = _exchange_statistics(x.detach(), axes, group, timeout, error)
+        m, mean, var = _exchange_statistics(x.detach(), axes, group, timeout, error, name)
     sdt = torch.float64 if x.dtype == torch.float64 else torch.float32
     mean, var = mean.to(sdt), var.to(sdt)
     y = _SyncBatchNormFunction.apply(x, weight, bias, mean, var, m, axes, float(eps), group, timeout)
@@ -354,6 +357,7 @@ class SyncBatchNorm(_BatchNorm):
             raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
         self.process_group = process_group
         self.timeout = timeout
+        self.layer_name = ""  # its name in the model, set by convert_sync: checked against the other ranks
 
     def _check_input_dim(self, x: torch.Tensor) -> None:
         if isinstance(x, torch.Tensor) and x.dim() < 2:
@@ -377,12 +381,13 @@ class SyncBatchNorm(_BatchNorm):
                 raise
             # tell the other ranks before raising, so that they stop too instead of waiting for this one
             axes = tuple(range(x.dim()))
-            return _sync(x, None, None, None, None, 0.0, self.eps, axes, self.process_group, self.timeout, err)
+            group, timeout, name = self.process_group, self.timeout, self.layer_name
+            return _sync(x, None, None, None, None, 0.0, self.eps, axes, group, timeout, err, name)
         use_batch, update, momentum = self._mode()
         rm, rv = (self.running_mean, self.running_var) if (update or not use_batch) else (None, None)
         w, b, eps, axes = self.weight, self.bias, self.eps, self.reduce_axes(x.dim())
         if synced:
-            y = _sync(x, rm, rv, w, b, momentum, eps, axes, self.process_group, self.timeout, None)
+            y = _sync(x, rm, rv, w, b, momentum, eps, axes, self.process_group, self.timeout, None, self.layer_name)
             y = torch.relu(y) if self.activation == "relu" else y
         else:  # eval (and frozen layers) never communicate; without running statistics a shard is on its own
             y = F.batch_norm(x, rm, rv, w, b, use_batch, momentum, eps, axes, activation=self.activation)
@@ -432,7 +437,9 @@ def convert_sync(model: nn.Module, process_group=None, timeout: float | None = N
     train/eval mode and frozen state); returns ``model`` (or the new layer if ``model`` is one).
 
     ``process_group``/``timeout`` are given to every new layer. Layers that are already bnlab
-    ``SyncBatchNorm`` get the new ``process_group``/``timeout`` and stay as they are.
+    ``SyncBatchNorm`` get the new ``process_group``/``timeout`` and stay as they are. Every layer also
+    learns its name in ``model`` (``layer_name``): the ranks compare it on each call, so a rank that
+    skipped a layer fails with a clear error instead of pairing its statistics with another layer's.
     """
     from torch.nn.modules.batchnorm import _BatchNorm as _TorchBatchNorm
     from torch.nn.modules.lazy import LazyModuleMixin
@@ -440,14 +447,16 @@ def convert_sync(model: nn.Module, process_group=None, timeout: float | None = N
     todo = []
     for name, m in model.named_modules():
         if isinstance(m, SyncBatchNorm):
-            m.process_group, m.timeout = process_group, timeout
+            m.process_group, m.timeout, m.layer_name = process_group, timeout, name
         elif isinstance(m, (_TorchBatchNorm, _BatchNorm)):
             if isinstance(m, LazyModuleMixin) and m.has_uninitialized_params():
                 raise ValueError(
                     f"cannot convert layer {name or type(m).__name__} ({type(m).__name__}): it has not seen an "
                     f"input yet; run one forward pass first"
                 )
-            todo.append(m)
-    for old in todo:
-        model = replace_module(model, old, _to_sync(old, process_group, timeout))
+            todo.append((name, m))
+    for name, old in todo:
+        new = _to_sync(old, process_group, timeout)
+        new.layer_name = name
+        model = replace_module(model, old, new)
     return model
