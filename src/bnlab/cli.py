@@ -323,6 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue from DIR/last.pt / continuar desde DIR/last.pt")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar / sin barra de progreso")
+    p.add_argument("--nproc", type=_positive_int, default=1, metavar="N",
+                   help="train on N local processes, each with 1/N of every batch, synchronized BN (default: 1; "
+                   "also runs under torchrun) / entrenar en N procesos locales, cada uno con 1/N de cada "
+                   "minilote, BN sincronizada (también con torchrun)")  # fmt: skip
     _add_lang(p)
 
     # evaluate
@@ -512,6 +516,8 @@ def _train_title(args, lang: str) -> str:
 
 
 def _cmd_train(args, lang: str) -> int:
+    from . import parallel
+
     m = MSG[lang]
     _check_data(args.dataset, args.data, lang)
     from .training import (
@@ -526,11 +532,14 @@ def _cmd_train(args, lang: str) -> int:
     )
 
     ckpt = args.out / CHECKPOINT_NAME
+    replica = parallel.current()  # None in one process; set in each of --nproc N processes and under torchrun
     if ckpt.exists() and not args.resume:
         raise UsageError(m["exists"].format(ckpt=ckpt))
     _writable_dir(args.out, "--out", lang)
+    if args.nproc > 1 and replica is None:  # every process runs this command as one replica
+        return parallel.spawn(args.nproc, main, args.argv)
     saved = None
-    if args.resume:
+    if args.resume and (replica is None or replica.is_main):
         if ckpt.exists():
             saved = _read_training_checkpoint(ckpt, lang)
             print(m["resuming"].format(ckpt=ckpt, step=saved["step"]), file=sys.stderr)
@@ -544,13 +553,16 @@ def _cmd_train(args, lang: str) -> int:
                                                   epochs_done=saved["step"] // max(steps_per_epoch, 1)))  # fmt: skip
     seed_everything(args.seed)
     model = _build(args, data, lang)
+    model = replica.wrap(model) if replica is not None else model
     config = TrainConfig(optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
                          seed=args.seed)  # fmt: skip
     meta = {"dataset": args.dataset, "data": str(args.data.resolve()) if args.data else None, "seed": args.seed}
     try:
         result = fit(model, data, config, out_dir=args.out, resume=args.resume, progress=not args.quiet,
-                     desc=f"{args.model}/{args.norm}", meta=meta, lang=lang)  # fmt: skip
+                     desc=f"{args.model}/{args.norm}", meta=meta, lang=lang, replica=replica)  # fmt: skip
     except TrainingInterrupted as stop:
+        if replica is not None and not replica.is_main:
+            return EXIT_INTERRUPTED
         if stop.checkpoint is None:
             print(m["interrupted_nosave"], file=sys.stderr)
         else:
@@ -564,6 +576,8 @@ def _cmd_train(args, lang: str) -> int:
         return EXIT_DIVERGED
     except ValueError as err:  # e.g. --resume with other settings
         raise UsageError(str(err)) from None
+    if replica is not None and not replica.is_main:
+        return 0
     try:
         test = evaluate(result.model, data.x_test, data.y_test)
         record = {"config": config.to_dict(), "meta": meta, "test": test, "history": result.history}

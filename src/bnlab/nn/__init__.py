@@ -4,3 +4,11 @@ from . import functional
 from .modules import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm
 
 __all__ = ["functional", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "_BatchNorm"]
+
+
+def __getattr__(name: str):  # SyncBatchNorm lives in bnlab.distributed (a layer above): loaded on first use
+    if name == "SyncBatchNorm":
+        from ..distributed import SyncBatchNorm
+
+        return SyncBatchNorm
+    raise AttributeError(f"module 'bnlab.nn' has no attribute {name!r}")
