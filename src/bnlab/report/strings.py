@@ -11,15 +11,21 @@ LANGS = ("en", "es")
 
 
 def num(x: float, lang: str, digits: int = 2) -> str:
+    """English: 1,234.5 and 25,088.0; Spanish as the RAE writes them: 1234,5 and 25 088,0 (a decimal comma;
+    a space groups thousands only from five digits on)."""
     s = f"{x:,.{digits}f}"
-    if lang == "es":  # 1,234.5 -> 1 234,5
-        s = s.replace(",", " ").replace(".", ",")
+    if lang == "es":
+        whole = s.split(".")[0].lstrip("-").replace(",", "")
+        s = s.replace(",", " " if len(whole) >= 5 else "").replace(".", ",")
     return s
 
 
 def integer(n: int, lang: str) -> str:
+    """English: 2,048 and 25,088; Spanish (RAE): 2048 and 25 088."""
     s = f"{n:,d}"
-    return s.replace(",", " ") if lang == "es" else s
+    if lang == "es":
+        return s.replace(",", " ") if abs(n) >= 10_000 else str(n)
+    return s
 
 
 def pct(x: float, lang: str, digits: int = 1) -> str:
