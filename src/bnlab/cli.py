@@ -616,11 +616,11 @@ def _add_small_batch_parser(exp) -> None:
                    help="mini-batch sizes (default: 2,4,8,16,32,64) / tamaños de minilote")  # fmt: skip
     q.add_argument("--seeds", type=_seeds, default=(0, 1, 2), metavar="S1,S2,...",
                    help="seeds (default: 0,1,2) / semillas")  # fmt: skip
-    q.add_argument("--samples", type=_positive_int, default=4096,
-                   help="training samples seen by every run (default: 4096) / ejemplos de entrenamiento que ve "
+    q.add_argument("--samples", type=_positive_int, default=2048,
+                   help="training samples seen by every run (default: 2048) / ejemplos de entrenamiento que ve "
                    "cada ejecución")  # fmt: skip
-    q.add_argument("--lr", type=_positive_float, default=0.05,
-                   help="SGD (momentum 0.9) learning rate at m = 32, scaled as lr·m/32 (default: 0.05) / tasa de "
+    q.add_argument("--lr", type=_positive_float, default=0.1,
+                   help="SGD (momentum 0.9) learning rate at m = 32, scaled as lr·m/32 (default: 0.1) / tasa de "
                    "aprendizaje de SGD (momento 0,9) para m = 32, escalada como lr·m/32")  # fmt: skip
     q.add_argument("--data", metavar="PATH", type=Path, default=None,
                    help="MNIST directory or .npz (default: the 10,000 digits shipped with bnlab) / directorio MNIST "

@@ -501,7 +501,7 @@ def _draw_panel(ax, e: Explanation, per: str, t: dict) -> None:
     if n_real > n_show:
         ax.text(x0 + block_w / 2, bottom - 0.4, t["fig_more_n"].format(n=n_real), ha="center", va="top", fontsize=10)
     note = t["fig_spatial"].format(real=real_s, shown=shown_s) if real_s else t["fig_no_spatial"]
-    ax.text(x0, bottom - 1.6, note, ha="left", va="top", fontsize=9, color="#444444")
+    ax.text(x0, bottom - 1.6, note, ha="left", va="top", fontsize=10, color="#222222")
     axes = reduce_axes(e.layout, per=per)
     fshape = feature_shape(e.shape, axes)
     size = _fmt(effective_batch_size(e.shape, axes), e.lang)

@@ -129,8 +129,8 @@ def run_small_batch(
     *,
     batch_sizes: Sequence[int] = BATCH_SIZES,
     seeds: Sequence[int] = (0, 1, 2),
-    samples: int = 4096,
-    lr32: float = 0.05,
+    samples: int = 2048,
+    lr32: float = 0.1,
     recal_samples: int = 2048,
     norms: Sequence[str] = NORMS,
     data_path: str | Path | None = None,
@@ -269,3 +269,24 @@ def figure(results: dict, lang: str, path: str | Path, dpi: int = 100) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
     return path
+
+
+def for_report(demo_dir: str | Path) -> dict | None:
+    """What the demo report shows of this experiment: the user's run in ``demo_dir/small-batch`` (written by
+    ``bnlab experiment small-batch --out DIR/small-batch``) if there is one, else the reference run shipped
+    with bnlab (:mod:`bnlab.report.small_batch_reference`); ``None`` if neither is readable."""
+    path = Path(demo_dir) / "small-batch" / "results.json"
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        source = {"source": "user", "path": str(path.parent.name + "/" + path.name)}
+    except (OSError, ValueError):
+        try:
+            from .small_batch_reference import REFERENCE
+        except ImportError:
+            return None
+        saved, source = REFERENCE, {"source": "reference", "path": ""}
+    try:
+        return {**source, "date": saved["date"], "config": saved["config"], "summary": saved["summary"],
+                "set_sizes": saved["set_sizes"]}  # fmt: skip
+    except (KeyError, TypeError):
+        return None
