@@ -447,9 +447,9 @@ def render(results: dict, settings) -> str:
                     spread=num(p["spread_end"], lang),
                 )
                 if p["spread_start"] < 0.05 and p["spread_end"] < 0.05:
-                    line += t["collapsed"]
+                    line += " " + t["collapsed"].strip()
                 if activation_of[s.key] == "relu" and p["p85_end"] < 0:
-                    line += t["dead"]
+                    line += " " + t["dead"].strip()
                 add(f'<li data-claim="percentiles:{s.key}:{r["norm"]}">{line}</li>')
         add("</ul>")
 
