@@ -366,3 +366,20 @@ def test_spanish_numbers_follow_the_rae():
     assert [integer(n, "es") for n in (2048, 25088, 999)] == ["2048", "25 088", "999"]
     assert [num(x, "es", 1) for x in (1234.5, 25088.0, 9999.7)] == ["1234,5", "25 088,0", "9999,7"]
     assert num(25088.0, "en", 1) == "25,088.0"
+
+
+@pytest.mark.parametrize("lang", ["en", "es"])
+def test_tutorial_shows_what_explain_prints(lang):
+    """The tutorial's printed output is explain's current text, so the docs cannot drift from the code."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / f"tutorial.{lang}.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```text\n(.*?)```", doc, flags=re.S)
+    assert blocks[0].rstrip() == explain((32, 28, 28, 12), layout="NHWC", per="channel", lang=lang).text.rstrip()
+    assert blocks[1].rstrip() in explain((32, 28, 28, 12), layout="NHWC", per="activation", lang=lang).text
+    assert PAPER_Q3 in " ".join(doc.split())
+    for shape, per in (((8, 64, 14, 14), "channel"), ((8, 64, 14, 14), "activation")):
+        e = explain(shape, layout="NCHW", per=per, lang=lang)  # the exercise's answers
+        sep = "," if lang == "en" else " "
+        n = f"{e.num_sets:,}".replace(",", sep) if e.num_sets >= 10_000 or lang == "en" else str(e.num_sets)
+        assert f"{n} γ" in doc

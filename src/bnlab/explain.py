@@ -211,7 +211,7 @@ _TEXT = {
         "fig_channel": "Per channel (convolutional BN)\nset B = channel c=0, every example, every "
         "location\n{size} values",
         "fig_activation": "Per activation\nset B = one location of channel c=0, every example\n{size} values",
-        "fig_foot": "{sets} sets B\nγ, β: {params} parameters",
+        "fig_foot": "{sets} sets B: {sets} means, {sets} variances\n{sets} γ + {sets} β",
         "fig_channel_fc": "Per channel\nset B = feature c=0, every example\n{size} values",
         "fig_activation_fc": "Per activation (the same, in layout NC)\nset B = feature c=0, every "
         "example\n{size} values",
@@ -295,7 +295,7 @@ _TEXT = {
         "fig_channel": "Por canal (BN convolucional)\nB = canal c=0, todos los ejemplos, todas las "
         "ubicaciones\n{size} valores",
         "fig_activation": "Por activación\nB = una ubicación del canal c=0, todos los ejemplos\n{size} valores",
-        "fig_foot": "{sets} conjuntos B\nγ, β: {params} parámetros",
+        "fig_foot": "{sets} conjuntos B: {sets} medias, {sets} varianzas\n{sets} γ + {sets} β",
         "fig_channel_fc": "Por canal\nB = característica c=0, todos los ejemplos\n{size} valores",
         "fig_activation_fc": "Por activación (lo mismo, en la disposición NC)\nB = característica c=0, "
         "todos los ejemplos\n{size} valores",
@@ -507,7 +507,7 @@ def _draw_panel(ax, e: Explanation, per: str, t: dict) -> None:
     size = _fmt(effective_batch_size(e.shape, axes), e.lang)
     key = f"fig_{per}_fc" if not _spatial(e.layout) else f"fig_{per}"
     ax.set_title(t[key].format(size=size), fontsize=11, fontweight="bold" if per == e.per else "normal")
-    foot = t["fig_foot"].format(sets=_fmt(math.prod(fshape), e.lang), params=_params_formula(e, per))
+    foot = t["fig_foot"].format(sets=_fmt(math.prod(fshape), e.lang))
     ax.text(x0, bottom - 2.6, foot, ha="left", va="top", fontsize=10)
     ax.set_xlim(0, max(right + 4.2, 15))
     ax.set_ylim(bottom - 4.6, top + 1.6)
