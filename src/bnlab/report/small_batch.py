@@ -53,7 +53,7 @@ _MSG = {
         "data": "Data: {name}, {train} training / {test} test images (28×28); {samples} samples seen per run",
         "run": "[{i}/{n}] m = {m}, {run}, seed {seed}: test accuracy {acc} (recalibrated), {ema} (EMA); {time}",
         "done": "Figure: {fig}\nNumbers: {json}",
-        "title": "Test accuracy vs mini-batch size m — MNIST 28×28, {samples} samples seen per run, seeds: {n}",
+        "title": "Test accuracy vs mini-batch size m\nMNIST 28×28, {samples} samples seen per run, seeds: {n}",
         "xlabel": "mini-batch size m (log scale)",
         "ylabel": "test accuracy (%), recalibrated statistics",
         "legend_seed": "one seed",
@@ -64,7 +64,7 @@ _MSG = {
         "run": "[{i}/{n}] m = {m}, {run}, semilla {seed}: exactitud de prueba {acc} (recalibrada), {ema} (EMA); "
         "{time}",
         "done": "Figura: {fig}\nNúmeros: {json}",
-        "title": "Exactitud de prueba según el tamaño m del minilote — MNIST 28×28, {samples} ejemplos vistos por "
+        "title": "Exactitud de prueba según el tamaño m del minilote\nMNIST 28×28, {samples} ejemplos vistos por "
         "ejecución, semillas: {n}",
         "xlabel": "tamaño m del minilote (escala logarítmica)",
         "ylabel": "exactitud de prueba (%), estadísticas recalibradas",
@@ -243,7 +243,7 @@ def figure(results: dict, lang: str, path: str | Path, dpi: int = 100) -> Path:
     msg = _MSG[lang]
     cfg = results["config"]
     summary = results["summary"]
-    fig = Figure(figsize=(9, 4.6), layout="constrained")
+    fig = Figure(figsize=(9, 5.0), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     ms = cfg["batch_sizes"]
@@ -263,7 +263,7 @@ def figure(results: dict, lang: str, path: str | Path, dpi: int = 100) -> Path:
     ax.grid(alpha=0.3)
     lo = min(min(v["min"] for v in summary[n].values()) for n in cfg["norms"])
     ax.set_ylim(max(0.0, math.floor(100 * lo / 5) * 5 - 2), 100.5)
-    fig.legend(loc="outside right upper", fontsize=9, frameon=False)  # beside the axes, never over the data
+    fig.legend(loc="outside lower center", ncol=4, fontsize=10, frameon=False)  # below the axes, never on the data
     fig.suptitle(msg["title"].format(samples=cfg["samples"], n=len(cfg["seeds"])), fontsize=11)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
