@@ -222,7 +222,7 @@ def run_demo(
             "runs": runs,
         }
         t0 = time.perf_counter()
-        results["out_name"] = out.name
+        results["out_name"] = str(out_dir)  # as the user wrote it, for the commands the report suggests
         small = small_batch.for_report(out)
         if small is not None:
             results["small_batch"] = small
