@@ -4,14 +4,14 @@ The question learners ask about Ioffe & Szegedy (2015), §3.2: for a convolution
 all values in a feature map across both the elements of a mini-batch and spatial locations", so the
 effective mini-batch is m' = m·p·q. :func:`explain` answers it for a concrete shape:
 
->>> e = explain((32, 28, 28, 16), layout="NHWC", per="channel")
->>> e.axes, e.num_sets, e.set_size, e.num_params
-((0, 1, 2), 16, 25088, 32)
->>> e = explain((32, 28, 28, 16), layout="NHWC", per="activation")
->>> e.axes, e.num_sets, e.set_size, e.num_params
-((0,), 12544, 32, 25088)
+>>> e = explain((32, 28, 28, 12), layout="NHWC", per="channel")   # m = 32 examples, C = 12 maps of 28×28
+>>> e.axes, e.num_sets, e.set_size, e.num_params                 # 12 sets of m' = 32·28·28; 12 γ + 12 β
+((0, 1, 2), 12, 25088, 24)
+>>> e = explain((32, 28, 28, 12), layout="NHWC", per="activation")
+>>> e.axes, e.num_sets, e.set_size, e.num_params                 # 28·28·12 sets of m = 32; as many γ and β
+((0,), 9408, 32, 18816)
 >>> dict(e.params_side_by_side)
-{'channel': 32, 'activation': 25088}
+{'channel': 24, 'activation': 18816}
 
 ``e.text`` is a multi-line explanation in ``lang`` ("en" or "es"); ``e.save_figure(path)`` draws a small
 slice of the tensor and colours the values of one set B for both variants side by side.
@@ -132,9 +132,11 @@ def _check_shape(shape: Sequence[int], layout: str) -> tuple[str, tuple[int, ...
 
 
 def _fmt(n: int, lang: str) -> str:
-    """Thousands grouped: 25,088 in English, 25 088 in Spanish (the RAE's recommendation)."""
-    s = f"{n:,}"
-    return s.replace(",", " ") if lang == "es" else s
+    """Thousands grouped: 2,048 and 25,088 in English; 2048 and 25 088 in Spanish (the RAE groups only
+    numbers of five or more digits, with a space)."""
+    if lang == "es":
+        return f"{n:,}".replace(",", " ") if abs(n) >= 10_000 else str(n)
+    return f"{n:,}"
 
 
 def _spatial(layout: str) -> list[int]:
@@ -149,14 +151,26 @@ _TEXT = {
         "dim_c": "C={c} channels (feature maps)",
         "dim_c_fc": "C={c} features",
         "variant_channel": "Variant: per channel = convolutional BN (Ioffe & Szegedy 2015, §3.2).",
-        "variant_activation": "Variant: per activation = BN as in §3, one statistic per activation.",
+        "variant_activation": "Variant: per activation = BN as in §3, one mean and one variance per activation.",
         "location": "A location is one spatial position {pos} of a feature map. Each of the {c} feature "
         "maps has {locs} locations, in each of the {n} examples of the mini-batch.",
         "no_location": "Layout NC (a fully connected layer) has no spatial locations: every feature is a "
         "single activation, so the two variants are the same thing here.",
+        "elements": "What the \"elements\" of a feature map are: the paper (§3.2) wants the normalization to "
+        "obey the convolutional property, \"so that different elements of the same feature map, at "
+        "different locations, are normalized in the same way\". Those elements "
+        "are the VALUES {idx} of the map, the activations: one number per location, computed by the filter "
+        "of channel c at that location. They are not the filter's weights: the filter (say 3×3 weights per "
+        "input channel) is one set of numbers shared by all {nloc} locations, and BN never touches it. (The "
+        "paper's \"elements of a mini-batch\" are something else again: the {n} examples.)",
         "set_channel": "One set B = every value {idx} of ONE channel c: all {n} examples × all {nloc} locations.",
         "set_fc": "One set B = the values {idx} of ONE feature c in the {n} examples.",
         "count_fc": "{sets} sets B (one per feature), each of m = {m} values.",
+        "words_channel": "In words: {sets} means, {sets} variances, {sets} γ and {sets} β, one of each per "
+        "feature map.",
+        "words_activation": "In words: {sets} means, {sets} variances, {sets} γ and {sets} β, one of each per "
+        "(location, channel) pair, that is per activation.",
+        "words_fc": "In words: {sets} means, {sets} variances, {sets} γ and {sets} β, one of each per feature.",
         "set_activation": "One set B = the values {idx} of ONE activation {act}: the same location and "
         "channel in each of the {n} examples.",
         "count_channel": "{sets} sets B (one per channel), each of m' = {size} values:",
@@ -179,11 +193,14 @@ _TEXT = {
         "convolutional; each statistic is estimated from m' = {size} values instead of m = {m}.",
         "why_fc": "With no locations, m' = m = {m}: one statistic and one γ/β per feature.",
         "unit_fc": "feature",
-        "why_activation": "Per activation, each location has its own statistics and its own γ/β: {sets} "
-        "statistics from only m = {m} values each, and one filter's output is normalized differently "
-        "at different locations.",
-        "inference": "At inference (Alg. 2) the population statistics E[x], Var[x] are fixed, so each "
-        "{unit} becomes one fixed affine map, {sets} in all:",
+        "why_activation": "Per activation, each (location, channel) pair has its own mean, variance, γ and β: "
+        "{sets} means and {sets} variances, each from only m = {m} values, and one filter's output is "
+        "normalized differently at different locations.",
+        "inference": "At inference (Alg. 2) each set's batch mean and variance are replaced by fixed "
+        "population statistics, measured once over the training data: E[x] = E_B[μ_B] and Var[x] = "
+        "m/(m−1)·E_B[σ²_B], where E_B[·] means \"the average over the training mini-batches B\" and m is "
+        "the number of values per set B (here {size}). Then each {unit} becomes one fixed affine map "
+        "y = a·x + b, the same for every example: {sets} pairs (a, b) in all, with",
         "unit_channel": "feature map",
         "unit_activation": "activation",
         "fold": "(it can be folded into the weights and bias of the layer before it).",
@@ -195,7 +212,7 @@ _TEXT = {
         "fig_channel": "Per channel (convolutional BN)\nset B = channel c=0, every example, every "
         "location\n{size} values",
         "fig_activation": "Per activation\nset B = one location of channel c=0, every example\n{size} values",
-        "fig_foot": "{sets} sets B\nγ, β: {params} parameters",
+        "fig_foot": "{sets} sets B: {sets} means, {sets} variances\n{sets} γ + {sets} β",
         "fig_channel_fc": "Per channel\nset B = feature c=0, every example\n{size} values",
         "fig_activation_fc": "Per activation (the same, in layout NC)\nset B = feature c=0, every "
         "example\n{size} values",
@@ -212,17 +229,31 @@ _TEXT = {
         "dim_c": "C={c} canales (mapas de características)",
         "dim_c_fc": "C={c} características",
         "variant_channel": "Variante: por canal = BN convolucional (Ioffe y Szegedy 2015, §3.2).",
-        "variant_activation": "Variante: por activación = BN como en §3, una estadística por activación.",
+        "variant_activation": "Variante: por activación = BN como en §3, una media y una varianza por activación.",
         "location": "Una ubicación (en el artículo, location) es una posición espacial {pos} de un mapa "
         "de características. Cada uno de los {c} mapas tiene {locs} ubicaciones, en cada uno de los {n} "
         "ejemplos del minilote.",
         "no_location": "La disposición NC (una capa totalmente conectada) no tiene ubicaciones "
         "espaciales: cada característica es una sola activación, así que aquí las dos variantes "
         "coinciden.",
+        "elements": "Qué son los «elementos» de un mapa de características: el artículo quiere que "
+        "«different elements of the same feature map, at different locations, are normalized in the same "
+        "way» (§3.2), es decir, que los distintos elementos de un mismo mapa, en distintas ubicaciones, se "
+        "normalicen igual. Esos elementos son los VALORES {idx} del mapa, las activaciones: un número por "
+        "ubicación, el que calcula el filtro del canal c en esa ubicación. No son los pesos del filtro: el "
+        "filtro (por ejemplo, 3×3 pesos por canal de entrada) es un solo juego de números compartido por las "
+        "{nloc} ubicaciones, y BN no lo toca. (Los «elements of a mini-batch» del artículo son otra cosa: los "
+        "{n} ejemplos.)",
         "set_channel": "Un conjunto B = todos los valores {idx} de UN canal c: los {n} ejemplos × las "
         "{nloc} ubicaciones.",
         "set_fc": "Un conjunto B = los valores {idx} de UNA característica c en los {n} ejemplos.",
         "count_fc": "{sets} conjuntos B (uno por característica), cada uno con m = {m} valores.",
+        "words_channel": "Dicho con palabras: {sets} medias, {sets} varianzas, {sets} γ y {sets} β, una de "
+        "cada por mapa de características.",
+        "words_activation": "Dicho con palabras: {sets} medias, {sets} varianzas, {sets} γ y {sets} β, una de "
+        "cada por par (ubicación, canal), es decir, por activación.",
+        "words_fc": "Dicho con palabras: {sets} medias, {sets} varianzas, {sets} γ y {sets} β, una de cada "
+        "por característica.",
         "set_activation": "Un conjunto B = los valores {idx} de UNA activación {act}: la misma ubicación "
         "y el mismo canal en cada uno de los {n} ejemplos.",
         "count_channel": "{sets} conjuntos B (uno por canal), cada uno con m' = {size} valores:",
@@ -246,11 +277,15 @@ _TEXT = {
         "en lugar de m = {m}.",
         "why_fc": "Sin ubicaciones, m' = m = {m}: una estadística y un γ/β por característica.",
         "unit_fc": "característica",
-        "why_activation": "Por activación, cada ubicación tiene sus propias estadísticas y su propio "
-        "γ/β: {sets} estadísticas, cada una con solo m = {m} valores, y la salida de un mismo filtro se "
-        "normaliza de forma distinta según la ubicación.",
-        "inference": "En inferencia (Alg. 2) las estadísticas de población E[x] y Var[x] quedan fijas, y "
-        "cada {unit} se convierte en una única transformación afín fija ({sets} en total):",
+        "why_activation": "Por activación, cada par (ubicación, canal) tiene su propia media, su varianza, "
+        "su γ y su β: {sets} medias y {sets} varianzas, cada una con solo m = {m} valores, y la salida de un "
+        "mismo filtro se normaliza de forma distinta según la ubicación.",
+        "inference": "En inferencia (Alg. 2) la media y la varianza del minilote de cada conjunto se "
+        "sustituyen por estadísticas de población fijas, medidas una vez sobre los datos de entrenamiento: "
+        "E[x] = E_B[μ_B] y Var[x] = m/(m−1)·E_B[σ²_B], donde E_B[·] significa «el promedio sobre los "
+        "minilotes B de entrenamiento» y m es el número de valores de cada conjunto B (aquí {size}). "
+        "Entonces cada {unit} se convierte en una única transformación afín fija y = a·x + b, la misma "
+        "para todos los ejemplos: {sets} pares (a, b) en total, con",
         "unit_channel": "mapa de características",
         "unit_activation": "activación",
         "fold": "(se puede fusionar con los pesos y el sesgo de la capa anterior).",
@@ -261,7 +296,7 @@ _TEXT = {
         "fig_channel": "Por canal (BN convolucional)\nB = canal c=0, todos los ejemplos, todas las "
         "ubicaciones\n{size} valores",
         "fig_activation": "Por activación\nB = una ubicación del canal c=0, todos los ejemplos\n{size} valores",
-        "fig_foot": "{sets} conjuntos B\nγ, β: {params} parámetros",
+        "fig_foot": "{sets} conjuntos B: {sets} medias, {sets} varianzas\n{sets} γ + {sets} β",
         "fig_channel_fc": "Por canal\nB = característica c=0, todos los ejemplos\n{size} valores",
         "fig_activation_fc": "Por activación (lo mismo, en la disposición NC)\nB = característica c=0, "
         "todos los ejemplos\n{size} valores",
@@ -318,6 +353,9 @@ def _render_text(e: Explanation) -> str:
         if len(spatial) > 1:
             locs += f" = {_fmt(nloc, lang)}"
         add(t["location"].format(pos=pos, c=C, locs=locs, n=n))
+        lines.append("")
+        idx_map = "x[" + ", ".join(letter.lower() for letter in e.layout) + "]"
+        add(t["elements"].format(idx=idx_map, nloc=_fmt(nloc, lang), n=n))
     lines.append("")
 
     # one set B, how many, how big
@@ -338,6 +376,7 @@ def _render_text(e: Explanation) -> str:
         add(t["set_activation"].format(idx=idx, act=act, n=n))
         acts = "·".join(str(e.shape[a]) for a in range(1, len(e.layout)))
         add("  " + t["count_activation"].format(sets=sets, acts=acts, m=size))
+    add("  " + t["words_fc" if fc else f"words_{e.per}"].format(sets=sets))
     if e.set_size == 1:
         add("  " + t["tiny"])
     lines.append("")
@@ -364,8 +403,8 @@ def _render_text(e: Explanation) -> str:
     else:
         add(t["why_activation"].format(sets=sets, m=_fmt(n, lang)))
     unit = t["unit_fc"] if fc else t[f"unit_{e.per}"]
-    add(t["inference"].format(unit=unit, sets=sets))
-    lines.append("  y = γ/√(Var[x]+ε)·x + (β − γ·E[x]/√(Var[x]+ε))")
+    add(t["inference"].format(unit=unit, sets=sets, size=size))
+    lines.append("  a = γ/√(Var[x]+ε),  b = β − γ·E[x]/√(Var[x]+ε)")
     add(t["fold"])
     return "\n".join(lines)
 
@@ -463,13 +502,13 @@ def _draw_panel(ax, e: Explanation, per: str, t: dict) -> None:
     if n_real > n_show:
         ax.text(x0 + block_w / 2, bottom - 0.4, t["fig_more_n"].format(n=n_real), ha="center", va="top", fontsize=10)
     note = t["fig_spatial"].format(real=real_s, shown=shown_s) if real_s else t["fig_no_spatial"]
-    ax.text(x0, bottom - 1.6, note, ha="left", va="top", fontsize=9, color="#444444")
+    ax.text(x0, bottom - 1.6, note, ha="left", va="top", fontsize=10, color="#222222")
     axes = reduce_axes(e.layout, per=per)
     fshape = feature_shape(e.shape, axes)
     size = _fmt(effective_batch_size(e.shape, axes), e.lang)
     key = f"fig_{per}_fc" if not _spatial(e.layout) else f"fig_{per}"
     ax.set_title(t[key].format(size=size), fontsize=11, fontweight="bold" if per == e.per else "normal")
-    foot = t["fig_foot"].format(sets=_fmt(math.prod(fshape), e.lang), params=_params_formula(e, per))
+    foot = t["fig_foot"].format(sets=_fmt(math.prod(fshape), e.lang))
     ax.text(x0, bottom - 2.6, foot, ha="left", va="top", fontsize=10)
     ax.set_xlim(0, max(right + 4.2, 15))
     ax.set_ylim(bottom - 4.6, top + 1.6)
