@@ -609,7 +609,7 @@ def _cmd_explain_html(args, lang: str) -> int:
 
     if not args.html.parent.exists():
         raise UsageError(MSG[lang]["no_path"].format(flag="--html", path=args.html.parent))
-    kwargs = {"layout": args.layout, "norm": args.norm, "groups": args.groups}
+    kwargs = {"layout": args.layout, "norm": args.norm, "per": args.per, "groups": args.groups}
     if args.shape is not None:
         kwargs["shape"] = _parse_shape(args.shape, lang)
     try:
