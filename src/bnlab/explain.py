@@ -809,10 +809,13 @@ def _save_family_figure(e: Explanation, path: Path, dpi: int = 100) -> Path:
     nloc = math.prod(e.shape[a] for a in _spatial(e.layout))
     n_show, c_show, l_show = min(e.shape[0], 3), min(C, 6), min(nloc, 4)
     cg = C // (e.groups or 1)
-    fig = Figure(figsize=(3.9 * len(sets), 3.1), layout="constrained")
+    rows = math.ceil(len(sets) / 2)
+    fig = Figure(figsize=(11, 2.2 * rows + 0.9), layout="constrained")
     FigureCanvasAgg(fig)
-    axs = fig.subplots(1, len(sets))
-    for ax, (key, s) in zip(axs, sets.items(), strict=True):
+    axs = list(fig.subplots(rows, 2).ravel())
+    for ax in axs[len(sets) :]:
+        ax.axis("off")
+    for ax, (key, s) in zip(axs, sets.items(), strict=False):
         norm = s.norm
         for ni in range(n_show):
             for ci in range(c_show):
