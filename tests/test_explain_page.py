@@ -283,3 +283,33 @@ def test_usable_at_420_px(browser, pages):
     finally:
         browser.set_window_size(1000, 900)
     assert not _console_errors(browser)
+
+
+def test_cli_writes_the_page(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "bnlab", "explain", "8,4,4,16", "--norm", "group", "--groups", "4", "--lang", "es",
+         "--html", str(tmp_path / "p.html")],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert "p.html" in out.stdout
+    html = (tmp_path / "p.html").read_text(encoding="utf-8")
+    assert '"member": "group"' in html and '"groups": 4' in html and '"shape": [8, 4, 4, 16]' in html
+    bad = subprocess.run(
+        [sys.executable, "-m", "bnlab", "explain", "--html", str(tmp_path / "missing" / "p.html"), "--lang", "en"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert bad.returncode != 0 and "--html" in bad.stderr and not (tmp_path / "missing").exists()
+    none = subprocess.run([sys.executable, "-m", "bnlab", "explain", "--lang", "en"], capture_output=True, text=True)
+    assert none.returncode != 0 and "SHAPE" in none.stderr
+
+
+def test_doctest_of_the_page_module():
+    import doctest
+
+    import bnlab.explain_page
+
+    result = doctest.testmod(bnlab.explain_page, verbose=False)
+    assert result.failed == 0 and result.attempted > 0

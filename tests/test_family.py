@@ -362,3 +362,14 @@ def test_small_cnn_trains_with_each_member(norm):
         losses.append(float(loss.detach()))
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < 0.7 * losses[0]
+
+
+def test_doctests_of_the_family():
+    import doctest
+
+    import bnlab.axes
+    import bnlab.reference
+
+    for module in (bnlab.axes, bnlab.reference, family):
+        result = doctest.testmod(module, verbose=False)
+        assert result.failed == 0 and result.attempted > 0, module.__name__
