@@ -54,7 +54,9 @@ def _normalize(input: torch.Tensor, norm: str, groups: int | None, eps: float) -
 
 
 def _affine(x_hat, weight, bias, shape: Sequence[int]) -> torch.Tensor:
-    """y = γ x̂ + β with γ, β viewed as ``shape`` (broadcasting against x̂)."""
+    """y = γ x̂ + β with γ, β viewed as ``shape`` (broadcasting against x̂), in one pass when both are given."""
+    if weight is not None and bias is not None and weight.dtype == bias.dtype == x_hat.dtype:
+        return torch.addcmul(bias.reshape(shape), x_hat, weight.reshape(shape))
     if weight is not None:
         x_hat = x_hat * weight.reshape(shape)
     if bias is not None:
