@@ -373,3 +373,20 @@ def test_doctests_of_the_family():
     for module in (bnlab.axes, bnlab.reference, family):
         result = doctest.testmod(module, verbose=False)
         assert result.failed == 0 and result.attempted > 0, module.__name__
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_input_keeps_its_dtype_and_matches_float32(dtype):
+    torch.manual_seed(8)
+    x = torch.randn(4, 8, 5, 5) * 3 + 2
+    w, b = torch.randn(8), torch.randn(8)
+    tol = 2e-2 if dtype == torch.bfloat16 else 4e-3
+    cases = [
+        (family.group_norm(x.to(dtype), 4, w, b), F.group_norm(x, 4, w, b)),
+        (family.instance_norm(x.to(dtype), weight=w, bias=b), F.instance_norm(x, weight=w, bias=b)),
+        (family.layer_norm(x.to(dtype), (8, 5, 5)), F.layer_norm(x, (8, 5, 5))),
+    ]
+    for ours, ref32 in cases:
+        assert ours.dtype == dtype
+        assert torch.isfinite(ours).all()
+        torch.testing.assert_close(ours.float(), ref32, atol=tol * 4, rtol=tol)

@@ -54,14 +54,20 @@ def _normalize(input: torch.Tensor, norm: str, groups: int | None, eps: float) -
 
 
 def _affine(x_hat, weight, bias, shape: Sequence[int]) -> torch.Tensor:
-    """y = γ x̂ + β with γ, β viewed as ``shape`` (broadcasting against x̂), in one pass when both are given."""
-    if weight is not None and bias is not None and weight.dtype == bias.dtype == x_hat.dtype:
-        return torch.addcmul(bias.reshape(shape), x_hat, weight.reshape(shape))
-    if weight is not None:
-        x_hat = x_hat * weight.reshape(shape)
-    if bias is not None:
-        x_hat = x_hat + bias.reshape(shape)
-    return x_hat
+    """y = γ x̂ + β with γ, β viewed as ``shape`` (broadcasting against x̂), in one pass when both are given.
+
+    The output keeps the input's dtype, as torch's functions do (float16/bfloat16 input with float32 γ, β:
+    the map is computed in float32, then rounded once).
+    """
+    if weight is not None and bias is not None:
+        y = torch.addcmul(bias.reshape(shape), x_hat, weight.reshape(shape))
+    elif weight is not None:
+        y = x_hat * weight.reshape(shape)
+    elif bias is not None:
+        y = x_hat + bias.reshape(shape)
+    else:
+        return x_hat
+    return y.to(x_hat.dtype)
 
 
 def _check_param(t, name: str, shape: tuple[int, ...], input: torch.Tensor) -> None:
