@@ -606,6 +606,10 @@ _FAMILY_TEXT = {
         "group of channels of each sample is normalized over its channels and locations.",
         "set_layer": "One set B = every value {idx} of ONE sample n: all {c} channels × all {nloc} locations.",
         "set_instance": "One set B = the values {idx} of ONE sample n and ONE channel c: its {nloc} locations.",
+        "set_layer_fc": "One set B = every value {idx} of ONE sample n: its {c} features.",
+        "set_instance_fc": "One set B = the value {idx} of ONE sample n and ONE feature c: a single value.",
+        "set_group_fc": "One set B = the values {idx} of ONE sample n and ONE group g of features "
+        "(c = g·{cg} … g·{cg}+{cg1}): {cg} values.",
         "set_group": "One set B = the values {idx} of ONE sample n and ONE group g of channels "
         "(c = g·{cg} … g·{cg}+{cg1}): {cg} channels × {nloc} locations.",
         "count": "{sets} sets B ({how}), each of {size} values:",
@@ -660,6 +664,10 @@ _FAMILY_TEXT = {
         "set_layer": "Un conjunto B = todos los valores {idx} de UN ejemplo n: los {c} canales × las {nloc} "
         "ubicaciones.",
         "set_instance": "Un conjunto B = los valores {idx} de UN ejemplo n y UN canal c: sus {nloc} ubicaciones.",
+        "set_layer_fc": "Un conjunto B = todos los valores {idx} de UN ejemplo n: sus {c} características.",
+        "set_instance_fc": "Un conjunto B = el valor {idx} de UN ejemplo n y UNA característica c: un solo valor.",
+        "set_group_fc": "Un conjunto B = los valores {idx} de UN ejemplo n y UN grupo g de características "
+        "(c = g·{cg} … g·{cg}+{cg1}): {cg} valores.",
         "set_group": "Un conjunto B = los valores {idx} de UN ejemplo n y UN grupo g de canales "
         "(c = g·{cg} … g·{cg}+{cg1}): {cg} canales × {nloc} ubicaciones.",
         "count": "{sets} conjuntos B ({how}), cada uno con {size} valores:",
@@ -734,7 +742,8 @@ def _render_family_text(e: Explanation) -> str:
     add(tf[f"variant_{e.norm}"].format(g=g, cg=C // g))
     lines.append("")
     idx = "x[" + ", ".join(letter.lower() for letter in e.layout) + "]"
-    add(tf[f"set_{e.norm}"].format(idx=idx, c=C, nloc=_fmt(nloc, lang), cg=C // g, cg1=C // g - 1))
+    key = f"set_{e.norm}" + ("" if spatial else "_fc")
+    add(tf[key].format(idx=idx, c=C, nloc=_fmt(nloc, lang), cg=C // g, cg1=C // g - 1))
     how = tf[f"how_{e.norm}"].format(n=n, c=C, g=g)
     add("  " + tf["count"].format(sets=_fmt(e.num_sets, lang), how=how, size=_fmt(e.set_size, lang)))
     split = e.split_shape or e.shape
@@ -742,10 +751,11 @@ def _render_family_text(e: Explanation) -> str:
     if e.norm == "group":
         letters[c_axis : c_axis + 1] = ["G", "C/G"]
     sizes = [split[a] for a in e.axes]
-    lines.append(
-        "    m' = " + "·".join(letters[a] for a in e.axes) + " = " + "·".join(map(str, sizes)) + " = "
-        + _fmt(e.set_size, lang)
-    )  # fmt: skip
+    if len(sizes) > 1:
+        symbols = "·".join(f"({letters[a]})" if "/" in letters[a] else letters[a] for a in e.axes)
+        lines.append(f"    m' = {symbols} = " + "·".join(map(str, sizes)) + " = " + _fmt(e.set_size, lang))
+    elif sizes:
+        lines.append(f"    m' = {letters[e.axes[0]]} = {_fmt(e.set_size, lang)}")
     if e.set_size == 1:
         add("  " + tf["tiny"])
     lines.append("")
