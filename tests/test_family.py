@@ -308,8 +308,10 @@ def test_layer_norm_module_matches_torch(kwargs):
 def test_torch_errors_are_clear():
     with pytest.raises(ValueError, match="does not divide the 12 channels"):
         bnn.GroupNorm(5, 12)
-    with pytest.raises(ValueError, match="expected 12 channels on axis 1"):
+    with pytest.raises(ValueError, match="the input has 8 channels but weight has 12"):
         bnn.GroupNorm(4, 12)(torch.randn(2, 8, 3, 3))
+    with pytest.raises(ValueError, match="expected 6 channels on axis 1"):
+        bnn.InstanceNorm2d(6, affine=True)(torch.randn(2, 8, 3, 3))
     with pytest.raises(ValueError, match="pools 1 value per set"):
         bnn.InstanceNorm2d(3)(torch.randn(2, 3, 1, 1))
     with pytest.raises(ValueError, match="trailing sizes of the input"):
@@ -390,3 +392,22 @@ def test_half_input_keeps_its_dtype_and_matches_float32(dtype):
         assert ours.dtype == dtype
         assert torch.isfinite(ours).all()
         torch.testing.assert_close(ours.float(), ref32, atol=tol * 4, rtol=tol)
+
+
+@pytest.mark.parametrize("norm", ["layer", "instance", "group"])
+def test_models_with_the_family_stay_traceable_and_fold(norm):
+    import warnings
+
+    import bnlab
+    from bnlab.models import SmallCNN
+
+    torch.manual_seed(9)
+    model = SmallCNN(1, (8, 8), 10, norm=norm).eval()
+    x = torch.randn(4, 1, 8, 8)
+    traced = torch.fx.symbolic_trace(model)
+    assert any(n.op == "call_function" and "norm" in n.target.__name__ for n in traced.graph.nodes)
+    torch.testing.assert_close(traced(x), model(x))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # fold traces the whole model: no fallback warning
+        folded = bnlab.fold(model)
+    torch.testing.assert_close(folded(x), model(x), atol=1e-5, rtol=1e-5)

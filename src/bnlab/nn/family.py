@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..axes import LAYOUTS, check_eps, norm_set
+from ..axes import LAYOUTS, check_eps, check_groups, norm_set
 from .functional import batch_norm
 
 __all__ = ["layer_norm", "instance_norm", "group_norm", "LayerNorm", "InstanceNorm1d", "InstanceNorm2d",
@@ -76,8 +76,11 @@ def _check_param(t, name: str, shape: tuple[int, ...], input: torch.Tensor) -> N
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
     if tuple(t.shape) != tuple(shape):
+        hint = ""
+        if len(shape) == 1 and t.dim() == 1:
+            hint = f": the input has {shape[0]} channels but {name} has {t.shape[0]}; build the layer for {shape[0]}"
         raise ValueError(
-            f"{name} has shape {tuple(t.shape)}, expected {tuple(shape)} for input size {tuple(input.shape)}"
+            f"{name} has shape {tuple(t.shape)}, expected {tuple(shape)} for input size {tuple(input.shape)}{hint}"
         )
 
 
@@ -171,18 +174,10 @@ class GroupNorm(torch.nn.GroupNorm):
 
     def __init__(self, num_groups: int, num_channels: int, *args, **kwargs) -> None:
         if isinstance(num_groups, int) and isinstance(num_channels, int) and num_groups > 0:
-            # the clear error (with the divisors) before torch's
-            from ..axes import check_groups
-
-            check_groups(num_groups, num_channels)
+            check_groups(num_groups, num_channels)  # the clear error (with the divisors) before torch's
         super().__init__(num_groups, num_channels, *args, **kwargs)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if input.dim() >= 2 and input.shape[1] != self.num_channels:
-            raise ValueError(
-                f"expected {self.num_channels} channels on axis 1, got input size {tuple(input.shape)}; "
-                f"build the layer with num_channels={input.shape[1]}"
-            )
         return group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
 
 
@@ -193,31 +188,43 @@ class LayerNorm(torch.nn.LayerNorm):
         return layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
 
 
-class _InstanceNormMixin:
+def _instance_norm_module(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps,
+                          no_batch_dim: int, num_features: int, check_channels: bool, name: str):  # fmt: skip
     """forward of torch's ``_InstanceNorm`` on :func:`instance_norm` (the unbatched (C, ...) input included)."""
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
+    unbatched = input.dim() == no_batch_dim
+    if unbatched:
+        input = input.unsqueeze(0)
+    if input.dim() != no_batch_dim + 1:
+        raise ValueError(
+            f"{name} expects an input of {no_batch_dim + 1} dimensions (N, C, ...) or {no_batch_dim} unbatched, "
+            f"got size {tuple(input.shape)}"
+        )
+    if check_channels and input.shape[1] != num_features:
+        raise ValueError(
+            f"expected {num_features} channels on axis 1, got input size {tuple(input.shape)}; "
+            f"build the layer with num_features={input.shape[1]}"
+        )
+    out = instance_norm(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps)
+    return out.squeeze(0) if unbatched else out
 
+
+# torch.fx records calls to these as single nodes instead of tracing into their shape checks, so models
+# with these layers stay traceable (bnlab.fold, torch.fx.symbolic_trace), like torch's own layers.
+for _name in ("group_norm", "layer_norm", "_instance_norm_module"):
+    torch.fx.wrap(_name)
+
+
+class _InstanceNormMixin:
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if not isinstance(input, torch.Tensor):
-            raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
-        unbatched = input.dim() == self._get_no_batch_dim()
-        if unbatched:
-            input = input.unsqueeze(0)
-        if input.dim() != self._get_no_batch_dim() + 1:
-            raise ValueError(
-                f"{type(self).__name__} expects an input of {self._get_no_batch_dim() + 1} dimensions "
-                f"(N, C, ...) or {self._get_no_batch_dim()} unbatched, got size {tuple(input.shape)}"
-            )
-        if (self.affine or self.track_running_stats) and input.shape[1] != self.num_features:
-            raise ValueError(
-                f"expected {self.num_features} channels on axis 1, got input size {tuple(input.shape)}; "
-                f"build the layer with num_features={input.shape[1]}"
-            )
-        out = instance_norm(
+        return _instance_norm_module(
             input, self.running_mean, self.running_var, self.weight, self.bias,
             self.training or not self.track_running_stats,
             self.momentum if self.momentum is not None else 0.0, self.eps,
+            self._get_no_batch_dim(), self.num_features, self.affine or self.track_running_stats,
+            type(self).__name__,
         )  # fmt: skip
-        return out.squeeze(0) if unbatched else out
 
 
 class InstanceNorm1d(_InstanceNormMixin, torch.nn.InstanceNorm1d):
