@@ -313,3 +313,25 @@ def test_doctest_of_the_page_module():
 
     result = doctest.testmod(bnlab.explain_page, verbose=False)
     assert result.failed == 0 and result.attempted > 0
+
+
+@pytest.mark.slow
+def test_large_shapes_are_drawn_in_part_and_counted_in_full(browser, pages):
+    _open(browser, pages["en"])
+    shape = (32, 28, 28, 16)
+    # value (0, 0, 0) selected; drawn: 8 samples, 16 channels, 8×8 of the 28×28 locations
+    lit_drawn = {"batch-channel": 8 * 64, "batch-activation": 8, "layer": 16 * 64, "instance": 64, "group": 4 * 64}
+    for member in PAGE_MEMBERS:
+        _set_controls(browser, shape, "NHWC", member, groups=4 if member == "group" else None)
+        norm, per = PAGE_MEMBERS[member]
+        e = bnlab.explain(shape, layout="NHWC", per=per, norm=norm, groups=4 if norm == "group" else None)
+        assert int(_value(browser, "n-sets")) == e.num_sets
+        assert int(_value(browser, "set-size")) == e.set_size
+        assert int(_value(browser, "params")) == e.num_params
+        lit, selected, drawn = _lit(browser)
+        assert drawn == 8 * 16 * 8 * 8
+        assert selected == [(0, 0, 0)]
+        assert len(lit) == lit_drawn[member] == int(_value(browser, "lit-count"))
+    assert browser.find_element("id", "set-size").text == "m' = (C/G)·p·q = 4·28·28 = 3,136"
+    assert "drawn: 8 of 32 samples, 8×8 of 28×28 locations" in browser.find_element("id", "tensor").text
+    assert not _console_errors(browser)
