@@ -215,7 +215,8 @@ def _bad_inputs():
         (lambda bn: bn(torch.randn(4, 3, 5)), ValueError, r"expected 4D input \(got 3D input\)"),
         (lambda bn: bn(torch.randn(4, 5, 2, 2)), ValueError, "expected 3 channels"),
         (lambda bn: bn(torch.randn(1, 3, 1, 1)), ValueError, "Expected more than 1 value per channel when training"),
-        (lambda bn: bn(torch.randn(0, 3, 2, 2)), ValueError, "empty batch"),
+        (lambda bn: bn(torch.randn(4, 3, 2, 2, dtype=torch.float64)), TypeError, "mixed dtype"),
+        (lambda bn: bn(torch.randn(4, 3, 2, 2).requires_grad_().double()), TypeError, r"layer.to\(torch.float64\)"),
         (lambda bn: bn(torch.ones(4, 3, 2, 2, dtype=torch.int64)), TypeError, "floating-point"),
         (
             lambda bn: F.batch_norm(

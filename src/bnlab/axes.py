@@ -124,7 +124,10 @@ def param_shape(shape: Sequence[int], axes: Sequence[int]) -> tuple[int, ...]:
 def effective_batch_size(shape: Sequence[int], axes: Sequence[int]) -> int:
     """How many values one statistic pools: m for per-activation BN, m' = m·p·q for convolutional BN."""
     axes = normalize_axes(axes, len(shape))
-    return math.prod(int(shape[a]) for a in axes)
+    m = 1
+    for a in axes:  # a loop, not math.prod over a generator: torch.compile traces this
+        m *= int(shape[a])
+    return m
 
 
 def check_eps(eps: float) -> float:
@@ -152,12 +155,14 @@ def check_input(
     *,
     training: bool,
     params: dict[str, Sequence[int] | None] | None = None,
+    allow_empty: bool = False,
 ) -> tuple[int, ...]:
     """Check an input shape against its reduce axes and parameter shapes; return the normalized axes.
 
     ``params`` maps a name (``"weight"``, ``"running_mean"``, ...) to that tensor's shape, or None when
     it is absent. Each must equal the feature shape. In training, every statistic must pool more than
     one value, or the variance is zero and the output meaningless (PyTorch's wording is kept).
+    ``allow_empty=True`` accepts an input with no values (a batch of 0 samples, as torch does).
     """
     shape = tuple(int(n) for n in shape)
     ndim = len(shape)
@@ -167,9 +172,10 @@ def check_input(
             f"got shape {shape}"
         )
     axes = normalize_axes(axes, ndim)
-    if shape[0] == 0:
+    empty = 0 in shape
+    if empty and not allow_empty and shape[0] == 0:
         raise ValueError(f"got an empty batch (input shape {shape}); batch normalization needs values")
-    if 0 in shape:
+    if empty and not allow_empty:
         raise ValueError(f"input shape {shape} has an empty axis; batch normalization needs values")
     fshape = feature_shape(shape, axes)
     for name, pshape in (params or {}).items():
@@ -186,7 +192,7 @@ def check_input(
             elif len(pshape) != len(fshape):
                 hint = f"; reducing over axes {axes} leaves feature shape {fshape}"
             raise ValueError(f"{name} has shape {pshape}, expected {fshape} for input shape {shape}{hint}")
-    if training:
+    if training and not empty:
         m = effective_batch_size(shape, axes)
         if m <= 1:
             raise ValueError(

@@ -1,22 +1,36 @@
-"""``BatchNorm1d/2d/3d``: drop-ins for ``torch.nn.BatchNorm*d``, plus per-activation BN.
+"""``BatchNorm1d/2d/3d``: drop-ins for ``torch.nn.BatchNorm*d``, plus per-activation BN and ghost BN.
 
 Modules only keep the books (parameters, buffers, train/eval/frozen); the math is
-:func:`bnlab.nn.functional.batch_norm`. Same constructor arguments and ``state_dict`` keys as torch
-(``weight, bias, running_mean, running_var, num_batches_tracked``), so weights load both ways:
+:func:`bnlab.nn.functional.batch_norm`. The classes **are** torch's BN classes as far as the ecosystem can
+tell: ``bnlab.nn.BatchNorm2d`` subclasses ``torch.nn.BatchNorm2d`` (and so
+``torch.nn.modules.batchnorm._BatchNorm``), which is how weight-decay filters, model surgery, FLOP counters
+and ``convert_sync_batchnorm`` find BN layers. Same constructor arguments (``bias=`` included) and
+``state_dict`` keys as torch (``weight, bias, running_mean, running_var, num_batches_tracked``), so weights
+load both ways:
 
 >>> import torch
 >>> theirs = torch.nn.BatchNorm2d(16)
 >>> ours = BatchNorm2d(16)
 >>> ours.load_state_dict(theirs.state_dict())
 <All keys matched successfully>
+>>> isinstance(ours, torch.nn.BatchNorm2d)
+True
 
 ``per="activation"`` gives the paper's per-activation BN (§3): one mean/variance and one (γ, β) per
 activation, i.e. per (channel, location), with parameters of the feature shape ``(C, *spatial_size)``.
-Without ``spatial_size`` the shapes are taken from the first input:
+Without ``spatial_size`` the shapes are taken from the first (valid) input:
 
 >>> bn = BatchNorm2d(16, per="activation", spatial_size=(28, 28))
 >>> tuple(bn.weight.shape)
 (16, 28, 28)
+
+``virtual_batch=k`` gives ghost BN (Hoffer et al. 2017): in training, the statistics pool over each run of
+k consecutive samples instead of the whole mini-batch (the set B made deliberately smaller); the output
+and gradients equal plain BN applied to each chunk of k. The running statistics take one step per
+mini-batch, towards the average over the chunks of their means and of their unbiased variances (Alg. 2's
+E_B[μ_B] and m/(m−1)·E_B[σ²_B] over the chunks of this mini-batch). Eval mode is unchanged.
+
+``activation="relu"`` returns max(BN(x), 0) from one fused op (the backward recomputes the mask from y).
 
 Running statistics (``momentum`` as in PyTorch — the weight of the new batch; ``None`` for a cumulative
 average over the ``num_batches_tracked`` batches seen)::
@@ -27,21 +41,55 @@ average over the ``num_batches_tracked`` batches seen)::
 Modes: ``module.training`` chooses batch statistics (train) or running statistics (eval), as in torch.
 ``module.frozen = True`` (see :func:`bnlab.freeze`) makes the layer use and keep its running statistics
 even in training mode.
+
+``torch.fx.symbolic_trace`` traces through these layers into one call of
+:func:`bnlab.nn.functional.batch_norm` (the train/eval choice is fixed at trace time, as for any traced
+functional call); ``bnlab.fold``'s own tracer still sees them as layers.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.fx
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm as _TorchBatchNorm
 from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
 
-from ..axes import check_eps, check_input, check_momentum, check_per
+from ..axes import check_eps, check_momentum, check_per
 from . import functional as F
+from .functional import batch_norm
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
+_UNINITIALIZED = (UninitializedParameter, UninitializedBuffer)
 
-class _BatchNorm(nn.Module):
+
+def check_input_dim(x: torch.Tensor, input_dims: tuple[int, ...], num_features: int, spatial_size=None) -> None:
+    """A layer's checks of its input's rank, channel count and (per-activation) locations."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() not in input_dims:
+        want = " or ".join(f"{d}D" for d in input_dims)
+        raise ValueError(f"expected {want} input (got {x.dim()}D input)")
+    if x.shape[1] != num_features:
+        raise ValueError(
+            f"expected {num_features} channels on axis 1, got input of shape {tuple(x.shape)}; "
+            f"build the layer with num_features={x.shape[1]}"
+        )
+    if spatial_size is not None and tuple(x.shape[2:]) != tuple(spatial_size):
+        raise ValueError(
+            f"this per-activation layer has parameters for locations of size {tuple(spatial_size)}, "
+            f"got input of shape {tuple(x.shape)}; per-activation BN needs a fixed input size"
+        )
+
+
+# torch.fx.symbolic_trace records these two calls as graph nodes instead of tracing into them (their
+# checks read the input's shape, which a traced value does not have)
+torch.fx.wrap("check_input_dim")
+torch.fx.wrap("batch_norm")
+
+
+class _BatchNorm(_TorchBatchNorm):
     """Shared state and forward of BatchNorm1d/2d/3d; subclasses set the accepted input ranks."""
 
     _version = 2
@@ -58,46 +106,45 @@ class _BatchNorm(nn.Module):
         device=None,
         dtype=None,
         *,
+        bias: bool = True,
         per: str = "channel",
         spatial_size: tuple[int, ...] | int | None = None,
+        activation: str | None = None,
+        virtual_batch: int | None = None,
     ) -> None:
-        super().__init__()
-        if not isinstance(num_features, int) or num_features < 1:
+        # torch's _NormBase.__init__ would build (C,)-shaped state; per-activation layers need (C, *spatial)
+        nn.Module.__init__(self)
+        if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
             raise ValueError(f"num_features must be a positive int (the number of channels), got {num_features!r}")
         check_eps(eps)
         check_momentum(momentum)
+        if activation not in F.ACTIVATIONS:
+            raise ValueError(f"activation must be one of {F.ACTIVATIONS}, got {activation!r}")
         self.num_features = num_features
         self.eps = eps
         self.momentum = momentum
         self.affine = affine
         self.track_running_stats = track_running_stats
         self.per = check_per(per)
+        self.activation = activation
+        self.virtual_batch = F.check_virtual_batch(virtual_batch)
         self.frozen = False
-        if isinstance(spatial_size, int):
-            spatial_size = (spatial_size,) * max(self._spatial_dims, 1)
-        if spatial_size is not None and per == "channel":
-            raise ValueError("spatial_size is only used with per='activation' (per='channel' has one γ/β per channel)")
-        self.spatial_size = tuple(spatial_size) if spatial_size is not None else None
+        self.spatial_size = self._check_spatial_size(spatial_size)
         factory = {"device": device, "dtype": dtype}
-        lazy = per == "activation" and spatial_size is None
+        lazy = per == "activation" and self.spatial_size is None
         shape = (num_features, *(self.spatial_size or ()))
-        if affine:
-            if lazy:
-                self.weight = UninitializedParameter(**factory)
-                self.bias = UninitializedParameter(**factory)
-            else:
-                self.weight = nn.Parameter(torch.empty(shape, **factory))
-                self.bias = nn.Parameter(torch.empty(shape, **factory))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+
+        def parameter():
+            return UninitializedParameter(**factory) if lazy else nn.Parameter(torch.empty(shape, **factory))
+
+        def buffer(fill):
+            return UninitializedBuffer(**factory) if lazy else torch.full(shape, fill, **factory)
+
+        self.register_parameter("weight", parameter() if affine else None)
+        self.register_parameter("bias", parameter() if affine and bias else None)
         if track_running_stats:
-            if lazy:
-                self.register_buffer("running_mean", UninitializedBuffer(**factory))
-                self.register_buffer("running_var", UninitializedBuffer(**factory))
-            else:
-                self.register_buffer("running_mean", torch.zeros(shape, **factory))
-                self.register_buffer("running_var", torch.ones(shape, **factory))
+            self.register_buffer("running_mean", buffer(0.0))
+            self.register_buffer("running_var", buffer(1.0))
             self.register_buffer(
                 "num_batches_tracked",
                 torch.tensor(0, dtype=torch.long, **{k: v for k, v in factory.items() if k != "dtype"}),
@@ -109,21 +156,61 @@ class _BatchNorm(nn.Module):
         if not lazy:
             self.reset_parameters()
 
+    def _check_spatial_size(self, spatial_size) -> tuple[int, ...] | None:
+        if spatial_size is None:
+            return None
+        if self.per == "channel":
+            raise ValueError("spatial_size is only used with per='activation' (per='channel' has one γ/β per channel)")
+        if isinstance(spatial_size, int):
+            spatial_size = (spatial_size,) * max(self._spatial_dims, 1)
+        size = tuple(spatial_size)
+        if len(size) + 2 not in self._input_dims or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in size
+        ):
+            raise ValueError(
+                f"spatial_size must be the input's sizes after the channel axis ({self._spatial_dims} positive "
+                f"int(s)), got {spatial_size!r}"
+            )
+        return size
+
     # -- state -------------------------------------------------------------------------------------------
     def _is_lazy(self) -> bool:
-        return any(
-            isinstance(t, (UninitializedParameter, UninitializedBuffer))
-            for t in (self.weight, self.bias, self.running_mean, self.running_var)
-        )
+        # read the dicts directly: under torch.fx tracing, attribute access returns traced values
+        tensors = (self._parameters.get("weight"), self._parameters.get("bias"))
+        tensors += (self._buffers.get("running_mean"), self._buffers.get("running_var"))
+        return any(isinstance(t, _UNINITIALIZED) for t in tensors)
 
     def _materialize(self, shape: tuple[int, ...]) -> None:
         with torch.no_grad():
             for name in ("weight", "bias", "running_mean", "running_var"):
                 t = getattr(self, name)
-                if isinstance(t, (UninitializedParameter, UninitializedBuffer)):
+                if isinstance(t, _UNINITIALIZED):
                     t.materialize(shape)
         self.spatial_size = tuple(shape[1:])
         self.reset_parameters()
+
+    def _materialize_from(self, x: torch.Tensor) -> None:
+        """Shapes of a lazy per-activation layer from its first input — only once every check has passed."""
+        if isinstance(x, torch.fx.Proxy):
+            raise RuntimeError(
+                "a lazy per-activation layer has no shapes yet, so it cannot be traced: run one batch through "
+                "the model first, or build the layer with spatial_size="
+            )
+        check_input_dim(x, self._input_dims, self.num_features)
+        if any(n < 1 for n in x.shape[2:]):
+            raise ValueError(f"per-activation BN needs locations with values, got input of shape {tuple(x.shape)}")
+        use_batch, update, momentum = self._mode()
+        F.check_tensors(x, (0,), use_batch, None, None, None, None, self.eps, momentum, self.activation)
+        for name, t in (*self._parameters.items(), *self._buffers.items()):
+            if isinstance(t, _UNINITIALIZED):
+                if t.device != x.device:
+                    raise ValueError(
+                        f"the layer is on {t.device} but the input is on {x.device}; move the layer with "
+                        f".to({str(x.device)!r}) or the input with x.to({str(t.device)!r})"
+                    )
+                F.check_dtype(name, t, x)
+        fshape = (x.shape[1], *x.shape[2:])
+        self._materialize(fshape)
 
     def reset_running_stats(self) -> None:
         if self.track_running_stats and not self._is_lazy():
@@ -135,7 +222,8 @@ class _BatchNorm(nn.Module):
         self.reset_running_stats()
         if self.affine and not self._is_lazy():
             nn.init.ones_(self.weight)
-            nn.init.zeros_(self.bias)
+            if self.bias is not None:
+                nn.init.zeros_(self.bias)
 
     def reduce_axes(self, ndim: int) -> tuple[int, ...]:
         """Axes the statistics pool over for an input of ``ndim`` dims (NCHW logical order)."""
@@ -147,31 +235,16 @@ class _BatchNorm(nn.Module):
         return tuple(n for i, n in enumerate(shape) if i not in self.reduce_axes(len(shape)))
 
     def _check_input_dim(self, x: torch.Tensor) -> None:
-        if x.dim() not in self._input_dims:
-            want = " or ".join(f"{d}D" for d in self._input_dims)
-            raise ValueError(f"expected {want} input (got {x.dim()}D input)")
-        if x.shape[1] != self.num_features:
-            raise ValueError(
-                f"expected {self.num_features} channels on axis 1, got input of shape {tuple(x.shape)}; "
-                f"build the layer with num_features={x.shape[1]}"
-            )
-        if self.per == "activation" and self.spatial_size is not None and tuple(x.shape[2:]) != self.spatial_size:
-            raise ValueError(
-                f"this per-activation layer has parameters for locations of size {self.spatial_size}, "
-                f"got input of shape {tuple(x.shape)}; per-activation BN needs a fixed input size"
-            )
+        check_input_dim(x, self._input_dims, self.num_features, self.spatial_size if self.per == "activation" else None)
 
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
     ):
-        version = local_metadata.get("version", None)
-        key = prefix + "num_batches_tracked"
-        if (version is None or version < 2) and self.track_running_stats and key not in state_dict:
-            state_dict[key] = torch.tensor(0, dtype=torch.long)  # saved before num_batches_tracked existed
         if self._is_lazy():
             w = state_dict.get(prefix + "weight", state_dict.get(prefix + "running_mean"))
             if w is not None:
                 self._materialize(tuple(w.shape))
+        # torch's rule for checkpoints saved before num_batches_tracked existed: keep the current count
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
@@ -181,58 +254,71 @@ class _BatchNorm(nn.Module):
             f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
             f"track_running_stats={self.track_running_stats}"
         )
+        if self.affine and self.bias is None:
+            s += ", bias=False"
         if self.per != "channel":
             s += f", per={self.per!r}, spatial_size={self.spatial_size}"
+        if self.activation is not None:
+            s += f", activation={self.activation!r}"
+        if self.virtual_batch is not None:
+            s += f", virtual_batch={self.virtual_batch}"
         if self.frozen:
             s += ", frozen=True"
         return s
 
     # -- forward -----------------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input_dim(x)
-        if self._is_lazy():  # per-activation without spatial_size: shapes from the first (valid) input
-            check_input(x.shape, self.reduce_axes(x.dim()), training=self.training)
-            self._materialize(tuple(x.shape[1:]))
-        use_batch_stats = (self.training and not self.frozen) or self.running_mean is None
-        update = use_batch_stats and self.training and self.track_running_stats and self.running_mean is not None
+    def _mode(self):
+        """(normalize with batch statistics?, update the running ones?, momentum of the update)."""
+        has_stats = self._buffers.get("running_mean") is not None
+        use_batch = (self.training and not self.frozen) or not has_stats
+        update = use_batch and self.training and self.track_running_stats and has_stats
         momentum = 0.0
         if update:
-            # momentum=None: cumulative average, the new batch weighs 1/(number of batches seen)
-            if self.momentum is None:
-                momentum = 1.0 / (int(self.num_batches_tracked) + 1)
+            if self.momentum is None:  # cumulative average: the new batch weighs 1/(number of batches seen)
+                momentum = 1.0 / (self.num_batches_tracked + 1)
             else:
                 momentum = self.momentum
-        y = F.batch_norm(
-            x,
-            self.running_mean if (update or not use_batch_stats) else None,
-            self.running_var if (update or not use_batch_stats) else None,
+        return use_batch, update, momentum
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if self._is_lazy():  # per-activation without spatial_size: shapes from the first (valid) input
+            self._materialize_from(input)
+        self._check_input_dim(input)
+        use_batch, update, momentum = self._mode()
+        stats = not use_batch or update
+        y = batch_norm(
+            input,
+            self.running_mean if stats else None,
+            self.running_var if stats else None,
             self.weight,
             self.bias,
-            training=use_batch_stats,
-            momentum=momentum,
-            eps=self.eps,
-            axes=self.reduce_axes(x.dim()),
+            use_batch,
+            momentum,
+            self.eps,
+            (0,) if self.per == "activation" else None,  # None: every axis but 1 (torch's convention)
+            activation=self.activation,
+            virtual_batch=self.virtual_batch if use_batch else None,
         )
         if update:
             self.num_batches_tracked.add_(1)  # only after the checks in batch_norm passed
         return y
 
 
-class BatchNorm1d(_BatchNorm):
+class BatchNorm1d(_BatchNorm, nn.BatchNorm1d):
     """Drop-in for ``torch.nn.BatchNorm1d``: input (N, C) or (N, C, L)."""
 
     _input_dims = (2, 3)
     _spatial_dims = 1
 
 
-class BatchNorm2d(_BatchNorm):
+class BatchNorm2d(_BatchNorm, nn.BatchNorm2d):
     """Drop-in for ``torch.nn.BatchNorm2d``: input (N, C, H, W), contiguous or channels_last."""
 
     _input_dims = (4,)
     _spatial_dims = 2
 
 
-class BatchNorm3d(_BatchNorm):
+class BatchNorm3d(_BatchNorm, nn.BatchNorm3d):
     """Drop-in for ``torch.nn.BatchNorm3d``: input (N, C, D, H, W)."""
 
     _input_dims = (5,)
