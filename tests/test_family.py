@@ -411,3 +411,28 @@ def test_models_with_the_family_stay_traceable_and_fold(norm):
         warnings.simplefilter("error")  # fold traces the whole model: no fallback warning
         folded = bnlab.fold(model)
     torch.testing.assert_close(folded(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_export_and_fullgraph_compile_match_torch():
+    torch.manual_seed(10)
+    x = torch.randn(4, 8, 5, 5)
+    pairs = [
+        (bnn.GroupNorm(4, 8), torch.nn.GroupNorm(4, 8)),
+        (bnn.LayerNorm((8, 5, 5)), torch.nn.LayerNorm((8, 5, 5))),
+        (bnn.InstanceNorm2d(8, affine=True), torch.nn.InstanceNorm2d(8, affine=True)),
+    ]
+    for ours, theirs in pairs:
+        with torch.no_grad():
+            for p in theirs.parameters():
+                p.normal_()
+        ours.load_state_dict(theirs.state_dict())
+        exported = torch.export.export(ours, (x,)).module()
+        torch.testing.assert_close(exported(x), theirs(x))
+        compiled = torch.compile(ours, fullgraph=True)
+        xo, xt = x.clone().requires_grad_(), x.clone().requires_grad_()
+        yo, yt = compiled(xo), theirs(xt)
+        torch.testing.assert_close(yo, yt)
+        yo.square().sum().backward()
+        yt.square().sum().backward()
+        torch.testing.assert_close(xo.grad, xt.grad)

@@ -327,7 +327,7 @@ def norm_set(
         params = (channels,)
     view, view_axes = _merge_runs((1, *split), (0, *(a + 1 for a in axes)))
     stats = tuple(n for i, n in enumerate(split) if i not in axes)
-    size = math.prod(split[a] for a in axes)
+    size = math.prod([split[a] for a in axes])  # a list: torch.compile traces math.prod of a list, not of a generator
     return NormSet(
         norm, None, g, shape, layout, split, axes, view, view_axes, stats, params, math.prod(stats), size, False
     )
