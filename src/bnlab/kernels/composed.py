@@ -63,6 +63,17 @@ def _view(v: torch.Tensor, ndim: int, axes: tuple[int, ...]) -> torch.Tensor:
     return v.reshape(shape)
 
 
+def _traced(t: torch.Tensor) -> bool:
+    """Whether ``t``'s values are unknown or must not steer Python (compile, export, fake tensors, vmap):
+    then the branch-free form is taken instead of asking the data which form suffices."""
+    return (
+        type(t) is not torch.Tensor
+        or torch.compiler.is_compiling()
+        or torch._C._are_functorch_transforms_active()
+        or bool(torch._C._len_torch_dispatch_stack())
+    )
+
+
 def batch_stats(x: torch.Tensor, axes: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """Mini-batch mean and biased variance over ``axes`` (feature-shaped, float32 or float64)."""
     xs = x.to(_stat_dtype(x))
@@ -89,7 +100,7 @@ def normalize(x, mean, var, weight, bias, eps: float, axes: tuple[int, ...]) -> 
     nd = x.dim()
     cdt = a.dtype if x.dtype in (torch.float16, torch.bfloat16) else x.dtype  # compute dtype
     xc = x.to(cdt)
-    if x.device.type != "cpu" or bool(needs_shift(mean, var, eps).any()):
+    if x.device.type != "cpu" or _traced(mean) or bool(needs_shift(mean, var, eps).any()):
         # per feature: s = μ where the ratio is large (else 0), y = (x − s)·a + (β − a·(μ − s));
         # where s = μ the offset is β itself, exactly
         shift = torch.where(needs_shift(mean, var, eps), mean.to(a.dtype), torch.zeros_like(a))
