@@ -367,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # "-1,28,28,16" is a (bad) SHAPE, not an option: let argparse take it as a positional
     p._negative_number_matcher = re.compile(r"^-\d[\d,x× ]*$")
-    p.add_argument("shape", metavar="SHAPE",
+    p.add_argument("shape", metavar="SHAPE", nargs="?",
                    help="tensor shape, e.g. 32,28,28,16 / forma del tensor, p. ej. 32,28,28,16")  # fmt: skip
     p.add_argument(
         "--layout",
@@ -380,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figure", metavar="PNG", type=Path,
                    help="also draw one set B for both variants into this file / dibuja además un conjunto B de "
                    "ambas variantes en este archivo")  # fmt: skip
+    _add_family_options(p)
     _add_lang(p)
 
     # experiment
@@ -669,11 +670,15 @@ def _check_figure_path(path: Path, lang: str) -> None:
 def _cmd_explain(args, lang: str) -> int:
     from .explain import explain
 
+    if args.html is not None:
+        return _cmd_explain_html(args, lang)
+    if args.shape is None:
+        raise UsageError(MSG[lang]["bad_shape"].format(shape=""))
     shape = _parse_shape(args.shape, lang)
     if args.figure is not None:  # check before printing anything
         _check_figure_path(args.figure, lang)
     try:
-        e = explain(shape, layout=args.layout, per=args.per, lang=lang)
+        e = explain(shape, layout=args.layout, per=args.per, lang=lang, norm=args.norm, groups=args.groups)
     except ValueError as err:
         raise UsageError(str(err)) from None
     print(e.text)
@@ -832,4 +837,41 @@ def _cmd_small_batch(args, lang: str) -> int:
                         lr32=args.lr, data_path=args.data, lang=lang, progress=not args.quiet)  # fmt: skip
     except (ValueError, OSError) as err:
         raise UsageError(str(err)) from None
+    return 0
+
+
+# ------------------------------------------------------------------------- explain: the family and the page
+
+
+def _add_family_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--norm", choices=("batch", "layer", "instance", "group"), default="batch",
+                   help="member of the family: batch (default), layer, instance, group / miembro de la familia: "
+                   "batch (por defecto), layer (por capa), instance (por instancia), group (por grupos)")  # fmt: skip
+    p.add_argument("--groups", metavar="G", type=int, default=None,
+                   help="number of channel groups for --norm group (a divisor of C) / número de grupos de canales "
+                   "para --norm group (un divisor de C)")  # fmt: skip
+    p.add_argument("--html", metavar="PAGE.html", type=Path, default=None,
+                   help="write the interactive page (one self-contained HTML file, SHAPE optional) / escribe la "
+                   "página interactiva (un solo archivo HTML autónomo; SHAPE es opcional)")  # fmt: skip
+
+
+_PAGE_MSG = {
+    "en": "wrote the interactive page {path} (open it in a browser)",
+    "es": "página interactiva escrita en {path} (ábrela en un navegador)",
+}
+
+
+def _cmd_explain_html(args, lang: str) -> int:
+    from .explain_page import write_page
+
+    if not args.html.parent.exists():
+        raise UsageError(MSG[lang]["no_path"].format(flag="--html", path=args.html.parent))
+    kwargs = {"layout": args.layout, "norm": args.norm, "per": args.per, "groups": args.groups}
+    if args.shape is not None:
+        kwargs["shape"] = _parse_shape(args.shape, lang)
+    try:
+        write_page(args.html, lang=lang, **kwargs)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    print(_PAGE_MSG[lang].format(path=args.html))
     return 0

@@ -1,6 +1,7 @@
 """bnlab's torch layer: drop-in ``BatchNorm1d/2d/3d`` modules and the ``functional.batch_norm`` they use."""
 
 from . import functional
+from .family import GroupNorm, InstanceNorm1d, InstanceNorm2d, InstanceNorm3d, LayerNorm  # noqa: F401
 from .modules import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm
 
 __all__ = ["functional", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "_BatchNorm"]
