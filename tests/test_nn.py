@@ -287,3 +287,177 @@ def test_frozen_layer_uses_and_keeps_running_statistics():
     _close(y, bn(x))
     for k, v in bn.state_dict().items():
         assert torch.equal(v, before[k])
+
+
+# -- silent wrong results and refused input (hardening) ----------------------------------------------------
+
+
+def test_half_layer_running_variance_never_overflows():
+    """float16 buffers: the update runs in float32 and saturates at 65504 instead of storing inf."""
+    torch.manual_seed(0)
+    bn = bnlab.nn.BatchNorm2d(3).half()
+    theirs = torch.nn.BatchNorm2d(3).half()
+    x = (torch.randn(8, 3, 4, 4) * 400).half()
+    bn(x), theirs(x)
+    torch.testing.assert_close(bn.running_var.float(), theirs.running_var.float(), rtol=2e-3, atol=0)  # ~16,000
+    for _ in range(30):  # the EMA heads for ~160,000, beyond float16
+        bn(x)
+    big = torch.finfo(torch.float16).max
+    assert torch.isfinite(bn.running_var).all() and (bn.running_var == big).all()
+    bn.eval()
+    y = bn(x).float()
+    assert torch.isfinite(y).all() and y.abs().max() > 0.5  # eval still normalizes (by √65504 ≈ 256)
+
+
+def test_overflowing_variance_with_a_finite_mean_does_not_poison_running_statistics():
+    """A guard that only looked at the mean would let inf into running_var here."""
+    torch.manual_seed(0)
+    bn = bnlab.nn.BatchNorm2d(2)
+    x = torch.randn(8, 2, 3, 3)
+    x[:, 1] *= 1e20  # float32: mean finite (~1e19), (x − μ)² overflows, so σ² = inf
+    before = copy.deepcopy(bn.state_dict())
+    bn(x)
+    assert torch.isfinite(bn.running_mean).all() and torch.isfinite(bn.running_var).all()
+    assert torch.equal(bn.running_var[1], before["running_var"][1])
+    assert torch.equal(bn.running_mean[1], before["running_mean"][1])
+    assert not torch.equal(bn.running_var[0], before["running_var"][0])
+
+
+@pytest.mark.parametrize(
+    "bad, exc, match",
+    [
+        (lambda: torch.ones(4, 3, 2, 2, dtype=torch.int64), TypeError, "floating-point"),
+        (lambda: torch.randn(4, 3, 2, 2, device="meta"), ValueError, "on cpu but the input is on meta"),
+        (lambda: torch.randn(4, 3, 2, 2, dtype=torch.float64), TypeError, "mixed dtype"),
+        (lambda: torch.randn(1, 3, 2, 2), ValueError, "Expected more than 1 value"),
+        (lambda: torch.randn(4, 5, 2, 2), ValueError, "expected 3 channels"),
+    ],
+)
+def test_lazy_layer_stays_lazy_after_a_refused_input(bad, exc, match):
+    bn = bnlab.nn.BatchNorm2d(3, per="activation")
+    with pytest.raises(exc, match=match):
+        bn(bad())
+    assert bn.spatial_size is None and bn._is_lazy()
+    y = bn(torch.randn(4, 3, 5, 6))  # a later valid input sets the shapes
+    assert y.shape == (4, 3, 5, 6) and bn.weight.shape == (3, 5, 6)
+
+
+def test_lazy_layer_with_a_bad_eps_stays_lazy():
+    bn = bnlab.nn.BatchNorm2d(3, per="activation")
+    bn.eps = -1.0
+    with pytest.raises(ValueError, match="eps must be"):
+        bn(torch.randn(4, 3, 5, 6))
+    assert bn._is_lazy()
+    bn.eps = 1e-5
+    assert bn(torch.randn(4, 3, 2, 2)).shape == (4, 3, 2, 2)
+
+
+@pytest.mark.parametrize("size", [(0, 0), (3,), (3, 3, 3), (2.5, 2), -1, (True, 2)])
+def test_bad_spatial_size_is_refused(size):
+    with pytest.raises(ValueError, match="spatial_size must be"):
+        bnlab.nn.BatchNorm2d(3, per="activation", spatial_size=size)
+
+
+# -- ghost BN ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("per", ["channel", "activation"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_ghost_bn_equals_plain_bn_on_each_chunk(per, channels_last):
+    torch.manual_seed(0)
+    k, chunks = 4, 3
+    kw = {"spatial_size": (3, 5)} if per == "activation" else {}
+    ghost = bnlab.nn.BatchNorm2d(2, per=per, virtual_batch=k, dtype=torch.float64, **kw)
+    with torch.no_grad():
+        ghost.weight.uniform_(0.5, 1.5), ghost.bias.uniform_(-1, 1)
+    plain = [copy.deepcopy(ghost) for _ in range(chunks)]
+    for p in plain:
+        p.virtual_batch = None
+    x = torch.randn(k * chunks, 2, 3, 5, dtype=torch.float64) * 3 + 1
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    xg = x.clone().requires_grad_()
+    y = ghost(xg)
+    dy = torch.randn_like(y)
+    y.backward(dy)
+    ys, dxs = [], []
+    for i, p in enumerate(plain):
+        xi = x[i * k : (i + 1) * k].clone().requires_grad_()
+        yi = p(xi)
+        yi.backward(dy[i * k : (i + 1) * k])
+        ys.append(yi), dxs.append(xi.grad)
+    torch.testing.assert_close(y, torch.cat(ys), atol=1e-12, rtol=0)
+    torch.testing.assert_close(xg.grad, torch.cat(dxs), atol=1e-12, rtol=0)
+    torch.testing.assert_close(ghost.weight.grad, sum(p.weight.grad for p in plain), atol=1e-12, rtol=0)
+    torch.testing.assert_close(ghost.bias.grad, sum(p.bias.grad for p in plain), atol=1e-12, rtol=0)
+    # running statistics: one step towards the chunks' average mean and average unbiased variance
+    axes = (0, 2, 3) if per == "channel" else (0,)
+    chunk_x = x.unflatten(0, (chunks, k))
+    mean = torch.stack([c.mean(axes) for c in chunk_x]).mean(0)
+    var = torch.stack([c.var(axes, correction=1) for c in chunk_x]).mean(0)
+    torch.testing.assert_close(ghost.running_mean, 0.1 * mean, atol=1e-12, rtol=0)
+    torch.testing.assert_close(ghost.running_var, 0.9 + 0.1 * var, atol=1e-12, rtol=0)
+    ghost.eval()  # eval is plain Alg. 2
+    plain[0].load_state_dict(ghost.state_dict())
+    plain[0].eval()
+    torch.testing.assert_close(ghost(x), plain[0](x))
+
+
+def test_ghost_bn_refuses_a_batch_that_is_not_a_multiple_and_changes_nothing():
+    bn = bnlab.nn.BatchNorm2d(3, virtual_batch=4)
+    bn(torch.randn(8, 3, 2, 2))
+    before = copy.deepcopy(bn.state_dict())
+    with pytest.raises(ValueError, match="multiple of 4"):
+        bn(torch.randn(6, 3, 2, 2))
+    for k, v in bn.state_dict().items():
+        assert torch.equal(v, before[k])
+    bn.eval()
+    assert bn(torch.randn(6, 3, 2, 2)).shape == (6, 3, 2, 2)  # eval does not use chunks
+    with pytest.raises(ValueError, match="virtual_batch must be"):
+        bnlab.nn.BatchNorm2d(3, virtual_batch=1)
+
+
+# -- fused activation --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("per", ["channel", "activation"])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_relu_equals_bn_then_relu(per, training, channels_last):
+    torch.manual_seed(0)
+    kw = {"spatial_size": (4, 5)} if per == "activation" else {}
+    fused = bnlab.nn.BatchNorm2d(3, per=per, activation="relu", dtype=torch.float64, **kw)
+    with torch.no_grad():
+        fused.weight.uniform_(0.5, 1.5), fused.bias.uniform_(-1, 1)
+    plain = copy.deepcopy(fused)
+    plain.activation = None
+    fused.train(training), plain.train(training)
+    x = torch.randn(6, 3, 4, 5, dtype=torch.float64)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = fused(xa), torch.relu(plain(xb))
+    torch.testing.assert_close(ya, yb, atol=1e-12, rtol=0)
+    dy = torch.randn_like(ya)
+    ya.backward(dy), yb.backward(dy)
+    torch.testing.assert_close(xa.grad, xb.grad, atol=1e-12, rtol=0)
+    torch.testing.assert_close(fused.weight.grad, plain.weight.grad, atol=1e-12, rtol=0)
+    torch.testing.assert_close(fused.bias.grad, plain.bias.grad, atol=1e-12, rtol=0)
+    for k, v in plain.state_dict().items():
+        torch.testing.assert_close(fused.state_dict()[k], v, atol=1e-12, rtol=0)
+
+
+def test_fused_relu_gradcheck_and_bad_activation():
+    x = torch.randn(5, 3, 2, 2, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+
+    def f(x, w, b):
+        return F.batch_norm(x, None, None, w, b, training=True, activation="relu")
+
+    assert torch.autograd.gradcheck(f, (x, w, b))
+    assert torch.autograd.gradgradcheck(f, (x, w, b))
+    with pytest.raises(ValueError, match="activation must be one of"):
+        bnlab.nn.BatchNorm2d(3, activation="gelu")
+    with pytest.raises(ValueError, match="activation must be one of"):
+        F.batch_norm(x, None, None, training=True, activation="tanh")

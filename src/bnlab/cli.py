@@ -323,6 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue from DIR/last.pt / continuar desde DIR/last.pt")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar / sin barra de progreso")
+    p.add_argument("--nproc", type=_positive_int, default=1, metavar="N",
+                   help="train on N local processes, each with 1/N of every batch, synchronized BN (default: 1; "
+                   "also runs under torchrun) / entrenar en N procesos locales, cada uno con 1/N de cada "
+                   "minilote, BN sincronizada (también con torchrun)")  # fmt: skip
     _add_lang(p)
 
     # evaluate
@@ -363,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # "-1,28,28,16" is a (bad) SHAPE, not an option: let argparse take it as a positional
     p._negative_number_matcher = re.compile(r"^-\d[\d,x× ]*$")
-    p.add_argument("shape", metavar="SHAPE",
+    p.add_argument("shape", metavar="SHAPE", nargs="?",
                    help="tensor shape, e.g. 32,28,28,16 / forma del tensor, p. ej. 32,28,28,16")  # fmt: skip
     p.add_argument(
         "--layout",
@@ -376,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figure", metavar="PNG", type=Path,
                    help="also draw one set B for both variants into this file / dibuja además un conjunto B de "
                    "ambas variantes en este archivo")  # fmt: skip
+    _add_family_options(p)
     _add_lang(p)
 
     # experiment
@@ -409,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0, help="random seed (default: 0) / semilla aleatoria")
     q.add_argument("--quiet", action="store_true", help="no progress bars / sin barras de progreso")
     _add_lang(q)
+    _add_small_batch_parser(exp)
 
     # bench
     p = sub.add_parser(
@@ -512,6 +518,8 @@ def _train_title(args, lang: str) -> str:
 
 
 def _cmd_train(args, lang: str) -> int:
+    from . import parallel
+
     m = MSG[lang]
     _check_data(args.dataset, args.data, lang)
     from .training import (
@@ -526,11 +534,14 @@ def _cmd_train(args, lang: str) -> int:
     )
 
     ckpt = args.out / CHECKPOINT_NAME
+    replica = parallel.current()  # None in one process; set in each of --nproc N processes and under torchrun
     if ckpt.exists() and not args.resume:
         raise UsageError(m["exists"].format(ckpt=ckpt))
     _writable_dir(args.out, "--out", lang)
+    if args.nproc > 1 and replica is None:  # every process runs this command as one replica
+        return parallel.spawn(args.nproc, main, args.argv)
     saved = None
-    if args.resume:
+    if args.resume and (replica is None or replica.is_main):
         if ckpt.exists():
             saved = _read_training_checkpoint(ckpt, lang)
             print(m["resuming"].format(ckpt=ckpt, step=saved["step"]), file=sys.stderr)
@@ -544,13 +555,16 @@ def _cmd_train(args, lang: str) -> int:
                                                   epochs_done=saved["step"] // max(steps_per_epoch, 1)))  # fmt: skip
     seed_everything(args.seed)
     model = _build(args, data, lang)
+    model = replica.wrap(model) if replica is not None else model
     config = TrainConfig(optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
                          seed=args.seed)  # fmt: skip
     meta = {"dataset": args.dataset, "data": str(args.data.resolve()) if args.data else None, "seed": args.seed}
     try:
         result = fit(model, data, config, out_dir=args.out, resume=args.resume, progress=not args.quiet,
-                     desc=f"{args.model}/{args.norm}", meta=meta, lang=lang)  # fmt: skip
+                     desc=f"{args.model}/{args.norm}", meta=meta, lang=lang, replica=replica)  # fmt: skip
     except TrainingInterrupted as stop:
+        if replica is not None and not replica.is_main:
+            return EXIT_INTERRUPTED
         if stop.checkpoint is None:
             print(m["interrupted_nosave"], file=sys.stderr)
         else:
@@ -564,6 +578,8 @@ def _cmd_train(args, lang: str) -> int:
         return EXIT_DIVERGED
     except ValueError as err:  # e.g. --resume with other settings
         raise UsageError(str(err)) from None
+    if replica is not None and not replica.is_main:
+        return 0
     try:
         test = evaluate(result.model, data.x_test, data.y_test)
         record = {"config": config.to_dict(), "meta": meta, "test": test, "history": result.history}
@@ -654,11 +670,15 @@ def _check_figure_path(path: Path, lang: str) -> None:
 def _cmd_explain(args, lang: str) -> int:
     from .explain import explain
 
+    if args.html is not None:
+        return _cmd_explain_html(args, lang)
+    if args.shape is None:
+        raise UsageError(MSG[lang]["bad_shape"].format(shape=""))
     shape = _parse_shape(args.shape, lang)
     if args.figure is not None:  # check before printing anything
         _check_figure_path(args.figure, lang)
     try:
-        e = explain(shape, layout=args.layout, per=args.per, lang=lang)
+        e = explain(shape, layout=args.layout, per=args.per, lang=lang, norm=args.norm, groups=args.groups)
     except ValueError as err:
         raise UsageError(str(err)) from None
     print(e.text)
@@ -672,6 +692,8 @@ def _cmd_explain(args, lang: str) -> int:
 
 
 def _cmd_experiment(args, lang: str) -> int:
+    if args.experiment == "small-batch":
+        return _cmd_small_batch(args, lang)
     if args.data is not None and not args.data.exists():
         raise UsageError(MSG[lang]["no_path"].format(flag="--data", path=args.data))
     existed = _writable_dir(args.out, "--out", lang)
@@ -756,3 +778,100 @@ def _main(argv: list[str], lang: str) -> int:
         m = MSG[lang]
         print(f"{prog}: {m['error']}: {err}\n{m['try_help'].format(prog=prog)}", file=sys.stderr)
         return EXIT_USAGE
+
+
+# -- experiment small-batch (issue 11) ------------------------------------------------------------------
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(s) for s in text.replace(" ", "").split(",") if s != "")
+    except ValueError:
+        sizes = ()
+    if not sizes or any(m < 2 for m in sizes):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give mini-batch sizes of at least 2 separated by commas, e.g. 2,4,8 / da tamaños de "
+            f"minilote de al menos 2 separados por comas, p. ej. 2,4,8"
+        )
+    return sizes
+
+
+def _add_small_batch_parser(exp) -> None:
+    q = exp.add_parser(
+        "small-batch",
+        help="accuracy vs mini-batch size m: no BN, BN per activation, BN per channel on MNIST 28×28 / "
+        "exactitud según el tamaño m del minilote: sin BN, BN por activación, BN por canal con MNIST 28×28",
+        description="Train the same CNN on the 10,000 MNIST digits shipped with bnlab, without BN, with BN per\n"
+        "activation (set B = m values) and per channel (set B = m·p·q values), for several mini-batch sizes m\n"
+        "with the same number of samples seen; report test accuracy with recalibrated (Alg. 2) statistics.\n"
+        "A few minutes on 2 CPU cores. See docs/small-batch.md.\n"
+        "Entrena la misma CNN con los 10 000 dígitos MNIST que trae bnlab, sin BN, con BN por activación\n"
+        "(conjunto B = m valores) y por canal (conjunto B = m·p·q valores), para varios tamaños m de minilote\n"
+        "con el mismo número de ejemplos vistos; da la exactitud de prueba con estadísticas recalibradas\n"
+        "(Alg. 2). Unos minutos en 2 núcleos de CPU. Ver docs/small-batch.md.",
+    )
+    q.add_argument("--out", metavar="DIR", type=Path, default=Path("bnlab-small-batch"),
+                   help="output folder (default: bnlab-small-batch) / carpeta de salida")  # fmt: skip
+    q.add_argument("--batch-sizes", type=_batch_sizes, default=(2, 4, 8, 16, 32, 64), metavar="M1,M2,...",
+                   help="mini-batch sizes (default: 2,4,8,16,32,64) / tamaños de minilote")  # fmt: skip
+    q.add_argument("--seeds", type=_seeds, default=(0, 1, 2), metavar="S1,S2,...",
+                   help="seeds (default: 0,1,2) / semillas")  # fmt: skip
+    q.add_argument("--samples", type=_positive_int, default=2048,
+                   help="training samples seen by every run (default: 2048) / ejemplos de entrenamiento que ve "
+                   "cada ejecución")  # fmt: skip
+    q.add_argument("--lr", type=_positive_float, default=0.1,
+                   help="SGD (momentum 0.9) learning rate at m = 32, scaled as lr·m/32 (default: 0.1) / tasa de "
+                   "aprendizaje de SGD (momento 0,9) para m = 32, escalada como lr·m/32")  # fmt: skip
+    q.add_argument("--data", metavar="PATH", type=Path, default=None,
+                   help="MNIST directory or .npz (default: the 10,000 digits shipped with bnlab) / directorio MNIST "
+                   "o .npz (por defecto: los 10 000 dígitos que trae bnlab)")  # fmt: skip
+    q.add_argument("--quiet", action="store_true", help="no progress bars / sin barras de progreso")
+    _add_lang(q)
+
+
+def _cmd_small_batch(args, lang: str) -> int:
+    from .report.small_batch import run_small_batch
+
+    if args.data is not None and not args.data.exists():
+        raise UsageError(MSG[lang]["no_path"].format(flag="--data", path=args.data))
+    try:
+        run_small_batch(args.out, batch_sizes=args.batch_sizes, seeds=args.seeds, samples=args.samples,
+                        lr32=args.lr, data_path=args.data, lang=lang, progress=not args.quiet)  # fmt: skip
+    except (ValueError, OSError) as err:
+        raise UsageError(str(err)) from None
+    return 0
+
+
+# ------------------------------------------------------------------------- explain: the family and the page
+
+
+def _add_family_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--norm", choices=("batch", "layer", "instance", "group"), default="batch",
+                   help="member of the family: batch (default), layer, instance, group / miembro de la familia: "
+                   "batch (por defecto), layer (por capa), instance (por instancia), group (por grupos)")  # fmt: skip
+    p.add_argument("--groups", metavar="G", type=int, default=None,
+                   help="number of channel groups for --norm group (a divisor of C) / número de grupos de canales "
+                   "para --norm group (un divisor de C)")  # fmt: skip
+    p.add_argument("--html", metavar="PAGE.html", type=Path, default=None,
+                   help="write the interactive page (one self-contained HTML file, SHAPE optional) / escribe la "
+                   "página interactiva (un solo archivo HTML autónomo; SHAPE es opcional)")  # fmt: skip
+
+
+_PAGE_MSG = {
+    "en": "wrote the interactive page {path} (open it in a browser)",
+    "es": "página interactiva escrita en {path} (ábrela en un navegador)",
+}
+
+
+def _cmd_explain_html(args, lang: str) -> int:
+    from .explain_page import write_page
+
+    if not args.html.parent.exists():
+        raise UsageError(MSG[lang]["no_path"].format(flag="--html", path=args.html.parent))
+    kwargs = {"layout": args.layout, "norm": args.norm, "per": args.per, "groups": args.groups}
+    if args.shape is not None:
+        kwargs["shape"] = _parse_shape(args.shape, lang)
+    try:
+        write_page(args.html, lang=lang, **kwargs)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    print(_PAGE_MSG[lang].format(path=args.html))
+    return 0

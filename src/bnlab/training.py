@@ -419,6 +419,7 @@ def fit(
     meta: dict | None = None,
     on_step: Callable[[int], None] | None = None,
     lang: str = "en",
+    replica=None,
 ) -> TrainResult:
     """Train ``model`` on ``data.x_train, data.y_train``; evaluate on the ``config.eval_split`` split.
 
@@ -426,6 +427,9 @@ def fit(
     continue from ``out_dir/last.pt`` if it exists (the model and settings must match; ``epochs`` may
     grow). ``meta``: plain values stored in the checkpoint (e.g. the dataset name). ``on_step(step)`` is
     called after every completed step (the step count so far). ``lang``: labels of the progress bar.
+    ``replica``: this process's :class:`bnlab.parallel.Replica` in a data-parallel run (``model`` from
+    ``replica.wrap``): only the main replica shows progress and writes checkpoints, and all replicas stop
+    after the same step on Ctrl-C.
 
     Returns a :class:`TrainResult`; raises :class:`TrainingInterrupted` after saving, on Ctrl-C, and
     :class:`TrainingDiverged` (saving nothing) when the loss or the weights become NaN or infinite.
@@ -500,7 +504,8 @@ def fit(
         saved_ok = save_checkpoint(ckpt, state())
         return saved_ok
 
-    bar = progress_bar(total_steps, step, desc, enabled=progress, lang=lang)
+    main = replica is None or replica.is_main  # only the main replica shows progress and writes files
+    bar = progress_bar(total_steps, step, desc, enabled=progress and main, lang=lang)
     model.train()
     try:
         with _SigintFlag() as sigint:
@@ -516,7 +521,9 @@ def fit(
                 t0 = time.perf_counter()
                 logits = model(xb)
                 loss = nn.functional.cross_entropy(logits, yb)
-                if not bool(torch.isfinite(loss.detach())):  # before the step: the weights stay as they were
+                # before the step, so the weights stay as they were; in a data-parallel run every replica
+                # computes the same loss from the gathered batch, so all of them stop at the same step
+                if not bool(torch.isfinite(loss.detach())):
                     raise diverged(f"the loss is {float(loss.detach())}", float(loss.detach()))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -537,12 +544,12 @@ def fit(
                     do_eval()
                     bar.set_postfix(loss=f"{loss_value:.3f}", acc=f"{history['eval_accuracy'][-1]:.3f}")
                 bar.update(1)
-                if ckpt is not None and (end_of_epoch or step == total_steps):
+                if ckpt is not None and main and (end_of_epoch or step == total_steps):
                     save()
                 if on_step is not None:
                     on_step(step)
-                if sigint.raised:
-                    saved_to = save() if ckpt is not None else None
+                if sigint.raised if replica is None else replica.agree(sigint.raised):
+                    saved_to = save() if ckpt is not None and main else ckpt
                     where = f"checkpoint saved to {saved_to}" if saved_to else "nothing saved (no out_dir)"
                     raise TrainingInterrupted(f"interrupted at step {step}/{total_steps}: {where}", saved_to, step)
     finally:

@@ -5,9 +5,20 @@ The pieces, each used by :mod:`bnlab.nn.functional`:
 - :func:`batch_stats`: μ_B and the biased σ²_B over the reduce axes, in at least float32, by a stable
   one-pass (Welford) or two-pass method — never the unshifted E[x²] − E[x]²;
 - :func:`normalize`: y = a·x + b with the per-feature a = γ/√(σ²+ε), b = β − a·μ (one pass over x,
-  and the output keeps x's memory format);
-- :func:`forward`: the two above, in training mode;
-- :func:`backward`: the closed-form gradients of Alg. 1.
+  and the output keeps x's memory format) — or, where |μ|/σ is large, y = (x − μ)·a + β (see below);
+- :func:`forward`: the two above, in training mode (``relu=True``: y = max(BN(x), 0));
+- :func:`backward`: the closed-form gradients of Alg. 1 (given the ReLU output ``y``, through the ReLU).
+
+Accuracy of the output (issue 7, item 3): a·x + b rounds a·x, whose size is about |γ|·|μ|/σ, so with
+|μ| ≫ σ (x = 1e6 + noise, or a constant channel where σ² = 0 and a = γ/√ε) the output loses what the
+statistics kept — ``full((8, 3, 6, 6), 1e6)`` gave 7.2 instead of 0. Features with |μ|·(σ²+ε)^(-1/2) >
+:data:`SHIFT_RATIO` are normalized as (x − μ)·a + β instead: x − μ is exact for x near μ (Sterbenz),
+so the output is as accurate as the statistics. Deciding needs the statistics' values: on the CPU that
+is a cheap check over C numbers; on other devices it would be a host synchronization, so there the
+shifted form is always used (one more elementwise op; this path is the fallback there).
+
+Coefficients a, b are always computed in at least float32, even for fp16/bf16 statistics and
+parameters (a half layer in eval mode), then applied in float32 to fp16/bf16 inputs.
 
 Because they are plain torch ops they are also differentiable, which is how the double backward works:
 the autograd Function re-runs :func:`batch_stats` and :func:`backward` under grad mode.
@@ -17,11 +28,30 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["batch_stats", "normalize", "forward", "backward", "affine_coefficients"]
+__all__ = [
+    "batch_stats",
+    "normalize",
+    "forward",
+    "backward",
+    "affine_coefficients",
+    "needs_shift",
+    "relu_mask",
+    "SHIFT_RATIO",
+]
+
+# |μ|/√(σ²+ε) above which y = a·x + b is replaced by (x − μ)·a + β: a·x + b errs by about
+# 2·ε_dtype·|γ|·|μ|/σ, i.e. by less than 32 ulps of a unit output below this ratio.
+SHIFT_RATIO = 16.0
 
 
 def _stat_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def needs_shift(mean: torch.Tensor, var: torch.Tensor, eps: float) -> torch.Tensor:
+    """Per feature: True where |μ|·(σ²+ε)^(-1/2) > :data:`SHIFT_RATIO` (a on-device bool tensor)."""
+    sdt = torch.float64 if mean.dtype == torch.float64 else torch.float32
+    return mean.to(sdt).abs() * torch.rsqrt(var.to(sdt) + eps) > SHIFT_RATIO
 
 
 def _view(v: torch.Tensor, ndim: int, axes: tuple[int, ...]) -> torch.Tensor:
@@ -33,6 +63,17 @@ def _view(v: torch.Tensor, ndim: int, axes: tuple[int, ...]) -> torch.Tensor:
     return v.reshape(shape)
 
 
+def _traced(t: torch.Tensor) -> bool:
+    """Whether ``t``'s values are unknown or must not steer Python (compile, export, fake tensors, vmap):
+    then the branch-free form is taken instead of asking the data which form suffices."""
+    return (
+        type(t) is not torch.Tensor
+        or torch.compiler.is_compiling()
+        or torch._C._are_functorch_transforms_active()
+        or bool(torch._C._len_torch_dispatch_stack())
+    )
+
+
 def batch_stats(x: torch.Tensor, axes: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """Mini-batch mean and biased variance over ``axes`` (feature-shaped, float32 or float64)."""
     xs = x.to(_stat_dtype(x))
@@ -41,40 +82,64 @@ def batch_stats(x: torch.Tensor, axes: tuple[int, ...]) -> tuple[torch.Tensor, t
 
 
 def affine_coefficients(mean, var, weight, bias, eps: float):
-    """Per-feature (a, b) with γ x̂ + β = a·x + b: a = γ/√(σ²+ε), b = β − a·μ."""
+    """Per-feature (a, b) with γ x̂ + β = a·x + b: a = γ/√(σ²+ε), b = β − a·μ, in at least float32."""
+    sdt = torch.float64 if mean.dtype == torch.float64 else torch.float32
+    mean, var = mean.to(sdt), var.to(sdt)
     invstd = torch.rsqrt(var + eps)
-    a = invstd if weight is None else weight.to(invstd.dtype) * invstd
+    a = invstd if weight is None else weight.to(sdt) * invstd
     b = -mean * a
     if bias is not None:
-        b = b + bias.to(b.dtype)
+        b = b + bias.to(sdt)
     return a, b
 
 
 def normalize(x, mean, var, weight, bias, eps: float, axes: tuple[int, ...]) -> torch.Tensor:
-    """y = γ (x − μ)/√(σ² + ε) + β, computed as one affine pass y = a·x + b in x's dtype."""
+    """y = γ (x − μ)/√(σ² + ε) + β in x's dtype: one affine pass a·x + b, or (x − μ)·a + β where
+    |μ|/σ is large (see the module docstring)."""
     a, b = affine_coefficients(mean, var, weight, bias, eps)
-    a = _view(a, x.dim(), axes)
-    b = _view(b, x.dim(), axes)
-    if x.dtype in (torch.float16, torch.bfloat16):
-        return torch.addcmul(b, x.to(a.dtype), a).to(x.dtype)
-    return torch.addcmul(b.to(x.dtype), x, a.to(x.dtype))
+    nd = x.dim()
+    cdt = a.dtype if x.dtype in (torch.float16, torch.bfloat16) else x.dtype  # compute dtype
+    xc = x.to(cdt)
+    if x.device.type != "cpu" or _traced(mean) or bool(needs_shift(mean, var, eps).any()):
+        # per feature: s = μ where the ratio is large (else 0), y = (x − s)·a + (β − a·(μ − s));
+        # where s = μ the offset is β itself, exactly
+        shift = torch.where(needs_shift(mean, var, eps), mean.to(a.dtype), torch.zeros_like(a))
+        offset = -(mean.to(a.dtype) - shift) * a
+        if bias is not None:
+            offset = offset + bias.to(a.dtype)
+        xc = xc - _view(shift.to(cdt), nd, axes)
+        b = offset
+    return torch.addcmul(_view(b.to(cdt), nd, axes), xc, _view(a.to(cdt), nd, axes)).to(x.dtype)
 
 
-def forward(x, weight, bias, eps: float, axes: tuple[int, ...]):
-    """Training forward of Alg. 1: returns ``(y, mean, var)`` (batch mean and biased variance)."""
+def forward(x, weight, bias, eps: float, axes: tuple[int, ...], relu: bool = False):
+    """Training forward of Alg. 1: returns ``(y, mean, var)`` (batch mean and biased variance).
+
+    ``relu=True``: y = max(BN(x), 0) (the fused-activation contract of every kernel family).
+    """
     mean, var = batch_stats(x, axes)
-    return normalize(x, mean, var, weight, bias, eps, axes), mean, var
+    y = normalize(x, mean, var, weight, bias, eps, axes)
+    return (torch.relu(y) if relu else y), mean, var
 
 
-def backward(dy, x, mean, var, weight, eps: float, axes: tuple[int, ...], needs=(True, True, True)):
+def relu_mask(dy: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    """dy where the ReLU output ``y`` is positive, else 0 (``y=None``: dy unchanged)."""
+    return dy if y is None else torch.where(y > 0, dy, torch.zeros((), dtype=dy.dtype, device=dy.device))
+
+
+def backward(dy, x, mean, var, weight, eps: float, axes: tuple[int, ...], needs=(True, True, True), y=None):
     """Closed-form gradients of Alg. 1 (see :mod:`bnlab.reference`).
+
+    ``y``: the output of a ``forward(..., relu=True)``; the gradient then flows only where y > 0.
 
     With x̂ = (x − μ)·invstd, m values per statistic:
         ∂ℓ/∂β = Σ dy,  ∂ℓ/∂γ = Σ dy·x̂,  ∂ℓ/∂x = γ·invstd/m · (m·dy − ∂ℓ/∂β − x̂·∂ℓ/∂γ)
-    The last is evaluated as dx = c·dy + d·x + e with per-feature c, d, e, so x̂ is never materialized.
+    The last is evaluated as dx = c·dy + d·(x − μ) + e with per-feature c, d, e (x − μ is the centred
+    tensor of Σ dy·x̂ reused, so large offsets cancel exactly and x̂ is never materialized).
     Returns ``(dx, dweight, dbias)``, each None where not needed (dweight/dbias also None without γ).
     """
     need_x, need_w, need_b = needs
+    dy = relu_mask(dy, y)
     sdt = _stat_dtype(x)
     m = 1
     for a in axes:
@@ -84,15 +149,16 @@ def backward(dy, x, mean, var, weight, eps: float, axes: tuple[int, ...], needs=
     xs = x.to(sdt)
     dbeta = dys.sum(dim=axes)
     # Σ dy·x̂ = invstd · Σ dy·(x − μ): the centred product keeps float32 exact when |μ| ≫ σ
-    dgamma = (dys * (xs - _view(mean, x.dim(), axes))).sum(dim=axes) * invstd
+    centred = xs - _view(mean.to(sdt), x.dim(), axes)
+    dgamma = (dys * centred).sum(dim=axes) * invstd
     dx = None
     if need_x:
         g = invstd if weight is None else weight.to(sdt) * invstd
         c = g
         d = -g * invstd * dgamma / m
-        e = -g * dbeta / m - d * mean
+        e = -g * dbeta / m
         nd = x.dim()
-        dx = torch.addcmul(_view(e, nd, axes) + _view(d, nd, axes) * xs, dys, _view(c, nd, axes))
+        dx = torch.addcmul(_view(e, nd, axes) + _view(d, nd, axes) * centred, dys, _view(c, nd, axes))
         dx = dx.to(x.dtype)
     dweight = dgamma if (need_w and weight is not None) else None
     dbias = dbeta if need_b else None

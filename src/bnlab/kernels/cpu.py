@@ -15,7 +15,9 @@ to :mod:`.composed` unchanged. The fast paths apply to convolutional BN in torch
   a 1e6 offset — so statistics are never routed to it;
 - **normalize** (eval, and the training output): torch's native batch-norm kernel, a vectorized
   per-channel y = a·x + b (faster than ``addcmul`` with two broadcast operands), written into the
-  scratch buffer of the statistics pass in training;
+  scratch buffer of the statistics pass in training; where some channel has |μ|/σ above
+  :data:`.composed.SHIFT_RATIO` (a check over C numbers), :func:`.composed.normalize`'s
+  (x − μ)·a + β instead, so that the output is as accurate as the statistics;
 - **backward**: ``aten.native_batch_norm_backward`` given our μ_B and 1/√(σ²_B + ε); its reductions are
   centred on μ_B, so they stay accurate with large offsets.
 
@@ -23,6 +25,8 @@ Nothing here is differentiable (the double backward uses :mod:`.composed`).
 """
 
 from __future__ import annotations
+
+import threading
 
 import torch
 
@@ -76,32 +80,42 @@ def merge_rows(row_mean: torch.Tensor, row_m2: torch.Tensor, row_count: int) -> 
 
 
 def _row_moments(x3: torch.Tensor, scratch3: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean (float64) and M2 of each row x3[n, c, :]; ``scratch3`` (like x3) is overwritten.
+    """Mean (float64) and M2 of each contiguous row x3[n, c, :] (NCHW); ``scratch3`` (like x3) is overwritten.
 
-    NCHW: d = x − μ_r into the scratch, then M2 = ‖d‖² (a contiguous-row norm). channels_last (a batch
-    small enough for one chunk, see :func:`_row_moments_cl`), where the row axis is strided and a
-    strided norm is slow: (x − μ_r)² into the scratch in one fused op, then a vectorized sum.
+    d = x − μ_r into the scratch, then M2 = ‖d‖² (a contiguous-row norm).
     """
     n_row = x3.shape[2]
     row_mean = x3.sum(2).div_(n_row)
     shift = row_mean.unsqueeze(2)
-    if x3.is_contiguous():
-        torch.sub(x3, shift, out=scratch3)
-        row_m2 = torch.linalg.vector_norm(scratch3, dim=2).square_()
-    else:
-        torch.ops.aten.mse_loss.out(x3, shift, 0, out=scratch3)
-        row_m2 = scratch3.sum(2)
+    torch.sub(x3, shift, out=scratch3)
+    row_m2 = torch.linalg.vector_norm(scratch3, dim=2).square_()
     if _needs_correction(row_mean, row_m2, n_row):
         # corrected two-pass: with d = x − μ_r exact, the rounding of μ_r is δ = mean(d)
-        torch.sub(x3, shift, out=scratch3)
         delta = scratch3.sum(2).double().div_(n_row)
-        if x3.is_contiguous():
-            row_m2 = torch.linalg.vector_norm(scratch3, dim=2).square_()
-        else:
-            row_m2 = scratch3.square_().sum(2)
         row_m2 = (row_m2.double() - n_row * delta * delta).clamp_(min=0)
         return row_mean.double() + delta, row_m2
-    return row_mean.double(), row_m2
+    return row_mean.double(), row_m2.double()
+
+
+def _row_moments_nchw(x3: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row moments of a contiguous (N, C, m_r) input, in chunks of samples of about ``_CHUNK_BYTES``.
+
+    The scratch is one chunk (it stays in cache between the sub and the norm, and it is small enough
+    for the allocator to reuse: a scratch the size of x was page-faulted in on every call, see
+    docs/performance.md). fp16/bf16 chunks are converted to float32 one at a time.
+    """
+    n, c, n_row = x3.shape
+    k = _chunk_rows(n, c * n_row * 4)
+    sdt = torch.float64 if x3.dtype == torch.float64 else torch.float32
+    scratch = _scratch((k, c, n_row), sdt)
+    means, m2s = [], []
+    for n0 in range(0, n, k):
+        n1 = min(n, n0 + k)
+        chunk = x3[n0:n1] if x3.dtype == sdt else x3[n0:n1].to(sdt)
+        mean, m2 = _row_moments(chunk, scratch[: n1 - n0])
+        means.append(mean)
+        m2s.append(m2)
+    return torch.cat(means), torch.cat(m2s)
 
 
 def _needs_correction(row_mean: torch.Tensor, row_m2: torch.Tensor, n_row: int) -> bool:
@@ -112,6 +126,31 @@ def _needs_correction(row_mean: torch.Tensor, row_m2: torch.Tensor, n_row: int) 
     info = torch.finfo(row_mean.dtype)
     ratio = info.eps**2 * n_row / max(_ROUNDING_TOLERANCE**2, info.tiny)
     return bool(((row_mean * row_mean).mul_(ratio) > row_m2 + info.tiny).any())
+
+
+_local = threading.local()
+
+
+def _scratch(shape: tuple[int, ...], dtype: torch.dtype, slot: int = 0) -> torch.Tensor:
+    """A reusable buffer of ``shape`` (at most about ``_CHUNK_BYTES``), one per thread, dtype and slot.
+
+    Kept between calls so that the only large allocation of a training forward is its output: a scratch
+    allocated per call splits the block the previous output freed, so the next output no longer fits
+    there, the heap grows and glibc trims it again, and the output is page-faulted in (measured with
+    ``resource.getrusage``, docs/performance.md).
+    """
+    cache = _local.__dict__.setdefault("buffers", {})
+    numel = 1
+    for s in shape:
+        numel *= s
+    if numel * torch.empty((), dtype=dtype).element_size() > 4 * _CHUNK_BYTES:
+        return torch.empty(shape, dtype=dtype)  # one sample larger than a chunk: not kept
+    key = (dtype, slot)
+    buf = cache.get(key)
+    if buf is None or buf.numel() < numel:
+        with torch.inference_mode(False):  # a normal tensor: usable in and out of inference mode
+            buf = cache[key] = torch.empty(numel, dtype=dtype)
+    return buf[:numel].view(shape)
 
 
 def _chunk_rows(n: int, row_bytes: int) -> int:
@@ -125,16 +164,22 @@ def _row_moments_cl(xt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     The batch is processed in chunks of samples of about ``_CHUNK_BYTES``: the chunk's row means by a
     sum over m_r (vectorized over the contiguous C), then (x − μ_r)² into a small scratch buffer in one
     fused op (``mse_loss`` without reduction) and its sum. The chunk is read from memory once; the
-    second and third pass run in cache.
+    second and third pass run in cache. fp16/bf16 chunks are converted to float32 one at a time.
     """
     n, n_row, c = xt.shape
-    k = _chunk_rows(n, n_row * c * xt.element_size())
-    row_mean = xt.new_empty(n, c)
-    row_m2 = xt.new_empty(n, c)
-    scratch = xt.new_empty(k, n_row, c)
+    sdt = torch.float64 if xt.dtype == torch.float64 else torch.float32
+    k = _chunk_rows(n, n_row * c * 4)
+    row_mean = xt.new_empty((n, c), dtype=sdt)
+    row_m2 = xt.new_empty((n, c), dtype=sdt)
+    scratch = _scratch((k, n_row, c), sdt)
+    converted = _scratch((k, n_row, c), sdt, slot=1) if xt.dtype != sdt else None
+
+    def chunk_of(n0, n1):
+        return xt[n0:n1] if converted is None else converted[: n1 - n0].copy_(xt[n0:n1])
+
     for n0 in range(0, n, k):
         n1 = min(n, n0 + k)
-        chunk, mean, sq = xt[n0:n1], row_mean[n0:n1], scratch[: n1 - n0]
+        chunk, mean, sq = chunk_of(n0, n1), row_mean[n0:n1], scratch[: n1 - n0]
         torch.sum(chunk, 1, out=mean)
         mean.div_(n_row)
         torch.ops.aten.mse_loss.out(chunk, mean.unsqueeze(1), 0, out=sq)
@@ -145,7 +190,7 @@ def _row_moments_cl(xt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     delta = row_mean.new_empty(n, c)
     for n0 in range(0, n, k):
         n1 = min(n, n0 + k)
-        chunk, sq = xt[n0:n1], scratch[: n1 - n0]
+        chunk, sq = chunk_of(n0, n1), scratch[: n1 - n0]
         torch.sub(chunk, row_mean[n0:n1].unsqueeze(1), out=sq)
         torch.sum(sq, 1, out=delta[n0:n1])
         torch.sum(sq.square_(), 1, out=row_m2[n0:n1])
@@ -154,38 +199,31 @@ def _row_moments_cl(xt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return row_mean.double() + delta, row_m2
 
 
-def _stats_into(x: torch.Tensor, scratch: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, biased var) per channel of a float32/float64 ``x`` on the fast path.
+def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, biased var) per channel of ``x`` on the fast path (float32; float64 for float64 input).
 
-    ``scratch`` (like x, or None: allocated where needed) is overwritten. A channels_last batch larger
-    than one chunk is processed in cache-sized chunks with a small scratch buffer of its own.
+    Both layouts run in cache-sized chunks of samples with a scratch of one chunk: nothing of x's
+    size is allocated (the output is the only large allocation of the training forward, as in torch).
     """
     n, c = x.shape[:2]
-    if not x.is_contiguous() and _chunk_rows(n, x[0].numel() * x.element_size()) < n:
-        row_mean, row_m2 = _row_moments_cl(x.movedim(1, -1).reshape(n, -1, c))  # a view of channels_last
+    if x.is_contiguous():
+        row_mean, row_m2 = _row_moments_nchw(x.view(n, c, -1))
     else:
-        scratch = torch.empty_like(x) if scratch is None else scratch
-        row_mean, row_m2 = _row_moments(x.view(n, c, -1), scratch.view(n, c, -1))
+        row_mean, row_m2 = _row_moments_cl(x.movedim(1, -1).reshape(n, -1, c))  # a view of channels_last
     total = merge_rows(row_mean, row_m2, x.numel() // (n * c))
-    return total.mean.to(x.dtype), total.variance.to(x.dtype)
+    sdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return total.mean.to(sdt), total.variance.to(sdt)
 
 
 def batch_stats(x: torch.Tensor, axes: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """Mini-batch mean and biased variance over ``axes`` (feature-shaped, float32 or float64)."""
     if not fast_path(x, axes):
         return composed.batch_stats(x, axes)
-    xs = x.float() if x.dtype in _HALF else x
-    return _stats_into(xs, None)
+    return _stats(x)
 
 
-def _native_normalize(x, mean, var, weight, bias, eps: float, out: torch.Tensor | None = None) -> torch.Tensor:
-    if out is None:
-        return torch.batch_norm(x, weight, bias, mean, var, False, 0.0, eps, False)
-    empty = x.new_empty(0, dtype=mean.dtype)
-    torch.ops.aten.native_batch_norm.out(
-        x, weight, bias, mean, var, False, 0.0, eps, out=out, save_mean=empty, save_invstd=empty.clone()
-    )
-    return out
+def _native_normalize(x, mean, var, weight, bias, eps: float) -> torch.Tensor:
+    return torch.batch_norm(x, weight, bias, mean, var, False, 0.0, eps, False)
 
 
 def _native_params(x: torch.Tensor, mean, var, *params) -> bool:
@@ -195,43 +233,50 @@ def _native_params(x: torch.Tensor, mean, var, *params) -> bool:
     return _same_dtype(dtype, mean, var, *params) and not (mean.requires_grad or var.requires_grad)
 
 
+def _shift_needed(mean, var, eps: float) -> bool:
+    """Some channel has |μ|/σ large enough that a·x + b would lose accuracy (see :mod:`.composed`)."""
+    return bool(composed.needs_shift(mean, var, eps).any())
+
+
 def normalize(x, mean, var, weight, bias, eps: float, axes: tuple[int, ...]) -> torch.Tensor:
     """y = γ (x − μ)/√(σ² + ε) + β in x's dtype (and memory format): torch's vectorized kernel."""
-    if fast_path(x, axes) and _native_params(x, mean, var, weight, bias):
+    if fast_path(x, axes) and _native_params(x, mean, var, weight, bias) and not _shift_needed(mean, var, eps):
         return _native_normalize(x, mean, var, weight, bias, float(eps))
     return composed.normalize(x, mean, var, weight, bias, eps, axes)
 
 
-def forward(x, weight, bias, eps: float, axes: tuple[int, ...]):
+def forward(x, weight, bias, eps: float, axes: tuple[int, ...], relu: bool = False):
     """Training forward of Alg. 1: returns ``(y, mean, var)`` (batch mean and biased variance).
 
-    Not differentiable on the fast path: where autograd would record it, the composed ops run instead.
+    ``relu=True``: y = max(BN(x), 0), applied in place. Not differentiable on the fast path: where
+    autograd would record it, the composed ops run instead.
     """
     if not fast_path(x, axes) or (torch.is_grad_enabled() and _any_requires_grad(x, weight, bias)):
-        return composed.forward(x, weight, bias, eps, axes)
-    if x.dtype in _HALF:  # statistics in float32; the kernel reads fp16/bf16 and writes x's dtype
-        xs = x.float()
-        y = None
-        mean, var = _stats_into(xs, None)
-    else:  # y is the statistics' scratch buffer, then overwritten by the output
-        y = torch.empty_like(x)
-        mean, var = _stats_into(x, y)
+        return composed.forward(x, weight, bias, eps, axes, relu)
+    # statistics in float32 (fp16/bf16 converted chunk by chunk); the output is the one large allocation
+    mean, var = _stats(x)
     if weight is not None:
         weight = weight.to(mean.dtype)
     if bias is not None:
         bias = bias.to(mean.dtype)
-    return _native_normalize(x, mean, var, weight, bias, float(eps), out=y), mean, var
+    if _shift_needed(mean, var, eps):
+        y = composed.normalize(x, mean, var, weight, bias, eps, axes)
+    else:
+        y = _native_normalize(x, mean, var, weight, bias, float(eps))
+    return (y.relu_() if relu else y), mean, var
 
 
-def backward(dy, x, mean, var, weight, eps: float, axes: tuple[int, ...], needs=(True, True, True)):
+def backward(dy, x, mean, var, weight, eps: float, axes: tuple[int, ...], needs=(True, True, True), y=None):
     """Closed-form gradients of Alg. 1: ``(dx, dweight, dbias)``; torch's kernel on the fast path.
 
     ``aten.native_batch_norm_backward`` with save_mean = μ_B and save_invstd = 1/√(σ²_B + ε) computes
-    the same closed form as :func:`.composed.backward`, with its reductions centred on μ_B.
+    the same closed form as :func:`.composed.backward`, with its reductions centred on μ_B. ``y``: the
+    output of ``forward(..., relu=True)``; dy is masked to where y > 0 first.
     """
     need_x, need_w, need_b = needs
     if not (fast_path(x, axes) and _native_params(x, mean, var, weight)):
-        return composed.backward(dy, x, mean, var, weight, eps, axes, needs)
+        return composed.backward(dy, x, mean, var, weight, eps, axes, needs, y)
+    dy = composed.relu_mask(dy, y)
     fmt = torch.contiguous_format if x.is_contiguous() else _memory_format(x)
     dy = dy.to(x.dtype).contiguous(memory_format=fmt)
     invstd = torch.rsqrt(var + eps)

@@ -8,15 +8,16 @@
 True
 >>> y = batch_norm(x, None, None, training=True, axes=(0,))        # per-activation BN: stats (3, 5, 5)
 
-The transform is a PyTorch **custom operator** (``torch.ops.bnlab.batch_norm_train`` and its backward
-``batch_norm_backward``, ``batch_norm_eval`` for the running statistics), registered with
+The training transform is a PyTorch **custom operator** (``torch.ops.bnlab.batch_norm_train`` and its
+backward ``batch_norm_backward``), registered with
 ``torch.library``: an autograd formula (the closed form of Alg. 1; double backward re-derives it with
 differentiable ops), a shape-only "fake" implementation so ``torch.compile`` and ``torch.export`` see one
 opaque op without running it, and a vmap rule (a vmapped dimension is one more feature axis). The kernels
 behind it are chosen per device by :func:`bnlab.kernels.select`. In plain eager mode a light autograd
 Function calls the same implementation without the operator's dispatch layers; under forward-mode AD and
 the functorch transforms that custom operators do not support (grad, jvp, ...) the same math runs as
-differentiable stock ops (see :func:`_route`).
+differentiable stock ops (see :func:`_route`). Eval mode (Alg. 2's fixed affine map) needs no operator:
+traced, it is written in stock ops, so exporters such as ONNX read it as plain arithmetic.
 
 Numerical policy: statistics in at least float32 (float64 for float64 input) by Welford / two-pass
 methods; normalization with the biased batch variance σ²_B; running variance updated with the unbiased
@@ -221,24 +222,11 @@ def _train_backward(ctx, dy, _dmean, _dvar):
 _train_op.register_autograd(_train_backward, setup_context=_train_setup)
 
 
-@torch.library.custom_op("bnlab::batch_norm_eval", mutates_args=())
-def _eval_op(
-    x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None, axes: list[int], eps: float,
-    relu: bool,
-) -> Tensor:
-    """Alg. 2, step 11: y = γ (x − E[x])/√(Var[x] + ε) + β with fixed statistics (max(·, 0) when ``relu``)."""
-    return _eval_impl(x, mean, var, weight, bias, tuple(axes), eps, relu)
-
-
 def _eval_impl(x, mean, var, weight, bias, axes: tuple[int, ...], eps: float, relu: bool):
+    """Alg. 2, step 11: y = γ (x − E[x])/√(Var[x] + ε) + β with fixed statistics (max(·, 0) when ``relu``)."""
     with torch.no_grad():
         y = kernels.select(x).normalize(x, mean, var, weight, bias, eps, axes)
         return y.clamp_min_(0) if relu else y
-
-
-@_eval_op.register_fake
-def _(x, mean, var, weight, bias, axes, eps, relu):
-    return torch.empty_like(x)
 
 
 def _eval_setup(ctx, inputs, output):
@@ -269,9 +257,6 @@ def _eval_backward(ctx, dy):
     return dx, None, None, dw, db, None, None, None
 
 
-_eval_op.register_autograd(_eval_backward, setup_context=_eval_setup)
-
-
 class _TrainFunction(torch.autograd.Function):
     """The eager door to the same implementation as ``bnlab::batch_norm_train`` (see :func:`_route`)."""
 
@@ -288,7 +273,7 @@ class _TrainFunction(torch.autograd.Function):
 
 
 class _EvalFunction(torch.autograd.Function):
-    """The eager door to the same implementation as ``bnlab::batch_norm_eval``."""
+    """Eval mode in eager: the device's kernel forward, the closed-form backward of a fixed affine map."""
 
     @staticmethod
     def forward(ctx, x, mean, var, weight, bias, axes, eps, relu):
@@ -332,16 +317,9 @@ def _backward_vmap(info, in_dims, dy, x, mean, var, weight, y, axes, eps, needs)
     return (dx, dw, db), dims
 
 
-def _eval_vmap(info, in_dims, x, mean, var, weight, bias, axes, eps, relu):
-    n = info.batch_size
-    args = [_front(t, d, n) for t, d in zip((x, mean, var, weight, bias), in_dims[:5], strict=True)]
-    return _eval_op(*args, _shift(axes), eps, relu), 0
-
-
 if hasattr(_train_op, "register_vmap"):  # torch >= 2.5
     _train_op.register_vmap(_train_vmap)
     _backward_op.register_vmap(_backward_vmap)
-    _eval_op.register_vmap(_eval_vmap)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -462,13 +440,12 @@ def batch_norm(
         return torch.relu(y) if relu else y
     eps = float(eps)
     if not training:
-        route = _route(input)
-        if route == "eager":
+        if _route(input) == "eager":
             return _EvalFunction.apply(input, running_mean, running_var, weight, bias, axes, eps, relu)
-        if route == "stock":
-            y = kernels.composed.normalize(input, running_mean, running_var, weight, bias, eps, axes)
-            return torch.relu(y) if relu else y
-        return _eval_op(input, running_mean, running_var, weight, bias, list(axes), eps, relu)
+        # traced or transformed: a fixed per-feature affine map in stock ops, which every backend and
+        # exporter (ONNX included) understands and a compiler fuses with its neighbours
+        y = kernels.composed.normalize(input, running_mean, running_var, weight, bias, eps, axes)
+        return torch.relu(y) if relu else y
     count = effective_batch_size(input.shape, axes)
     chunks = input.shape[0] // virtual_batch if virtual_batch else 1
     if chunks > 1:
@@ -495,3 +472,9 @@ def _train(x, weight, bias, axes, eps, relu):
     if route == "stock":
         return _composed_train(x, weight, bias, axes, eps, relu)
     return _train_op(x, weight, bias, list(axes), eps, relu)
+
+
+# the rest of the normalization family, written with batch_norm above (bnlab/nn/family.py)
+from .family import group_norm, instance_norm, layer_norm  # noqa: E402
+
+__all__ += ["group_norm", "instance_norm", "layer_norm"]

@@ -1,0 +1,112 @@
+"""CUDA parity path: torch's own fused batch-norm kernels where they compute what bnlab computes.
+
+Same contracts as :mod:`.composed` (``batch_stats``, ``normalize``, ``forward``, ``backward``). Routed
+here: per-channel BN in torch's convention (reduce axes = every axis but 1, ≥ 3 dims) on a dense NCHW /
+channels_last CUDA input in float32, fp16 or bf16, with parameters and statistics in the input's dtype
+or float32 (the combinations torch's kernels accept). Everything else — per-activation and other axes,
+float64, strided views, a call that autograd records — goes to :mod:`.composed` unchanged, and the
+double backward always uses :mod:`.composed`.
+
+Why these kernels keep bnlab's numerical policy (read in ATen's ``Normalization.cuh``, torch 2.x):
+
+- training statistics: ``native_batch_norm`` reduces each channel with Welford's algorithm in float32
+  (``accscalar_t``; ``var_mean`` or the per-channel Welford kernels, merging partial moments with
+  Chan's formula) — the stable method of :mod:`bnlab.moments`, not E[x²] − E[x]²; it returns μ_B and
+  1/√(σ²_B + ε), from which
+  σ²_B = invstd⁻² − ε (float32: absolute error ~1e-7·(σ²_B + ε), clamped at 0);
+- normalize: ``(x − μ)·invstd·γ + β`` in float32 — the shifted form, so the output is as accurate as
+  the statistics for any |μ|/σ (issue 7, item 3) — with fp16/bf16 statistics converted to float32
+  first (the coefficients in float32);
+- backward: ``native_batch_norm_backward`` computes Σdy and Σdy·(x − μ) (centred) in float32 and the
+  same closed form as :func:`.composed.backward`.
+
+Nothing here synchronizes with the host. Step 1 of issue 9; measured on a GPU: see docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import composed
+
+__all__ = ["batch_stats", "normalize", "forward", "backward", "covered"]
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def covered(x: torch.Tensor, axes: tuple[int, ...], *params) -> bool:
+    """True where torch's fused CUDA kernels compute exactly bnlab's transform (see the module docstring)."""
+    if x.device.type != "cuda" or x.dtype not in _DTYPES or x.dim() < 3 or x.numel() == 0:
+        return False
+    if tuple(axes) != (0, *range(2, x.dim())):
+        return False
+    if not _dense(x):
+        return False
+    ok = (x.dtype, torch.float32)
+    return all(p is None or (p.dtype in ok and p.device == x.device and not p.requires_grad) for p in params)
+
+
+def _dense(x: torch.Tensor) -> bool:
+    if x.is_contiguous():
+        return True
+    fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.dim())
+    return fmt is not None and x.is_contiguous(memory_format=fmt)
+
+
+def _recorded(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _var_from_invstd(invstd: torch.Tensor, eps: float) -> torch.Tensor:
+    return (invstd.reciprocal().square_() - eps).clamp_(min=0)
+
+
+def batch_stats(x: torch.Tensor, axes: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mini-batch mean and biased variance over ``axes``: :func:`.composed.batch_stats` (on CUDA one
+    ``var_mean`` kernel, Welford, in float32)."""
+    return composed.batch_stats(x, axes)
+
+
+def normalize(x, mean, var, weight, bias, eps: float, axes: tuple[int, ...]) -> torch.Tensor:
+    """y = γ (x − μ)/√(σ² + ε) + β in x's dtype and memory format (torch's eval kernel where covered).
+
+    ``native_batch_norm`` in eval mode, not ``torch.batch_norm`` (which may pick cuDNN, whose inference
+    formula is not documented): ATen's elementwise kernel is the shifted form in float32.
+    """
+    same = mean.dtype == var.dtype and all(p is None or p.dtype == mean.dtype for p in (weight, bias))
+    if not (covered(x, axes, mean, var, weight, bias) and same) or _recorded(x, mean, var, weight, bias):
+        return composed.normalize(x, mean, var, weight, bias, eps, axes)
+    return torch.ops.aten.native_batch_norm(x, weight, bias, mean, var, False, 0.0, float(eps))[0]
+
+
+def forward(x, weight, bias, eps: float, axes: tuple[int, ...], relu: bool = False):
+    """Training forward: ``(y, mean, var)``; ``native_batch_norm`` (statistics + normalize) where covered."""
+    if not covered(x, axes, weight, bias) or _recorded(x, weight, bias):
+        return composed.forward(x, weight, bias, eps, axes, relu)
+    y, mean, invstd = torch.ops.aten.native_batch_norm(x, weight, bias, None, None, True, 0.0, float(eps))
+    var = _var_from_invstd(invstd, float(eps))
+    return (y.relu_() if relu else y), mean, var
+
+
+def backward(dy, x, mean, var, weight, eps: float, axes: tuple[int, ...], needs=(True, True, True), y=None):
+    """Closed-form gradients ``(dx, dweight, dbias)``; ``native_batch_norm_backward`` where covered.
+
+    ``y``: the output of ``forward(..., relu=True)``; dy is masked to where y > 0 first.
+    """
+    need_x, need_w, need_b = needs
+    stats_ok = mean.dtype == var.dtype == torch.float32
+    if not (covered(x, axes, weight) and stats_ok) or _recorded(x, weight, mean, var, dy):
+        return composed.backward(dy, x, mean, var, weight, eps, axes, needs, y)
+    dy = composed.relu_mask(dy, y)
+    fmt = torch.contiguous_format if x.is_contiguous() else _memory_format(x)
+    dy = dy.to(x.dtype).contiguous(memory_format=fmt)
+    invstd = torch.rsqrt(var + eps)
+    mask = [bool(need_x), bool(need_w and weight is not None), bool(need_b)]
+    dx, dweight, dbias = torch.ops.aten.native_batch_norm_backward(
+        dy, x, weight, None, None, mean, invstd, True, float(eps), mask
+    )
+    return (dx if need_x else None), (dweight if mask[1] else None), (dbias if need_b else None)
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if x.dim() == 4 else torch.channels_last_3d
