@@ -14,8 +14,9 @@ Accuracy of the output (issue 7, item 3): a·x + b rounds a·x, whose size is ab
 statistics kept — ``full((8, 3, 6, 6), 1e6)`` gave 7.2 instead of 0. Features with |μ|·(σ²+ε)^(-1/2) >
 :data:`SHIFT_RATIO` are normalized as (x − μ)·a + β instead: x − μ is exact for x near μ (Sterbenz),
 so the output is as accurate as the statistics. Deciding needs the statistics' values: on the CPU that
-is a cheap check over C numbers; on other devices it would be a host synchronization, so there the
-shifted form is always used (one more elementwise op; this path is the fallback there).
+is a cheap check over C numbers; on other devices it would be a host synchronization, and while
+torch.compile/export or the TorchScript tracer records it would be a data-dependent branch, so there
+the per-feature choice is made with ``torch.where`` (one more elementwise op).
 
 Coefficients a, b are always computed in at least float32, even for fp16/bf16 statistics and
 parameters (a half layer in eval mode), then applied in float32 to fp16/bf16 inputs.
@@ -46,6 +47,11 @@ SHIFT_RATIO = 16.0
 
 def _stat_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _tracing() -> bool:
+    """True while torch.compile/export or the TorchScript tracer records: no data-dependent branch then."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
 
 def needs_shift(mean: torch.Tensor, var: torch.Tensor, eps: float) -> torch.Tensor:
@@ -89,7 +95,7 @@ def normalize(x, mean, var, weight, bias, eps: float, axes: tuple[int, ...]) -> 
     nd = x.dim()
     cdt = a.dtype if x.dtype in (torch.float16, torch.bfloat16) else x.dtype  # compute dtype
     xc = x.to(cdt)
-    if x.device.type != "cpu" or bool(needs_shift(mean, var, eps).any()):
+    if x.device.type != "cpu" or _tracing() or bool(needs_shift(mean, var, eps).any()):
         # per feature: s = μ where the ratio is large (else 0), y = (x − s)·a + (β − a·(μ − s));
         # where s = μ the offset is β itself, exactly
         shift = torch.where(needs_shift(mean, var, eps), mean.to(a.dtype), torch.zeros_like(a))
