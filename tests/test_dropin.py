@@ -158,6 +158,7 @@ def test_opcheck(axes):
     b = torch.rand(fshape, dtype=torch.float64, requires_grad=True)
     torch.library.opcheck(torch.ops.bnlab.batch_norm_train, (x, w, b, axes, 1e-5, False))
     torch.library.opcheck(torch.ops.bnlab.batch_norm_train, (x, None, None, axes, 1e-5, False))
+    torch.library.opcheck(torch.ops.bnlab.batch_norm_train, (x, w, b, axes, 1e-5, True))  # fused ReLU
     mean, var = torch.randn(fshape, dtype=torch.float64), torch.rand(fshape, dtype=torch.float64) + 0.5
     dy = torch.randn_like(x)
     torch.library.opcheck(
@@ -372,3 +373,13 @@ def test_mixed_dtypes_as_torch_on_cpu():
     for low in (torch.float16, torch.bfloat16):  # low-precision input, float32 layer: allowed by both
         x = torch.randn(4, 3, 2, 2).to(low)
         assert ours(x).dtype == theirs(x).dtype == low
+
+
+def test_vmap_in_eval_mode():
+    theirs, ours = _torch_and_ours()
+    with torch.no_grad():
+        theirs.running_mean.uniform_(-1, 1), theirs.running_var.uniform_(0.5, 2)
+    ours.load_state_dict(theirs.state_dict())
+    theirs.eval(), ours.eval()
+    xs = torch.randn(4, 5, 3, 4, 4, dtype=torch.float64)
+    torch.testing.assert_close(torch.vmap(ours)(xs), torch.vmap(theirs)(xs))

@@ -415,3 +415,49 @@ def test_ghost_bn_refuses_a_batch_that_is_not_a_multiple_and_changes_nothing():
     assert bn(torch.randn(6, 3, 2, 2)).shape == (6, 3, 2, 2)  # eval does not use chunks
     with pytest.raises(ValueError, match="virtual_batch must be"):
         bnlab.nn.BatchNorm2d(3, virtual_batch=1)
+
+
+# -- fused activation --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("per", ["channel", "activation"])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_relu_equals_bn_then_relu(per, training, channels_last):
+    torch.manual_seed(0)
+    kw = {"spatial_size": (4, 5)} if per == "activation" else {}
+    fused = bnlab.nn.BatchNorm2d(3, per=per, activation="relu", dtype=torch.float64, **kw)
+    with torch.no_grad():
+        fused.weight.uniform_(0.5, 1.5), fused.bias.uniform_(-1, 1)
+    plain = copy.deepcopy(fused)
+    plain.activation = None
+    fused.train(training), plain.train(training)
+    x = torch.randn(6, 3, 4, 5, dtype=torch.float64)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = fused(xa), torch.relu(plain(xb))
+    torch.testing.assert_close(ya, yb, atol=1e-12, rtol=0)
+    dy = torch.randn_like(ya)
+    ya.backward(dy), yb.backward(dy)
+    torch.testing.assert_close(xa.grad, xb.grad, atol=1e-12, rtol=0)
+    torch.testing.assert_close(fused.weight.grad, plain.weight.grad, atol=1e-12, rtol=0)
+    torch.testing.assert_close(fused.bias.grad, plain.bias.grad, atol=1e-12, rtol=0)
+    for k, v in plain.state_dict().items():
+        torch.testing.assert_close(fused.state_dict()[k], v, atol=1e-12, rtol=0)
+
+
+def test_fused_relu_gradcheck_and_bad_activation():
+    x = torch.randn(5, 3, 2, 2, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+
+    def f(x, w, b):
+        return F.batch_norm(x, None, None, w, b, training=True, activation="relu")
+
+    assert torch.autograd.gradcheck(f, (x, w, b))
+    assert torch.autograd.gradgradcheck(f, (x, w, b))
+    with pytest.raises(ValueError, match="activation must be one of"):
+        bnlab.nn.BatchNorm2d(3, activation="gelu")
+    with pytest.raises(ValueError, match="activation must be one of"):
+        F.batch_norm(x, None, None, training=True, activation="tanh")

@@ -31,6 +31,7 @@ _LAZY = {
     "load_checkpoint": "bnlab.inference",
     "CheckpointError": "bnlab.inference",
     "Affine": "bnlab.inference",
+    "convert_sync": "bnlab.distributed",
 }
 
 __all__ = ["reduce_axes", "feature_shape", "effective_batch_size", "explain", "__version__", *_LAZY]

@@ -49,11 +49,6 @@ def _stat_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _tracing() -> bool:
-    """True while torch.compile/export or the TorchScript tracer records: no data-dependent branch then."""
-    return torch.compiler.is_compiling() or torch.jit.is_tracing()
-
-
 def needs_shift(mean: torch.Tensor, var: torch.Tensor, eps: float) -> torch.Tensor:
     """Per feature: True where |μ|·(σ²+ε)^(-1/2) > :data:`SHIFT_RATIO` (a on-device bool tensor)."""
     sdt = torch.float64 if mean.dtype == torch.float64 else torch.float32
@@ -67,6 +62,19 @@ def _view(v: torch.Tensor, ndim: int, axes: tuple[int, ...]) -> torch.Tensor:
     for i in range(ndim):
         shape.append(1 if i in axes else next(it))
     return v.reshape(shape)
+
+
+def _traced(t: torch.Tensor) -> bool:
+    """Whether ``t``'s values are unknown or must not steer Python (compile, export, the TorchScript
+    tracer, fake tensors, vmap):
+    then the branch-free form is taken instead of asking the data which form suffices."""
+    return (
+        type(t) is not torch.Tensor
+        or torch.compiler.is_compiling()
+        or torch.jit.is_tracing()
+        or torch._C._are_functorch_transforms_active()
+        or bool(torch._C._len_torch_dispatch_stack())
+    )
 
 
 def batch_stats(x: torch.Tensor, axes: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,7 +103,7 @@ def normalize(x, mean, var, weight, bias, eps: float, axes: tuple[int, ...]) -> 
     nd = x.dim()
     cdt = a.dtype if x.dtype in (torch.float16, torch.bfloat16) else x.dtype  # compute dtype
     xc = x.to(cdt)
-    if x.device.type != "cpu" or _tracing() or bool(needs_shift(mean, var, eps).any()):
+    if x.device.type != "cpu" or _traced(mean) or bool(needs_shift(mean, var, eps).any()):
         # per feature: s = μ where the ratio is large (else 0), y = (x − s)·a + (β − a·(μ − s));
         # where s = μ the offset is β itself, exactly
         shift = torch.where(needs_shift(mean, var, eps), mean.to(a.dtype), torch.zeros_like(a))

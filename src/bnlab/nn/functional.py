@@ -257,8 +257,6 @@ def _eval_backward(ctx, dy):
     return dx, None, None, dw, db, None, None, None
 
 
-
-
 class _TrainFunction(torch.autograd.Function):
     """The eager door to the same implementation as ``bnlab::batch_norm_train`` (see :func:`_route`)."""
 

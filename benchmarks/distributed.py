@@ -1,0 +1,131 @@
+"""Distributed benchmark: synchronized BN against per-process BN, forward+backward, on 2 local processes.
+
+    python benchmarks/distributed.py                  # the five benchmark shapes, NCHW and channels_last
+    python benchmarks/distributed.py --quick          # two shapes, fewer repeats
+    python benchmarks/distributed.py --shapes 32x64x56x56 --nproc 2 --repeats 21
+
+The shape is the *global* batch: each of the ``--nproc`` processes (gloo over 127.0.0.1, one thread each)
+holds N/nproc samples. In every process, taking turns in blocks (see ``benchmarks/cpu.py``):
+
+- ``local``: ``bnlab.nn.functional.batch_norm`` on the process's shard — what each process computes with
+  plain BN in data-parallel training (statistics of its shard only);
+- ``sync``: ``bnlab.distributed.sync_batch_norm`` on the same shard — statistics of the whole batch
+  (one header and one statistics all-gather forward, one all-reduce backward; ~3·C floats per rank).
+
+Both run forward (training, running statistics updated) and ``autograd.grad`` for x, γ, β. Reported:
+rank 0's median (``--stat min``: minimum) milliseconds and ``ratio`` = sync ÷ local (the overhead of
+synchronizing; goal ≤ 1.3 for shards ≥ 8 MB). A benchmark, not a test: it prints numbers and never fails
+on slowness. Plain processes: default allocator, no tuning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import multiprocessing as mp
+import os
+import socket
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cpu  # noqa: E402 - the sibling benchmark's timer
+from cpu import QUICK_SHAPES, SHAPES, _parse_shape, interleaved  # noqa: E402
+
+LAYOUTS = ("NCHW", "CL")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _fwd_bwd(fn, x, dy, w, b, rm, rv, **kw):
+    def run():
+        xr = x.detach().requires_grad_()
+        wr, br = w.detach().requires_grad_(), b.detach().requires_grad_()
+        y = fn(xr, rm, rv, wr, br, training=True, **kw)
+        return torch.autograd.grad(y, (xr, wr, br), dy)
+
+    return run
+
+
+def _rank(rank: int, world: int, port: int, shapes, repeats: int, stat: str, queue) -> None:
+    import torch.distributed as dist
+
+    import bnlab.nn.functional as BF
+    from bnlab.distributed import sync_batch_norm
+
+    torch.set_num_threads(1)
+    cpu._STAT = min if stat == "min" else cpu._STAT
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=120))  # fmt: skip
+    rows = []
+    for shape in shapes:
+        n = shape[0] // world
+        local_shape = (n, *shape[1:])
+        g = torch.Generator().manual_seed(rank)
+        x = torch.randn(local_shape, generator=g) * 2 + 0.5
+        dy = torch.randn(local_shape, generator=g)
+        c = shape[1]
+        w, b = torch.rand(c, generator=g) + 0.5, torch.randn(c, generator=g)
+        rm, rv = torch.zeros(c), torch.ones(c)
+        for layout in LAYOUTS:
+            xl, dyl = x, dy
+            if layout == "CL":
+                xl, dyl = (
+                    x.contiguous(memory_format=torch.channels_last),
+                    dy.contiguous(memory_format=torch.channels_last),
+                )
+            variants = {
+                "local": _fwd_bwd(BF.batch_norm, xl, dyl, w, b, rm, rv),
+                "sync": _fwd_bwd(sync_batch_norm, xl, dyl, w, b, rm, rv),
+            }
+            dist.barrier()
+            t = {name: seconds for name, (seconds, _faults) in interleaved(variants, repeats).items()}
+            rows.append((layout, shape, x.numel() * 4 / 2**20, t["local"], t["sync"]))
+    if rank == 0:
+        queue.put(rows)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--shapes", help="comma-separated NxCxHxW global shapes (default: the five benchmark shapes)")
+    p.add_argument("--nproc", type=int, default=2, help="processes (default: 2)")
+    p.add_argument("--repeats", type=int, default=11, help="turns per variant (default: 11)")
+    p.add_argument("--quick", action="store_true", help="two shapes, 5 repeats")
+    p.add_argument("--stat", choices=("median", "min"), default="median",
+                   help="per-variant statistic (min: less sensitive to other jobs on a shared machine)")  # fmt: skip
+    args = p.parse_args(argv)
+    shapes = (
+        [_parse_shape(s) for s in args.shapes.split(",")] if args.shapes else (QUICK_SHAPES if args.quick else SHAPES)
+    )
+    repeats = 5 if args.quick and args.repeats == 11 else args.repeats
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = _free_port()
+    procs = [
+        ctx.Process(target=_rank, args=(r, args.nproc, port, shapes, repeats, args.stat, queue))
+        for r in range(args.nproc)
+    ]
+    for proc in procs:
+        proc.start()
+    rows = queue.get(timeout=3600)
+    for proc in procs:
+        proc.join(60)
+    print(f"torch {torch.__version__}, {args.nproc} processes (gloo, 127.0.0.1, 1 thread each), {os.cpu_count()} CPUs, "
+          f"{args.stat} of {repeats} turns")  # fmt: skip
+    print(f"{'fwd+bwd float32':<16}{'global shape':<22}{'MB/rank':>8}{'local ms':>10}{'sync ms':>10}{'ratio':>8}")
+    for layout, shape, mb, t_local, t_sync in rows:
+        print(
+            f"{layout:<16}{str(shape):<22}{mb:>8.1f}{t_local * 1e3:>10.2f}{t_sync * 1e3:>10.2f}{t_sync / t_local:>8.2f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,462 @@
+"""Synchronized batch normalization: the set B of a mini-batch split across processes.
+
+In data-parallel training each process holds only a shard of the mini-batch, so the paper's set B — the
+whole mini-batch (times p·q locations in a conv layer) — exists only across the processes. Here every
+rank summarizes its shard per feature as (count, mean, M2) with the same kernels as single-process BN,
+the summaries are exchanged over ``torch.distributed`` and merged exactly with Chan's formula
+(:func:`bnlab.moments.merge`), so the output equals BN over the concatenated batch — also for shards of
+different sizes, including empty ones (an average of the ranks' means would be wrong there).
+
+Communication per training step and layer:
+
+- forward: one all-gather of a small integer header (count, dtype, shape, variant, layer) so that
+  ranks that disagree fail with a clear error on *every* rank instead of exchanging garbage, then one
+  all-gather of the packed (mean, M2) of every rank;
+- backward: one all-reduce of the packed (Σ dy, Σ dy·x̂); the input gradient then uses the global count,
+  while the parameter gradients stay local (data-parallel training sums them);
+- eval mode (and frozen layers) never communicate.
+
+Every wait is bounded: a rank that died or stopped calling the layer makes the others raise
+:class:`SyncBatchNormError` after ``timeout`` seconds (default: the process group's timeout).
+
+>>> import torch, bnlab
+>>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8))
+>>> model = bnlab.convert_sync(model)          # every BN layer becomes bnlab.nn.SyncBatchNorm
+>>> type(model[1]).__name__
+'SyncBatchNorm'
+
+Without an initialized process group the layer is plain batch norm (as ``torch.nn.SyncBatchNorm``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import zlib
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+from . import kernels
+from .axes import param_shape
+from .inference._layers import replace_module
+from .inference.freeze import _SAVED_GRAD, freeze_layer, is_frozen
+from .moments import Moments, merge_all
+from .nn import functional as F
+from .nn.modules import _BatchNorm, check_input_dim
+
+__all__ = ["SyncBatchNorm", "SyncBatchNormError", "convert_sync", "sync_batch_norm", "collective_count"]
+
+# header: [magic, layer id, count, dtype, input ndim, reduce-axes bitmask, feature numel, feature shape[:5]]
+_MAGIC = 0xB7_5B_4E
+_ERROR = -1  # count sent by a rank whose input was rejected locally
+_DTYPES = {torch.float16: 1, torch.bfloat16: 2, torch.float32: 3, torch.float64: 4}
+_DTYPE_NAMES = {v: str(k).removeprefix("torch.") for k, v in _DTYPES.items()}
+
+_collectives = [0]
+
+
+class SyncBatchNormError(RuntimeError):
+    """Synchronized BN could not run: a rank disagreed, failed, died or stopped calling the layer."""
+
+
+def collective_count() -> int:
+    """How many collectives synchronized BN has started in this process (tests count them)."""
+    return _collectives[0]
+
+
+def _active(group) -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
+
+
+def _wait(work, timeout: float | None, what: str, group) -> None:
+    try:
+        if timeout is None:
+            work.wait()
+        else:
+            work.wait(timeout=datetime.timedelta(seconds=float(timeout)))
+    except RuntimeError as err:  # gloo/NCCL errors (DistBackendError is a RuntimeError)
+        rank, world = dist.get_rank(group), dist.get_world_size(group)
+        limit = "the process group's timeout" if timeout is None else f"{timeout:g} s"
+        raise SyncBatchNormError(
+            f"synchronized batch norm on rank {rank} of {world}: the {what} did not complete within {limit} "
+            f"({err}). Another rank has died, or stopped calling this layer: every rank must call each "
+            f"SyncBatchNorm layer in training mode in the same order, also with an empty shard. The process "
+            f"group is no longer usable: stop all processes and resume from the last checkpoint"
+        ) from err
+
+
+def _all_gather(t: torch.Tensor, group, timeout, what: str) -> torch.Tensor:
+    world = dist.get_world_size(group)
+    out = t.new_empty(world * t.numel())
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    _collectives[0] += 1
+    work = gather(out, t.contiguous().reshape(-1), group=group, async_op=True)
+    _wait(work, timeout, what, group)
+    return out.reshape(world, *t.shape)
+
+
+def _all_reduce(t: torch.Tensor, group, timeout, what: str) -> torch.Tensor:
+    _collectives[0] += 1
+    work = dist.all_reduce(t, group=group, async_op=True)
+    _wait(work, timeout, what, group)
+    return t
+
+
+def _describe(h: list[int]) -> str:
+    ndim, mask, fshape = h[4], h[5], [n for n in h[7:] if n >= 0]
+    axes = tuple(a for a in range(ndim) if mask >> a & 1)
+    return f"{ndim}D input, feature shape {tuple(fshape)}, reduce axes {axes}, {_DTYPE_NAMES.get(h[3], '?')}"
+
+
+def _check_headers(headers: list[list[int]], group, name: str) -> None:
+    """The same error on every rank when the ranks disagree (they all see the same headers)."""
+    me = dist.get_rank(group)
+    failed = [r for r, h in enumerate(headers) if h[2] == _ERROR]
+    if failed:
+        if me in failed:
+            return  # this rank raises its own, more precise error
+        raise SyncBatchNormError(
+            f"synchronized batch norm: rank(s) {failed} rejected their input (see the error there), so rank {me} "
+            f"stops too instead of waiting for them"
+        )
+    if any(h[0] != _MAGIC for h in headers):
+        raise SyncBatchNormError(
+            "synchronized batch norm: another rank sent something else than a batch-norm header: the ranks "
+            "are out of step (every rank must call the same SyncBatchNorm layers in the same order)"
+        )
+    keys = {r: (h[3], h[4], h[5], h[6], *h[7:]) for r, h in enumerate(headers)}
+    if len(set(keys.values())) > 1:
+        per_rank = "; ".join(f"rank {r}: {_describe(h)}" for r, h in enumerate(headers))
+        raise SyncBatchNormError(
+            f"synchronized batch norm: the ranks disagree on the channel count, dtype or variant of this layer "
+            f"({per_rank}). Every rank must build the same model (same num_features, per=, dtype)"
+        )
+    layers = {h[1] for h in headers} - {0}  # 0: a layer without a name (built by hand, or the functional)
+    if len(layers) > 1:
+        raise SyncBatchNormError(
+            f"synchronized batch norm: the ranks are out of step, calling different layers (this one is in layer "
+            f"{name!r}): a rank skipped a layer or a step; every rank must call each SyncBatchNorm layer in "
+            f"training mode, in the same order, also with an empty shard"
+        )
+
+
+def _layer_id(name: str) -> int:
+    """A number for a layer's name in its model, the same in every process (0: no name)."""
+    return zlib.crc32(name.encode()) % (2**31 - 1) + 1 if name else 0
+
+
+def _header(x: torch.Tensor, axes: tuple[int, ...], count: int, layer: int) -> torch.Tensor:
+    fshape = [n for i, n in enumerate(x.shape) if i not in axes]
+    mask = sum(1 << a for a in axes)
+    row = [_MAGIC, layer, count, _DTYPES.get(x.dtype, 0), x.dim(), mask, math.prod(fshape)]
+    row += (fshape + [-1] * 5)[:5]
+    return torch.tensor(row, dtype=torch.int64, device=x.device)
+
+
+def _probe(x: torch.Tensor) -> torch.Tensor:
+    """A stand-in with 2 samples and x's other dims (no memory): local checks, whatever the shard size."""
+    return x.new_zeros(()).expand(2, *x.shape[1:])
+
+
+def _exchange_statistics(x, axes, group, timeout, error: Exception | None, name: str = ""):
+    """Global (count, mean, biased var) over every rank's shard; ``error``: this rank's input was rejected;
+    ``name``: the layer's name in its model (ranks calling differently named layers are out of step)."""
+    n = x.shape[0] if error is None else 0
+    count = math.prod(x.shape[a] for a in axes) if error is None else _ERROR
+    header = _header(x, axes, count, _layer_id(name))
+    headers = _all_gather(header, group, timeout, "exchange of shapes (forward)").tolist()
+    if error is not None:
+        raise error
+    _check_headers(headers, group, name)
+    counts = [h[2] for h in headers]
+    m = sum(counts)
+    if m <= 1:  # the same error on every rank: they all see the same counts
+        raise ValueError(
+            f"Expected more than 1 value per channel when training, got {m} value(s) per statistic over all "
+            f"{len(counts)} ranks (per rank: {counts}); use a larger batch or eval mode"
+        )
+    if n > 0:
+        mean, var = kernels.select(x).batch_stats(x, axes)
+        mean, var = mean.double(), var.double()
+    else:
+        fshape = [s for i, s in enumerate(x.shape) if i not in axes]
+        mean = var = torch.zeros(fshape, dtype=torch.float64, device=x.device)
+    packed = torch.stack((mean, var * count))  # (2, *feature shape): mean and M2
+    gathered = _all_gather(packed, group, timeout, "exchange of statistics (forward)")
+    total = merge_all(Moments(c, g[0], g[1]) for c, g in zip(counts, gathered, strict=True) if c > 0)
+    return m, total.mean, total.variance
+
+
+def _input_grad(dy, x, mean, invstd, weight, sum_dy, sum_dy_xhat, m: int, axes):
+    """∂ℓ/∂x = γ·invstd/m·(m·dy − Σdy − x̂·Σdy·x̂) with the global sums and count, as dx = c·dy + (d·x + e).
+
+    d·x + e is one affine pass over x: the kernels' ``normalize`` with mean 0, variance 1, ε = 0, γ = d,
+    β = e (on the CPU fast path torch's vectorized kernel); then ``addcmul_`` adds c·dy in place.
+    """
+    c = invstd if weight is None else weight.to(invstd.dtype) * invstd
+    d = -c * invstd * sum_dy_xhat / m
+    e = -c * sum_dy / m - d * mean
+    dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    c, d, e = (v.to(dt) for v in (c, d, e))
+    xs = x if x.dtype == dt else x.to(dt)
+    k = kernels.select(x)
+    dx = k.normalize(xs, torch.zeros_like(d), torch.ones_like(d), d, e, 0.0, axes)
+    dx.addcmul_(dy if dy.dtype == dt else dy.to(dt), c.reshape(param_shape(x.shape, axes)))
+    return dx.to(x.dtype)
+
+
+class _SyncBatchNormFunction(torch.autograd.Function):
+    """y = γ x̂ + β with the merged statistics; backward all-reduces Σdy and Σdy·x̂, uses the global count."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, mean, var, m, axes, eps, group, timeout):
+        if x.dtype in (torch.float16, torch.bfloat16):  # the kernels take float32 parameters with half input
+            weight_n = weight.float() if weight is not None else None
+            bias_n = bias.float() if bias is not None else None
+        else:
+            weight_n, bias_n = weight, bias
+        y = (
+            kernels.select(x).normalize(x, mean, var, weight_n, bias_n, eps, axes)
+            if x.shape[0]
+            else torch.empty_like(x)
+        )
+        ctx.save_for_backward(x, weight, mean, var)
+        ctx.axes, ctx.eps, ctx.m, ctx.group, ctx.timeout = axes, eps, m, group, timeout
+        ctx.bias_dtype = bias.dtype if bias is not None else x.dtype
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        x, weight, mean, var = ctx.saved_tensors
+        axes = ctx.axes
+        if x.shape[0] > 0:
+            # local Σdy·x̂ and Σdy with the global x̂: the kernels' closed form, parameter gradients only
+            w = torch.ones_like(mean) if weight is None else weight.to(mean.dtype)
+            _, sum_dy_xhat, sum_dy = kernels.select(x).backward(dy, x, mean, var, w, ctx.eps, axes, (False, True, True))
+        else:
+            sum_dy_xhat = sum_dy = torch.zeros_like(mean)
+        dw = sum_dy_xhat.to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
+        db = sum_dy.to(ctx.bias_dtype) if ctx.needs_input_grad[2] else None
+        total = _all_reduce(
+            torch.stack((sum_dy.double(), sum_dy_xhat.double())), ctx.group, ctx.timeout,
+            "all-reduce of the gradient sums (backward)",
+        )  # fmt: skip
+        dx = None
+        if ctx.needs_input_grad[0]:
+            invstd = torch.rsqrt(var.double() + ctx.eps)
+            w = weight.double() if weight is not None else None
+            dx = _input_grad(dy, x, mean.double(), invstd, w, total[0], total[1], ctx.m, axes)
+        return dx, dw, db, None, None, None, None, None, None, None
+
+
+def sync_batch_norm(
+    x: torch.Tensor,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    axes: tuple[int, ...] | None = None,
+    process_group=None,
+    timeout: float | None = None,
+) -> torch.Tensor:
+    """:func:`bnlab.nn.functional.batch_norm` with the statistics of the batch spread over all ranks.
+
+    Same arguments as ``batch_norm``, plus ``process_group`` (default: the world) and ``timeout``
+    (seconds each collective may take; None: the process group's timeout). In training every rank of the
+    group must call it (a rank whose shard is empty passes a tensor with 0 samples and gets an empty
+    output); the running statistics are updated with the global count m, identically on every rank::
+
+        running_mean = (1 − momentum)·running_mean + momentum·μ_B
+        running_var  = (1 − momentum)·running_var  + momentum·m/(m−1)·σ²_B
+
+    With ``training=False``, or without an initialized process group of 2 or more ranks, it is exactly
+    ``batch_norm`` and communicates nothing.
+    """
+    if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+        raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+    if not (training and _active(process_group)):
+        return F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, axes)
+    return _sync(x, running_mean, running_var, weight, bias, momentum, eps, axes, process_group, timeout, None)
+
+
+def _sync(x, running_mean, running_var, weight, bias, momentum, eps, axes, group, timeout, error, name=""):
+    """Training-mode synchronized BN; ``error``: this rank's input was already rejected (by the module)."""
+    try:
+        if error is not None:
+            raise error
+        if x.dim() < 2:
+            raise ValueError(f"expected an input of 2 or more dimensions (N, C, ...), got shape {tuple(x.shape)}")
+        # local checks on a 2-sample stand-in: "more than one value" is checked on the global count
+        axes = F.check_tensors(_probe(x), axes, True, running_mean, running_var, weight, bias, eps, momentum)
+        if running_mean is not None and momentum is None:
+            raise ValueError(
+                "momentum=None (cumulative average) needs the number of batches seen: use bnlab.nn.SyncBatchNorm, "
+                "or pass momentum=1/num_batches"
+            )
+    except (TypeError, ValueError) as err:
+        error = err  # raised after telling the other ranks, so that they stop too instead of waiting
+        axes = tuple(range(x.dim()))
+    with torch.no_grad():
+        m, mean, var = _exchange_statistics(x.detach(), axes, group, timeout, error, name)
+    sdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    mean, var = mean.to(sdt), var.to(sdt)
+    y = _SyncBatchNormFunction.apply(x, weight, bias, mean, var, m, axes, float(eps), group, timeout)
+    if running_mean is not None:
+        F.update_running_stats(running_mean, running_var, mean, var, m, momentum)
+    return y
+
+
+class SyncBatchNorm(_BatchNorm):
+    """Batch norm whose set B spans the shards of every process: drop-in for ``torch.nn.SyncBatchNorm``.
+
+    It is an instance of torch's ``_BatchNorm`` (as every bnlab layer) but deliberately not of
+    ``torch.nn.SyncBatchNorm``: ``DistributedDataParallel`` refuses any module holding one of those on the
+    CPU ("SyncBatchNorm layers only work with GPU modules"), and running on the CPU is the point here.
+
+    Same constructor arguments as ``torch.nn.SyncBatchNorm`` (``process_group``: default the world), plus
+    bnlab's ``bias=``, ``per=``, ``spatial_size=``, ``activation=`` and ``timeout`` (seconds every
+    collective may take; None: the process group's). Any input rank (N, C, ...), contiguous or
+    channels_last; on CPU (gloo) and GPU (NCCL). In training every rank must call the layer, also with an
+    empty shard (0 samples); eval mode and frozen layers use the running statistics and never
+    communicate. See :mod:`bnlab.distributed`.
+    """
+
+    _input_dims = tuple(range(2, 9))
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        process_group=None,
+        device=None,
+        dtype=None,
+        *,
+        bias: bool = True,
+        per: str = "channel",
+        spatial_size: tuple[int, ...] | None = None,
+        activation: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        super().__init__(
+            num_features, eps=eps, momentum=momentum, affine=affine, track_running_stats=track_running_stats,
+            device=device, dtype=dtype, bias=bias, per=per, spatial_size=spatial_size, activation=activation,
+        )  # fmt: skip
+        if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+            raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+        self.process_group = process_group
+        self.timeout = timeout
+        self.layer_name = ""  # its name in the model, set by convert_sync: checked against the other ranks
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if isinstance(x, torch.Tensor) and x.dim() < 2:
+            raise ValueError(f"expected 2D or more input (N, C, ...), got {x.dim()}D input")
+        spatial = self.spatial_size if self.per == "activation" else None
+        check_input_dim(x, (x.dim(),) if isinstance(x, torch.Tensor) else (), self.num_features, spatial)
+
+    def _materialize_from(self, x: torch.Tensor) -> None:
+        # the base class's checks on a 2-sample stand-in: this rank's shard may hold 0 or 1 samples
+        super()._materialize_from(_probe(x) if isinstance(x, torch.Tensor) and x.dim() >= 2 else x)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        x = input
+        synced = self.training and not self.frozen and _active(self.process_group)
+        try:
+            if self._is_lazy():  # per-activation without spatial_size: shapes from the first input (any shard)
+                self._materialize_from(x)
+            self._check_input_dim(x)
+        except (TypeError, ValueError) as err:
+            if not (synced and isinstance(x, torch.Tensor) and x.dim() >= 1):
+                raise
+            # tell the other ranks before raising, so that they stop too instead of waiting for this one
+            axes = tuple(range(x.dim()))
+            group, timeout, name = self.process_group, self.timeout, self.layer_name
+            return _sync(x, None, None, None, None, 0.0, self.eps, axes, group, timeout, err, name)
+        use_batch, update, momentum = self._mode()
+        rm, rv = (self.running_mean, self.running_var) if (update or not use_batch) else (None, None)
+        w, b, eps, axes = self.weight, self.bias, self.eps, self.reduce_axes(x.dim())
+        if synced:
+            y = _sync(x, rm, rv, w, b, momentum, eps, axes, self.process_group, self.timeout, None, self.layer_name)
+            y = torch.relu(y) if self.activation == "relu" else y
+        else:  # eval (and frozen layers) never communicate; without running statistics a shard is on its own
+            y = F.batch_norm(x, rm, rv, w, b, use_batch, momentum, eps, axes, activation=self.activation)
+        if update:
+            self.num_batches_tracked.add_(1)
+        return y
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (f", timeout={self.timeout}" if self.timeout is not None else "")
+
+
+def _to_sync(old: nn.Module, process_group, timeout) -> SyncBatchNorm:
+    per = getattr(old, "per", "channel")
+    spatial = getattr(old, "spatial_size", None) if per == "activation" else None
+    if getattr(old, "virtual_batch", None):
+        raise ValueError(
+            f"cannot synchronize {old}: it is ghost BN (virtual_batch={old.virtual_batch}), whose set B is k samples "
+            f"within one process; build it without virtual_batch, or keep it out of convert_sync"
+        )
+    new = SyncBatchNorm(
+        old.num_features, eps=old.eps, momentum=old.momentum, affine=old.affine,
+        track_running_stats=old.track_running_stats, process_group=process_group, device="meta",
+        per=per, spatial_size=spatial, activation=getattr(old, "activation", None), timeout=timeout,
+        bias=not old.affine or old._parameters.get("bias") is not None,
+    )  # fmt: skip
+    # adopt the old layer's very tensors (same Parameters: an optimizer built before keeps working)
+    for pname in ("weight", "bias"):
+        new._parameters[pname] = old._parameters.get(pname)
+    for bname in ("running_mean", "running_var", "num_batches_tracked"):
+        new._buffers[bname] = old._buffers.get(bname)
+        if bname in old._non_persistent_buffers_set:
+            new._non_persistent_buffers_set.add(bname)
+    if per == "activation" and spatial is None and not new._is_lazy():
+        new.spatial_size = tuple(new.weight.shape[1:] if new.weight is not None else new.running_mean.shape[1:])
+    new.training = old.training
+    if is_frozen(old):
+        saved = old.__dict__.get(_SAVED_GRAD)
+        freeze_layer(new)
+        if saved is not None:
+            new.__dict__[_SAVED_GRAD] = dict(saved)
+    return new
+
+
+def convert_sync(model: nn.Module, process_group=None, timeout: float | None = None) -> nn.Module:
+    """Swap every BN layer — torch's ``BatchNorm1d/2d/3d``/``SyncBatchNorm`` or bnlab's — for
+    :class:`SyncBatchNorm`, in place, keeping the very weights and running statistics (and the
+    train/eval mode and frozen state); returns ``model`` (or the new layer if ``model`` is one).
+
+    ``process_group``/``timeout`` are given to every new layer. Layers that are already bnlab
+    ``SyncBatchNorm`` get the new ``process_group``/``timeout`` and stay as they are. Every layer also
+    learns its name in ``model`` (``layer_name``): the ranks compare it on each call, so a rank that
+    skipped a layer fails with a clear error instead of pairing its statistics with another layer's.
+    """
+    from torch.nn.modules.batchnorm import _BatchNorm as _TorchBatchNorm
+    from torch.nn.modules.lazy import LazyModuleMixin
+
+    todo = []
+    for name, m in model.named_modules():
+        if isinstance(m, SyncBatchNorm):
+            m.process_group, m.timeout, m.layer_name = process_group, timeout, name
+        elif isinstance(m, (_TorchBatchNorm, _BatchNorm)):
+            if isinstance(m, LazyModuleMixin) and m.has_uninitialized_params():
+                raise ValueError(
+                    f"cannot convert layer {name or type(m).__name__} ({type(m).__name__}): it has not seen an "
+                    f"input yet; run one forward pass first"
+                )
+            todo.append((name, m))
+    for name, old in todo:
+        new = _to_sync(old, process_group, timeout)
+        new.layer_name = name
+        model = replace_module(model, old, new)
+    return model

@@ -1,0 +1,63 @@
+"""``bnlab train --nproc 2`` on the digits equals the one-process run; killed mid-run, it resumes exactly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from bnlab.cli import main
+from bnlab.inference import load_checkpoint
+
+# 63 = 32 + 31: uneven shards on 2 processes; 1258 // 63 = 19 steps per epoch
+ARGS = ["train", "--epochs", "2", "--batch-size", "63", "--quiet", "--lang", "en"]
+STEPS = 2 * (1258 // 63)
+
+
+def _cmd(out, *extra):
+    return [sys.executable, "-m", "bnlab", *ARGS, "--out", str(out), "--nproc", "2", *extra]
+
+
+def _env():
+    return {**os.environ, "LANG": "C.UTF-8", "BNLAB_DIST_TIMEOUT": "60"}
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_process_and_resume_after_a_kill(tmp_path):
+    assert main([*ARGS, "--out", str(tmp_path / "one")]) == 0
+    one = load_checkpoint(tmp_path / "one" / "last.pt")
+
+    # two processes, killed (SIGKILL, the launcher and both ranks) once the first epoch's checkpoint exists
+    out = tmp_path / "two"
+    proc = subprocess.Popen(_cmd(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(),
+                            start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while not (out / "last.pt").exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no checkpoint after 180 s"
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # our own session: the launcher and its ranks
+        proc.communicate(timeout=30)
+    killed_at = load_checkpoint(out / "last.pt")["step"]
+    assert 0 < killed_at < STEPS
+
+    done = subprocess.run(_cmd(out, "--resume"), capture_output=True, text=True, env=_env(), timeout=300,
+                          start_new_session=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("Test accuracy (eval mode)") == 1  # rank 0 alone prints
+    assert f"Resuming from {out / 'last.pt'} (step {killed_at})" in done.stderr
+    two = load_checkpoint(out / "last.pt")
+    assert two["step"] == one["step"] == STEPS
+    # same global batches, same loss, same weights and running statistics, up to float32 rounding
+    torch.testing.assert_close(two["history"]["loss"], one["history"]["loss"], rtol=1e-4, atol=1e-4)
+    assert two["history"]["eval_accuracy"] == pytest.approx(one["history"]["eval_accuracy"], abs=1 / 300)
+    assert two["model"].keys() == one["model"].keys()
+    for key, value in one["model"].items():
+        torch.testing.assert_close(two["model"][key], value, rtol=1e-4, atol=1e-4, msg=key)
