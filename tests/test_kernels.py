@@ -463,3 +463,19 @@ def test_cuda_family_choice_is_validated_and_cpu_unaffected():
         assert kernels.select(torch.zeros(2, 3, device="meta")) is composed
     finally:
         kernels.use_cuda_family("triton")
+
+
+def test_composed_normalize_traces_without_a_data_dependent_branch():
+    """Under torch.export and a fullgraph torch.compile the shift is chosen with torch.where, not bool():
+    both the ordinary and the large-offset channel give the eager answer."""
+    x = torch.randn(4, 3, 5, 5) + torch.tensor([0.0, 1e6, 2.0]).view(1, 3, 1, 1)
+    mean, var = torch.tensor([0.0, 1e6, 2.0]), torch.tensor([1.0, 0.5, 4.0])
+
+    class Normalize(torch.nn.Module):
+        def forward(self, x):
+            return composed.normalize(x, mean, var, None, None, EPS, (0, 2, 3))
+
+    want = Normalize()(x)
+    assert torch.equal(torch.export.export(Normalize(), (x,)).module()(x), want)
+    compiled = torch.compile(Normalize(), fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(x), want)

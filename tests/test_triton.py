@@ -1,11 +1,12 @@
 """bnlab's Triton kernels on CPU tensors under triton's interpreter, against float64 and ``composed``.
 
 ``TRITON_INTERPRET=1`` must be set before triton itself is imported (triton.language's own helpers are
-decorated then) and before the kernels are. When this file is imported first in a process without a GPU,
-it sets the variable, imports triton and a private copy of ``bnlab/kernels/triton.py``, and puts the
-variable back at once. Otherwise — triton already imported, or a CUDA device present (where the real
-``bnlab.kernels.triton`` must stay compiled) — the whole file runs again in a subprocess with the
-variable set (``test_in_a_subprocess``), and its tests here are skipped as done there.
+decorated then) and it stays in effect for the whole process. So in an ordinary test run this file
+runs itself in a subprocess with the variable set (``test_in_a_subprocess``; its other tests are
+skipped here as done there), and the rest of the suite — torch.compile, and on a GPU machine the
+compiled ``bnlab.kernels.triton`` — never sees interpreted triton. With ``TRITON_INTERPRET=1`` already
+set and no GPU (the subprocess, or ``TRITON_INTERPRET=1 pytest tests/test_triton.py``) the tests run in
+this process, on a private copy of ``bnlab/kernels/triton.py``.
 """
 
 from __future__ import annotations
@@ -22,9 +23,7 @@ import torch
 import bnlab.kernels
 from bnlab.kernels import composed
 
-IN_PROCESS = os.environ.get("TRITON_INTERPRET") == "1" or (
-    "triton" not in sys.modules and not torch.cuda.is_available()
-)
+IN_PROCESS = os.environ.get("TRITON_INTERPRET") == "1" and not torch.cuda.is_available()
 
 
 def _load_interpreted():

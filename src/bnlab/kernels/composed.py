@@ -14,8 +14,9 @@ Accuracy of the output (issue 7, item 3): a·x + b rounds a·x, whose size is ab
 statistics kept — ``full((8, 3, 6, 6), 1e6)`` gave 7.2 instead of 0. Features with |μ|·(σ²+ε)^(-1/2) >
 :data:`SHIFT_RATIO` are normalized as (x − μ)·a + β instead: x − μ is exact for x near μ (Sterbenz),
 so the output is as accurate as the statistics. Deciding needs the statistics' values: on the CPU that
-is a cheap check over C numbers; on other devices it would be a host synchronization, so there the
-shifted form is always used (one more elementwise op; this path is the fallback there).
+is a cheap check over C numbers; on other devices it would be a host synchronization, and while
+torch.compile/export or the TorchScript tracer records it would be a data-dependent branch, so there
+the per-feature choice is made with ``torch.where`` (one more elementwise op).
 
 Coefficients a, b are always computed in at least float32, even for fp16/bf16 statistics and
 parameters (a half layer in eval mode), then applied in float32 to fp16/bf16 inputs.
@@ -64,11 +65,13 @@ def _view(v: torch.Tensor, ndim: int, axes: tuple[int, ...]) -> torch.Tensor:
 
 
 def _traced(t: torch.Tensor) -> bool:
-    """Whether ``t``'s values are unknown or must not steer Python (compile, export, fake tensors, vmap):
+    """Whether ``t``'s values are unknown or must not steer Python (compile, export, the TorchScript
+    tracer, fake tensors, vmap):
     then the branch-free form is taken instead of asking the data which form suffices."""
     return (
         type(t) is not torch.Tensor
         or torch.compiler.is_compiling()
+        or torch.jit.is_tracing()
         or torch._C._are_functorch_transforms_active()
         or bool(torch._C._len_torch_dispatch_stack())
     )
