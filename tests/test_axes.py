@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 import bnlab
@@ -60,3 +61,12 @@ def test_bad_input_messages(call, match):
 
 def test_single_value_allowed_outside_training():
     assert ax.check_input((1, 3, 1, 1), (0, 2, 3), training=False) == (0, 2, 3)
+
+
+@pytest.mark.parametrize("axes", [(0.5,), (0, 2.0), ("0",), "0", (True,), 0.0])
+def test_axes_must_be_integers_not_truncated(axes):
+    from bnlab.axes import normalize_axes
+
+    with pytest.raises(TypeError, match="integers|int or a sequence"):
+        normalize_axes(axes, 4)
+    assert normalize_axes((np.int64(0), 2), 4) == (0, 2)  # integer NumPy scalars are whole numbers

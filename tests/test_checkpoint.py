@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import io
 import os
 import random
@@ -308,4 +309,148 @@ def test_the_file_is_an_ordinary_torch_zip(tmp_path):
     # the checkpoint is an ordinary torch zip file: torch can inspect it with weights_only=True too
     path = save_checkpoint(tmp_path / "a.pt", {"x": torch.ones(1)})
     raw = torch.load(io.BytesIO(path.read_bytes()), weights_only=True)
-    assert raw["format"] == "bnlab-checkpoint" and raw["version"] == 1
+    assert raw["format"] == "bnlab-checkpoint" and raw["version"] == 2
+
+
+# -- every single-byte corruption is either harmless or a CheckpointError (never other data) -------------
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, np.ndarray):
+        return isinstance(b, np.ndarray) and a.dtype == b.dtype and np.array_equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and a == b
+
+
+def _central_directory_records(data: bytes, path) -> dict[str, int]:
+    """Offset of each central-directory record in the zip file, by file name."""
+    with zipfile.ZipFile(path) as z:
+        offset = z.start_dir
+    records = {}
+    while data[offset : offset + 4] == b"PK\x01\x02":
+        n, m, k = (int.from_bytes(data[offset + i : offset + i + 2], "little") for i in (28, 30, 32))
+        records[data[offset + 46 : offset + 46 + n].decode()] = offset
+        offset += 46 + n + m + k
+    return records
+
+
+def _outcome(path, original) -> str:
+    try:
+        back = load_checkpoint(path)
+    except CheckpointError:
+        return "refused"
+    assert _same(original, back), "a corrupted checkpoint loaded as different data without an error"
+    return "identical"
+
+
+def test_every_single_byte_flip_is_harmless_or_refused(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    torch.manual_seed(0)
+    state = {"w": torch.randn(5, 3), "b": torch.arange(4), "a": np.arange(3.0), "epoch": 7, "h": [0.5, None]}
+    save_checkpoint(path, state)
+    original = load_checkpoint(path)
+    data = path.read_bytes()
+    bad = tmp_path / "bad.pt"
+    seen = collections.Counter()
+    for i in range(len(data)):  # every byte of the file, all bits flipped
+        flipped = bytearray(data)
+        flipped[i] ^= 0xFF
+        bad.write_bytes(bytes(flipped))
+        seen[_outcome(bad, original)] += 1
+    # the central directory's external-attributes field (offset 38, 4 bytes) of every tensor record: each bit
+    records = _central_directory_records(data, path)
+    tensor_records = [name for name in records if "/data/" in name]
+    assert len(tensor_records) == 3  # w, b and the array's bytes
+    for name in tensor_records:
+        for i in range(records[name] + 38, records[name] + 42):
+            for bit in range(8):
+                flipped = bytearray(data)
+                flipped[i] ^= 1 << bit
+                bad.write_bytes(bytes(flipped))
+                seen[_outcome(bad, original)] += 1
+    assert seen["refused"] > len(data) // 3 and seen["identical"] > 0  # both outcomes occur
+
+
+def test_a_tensor_whose_bytes_change_with_a_valid_container_is_refused(tmp_path):
+    # rewrite a tensor record with different bytes *and* a matching CRC: only the digest can notice
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, {"w": torch.zeros(16)})
+    rewritten = tmp_path / "rewritten.pt"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(rewritten, "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            payload = src.read(info)
+            if info.filename.endswith("/data/0"):
+                payload = torch.ones(16).numpy().tobytes()
+            dst.writestr(info, payload)
+    assert zipfile.ZipFile(rewritten).testzip() is None  # the container is intact
+    assert torch.load(rewritten, weights_only=True)["state"]["w"].sum() == 16  # torch reads the new bytes
+    with pytest.raises(CheckpointError, match=r"state\['w'\] do not match their SHA-256 digest"):
+        load_checkpoint(rewritten)
+
+
+# -- second, independent tests of each safety check ---------------------------------------------------------
+class _Exec:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').close()",))
+
+
+def test_a_pickle_calling_exec_deep_inside_a_valid_looking_state_is_refused(tmp_path):
+    marker = tmp_path / "ran"
+    path = tmp_path / "evil.pt"
+    state = {"model": {"w": torch.ones(2)}, "history": {"loss": [1.0, _Exec(str(marker))]}}
+    torch.save({"format": "bnlab-checkpoint", "version": 2, "state": state, "digests": []}, path)
+    with pytest.raises(CheckpointError, match="would run code"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_a_changed_byte_of_the_pickle_that_still_unpickles_fails_the_crc(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, {"name": "aaaaaaaa"})
+    data = bytearray(path.read_bytes())
+    i = bytes(data).index(b"aaaaaaaa")
+    data[i] = ord("b")  # still a valid pickle, of {"name": "baaaaaaa"}: only the CRC can tell
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="fails its CRC check"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    "payload, match",
+    [
+        ({"format": "bnlab-checkpoint", "version": 2}, "without the bnlab header"),
+        ({"format": b"bnlab-checkpoint", "version": 2, "state": {}}, "without the bnlab header"),
+        ([1, 2, 3], "without the bnlab header"),
+        ({"format": "bnlab-checkpoint", "version": True, "state": {}}, "version True"),
+        ({"format": "bnlab-checkpoint", "version": "2", "state": {}}, "version '2'"),
+    ],
+)
+def test_headers_that_almost_match_are_refused(tmp_path, payload, match):
+    path = tmp_path / "x.pt"
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=match):
+        load_checkpoint(path)
+
+
+def test_version_1_files_are_still_read(tmp_path):
+    path = tmp_path / "old.pt"
+    torch.save({"format": "bnlab-checkpoint", "version": 1, "state": {"w": torch.arange(3.0)}}, path)
+    assert torch.equal(load_checkpoint(path)["w"], torch.arange(3.0))
+
+
+def test_too_deep_a_state_is_refused_before_touching_the_file(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, {"ok": 1})
+    before = path.read_bytes()
+    deep: list = []
+    for _ in range(150):
+        deep = [deep]
+    with pytest.raises(ValueError, match="more than 100 deep"):
+        save_checkpoint(path, {"deep": deep})
+    assert path.read_bytes() == before

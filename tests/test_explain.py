@@ -134,7 +134,7 @@ def test_english_text_has_the_sets_formula_and_parameters():
     assert "m' = m·p·q = 32·28·28 = 25,088" in text
     assert "np.mean(t, axis=(0, 1, 2))" in text and "np.var(t, axis=(0, 1, 2))" in text
     assert "2·C = 2·16 = 32" in text and "2·C·H·W = 2·16·28·28 = 25,088" in text
-    assert "y = γ/√(Var[x]+ε)·x + (β − γ·E[x]/√(Var[x]+ε))" in text
+    assert "a = γ/√(Var[x]+ε),  b = β − γ·E[x]/√(Var[x]+ε)" in text
     assert "location" in text and "conjunto" not in text
 
 
@@ -282,3 +282,104 @@ def test_bnlab_explain_works_after_importing_the_submodule_first():
 def test_doctests():
     result = doctest.testmod(explain_module, verbose=False)
     assert result.attempted > 0 and result.failed == 0
+
+
+# ------------------------------------------------------------------ the learner's questions (issue 11)
+
+PAPER_Q3 = "different elements of the same feature map, at different locations, are normalized in the same way"
+
+
+@pytest.mark.parametrize("lang", ["en", "es"])
+@pytest.mark.parametrize("per", ["channel", "activation"])
+def test_q3_elements_are_values_not_weights(lang, per):
+    text = " ".join(explain((8, 20, 20, 6), layout="NHWC", per=per, lang=lang).text.split())
+    assert PAPER_Q3 in text, "the paper's sentence is quoted"
+    if lang == "en":
+        assert "are the VALUES x[n, h, w, c] of the map" in text and "not the filter's weights" in text
+        assert "shared by all 400 locations" in text and "the 8 examples" in text
+    else:
+        assert "son los VALORES x[n, h, w, c] del mapa" in text and "No son los pesos del filtro" in text
+        assert "compartido por las 400 ubicaciones" in text and "los 8 ejemplos" in text
+
+
+def test_no_locations_no_elements_paragraph():
+    assert PAPER_Q3 not in " ".join(explain((8, 5), layout="NC").text.split())
+
+
+_WORDS = {
+    "en": r"In words: ([\d,]+) means, ([\d,]+) variances, ([\d,]+) γ and ([\d,]+) β",
+    "es": r"Dicho con palabras: ([\d ]+) medias, ([\d ]+) varianzas, ([\d ]+) γ y ([\d ]+) β",
+}
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    layout=st.sampled_from(ALL_LAYOUTS),
+    per=st.sampled_from(["channel", "activation"]),
+    lang=st.sampled_from(["en", "es"]),
+    data=st.data(),
+)
+def test_counts_in_words_match_numpy(layout, per, lang, data):
+    """A shape shown nowhere: the counts said in words are those NumPy and torch.nn give."""
+    shape = tuple(data.draw(st.lists(st.integers(1, 40), min_size=len(layout), max_size=len(layout))))
+    text = " ".join(explain(shape, layout=layout, per=per, lang=lang).text.split())
+    found = re.search(_WORDS[lang], text)
+    assert found, text
+    counts = {int(g.replace(",", "").replace(" ", "")) for g in found.groups()}
+    small = np.zeros([min(n, 3) if i in independent_axes(layout, per) else n for i, n in enumerate(shape)])
+    sets = small.mean(axis=independent_axes(layout, per)).size  # one mean per set B
+    assert counts == {sets}
+
+
+def test_counts_in_words_match_torch_batchnorm():
+    import torch
+
+    bn = torch.nn.BatchNorm2d(12)
+    text = explain((5, 12, 9, 7), layout="NCHW", per="channel").text
+    n = bn.weight.numel()
+    assert f"In words: {n} means, {n} variances, {n} γ and {n} β" in text
+    assert f"{n} pairs (a, b)" in " ".join(text.split())
+
+
+def test_per_activation_counts_means_and_variances_not_statistics():
+    text = " ".join(explain((32, 24, 24, 32), layout="NHWC", per="activation").text.split())
+    assert "18,432 means and 18,432 variances" in text
+    assert "each (location, channel) pair has its own mean, variance, γ and β" in text
+    assert "18,432 statistics" not in text and "each location has its own" not in text
+
+
+@pytest.mark.parametrize("lang, word", [("en", "the average over the training mini-batches B"),
+                                        ("es", "el promedio sobre los minilotes B de entrenamiento")])
+def test_e_b_notation_is_explained(lang, word):
+    text = " ".join(explain((32, 28, 28, 12), layout="NHWC", lang=lang).text.split())
+    assert "E_B[μ_B]" in text and word in text
+
+
+def test_spanish_numbers_follow_the_rae():
+    # four digits together, five or more grouped by a space; never a comma or a point as separator
+    es = explain((32, 16, 8, 8), layout="NCHW", lang="es").text
+    assert "2048 valores" in es and "2 048" not in es
+    es = explain((32, 28, 28, 12), layout="NHWC", lang="es").text
+    assert "25 088" in es and "9408" in es and "25,088" not in es
+    from bnlab.report.strings import integer, num
+
+    assert [integer(n, "es") for n in (2048, 25088, 999)] == ["2048", "25 088", "999"]
+    assert [num(x, "es", 1) for x in (1234.5, 25088.0, 9999.7)] == ["1234,5", "25 088,0", "9999,7"]
+    assert num(25088.0, "en", 1) == "25,088.0"
+
+
+@pytest.mark.parametrize("lang", ["en", "es"])
+def test_tutorial_shows_what_explain_prints(lang):
+    """The tutorial's printed output is explain's current text, so the docs cannot drift from the code."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / f"tutorial.{lang}.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```text\n(.*?)```", doc, flags=re.S)
+    assert blocks[0].rstrip() == explain((32, 28, 28, 12), layout="NHWC", per="channel", lang=lang).text.rstrip()
+    assert blocks[1].rstrip() in explain((32, 28, 28, 12), layout="NHWC", per="activation", lang=lang).text
+    assert PAPER_Q3 in " ".join(doc.split())
+    for shape, per in (((8, 64, 14, 14), "channel"), ((8, 64, 14, 14), "activation")):
+        e = explain(shape, layout="NCHW", per=per, lang=lang)  # the exercise's answers
+        sep = "," if lang == "en" else " "
+        n = f"{e.num_sets:,}".replace(",", sep) if e.num_sets >= 10_000 or lang == "en" else str(e.num_sets)
+        assert f"{n} γ" in doc

@@ -655,3 +655,42 @@ def test_docs_examples_run(tmp_path, monkeypatch, capsys):
         exec(compile(block, str(doc), "exec"), namespace)
     out = capsys.readouterr().out
     assert "Affine((8, 8, 8), per='activation')" in out and "True True True" in out
+
+
+# -- issue 7 item 15 ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "hook",
+    ["conv_forward", "conv_pre", "bn_forward"],
+)
+def test_fold_keeps_a_hooked_pair_as_conv_plus_affine(hook):
+    # a hook on the conv (or the BN) can change what the BN sees; folding would skip it: the docstring
+    # promises an Affine instead, with outputs equal to the eval-mode model's
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), bnn.BatchNorm2d(4), nn.ReLU()).double()
+    randomize(model)
+    if hook == "conv_forward":
+        model[0].register_forward_hook(lambda m, args, out: 2 * out + 1)
+    elif hook == "conv_pre":
+        model[0].register_forward_pre_hook(lambda m, args: (args[0] * 3,))
+    else:
+        model[1].register_forward_hook(lambda m, args, out: out - 0.5)
+    folded = fold(model)
+    assert isinstance(folded[1], Affine)
+    x = torch.randn(5, 3, 6, 6, dtype=torch.float64)
+    torch.testing.assert_close(folded(x), model.eval()(x), rtol=1e-12, atol=1e-12)
+
+
+def test_recalibrate_accumulates_in_float64():
+    # float64 inputs at an offset of 1e6: the statistics must be those of float64 arithmetic (a float32
+    # accumulation rounds the inputs to steps of 1/16 and the sums to 7 digits)
+    torch.manual_seed(0)
+    model = nn.Sequential(bnn.BatchNorm2d(3)).double()
+    batches = [1e6 + torch.randn(8, 3, 5, 5, dtype=torch.float64) for _ in range(6)]
+    recalibrate(model, batches, progress=False)
+    x = torch.stack(batches).numpy()  # (batch, m, C, H, W)
+    axes = (1, 3, 4)
+    m = 8 * 5 * 5
+    mean = x.mean(axis=axes).mean(axis=0)  # E_B[μ_B]
+    var = m / (m - 1) * x.var(axis=axes).mean(axis=0)  # m/(m−1) E_B[σ²_B]
+    np.testing.assert_allclose(model[0].running_mean.numpy(), mean, rtol=1e-13)
+    np.testing.assert_allclose(model[0].running_var.numpy(), var, rtol=1e-9)

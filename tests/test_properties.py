@@ -1,6 +1,7 @@
 """Property tests: random shapes, reduce axes and values; reference ≡ bnlab.nn ≡ float64 brute force."""
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -24,9 +25,7 @@ def problems(draw):
     return shape, axes, seed, scale, offset
 
 
-@settings(max_examples=60, deadline=None)
-@given(problems())
-def test_reference_and_torch_agree_with_float64(problem):
+def _reference_and_torch_agree_with_float64(problem):
     shape, axes, seed, scale, offset = problem
     rng = np.random.default_rng(seed)
     x = rng.normal(offset, scale, shape)
@@ -49,9 +48,7 @@ def test_reference_and_torch_agree_with_float64(problem):
     np.testing.assert_allclose(xt.grad.numpy(), dx, atol=1e-7 / scale, rtol=1e-6)
 
 
-@settings(max_examples=40, deadline=None)
-@given(st.lists(st.integers(1, 6), min_size=1, max_size=6), st.integers(0, 2**31 - 1))
-def test_merging_moments_equals_moments_of_the_whole(sizes, seed):
+def _merging_moments_equals_moments_of_the_whole(sizes, seed):
     rng = np.random.default_rng(seed)
     parts = [rng.normal(rng.uniform(-10, 10), rng.uniform(0.1, 5), (n, 3)) for n in sizes]
     total = merge_all(moments(p, (0,)) for p in parts)
@@ -59,3 +56,20 @@ def test_merging_moments_equals_moments_of_the_whole(sizes, seed):
     assert total.count == len(whole)
     np.testing.assert_allclose(total.mean, whole.mean(0), rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(total.m2, ((whole - whole.mean(0)) ** 2).sum(0), rtol=1e-9, atol=1e-9)
+
+
+# Each property runs twice: a quick pass in every test run, and a long pass of 500 examples against float64
+# (marked slow; CI runs it).
+_SIZES = (st.lists(st.integers(1, 6), min_size=1, max_size=6), st.integers(0, 2**31 - 1))
+test_reference_and_torch_agree_with_float64 = settings(max_examples=60, deadline=None)(
+    given(problems())(_reference_and_torch_agree_with_float64)
+)
+test_reference_and_torch_agree_with_float64_500 = pytest.mark.slow(
+    settings(max_examples=500, deadline=None)(given(problems())(_reference_and_torch_agree_with_float64))
+)
+test_merging_moments_equals_moments_of_the_whole = settings(max_examples=40, deadline=None)(
+    given(*_SIZES)(_merging_moments_equals_moments_of_the_whole)
+)
+test_merging_moments_equals_moments_of_the_whole_500 = pytest.mark.slow(
+    settings(max_examples=500, deadline=None)(given(*_SIZES)(_merging_moments_equals_moments_of_the_whole))
+)

@@ -182,3 +182,44 @@ def test_float32_statistics_stable_with_large_offset(rng, axes):
 def test_reference_bad_input(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+# -- issue 7 item 15: the corrected two-pass, checked tightly against float64 -----------------------------
+@pytest.mark.parametrize("axes", [(0,), (0, 2, 3)])
+def test_corrected_two_pass_corrects_the_mean_at_a_large_offset(rng, axes):
+    # float32 x = 1e6 + N(0, 1): the first pass leaves μ_B off by δ (0.2 here for axes (0,)); after the
+    # correction μ_B is within one float32 spacing at 1e6 (0.0625) of the float64 mean of the same values
+    x = (1e6 + rng.normal(size=(16, 4, 16, 16))).astype(np.float32)
+    fshape = tuple(n for i, n in enumerate(x.shape) if i not in axes)
+    _, cache = ref.forward(x, np.ones(fshape, np.float32), np.zeros(fshape, np.float32), axes=axes)
+    mu64 = x.astype(np.float64).mean(axis=axes, keepdims=True)
+    np.testing.assert_allclose(cache.mu_B, mu64, rtol=0, atol=float(np.spacing(np.float32(1e6))))
+
+
+@pytest.mark.parametrize("axes", [(0,), (0, 2, 3)])
+def test_corrected_two_pass_output_and_variance_at_a_large_offset(rng, axes):
+    # an independent check of δ: x̂ (x_i − μ_B − δ) and σ²_B (Σ(x_i − μ_B)²/m − δ²) against float64
+    x = (1e6 + rng.normal(size=(16, 4, 16, 16))).astype(np.float32)
+    fshape = tuple(n for i, n in enumerate(x.shape) if i not in axes)
+    y, cache = ref.forward(x, np.ones(fshape, np.float32), np.zeros(fshape, np.float32), axes=axes)
+    x64 = x.astype(np.float64)
+    mu64, var64 = x64.mean(axis=axes, keepdims=True), x64.var(axis=axes, keepdims=True)
+    np.testing.assert_allclose(cache.sigma2_B, var64, rtol=1e-6)
+    np.testing.assert_allclose(y, (x64 - mu64) / np.sqrt(var64 + 1e-5), rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize(
+    "m, batch_vars, match",
+    [
+        (2.5, np.ones((2, 3)), "whole number"),
+        (np.nan, np.ones((2, 3)), "whole number"),
+        (np.array([4, 4.5]), np.ones((2, 3)), "whole number"),
+        (True, np.ones((2, 3)), "whole number"),
+        (4, -np.ones((2, 3)), "negative"),
+    ],
+)
+def test_population_statistics_rejects_fractional_m_and_negative_variances(m, batch_vars, match):
+    with pytest.raises(ValueError, match=match):
+        ref.population_statistics(np.zeros((2, 3)), batch_vars, m)
+    mean, var = ref.population_statistics(np.zeros((2, 3)), np.ones((2, 3)), 4.0)  # a whole float is fine
+    np.testing.assert_allclose(var, 4 / 3)

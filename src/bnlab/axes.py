@@ -93,10 +93,17 @@ def normalize_axes(axes: Sequence[int] | int, ndim: int) -> tuple[int, ...]:
     """
     if isinstance(axes, int):
         axes = (axes,)
+    if isinstance(axes, (str, bytes)):
+        raise TypeError(f"axes must be an int or a sequence of ints, got {axes!r}")
     try:
-        raw = [int(a) for a in axes]
+        items = list(axes)
     except TypeError:
         raise TypeError(f"axes must be an int or a sequence of ints, got {axes!r}") from None
+    raw = []
+    for a in items:  # int(0.5) would silently give 0: accept only whole numbers (ints, integer NumPy scalars)
+        if isinstance(a, bool) or not hasattr(a, "__index__"):
+            raise TypeError(f"axes must be integers, got {a!r} in {tuple(items)!r}")
+        raw.append(a.__index__())
     out = []
     for a in raw:
         if not -ndim <= a < ndim:
@@ -200,3 +207,134 @@ def check_input(
                 f"({m} value per statistic over axes {axes}); use a larger batch or eval mode"
             )
     return axes
+
+
+# ------------------------------------------------------------------------------ the normalization family
+from typing import NamedTuple  # noqa: E402  (kept with the family, so the additions stay in one block)
+
+# Batch, layer, instance and group normalization differ only in the set of values that share one mean and
+# variance (Wu & He 2018, Group Normalization, Fig. 2). Batch norm pools over the mini-batch; the other
+# three pool within one sample. Group norm splits the channel axis into (G, C/G) and pools over C/G and the
+# locations. A set within one sample is written as batch norm on a *batch of one*: a leading axis of size 1
+# in front, so the one statistics function (which always pools over axis 0) serves every member.
+
+__all__ += ["FAMILY", "NormSet", "norm_set", "check_norm", "check_groups"]
+
+#: The members of the family, by the set B each one normalizes over.
+FAMILY = ("batch", "layer", "instance", "group")
+
+
+class NormSet(NamedTuple):
+    """Which values share one mean and variance for one member of the family (see :func:`norm_set`).
+
+    ``split_shape`` is the input shape with the channel axis split into (G, C/G) for group norm (the input
+    shape otherwise) and ``axes`` are its reduce axes; ``view_shape``/``view_axes`` are what the statistics
+    are computed on (a reshape of the input, with a batch axis of size 1 in front when the set stays within
+    one sample, and adjacent axes merged), so ``view_axes`` always include 0. ``stats_shape`` is the shape
+    of the means and variances, ``param_shape`` that of γ and β (one per feature map for instance and group
+    norm; one per value of a sample for layer norm, as ``torch.nn.LayerNorm``).
+    """
+
+    norm: str
+    per: str | None
+    groups: int | None
+    shape: tuple[int, ...]
+    layout: str
+    split_shape: tuple[int, ...]
+    axes: tuple[int, ...]
+    view_shape: tuple[int, ...]
+    view_axes: tuple[int, ...]
+    stats_shape: tuple[int, ...]
+    param_shape: tuple[int, ...]
+    num_sets: int
+    set_size: int
+    depends_on_batch: bool
+
+
+def check_norm(norm: str) -> str:
+    if norm not in FAMILY:
+        raise ValueError(
+            f"unknown norm {norm!r}; use 'batch' (pool over the mini-batch), 'layer' (one sample, all channels), "
+            f"'instance' (one sample, one channel) or 'group' (one sample, a group of C/G channels)"
+        )
+    return norm
+
+
+def check_groups(groups, channels: int) -> int:
+    """G for group norm: a positive whole number that divides the number of channels."""
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"groups must be a positive whole number (G, the number of channel groups), got {groups!r}")
+    if channels % groups:
+        divisors = [g for g in range(1, channels + 1) if channels % g == 0]
+        raise ValueError(
+            f"groups={groups} does not divide the {channels} channels; pick G among {', '.join(map(str, divisors))}"
+        )
+    return groups
+
+
+def _merge_runs(shape: tuple[int, ...], axes: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Merge adjacent axes that are both reduced or both kept: same sets, fewer axes (a reshape, no copy)."""
+    out_shape: list[int] = []
+    out_axes: list[int] = []
+    prev = None
+    for i, n in enumerate(shape):
+        reduced = i in axes
+        if out_shape and reduced == prev:
+            out_shape[-1] *= n
+        else:
+            out_shape.append(n)
+            if reduced:
+                out_axes.append(len(out_shape) - 1)
+        prev = reduced
+    return tuple(out_shape), tuple(out_axes)
+
+
+def norm_set(
+    shape: Sequence[int], layout: str, norm: str = "batch", per: str = "channel", groups: int | None = None
+) -> NormSet:
+    """The set B of one member of the family for an input ``shape`` in ``layout``.
+
+    >>> s = norm_set((8, 32, 4, 4), "NCHW", "group", groups=8)
+    >>> s.split_shape, s.axes, s.stats_shape, s.set_size, s.param_shape
+    ((8, 8, 4, 4, 4), (2, 3, 4), (8, 8), 64, (32,))
+    >>> s.view_shape, s.view_axes        # batch norm on a batch of one, over 64 sets of 64 values each
+    ((1, 64, 64), (0, 2))
+    >>> norm_set((8, 4, 4, 32), "NHWC", "layer").axes
+    (1, 2, 3)
+    >>> norm_set((8, 4, 4, 32), "NHWC", "instance").axes, norm_set((8, 4, 4, 32), "NHWC", "batch").axes
+    ((1, 2), (0, 1, 2))
+    """
+    layout = _check_layout(layout)
+    norm = check_norm(norm)
+    shape = tuple(int(n) for n in shape)
+    if len(shape) != len(layout):
+        raise ValueError(f"shape {shape} has {len(shape)} dimensions but layout {layout} needs {len(layout)}")
+    c = LAYOUTS[layout]
+    channels = shape[c]
+    split = shape
+    if norm == "batch":
+        axes = reduce_axes(layout, per=per)
+        stats = feature_shape(shape, axes)
+        return NormSet(
+            norm, check_per(per), None, shape, layout, shape, axes, shape, axes, stats, stats,
+            math.prod(stats), effective_batch_size(shape, axes), True,
+        )  # fmt: skip
+    if norm == "layer":
+        g, axes = 1, tuple(range(1, len(shape)))
+        params = shape[1:]
+    elif norm == "instance":
+        g, axes = channels, tuple(a for a in range(1, len(shape)) if a != c)
+        params = (channels,)
+    else:
+        if groups is None:
+            raise ValueError("norm='group' needs groups=G, the number of channel groups (a divisor of C)")
+        g = check_groups(groups, channels)
+        split = (*shape[:c], g, channels // g, *shape[c + 1 :])
+        axes = tuple(a for a in range(1, len(split)) if a != c)  # all of one sample but the group index
+        params = (channels,)
+    view, view_axes = _merge_runs((1, *split), (0, *(a + 1 for a in axes)))
+    stats = tuple(n for i, n in enumerate(split) if i not in axes)
+    size = math.prod([split[a] for a in axes])  # a list: torch.compile traces math.prod of a list, not of a generator
+    return NormSet(
+        norm, None, g, shape, layout, split, axes, view, view_axes, stats, params, math.prod(stats), size, False
+    )

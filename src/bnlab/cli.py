@@ -2,14 +2,18 @@
 
 Help texts are in English and Spanish side by side; messages are in one language, chosen by ``--lang``
 or, by default, from the locale (``LC_ALL``, ``LC_MESSAGES``, ``LANG``: a value starting with ``es`` gives
-Spanish). Exit status: 0 on success, 2 for bad arguments or unreadable input, 130 when interrupted.
+Spanish). Exit status: 0 on success, 1 when training diverged (NaN/inf loss), 2 for bad arguments or
+unreadable input, 130 when interrupted.
+
+``bnlab --help``, ``bnlab --version`` and ``bnlab explain`` (text) do not import torch: every module that
+needs it is imported inside the command that uses it, so the quick commands answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -18,8 +22,17 @@ from pathlib import Path
 __all__ = ["main", "build_parser", "default_lang"]
 
 LANGS = ("en", "es")
+EXIT_DIVERGED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # as a process killed by SIGPIPE, e.g. `bnlab explain ... | head`
+
+# Choices shown in --help, kept here so that building the parser imports no torch; tests check they equal
+# bnlab.data.DATASETS, bnlab.models.NORMS / ACTIVATIONS and bnlab.training.OPTIMIZERS.
+DATASETS = ("digits", "mnist", "cifar10")
+NORMS = ("none", "activation", "channel")
+ACTIVATIONS = ("relu", "sigmoid")
+OPTIMIZERS = ("sgd", "momentum", "adam")
 
 MSG = {
     "en": {
@@ -36,6 +49,24 @@ MSG = {
         "resuming": "Resuming from {ckpt} (step {step})",
         "interrupted": "Interrupted at step {step}/{total}. Checkpoint saved to {ckpt}.\nContinue with: {cmd}",
         "interrupted_nosave": "Interrupted; nothing was saved.",
+        "interrupted_plain": "Interrupted.",
+        "interrupted_after_save": "Interrupted after training finished; the checkpoint {ckpt} is complete.",
+        "diverged": (
+            "Training stopped: the loss became {loss} at step {step} (NaN or infinite values; the learning rate "
+            "--lr {lr:g} is probably too large). {kept}"
+        ),
+        "diverged_kept": "The last good checkpoint was kept: {ckpt}",
+        "diverged_none": "No checkpoint was written.",
+        "already_done": (
+            "{ckpt} has already done {done} of the {total} steps that --epochs {epochs} asks for: nothing to "
+            "train. Give a larger --epochs to continue (it has {epochs_done} epochs)"
+        ),
+        "no_ckpt_in_dir": "{path} is a folder without {name}: pass a checkpoint written by 'bnlab train'",
+        "out_not_dir": "{flag} {path} exists and is not a folder: choose a folder",
+        "out_unwritable": "{flag} {path}: cannot create or write there ({err})",
+        "figure_empty": "--figure needs a file name, such as setb.png",
+        "figure_format": "--figure {path}: unknown image type {suffix!r}; use one of {formats}",
+        "too_small": "{err} (images of {shape}); use --model mlp, or larger images",
         "trained": "Test accuracy (eval mode): {acc} — loss {loss} on {n} test images",
         "saved": "Checkpoint: {ckpt}\nHistory: {hist}\nFigure: {fig}",
         "not_ckpt": "{path} is not a training checkpoint written by 'bnlab train': {err}",
@@ -43,7 +74,9 @@ MSG = {
         "splits": {"test": "Test", "val": "Validation", "train": "Training"},
         "ema": "running statistics",
         "recal": "recalibrated statistics (Alg. 2)",
-        "bad_shape": "SHAPE must be integers separated by commas or 'x', such as 32,28,28,16 — got {shape!r}",
+        "bad_shape": (
+            "SHAPE must be positive integers separated by commas or 'x', such as 32,28,28,16 — got {shape!r}"
+        ),
         "figure_saved": "Figure written to {path}",
         "bench_missing": (
             "benchmarks/cpu.py is not in this checkout. The CPU benchmark lives in the bnlab source "
@@ -68,6 +101,26 @@ MSG = {
             "Interrumpido en el paso {step}/{total}. Punto de control guardado en {ckpt}.\nPara continuar: {cmd}"
         ),
         "interrupted_nosave": "Interrumpido; no se guardó nada.",
+        "interrupted_plain": "Interrumpido.",
+        "interrupted_after_save": (
+            "Interrumpido después de terminar el entrenamiento; el punto de control {ckpt} está completo."
+        ),
+        "diverged": (
+            "Entrenamiento detenido: la pérdida llegó a {loss} en el paso {step} (valores NaN o infinitos; la tasa "
+            "de aprendizaje --lr {lr:g} es probablemente demasiado grande). {kept}"
+        ),
+        "diverged_kept": "Se conservó el último punto de control bueno: {ckpt}",
+        "diverged_none": "No se escribió ningún punto de control.",
+        "already_done": (
+            "{ckpt} ya hizo {done} de los {total} pasos que pide --epochs {epochs}: no queda nada que entrenar. "
+            "Da un --epochs mayor para continuar (lleva {epochs_done} épocas)"
+        ),
+        "no_ckpt_in_dir": "{path} es una carpeta sin {name}: pasa un punto de control escrito por 'bnlab train'",
+        "out_not_dir": "{flag} {path} existe y no es una carpeta: elige una carpeta",
+        "out_unwritable": "{flag} {path}: no se puede crear ni escribir ahí ({err})",
+        "figure_empty": "--figure necesita un nombre de archivo, como setb.png",
+        "figure_format": "--figure {path}: tipo de imagen desconocido {suffix!r}; usa uno de {formats}",
+        "too_small": "{err} (imágenes de {shape}); usa --model mlp, o imágenes más grandes",
         "trained": "Exactitud de prueba (modo evaluación): {acc} — pérdida {loss} en {n} imágenes de prueba",
         "saved": "Punto de control: {ckpt}\nHistorial: {hist}\nFigura: {fig}",
         "not_ckpt": "{path} no es un punto de control escrito por 'bnlab train': {err}",
@@ -75,7 +128,9 @@ MSG = {
         "splits": {"test": "prueba", "val": "validación", "train": "entrenamiento"},
         "ema": "estadísticas acumuladas",
         "recal": "estadísticas recalibradas (Alg. 2)",
-        "bad_shape": ("SHAPE deben ser enteros separados por comas o 'x', como 32,28,28,16 — se recibió {shape!r}"),
+        "bad_shape": (
+            "SHAPE deben ser enteros positivos separados por comas o 'x', como 32,28,28,16 — se recibió {shape!r}"
+        ),
         "figure_saved": "Figura escrita en {path}",
         "bench_missing": (
             "benchmarks/cpu.py no está en esta copia. El benchmark de CPU está en el repositorio de código de "
@@ -191,9 +246,7 @@ def _add_lang(p: argparse.ArgumentParser, top: bool = False) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .data import DATASETS
-    from .models import ACTIVATIONS, NORMS
-    from .training import OPTIMIZERS
+    from . import __version__
 
     parser = _Parser(
         prog="bnlab",
@@ -209,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     _add_lang(parser, top=True)
+    parser.add_argument("--version", action="version", version=f"bnlab {__version__}",
+                        help="show the version and exit / muestra la versión y termina")  # fmt: skip
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -218,9 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a CNN without BN, with BN per activation and per channel; write an HTML report / "
         "entrena una CNN sin BN, con BN por activación y por canal; escribe un informe HTML",
         description="Train the same CNN on scikit-learn's digits without BN, with BN per activation and per channel,\n"
-        "and write DIR/index.html (about half a minute on a laptop CPU).\n"
+        "and write DIR/index.html (about 60 seconds: it runs on one CPU core).\n"
         "Entrena la misma CNN con los dígitos de scikit-learn sin BN, con BN por activación y por canal,\n"
-        "y escribe DIR/index.html (alrededor de medio minuto en la CPU de un portátil).",
+        "y escribe DIR/index.html (unos 60 segundos: usa un núcleo de la CPU).",
     )
     p.add_argument("--out", metavar="DIR", default="bnlab-demo",
                    help="folder for the report (default: bnlab-demo) / carpeta del informe")  # fmt: skip
@@ -282,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Evalúa en modo evaluación (estadísticas del Alg. 2) un punto de control escrito por 'bnlab train'.",
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT", type=Path,
-                   help="a last.pt written by 'bnlab train' / un last.pt escrito por 'bnlab train'")  # fmt: skip
+                   help="a last.pt written by 'bnlab train', or the --out folder that holds it / un last.pt "
+                   "escrito por 'bnlab train', o la carpeta --out que lo contiene")  # fmt: skip
     p.add_argument("--dataset", choices=DATASETS,
                    help="dataset (default: the one it was trained on) / conjunto de datos (por defecto: el del "
                    "entrenamiento)")  # fmt: skip
@@ -309,7 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
         "cuántos conjuntos hay, cuántos valores reúne cada uno y cuántos γ/β tiene cada variante.",
         epilog="Example / Ejemplo:  bnlab explain 32,28,28,16 --layout NHWC --per channel --figure setb.png",
     )
-    p.add_argument("shape", metavar="SHAPE",
+    # "-1,28,28,16" is a (bad) SHAPE, not an option: let argparse take it as a positional
+    p._negative_number_matcher = re.compile(r"^-\d[\d,x× ]*$")
+    p.add_argument("shape", metavar="SHAPE", nargs="?",
                    help="tensor shape, e.g. 32,28,28,16 / forma del tensor, p. ej. 32,28,28,16")  # fmt: skip
     p.add_argument(
         "--layout",
@@ -322,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figure", metavar="PNG", type=Path,
                    help="also draw one set B for both variants into this file / dibuja además un conjunto B de "
                    "ambas variantes en este archivo")  # fmt: skip
+    _add_family_options(p)
     _add_lang(p)
 
     # experiment
@@ -340,8 +399,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="The paper's Fig. 1: a 784-100-100-100-10 sigmoid network, with and without BN, batches of 60.\n"
         "La Fig. 1 del artículo: una red sigmoide 784-100-100-100-10, con y sin BN, lotes de 60.",
     )
-    q.add_argument("--data", metavar="PATH", type=Path, required=True,
-                   help="MNIST: a directory of IDX files or an .npz / MNIST: un directorio IDX o un .npz")  # fmt: skip
+    q.add_argument("--data", metavar="PATH", type=Path, default=None,
+                   help="MNIST: a directory of IDX files or an .npz (default: the 10,000-image subset shipped with "
+                   "bnlab) / MNIST: un directorio IDX o un .npz (por defecto: el subconjunto de 10.000 imágenes que "
+                   "viene con bnlab)")  # fmt: skip
     q.add_argument("--out", metavar="DIR", type=Path, default=Path("bnlab-paper-fig1"),
                    help="output folder (default: bnlab-paper-fig1) / carpeta de salida")  # fmt: skip
     q.add_argument("--steps", type=_positive_int, default=10_000,
@@ -353,13 +414,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0, help="random seed (default: 0) / semilla aleatoria")
     q.add_argument("--quiet", action="store_true", help="no progress bars / sin barras de progreso")
     _add_lang(q)
+    _add_small_batch_parser(exp)
 
     # bench
     p = sub.add_parser(
         "bench",
         help="run the CPU benchmark (benchmarks/cpu.py) / ejecuta el benchmark de CPU (benchmarks/cpu.py)",
-        description="Run benchmarks/cpu.py from the source checkout, passing ARGS on.\n"
-        "Ejecuta benchmarks/cpu.py de la copia del código fuente, pasándole ARGS.",
+        description="Run benchmarks/cpu.py from the source checkout, passing ARGS on (e.g. bnlab bench --quick).\n"
+        "Ejecuta benchmarks/cpu.py de la copia del código fuente, pasándole ARGS (p. ej. bnlab bench --quick).",
     )
     _add_lang(p)
     p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
@@ -389,52 +451,117 @@ def _load(dataset: str, data: Path | None, seed: int, lang: str):
         raise UsageError(MSG[lang]["bad_data"].format(flag="--data", path=data, err=err)) from None
 
 
+def _writable_dir(path: Path, flag: str, lang: str) -> bool:
+    """Check that ``path`` is (or can become) a writable folder; return whether it existed before."""
+    m = MSG[lang]
+    if path.exists() and not path.is_dir():
+        raise UsageError(m["out_not_dir"].format(flag=flag, path=path))
+    existed = path.exists()
+    probe = path if existed else next((p for p in path.parents if p.exists()), Path.cwd())
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        err = "not a folder" if not probe.is_dir() else f"no permission to write in {probe}"
+        raise UsageError(m["out_unwritable"].format(flag=flag, path=path, err=err))
+    return existed
+
+
+def _remove_if_empty(path: Path) -> None:
+    """After an interrupted command: remove the folder it created if nothing was written in it yet."""
+    for folder in (path / "figures", path):
+        try:
+            folder.rmdir()  # only succeeds when empty
+        except OSError:
+            pass
+
+
 def _cmd_demo(args, lang: str) -> int:
+    out = Path(args.out)
+    existed = _writable_dir(out, "--out", lang)
     from .report import run_demo
 
     command = "bnlab demo" + (f" --out {args.out}" if args.out != "bnlab-demo" else "") + f" --lang {lang}"
-    run_demo(args.out, lang=lang, epochs=args.epochs, seeds=args.seeds, progress=not args.quiet, command=command)
+    try:
+        run_demo(out, lang=lang, epochs=args.epochs, seeds=args.seeds, progress=not args.quiet, command=command)
+    except KeyboardInterrupt:
+        if not existed:
+            _remove_if_empty(out)
+        raise
+    except OSError as err:
+        raise UsageError(MSG[lang]["out_unwritable"].format(flag="--out", path=out, err=err)) from None
     return 0
 
 
-def _build(args, data):
+def _build(args, data, lang: str = "en"):
     from .models import PaperMLP, SmallCNN
 
     c, h, w = data.image_shape
     if args.model == "mlp":
         return PaperMLP(c * h * w, data.num_classes, norm=args.norm, activation=args.activation)
-    return SmallCNN(c, (h, w), data.num_classes, norm=args.norm, activation=args.activation)
+    try:
+        return SmallCNN(c, (h, w), data.num_classes, norm=args.norm, activation=args.activation)
+    except ValueError as err:  # e.g. images too small for the pooling stages
+        raise UsageError(MSG[lang]["too_small"].format(err=err, shape=f"{c}×{h}×{w}")) from None
+
+
+def _read_training_checkpoint(path: Path, lang: str) -> dict:
+    from .inference import CheckpointError
+    from .training import load_training_state
+
+    try:
+        return load_training_state(path)
+    except CheckpointError as err:
+        raise UsageError(MSG[lang]["not_ckpt"].format(path=path, err=err)) from None
+
+
+def _train_title(args, lang: str) -> str:
+    rate = {"en": "learning rate", "es": "tasa de aprendizaje"}[lang]
+    return f"{args.dataset}, {args.model}, {args.norm}, {args.activation}, {args.optimizer}, {rate} {args.lr:g}"
 
 
 def _cmd_train(args, lang: str) -> int:
     from . import parallel
-    from .inference import load_checkpoint
-    from .report.plots import curves_figure
-    from .training import CHECKPOINT_NAME, TrainConfig, TrainingInterrupted, evaluate, fit, seed_everything
 
     m = MSG[lang]
     _check_data(args.dataset, args.data, lang)
+    from .training import (
+        CHECKPOINT_NAME,
+        TrainConfig,
+        TrainingDiverged,
+        TrainingInterrupted,
+        evaluate,
+        fit,
+        seed_everything,
+        write_json,
+    )
+
     ckpt = args.out / CHECKPOINT_NAME
     replica = parallel.current()  # None in one process; set in each of --nproc N processes and under torchrun
     if ckpt.exists() and not args.resume:
         raise UsageError(m["exists"].format(ckpt=ckpt))
+    _writable_dir(args.out, "--out", lang)
     if args.nproc > 1 and replica is None:  # every process runs this command as one replica
         return parallel.spawn(args.nproc, main, args.argv)
+    saved = None
     if args.resume and (replica is None or replica.is_main):
         if ckpt.exists():
-            print(m["resuming"].format(ckpt=ckpt, step=load_checkpoint(ckpt)["step"]), file=sys.stderr)
+            saved = _read_training_checkpoint(ckpt, lang)
+            print(m["resuming"].format(ckpt=ckpt, step=saved["step"]), file=sys.stderr)
         else:
             print(m["no_resume"].format(out=args.out), file=sys.stderr)
     data = _load(args.dataset, args.data, args.seed, lang)
+    steps_per_epoch = len(data.x_train) // args.batch_size
+    total = steps_per_epoch * args.epochs
+    if saved is not None and saved["step"] >= total:
+        raise UsageError(m["already_done"].format(ckpt=ckpt, done=saved["step"], total=total, epochs=args.epochs,
+                                                  epochs_done=saved["step"] // max(steps_per_epoch, 1)))  # fmt: skip
     seed_everything(args.seed)
-    model = _build(args, data)
+    model = _build(args, data, lang)
     model = replica.wrap(model) if replica is not None else model
     config = TrainConfig(optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
                          seed=args.seed)  # fmt: skip
     meta = {"dataset": args.dataset, "data": str(args.data.resolve()) if args.data else None, "seed": args.seed}
     try:
         result = fit(model, data, config, out_dir=args.out, resume=args.resume, progress=not args.quiet,
-                     desc=f"{args.model}/{args.norm}", meta=meta, replica=replica)  # fmt: skip
+                     desc=f"{args.model}/{args.norm}", meta=meta, lang=lang, replica=replica)  # fmt: skip
     except TrainingInterrupted as stop:
         if replica is not None and not replica.is_main:
             return EXIT_INTERRUPTED
@@ -442,23 +569,30 @@ def _cmd_train(args, lang: str) -> int:
             print(m["interrupted_nosave"], file=sys.stderr)
         else:
             cmd = " ".join(["bnlab", *[a for a in args.argv if a != "--resume"], "--resume"])
-            total = (len(data.x_train) // args.batch_size) * args.epochs
             print(m["interrupted"].format(step=stop.step, total=total, ckpt=stop.checkpoint, cmd=cmd), file=sys.stderr)
         return EXIT_INTERRUPTED
+    except TrainingDiverged as stop:
+        kept = m["diverged_kept"].format(ckpt=stop.checkpoint) if stop.checkpoint else m["diverged_none"]
+        print(f"bnlab train: {m['error']}: " + m["diverged"].format(loss=stop.loss, step=stop.step, lr=args.lr,
+              kept=kept), file=sys.stderr)  # fmt: skip
+        return EXIT_DIVERGED
     except ValueError as err:  # e.g. --resume with other settings
         raise UsageError(str(err)) from None
     if replica is not None and not replica.is_main:
         return 0
-    test = evaluate(result.model, data.x_test, data.y_test)
-    hist = args.out / "history.json"
-    hist.write_text(json.dumps({"config": config.to_dict(), "meta": meta, "test": test, "history": result.history}),
-                    encoding="utf-8")  # fmt: skip
-    fig = args.out / "curves.png"
-    run = {"norm": args.norm, "history": result.history}
-    curves_figure([run], f"{args.dataset}, {args.model}, {args.norm}, {args.activation}, {args.optimizer} {args.lr:g}",
-                  lang, fig)  # fmt: skip
-    from .report.strings import num, pct
+    try:
+        test = evaluate(result.model, data.x_test, data.y_test)
+        record = {"config": config.to_dict(), "meta": meta, "test": test, "history": result.history}
+        hist = write_json(args.out / "history.json", record)
+        fig = args.out / "curves.png"
+        from .report.plots import curves_figure
+        from .report.strings import num, pct
 
+        run = {"norm": args.norm, "history": result.history}
+        curves_figure([run], _train_title(args, lang), lang, fig)
+    except KeyboardInterrupt:
+        print(m["interrupted_after_save"].format(ckpt=ckpt), file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(m["trained"].format(acc=pct(test["accuracy"], lang), loss=num(test["loss"], lang, 4), n=len(data.x_test)))
     print(m["saved"].format(ckpt=ckpt, hist=hist, fig=fig))
     return 0
@@ -469,14 +603,18 @@ def _cmd_evaluate(args, lang: str) -> int:
 
     from .inference import CheckpointError
     from .report.strings import num, pct
-    from .training import evaluate, load_trained
+    from .training import CHECKPOINT_NAME, evaluate, load_trained
 
     m = MSG[lang]
     if not args.checkpoint.exists():
         raise UsageError(m["no_path"].format(flag="CHECKPOINT", path=args.checkpoint))
+    if args.checkpoint.is_dir():  # the folder `bnlab train --out` made
+        if not (args.checkpoint / CHECKPOINT_NAME).is_file():
+            raise UsageError(m["no_ckpt_in_dir"].format(path=args.checkpoint, name=CHECKPOINT_NAME))
+        args.checkpoint = args.checkpoint / CHECKPOINT_NAME
     try:
         model, saved = load_trained(args.checkpoint)
-    except (CheckpointError, ValueError, KeyError) as err:
+    except CheckpointError as err:
         raise UsageError(m["not_ckpt"].format(path=args.checkpoint, err=err)) from None
     meta = saved.get("meta") or {}
     dataset = args.dataset or meta.get("dataset", "digits")
@@ -512,33 +650,66 @@ def _parse_shape(text: str, lang: str) -> tuple[int, ...]:
     return shape
 
 
+_FIGURE_FORMATS = ("png", "svg", "pdf", "jpg", "jpeg", "eps", "ps", "tif", "tiff", "webp")
+
+
+def _check_figure_path(path: Path, lang: str) -> None:
+    m = MSG[lang]
+    # "" (Path('.')), a folder, or only a suffix such as ".png" (which would write a hidden file)
+    if path.name in ("", ".", "..") or path.name.lower().lstrip(".") in _FIGURE_FORMATS:
+        raise UsageError(m["figure_empty"])
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix not in _FIGURE_FORMATS:
+        raise UsageError(m["figure_format"].format(path=path, suffix=path.suffix, formats=", ".join(_FIGURE_FORMATS)))
+    if not path.parent.exists():
+        raise UsageError(m["no_path"].format(flag="--figure", path=path.parent))
+    if path.is_dir():
+        raise UsageError(m["figure_empty"])
+
+
 def _cmd_explain(args, lang: str) -> int:
     from .explain import explain
 
+    if args.html is not None:
+        return _cmd_explain_html(args, lang)
+    if args.shape is None:
+        raise UsageError(MSG[lang]["bad_shape"].format(shape=""))
     shape = _parse_shape(args.shape, lang)
+    if args.figure is not None:  # check before printing anything
+        _check_figure_path(args.figure, lang)
     try:
-        e = explain(shape, layout=args.layout, per=args.per, lang=lang)
+        e = explain(shape, layout=args.layout, per=args.per, lang=lang, norm=args.norm, groups=args.groups)
     except ValueError as err:
         raise UsageError(str(err)) from None
     print(e.text)
     if args.figure is not None:
-        if not args.figure.parent.exists():
-            raise UsageError(MSG[lang]["no_path"].format(flag="--figure", path=args.figure.parent))
-        e.save_figure(args.figure)
+        try:
+            e.save_figure(args.figure)
+        except OSError as err:
+            raise UsageError(MSG[lang]["out_unwritable"].format(flag="--figure", path=args.figure, err=err)) from None
         print(MSG[lang]["figure_saved"].format(path=args.figure))
     return 0
 
 
 def _cmd_experiment(args, lang: str) -> int:
+    if args.experiment == "small-batch":
+        return _cmd_small_batch(args, lang)
+    if args.data is not None and not args.data.exists():
+        raise UsageError(MSG[lang]["no_path"].format(flag="--data", path=args.data))
+    existed = _writable_dir(args.out, "--out", lang)
+    from .data import MNIST10K
     from .report import run_paper_fig1
 
-    if not args.data.exists():
-        raise UsageError(MSG[lang]["no_path"].format(flag="--data", path=args.data))
+    data = MNIST10K if args.data is None else args.data
     try:
-        run_paper_fig1(args.data, args.out, steps=args.steps, lr=args.lr, seed=args.seed, lang=lang,
+        run_paper_fig1(data, args.out, steps=args.steps, lr=args.lr, seed=args.seed, lang=lang,
                        progress=not args.quiet)  # fmt: skip
+    except KeyboardInterrupt:
+        if not existed:
+            _remove_if_empty(args.out)
+        raise
     except (ValueError, OSError) as err:
-        raise UsageError(MSG[lang]["bad_data"].format(flag="--data", path=args.data, err=err)) from None
+        raise UsageError(MSG[lang]["bad_data"].format(flag="--data", path=data, err=err)) from None
     return 0
 
 
@@ -554,7 +725,7 @@ def _cmd_bench(args, lang: str) -> int:
         return 1
     print(MSG[lang]["bench_running"].format(path=path), file=sys.stderr)
     passthrough = args.args[1:] if args.args[:1] == ["--"] else args.args
-    return subprocess.call([sys.executable, str(path), *passthrough])
+    return subprocess.call([sys.executable, str(path), *passthrough, *args.extra])
 
 
 COMMANDS = {
@@ -572,20 +743,135 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     lang = _lang_from_argv(argv) or default_lang()
     _Parser.lang = lang
+    try:
+        return _main(argv, lang)
+    except KeyboardInterrupt:  # at any moment, start-up included
+        print(MSG[lang]["interrupted_plain"], file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader went away (`bnlab explain ... | head`): stop quietly
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's final flush does not fail again
+        except (OSError, ValueError):
+            pass
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: list[str], lang: str) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as stop:  # --help, or an argparse error (already printed)
+        args, extra = parser.parse_known_args(argv)
+        if extra and args.command != "bench":  # only bench passes unknown options on (bnlab bench --quick)
+            parser.error(("unrecognized arguments: %s" if lang == "en" else "argumentos no reconocidos: %s")
+                         % " ".join(extra))  # fmt: skip
+    except SystemExit as stop:  # --help, --version, or an argparse error (already printed)
         return int(stop.code or 0) if not isinstance(stop.code, str) else EXIT_USAGE
     lang = args.lang or lang
     args.argv = argv
+    args.extra = extra
     prog = "bnlab " + args.command
     try:
-        return COMMANDS[args.command](args, lang)
+        code = COMMANDS[args.command](args, lang)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
+        return code
     except UsageError as err:
         m = MSG[lang]
         print(f"{prog}: {m['error']}: {err}\n{m['try_help'].format(prog=prog)}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(MSG[lang]["interrupted_nosave"], file=sys.stderr)
-        return EXIT_INTERRUPTED
+
+
+# -- experiment small-batch (issue 11) ------------------------------------------------------------------
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(s) for s in text.replace(" ", "").split(",") if s != "")
+    except ValueError:
+        sizes = ()
+    if not sizes or any(m < 2 for m in sizes):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give mini-batch sizes of at least 2 separated by commas, e.g. 2,4,8 / da tamaños de "
+            f"minilote de al menos 2 separados por comas, p. ej. 2,4,8"
+        )
+    return sizes
+
+
+def _add_small_batch_parser(exp) -> None:
+    q = exp.add_parser(
+        "small-batch",
+        help="accuracy vs mini-batch size m: no BN, BN per activation, BN per channel on MNIST 28×28 / "
+        "exactitud según el tamaño m del minilote: sin BN, BN por activación, BN por canal con MNIST 28×28",
+        description="Train the same CNN on the 10,000 MNIST digits shipped with bnlab, without BN, with BN per\n"
+        "activation (set B = m values) and per channel (set B = m·p·q values), for several mini-batch sizes m\n"
+        "with the same number of samples seen; report test accuracy with recalibrated (Alg. 2) statistics.\n"
+        "A few minutes on 2 CPU cores. See docs/small-batch.md.\n"
+        "Entrena la misma CNN con los 10 000 dígitos MNIST que trae bnlab, sin BN, con BN por activación\n"
+        "(conjunto B = m valores) y por canal (conjunto B = m·p·q valores), para varios tamaños m de minilote\n"
+        "con el mismo número de ejemplos vistos; da la exactitud de prueba con estadísticas recalibradas\n"
+        "(Alg. 2). Unos minutos en 2 núcleos de CPU. Ver docs/small-batch.md.",
+    )
+    q.add_argument("--out", metavar="DIR", type=Path, default=Path("bnlab-small-batch"),
+                   help="output folder (default: bnlab-small-batch) / carpeta de salida")  # fmt: skip
+    q.add_argument("--batch-sizes", type=_batch_sizes, default=(2, 4, 8, 16, 32, 64), metavar="M1,M2,...",
+                   help="mini-batch sizes (default: 2,4,8,16,32,64) / tamaños de minilote")  # fmt: skip
+    q.add_argument("--seeds", type=_seeds, default=(0, 1, 2), metavar="S1,S2,...",
+                   help="seeds (default: 0,1,2) / semillas")  # fmt: skip
+    q.add_argument("--samples", type=_positive_int, default=2048,
+                   help="training samples seen by every run (default: 2048) / ejemplos de entrenamiento que ve "
+                   "cada ejecución")  # fmt: skip
+    q.add_argument("--lr", type=_positive_float, default=0.1,
+                   help="SGD (momentum 0.9) learning rate at m = 32, scaled as lr·m/32 (default: 0.1) / tasa de "
+                   "aprendizaje de SGD (momento 0,9) para m = 32, escalada como lr·m/32")  # fmt: skip
+    q.add_argument("--data", metavar="PATH", type=Path, default=None,
+                   help="MNIST directory or .npz (default: the 10,000 digits shipped with bnlab) / directorio MNIST "
+                   "o .npz (por defecto: los 10 000 dígitos que trae bnlab)")  # fmt: skip
+    q.add_argument("--quiet", action="store_true", help="no progress bars / sin barras de progreso")
+    _add_lang(q)
+
+
+def _cmd_small_batch(args, lang: str) -> int:
+    from .report.small_batch import run_small_batch
+
+    if args.data is not None and not args.data.exists():
+        raise UsageError(MSG[lang]["no_path"].format(flag="--data", path=args.data))
+    try:
+        run_small_batch(args.out, batch_sizes=args.batch_sizes, seeds=args.seeds, samples=args.samples,
+                        lr32=args.lr, data_path=args.data, lang=lang, progress=not args.quiet)  # fmt: skip
+    except (ValueError, OSError) as err:
+        raise UsageError(str(err)) from None
+    return 0
+
+
+# ------------------------------------------------------------------------- explain: the family and the page
+
+
+def _add_family_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--norm", choices=("batch", "layer", "instance", "group"), default="batch",
+                   help="member of the family: batch (default), layer, instance, group / miembro de la familia: "
+                   "batch (por defecto), layer (por capa), instance (por instancia), group (por grupos)")  # fmt: skip
+    p.add_argument("--groups", metavar="G", type=int, default=None,
+                   help="number of channel groups for --norm group (a divisor of C) / número de grupos de canales "
+                   "para --norm group (un divisor de C)")  # fmt: skip
+    p.add_argument("--html", metavar="PAGE.html", type=Path, default=None,
+                   help="write the interactive page (one self-contained HTML file, SHAPE optional) / escribe la "
+                   "página interactiva (un solo archivo HTML autónomo; SHAPE es opcional)")  # fmt: skip
+
+
+_PAGE_MSG = {
+    "en": "wrote the interactive page {path} (open it in a browser)",
+    "es": "página interactiva escrita en {path} (ábrela en un navegador)",
+}
+
+
+def _cmd_explain_html(args, lang: str) -> int:
+    from .explain_page import write_page
+
+    if not args.html.parent.exists():
+        raise UsageError(MSG[lang]["no_path"].format(flag="--html", path=args.html.parent))
+    kwargs = {"layout": args.layout, "norm": args.norm, "per": args.per, "groups": args.groups}
+    if args.shape is not None:
+        kwargs["shape"] = _parse_shape(args.shape, lang)
+    try:
+        write_page(args.html, lang=lang, **kwargs)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    print(_PAGE_MSG[lang].format(path=args.html))
+    return 0

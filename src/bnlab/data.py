@@ -166,6 +166,8 @@ def _build(
     test: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Dataset:
     """Split (images, labels) and package them; ``test`` is an official test set, if the source has one."""
+    if images.ndim < 2 or any(n < 1 for n in images.shape[1:]):
+        raise ValueError(f"{name}: images of shape {tuple(images.shape[1:])} have no pixels; expected e.g. (1, 28, 28)")
     if test is not None:
         if test_fraction is not None:
             raise ValueError(

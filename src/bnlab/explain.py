@@ -4,14 +4,14 @@ The question learners ask about Ioffe & Szegedy (2015), §3.2: for a convolution
 all values in a feature map across both the elements of a mini-batch and spatial locations", so the
 effective mini-batch is m' = m·p·q. :func:`explain` answers it for a concrete shape:
 
->>> e = explain((32, 28, 28, 16), layout="NHWC", per="channel")
->>> e.axes, e.num_sets, e.set_size, e.num_params
-((0, 1, 2), 16, 25088, 32)
->>> e = explain((32, 28, 28, 16), layout="NHWC", per="activation")
->>> e.axes, e.num_sets, e.set_size, e.num_params
-((0,), 12544, 32, 25088)
+>>> e = explain((32, 28, 28, 12), layout="NHWC", per="channel")   # m = 32 examples, C = 12 maps of 28×28
+>>> e.axes, e.num_sets, e.set_size, e.num_params                 # 12 sets of m' = 32·28·28; 12 γ + 12 β
+((0, 1, 2), 12, 25088, 24)
+>>> e = explain((32, 28, 28, 12), layout="NHWC", per="activation")
+>>> e.axes, e.num_sets, e.set_size, e.num_params                 # 28·28·12 sets of m = 32; as many γ and β
+((0,), 9408, 32, 18816)
 >>> dict(e.params_side_by_side)
-{'channel': 32, 'activation': 25088}
+{'channel': 24, 'activation': 18816}
 
 ``e.text`` is a multi-line explanation in ``lang`` ("en" or "es"); ``e.save_figure(path)`` draws a small
 slice of the tensor and colours the values of one set B for both variants side by side.
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import operator
+import re
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from pathlib import Path
 
 from .axes import LAYOUTS, PER, channel_axis, effective_batch_size, feature_shape, reduce_axes
 
-__all__ = ["Explanation", "explain", "LANGS"]
+__all__ = ["Explanation", "explain", "explain_family", "LANGS"]
 
 #: Languages of the text and the figure.
 LANGS = ("en", "es")
@@ -59,11 +60,16 @@ class Explanation:
     feature_shape: tuple[int, ...]
     num_params: int
     params_side_by_side: dict[str, int] = field(hash=False)
+    # the family (see explain_family at the end): which member, its G, and whether the batch enters
+    norm: str = "batch"
+    groups: int | None = None
+    depends_on_batch: bool = True
+    split_shape: tuple[int, ...] | None = None
 
     @property
     def text(self) -> str:
         """The explanation, several lines, in ``self.lang``."""
-        return _render_text(self)
+        return _singular(_render_text(self))
 
     def __str__(self) -> str:
         return self.text
@@ -73,15 +79,26 @@ class Explanation:
         return _save_figure(self, Path(path), dpi=dpi)
 
 
-def explain(shape: Sequence[int], layout: str = "NHWC", per: str = "channel", lang: str = "en") -> Explanation:
+def explain(
+    shape: Sequence[int],
+    layout: str = "NHWC",
+    per: str = "channel",
+    lang: str = "en",
+    norm: str = "batch",
+    groups: int | None = None,
+) -> Explanation:
     """Explain which values form one set B for a tensor of ``shape`` in ``layout``.
 
     ``per="channel"`` is convolutional BN (one statistic and one (γ, β) per feature map, pooled over the
     mini-batch and every spatial location); ``per="activation"`` pools over the mini-batch only.
+    ``norm`` picks the member of the family: ``"batch"`` (the default, with ``per``), ``"layer"``,
+    ``"instance"`` or ``"group"`` (with ``groups=G``); see :func:`explain_family`.
     """
     layout, shape = _check_shape(shape, layout)
     if not isinstance(lang, str) or lang.lower() not in LANGS:
         raise ValueError(f"unknown lang {lang!r}; use one of {', '.join(map(repr, LANGS))}")
+    if check_norm(norm) != "batch" or groups is not None:
+        return explain_family(shape, layout, norm, per=per, groups=groups, lang=lang.lower())
     if per not in PER:
         raise ValueError(
             f"unknown per {per!r}; use per='channel' (convolutional BN, one statistic per feature map) "
@@ -131,9 +148,11 @@ def _check_shape(shape: Sequence[int], layout: str) -> tuple[str, tuple[int, ...
 
 
 def _fmt(n: int, lang: str) -> str:
-    """Thousands grouped: 25,088 in English, 25 088 in Spanish (the RAE's recommendation)."""
-    s = f"{n:,}"
-    return s.replace(",", " ") if lang == "es" else s
+    """Thousands grouped: 2,048 and 25,088 in English; 2048 and 25 088 in Spanish (the RAE groups only
+    numbers of five or more digits, with a space)."""
+    if lang == "es":
+        return f"{n:,}".replace(",", " ") if abs(n) >= 10_000 else str(n)
+    return f"{n:,}"
 
 
 def _spatial(layout: str) -> list[int]:
@@ -148,14 +167,26 @@ _TEXT = {
         "dim_c": "C={c} channels (feature maps)",
         "dim_c_fc": "C={c} features",
         "variant_channel": "Variant: per channel = convolutional BN (Ioffe & Szegedy 2015, §3.2).",
-        "variant_activation": "Variant: per activation = BN as in §3, one statistic per activation.",
+        "variant_activation": "Variant: per activation = BN as in §3, one mean and one variance per activation.",
         "location": "A location is one spatial position {pos} of a feature map. Each of the {c} feature "
         "maps has {locs} locations, in each of the {n} examples of the mini-batch.",
         "no_location": "Layout NC (a fully connected layer) has no spatial locations: every feature is a "
         "single activation, so the two variants are the same thing here.",
+        "elements": "What the \"elements\" of a feature map are: the paper (§3.2) wants the normalization to "
+        "obey the convolutional property, \"so that different elements of the same feature map, at "
+        "different locations, are normalized in the same way\". Those elements "
+        "are the VALUES {idx} of the map, the activations: one number per location, computed by the filter "
+        "of channel c at that location. They are not the filter's weights: the filter (say 3×3 weights per "
+        "input channel) is one set of numbers shared by all {nloc} locations, and BN never touches it. (The "
+        "paper's \"elements of a mini-batch\" are something else again: the {n} examples.)",
         "set_channel": "One set B = every value {idx} of ONE channel c: all {n} examples × all {nloc} locations.",
         "set_fc": "One set B = the values {idx} of ONE feature c in the {n} examples.",
         "count_fc": "{sets} sets B (one per feature), each of m = {m} values.",
+        "words_channel": "In words: {sets} means, {sets} variances, {sets} γ and {sets} β, one of each per "
+        "feature map.",
+        "words_activation": "In words: {sets} means, {sets} variances, {sets} γ and {sets} β, one of each per "
+        "(location, channel) pair, that is per activation.",
+        "words_fc": "In words: {sets} means, {sets} variances, {sets} γ and {sets} β, one of each per feature.",
         "set_activation": "One set B = the values {idx} of ONE activation {act}: the same location and "
         "channel in each of the {n} examples.",
         "count_channel": "{sets} sets B (one per channel), each of m' = {size} values:",
@@ -178,11 +209,14 @@ _TEXT = {
         "convolutional; each statistic is estimated from m' = {size} values instead of m = {m}.",
         "why_fc": "With no locations, m' = m = {m}: one statistic and one γ/β per feature.",
         "unit_fc": "feature",
-        "why_activation": "Per activation, each location has its own statistics and its own γ/β: {sets} "
-        "statistics from only m = {m} values each, and one filter's output is normalized differently "
-        "at different locations.",
-        "inference": "At inference (Alg. 2) the population statistics E[x], Var[x] are fixed, so each "
-        "{unit} becomes one fixed affine map, {sets} in all:",
+        "why_activation": "Per activation, each (location, channel) pair has its own mean, variance, γ and β: "
+        "{sets} means and {sets} variances, each from only m = {m} values, and one filter's output is "
+        "normalized differently at different locations.",
+        "inference": "At inference (Alg. 2) each set's batch mean and variance are replaced by fixed "
+        "population statistics, measured once over the training data: E[x] = E_B[μ_B] and Var[x] = "
+        "m/(m−1)·E_B[σ²_B], where E_B[·] means \"the average over the training mini-batches B\" and m is "
+        "the number of values per set B (here {size}). Then each {unit} becomes one fixed affine map "
+        "y = a·x + b, the same for every example: {sets} pairs (a, b) in all, with",
         "unit_channel": "feature map",
         "unit_activation": "activation",
         "fold": "(it can be folded into the weights and bias of the layer before it).",
@@ -194,7 +228,7 @@ _TEXT = {
         "fig_channel": "Per channel (convolutional BN)\nset B = channel c=0, every example, every "
         "location\n{size} values",
         "fig_activation": "Per activation\nset B = one location of channel c=0, every example\n{size} values",
-        "fig_foot": "{sets} sets B\nγ, β: {params} parameters",
+        "fig_foot": "{sets} sets B: {sets} means, {sets} variances\n{sets} γ + {sets} β",
         "fig_channel_fc": "Per channel\nset B = feature c=0, every example\n{size} values",
         "fig_activation_fc": "Per activation (the same, in layout NC)\nset B = feature c=0, every "
         "example\n{size} values",
@@ -211,17 +245,31 @@ _TEXT = {
         "dim_c": "C={c} canales (mapas de características)",
         "dim_c_fc": "C={c} características",
         "variant_channel": "Variante: por canal = BN convolucional (Ioffe y Szegedy 2015, §3.2).",
-        "variant_activation": "Variante: por activación = BN como en §3, una estadística por activación.",
+        "variant_activation": "Variante: por activación = BN como en §3, una media y una varianza por activación.",
         "location": "Una ubicación (en el artículo, location) es una posición espacial {pos} de un mapa "
         "de características. Cada uno de los {c} mapas tiene {locs} ubicaciones, en cada uno de los {n} "
         "ejemplos del minilote.",
         "no_location": "La disposición NC (una capa totalmente conectada) no tiene ubicaciones "
         "espaciales: cada característica es una sola activación, así que aquí las dos variantes "
         "coinciden.",
+        "elements": "Qué son los «elementos» de un mapa de características: el artículo quiere que "
+        "«different elements of the same feature map, at different locations, are normalized in the same "
+        "way» (§3.2), es decir, que los distintos elementos de un mismo mapa, en distintas ubicaciones, se "
+        "normalicen igual. Esos elementos son los VALORES {idx} del mapa, las activaciones: un número por "
+        "ubicación, el que calcula el filtro del canal c en esa ubicación. No son los pesos del filtro: el "
+        "filtro (por ejemplo, 3×3 pesos por canal de entrada) es un solo juego de números compartido por las "
+        "{nloc} ubicaciones, y BN no lo toca. (Los «elements of a mini-batch» del artículo son otra cosa: los "
+        "{n} ejemplos.)",
         "set_channel": "Un conjunto B = todos los valores {idx} de UN canal c: los {n} ejemplos × las "
         "{nloc} ubicaciones.",
         "set_fc": "Un conjunto B = los valores {idx} de UNA característica c en los {n} ejemplos.",
         "count_fc": "{sets} conjuntos B (uno por característica), cada uno con m = {m} valores.",
+        "words_channel": "Dicho con palabras: {sets} medias, {sets} varianzas, {sets} γ y {sets} β, una de "
+        "cada por mapa de características.",
+        "words_activation": "Dicho con palabras: {sets} medias, {sets} varianzas, {sets} γ y {sets} β, una de "
+        "cada por par (ubicación, canal), es decir, por activación.",
+        "words_fc": "Dicho con palabras: {sets} medias, {sets} varianzas, {sets} γ y {sets} β, una de cada "
+        "por característica.",
         "set_activation": "Un conjunto B = los valores {idx} de UNA activación {act}: la misma ubicación "
         "y el mismo canal en cada uno de los {n} ejemplos.",
         "count_channel": "{sets} conjuntos B (uno por canal), cada uno con m' = {size} valores:",
@@ -245,11 +293,15 @@ _TEXT = {
         "en lugar de m = {m}.",
         "why_fc": "Sin ubicaciones, m' = m = {m}: una estadística y un γ/β por característica.",
         "unit_fc": "característica",
-        "why_activation": "Por activación, cada ubicación tiene sus propias estadísticas y su propio "
-        "γ/β: {sets} estadísticas, cada una con solo m = {m} valores, y la salida de un mismo filtro se "
-        "normaliza de forma distinta según la ubicación.",
-        "inference": "En inferencia (Alg. 2) las estadísticas de población E[x] y Var[x] quedan fijas, y "
-        "cada {unit} se convierte en una única transformación afín fija ({sets} en total):",
+        "why_activation": "Por activación, cada par (ubicación, canal) tiene su propia media, su varianza, "
+        "su γ y su β: {sets} medias y {sets} varianzas, cada una con solo m = {m} valores, y la salida de un "
+        "mismo filtro se normaliza de forma distinta según la ubicación.",
+        "inference": "En inferencia (Alg. 2) la media y la varianza del minilote de cada conjunto se "
+        "sustituyen por estadísticas de población fijas, medidas una vez sobre los datos de entrenamiento: "
+        "E[x] = E_B[μ_B] y Var[x] = m/(m−1)·E_B[σ²_B], donde E_B[·] significa «el promedio sobre los "
+        "minilotes B de entrenamiento» y m es el número de valores de cada conjunto B (aquí {size}). "
+        "Entonces cada {unit} se convierte en una única transformación afín fija y = a·x + b, la misma "
+        "para todos los ejemplos: {sets} pares (a, b) en total, con",
         "unit_channel": "mapa de características",
         "unit_activation": "activación",
         "fold": "(se puede fusionar con los pesos y el sesgo de la capa anterior).",
@@ -260,7 +312,7 @@ _TEXT = {
         "fig_channel": "Por canal (BN convolucional)\nB = canal c=0, todos los ejemplos, todas las "
         "ubicaciones\n{size} valores",
         "fig_activation": "Por activación\nB = una ubicación del canal c=0, todos los ejemplos\n{size} valores",
-        "fig_foot": "{sets} conjuntos B\nγ, β: {params} parámetros",
+        "fig_foot": "{sets} conjuntos B: {sets} medias, {sets} varianzas\n{sets} γ + {sets} β",
         "fig_channel_fc": "Por canal\nB = característica c=0, todos los ejemplos\n{size} valores",
         "fig_activation_fc": "Por activación (lo mismo, en la disposición NC)\nB = característica c=0, "
         "todos los ejemplos\n{size} valores",
@@ -288,6 +340,8 @@ def _params_formula(e: Explanation, per: str) -> str:
 
 
 def _render_text(e: Explanation) -> str:
+    if e.norm != "batch":
+        return _render_family_text(e)
     t = _TEXT[e.lang]
     lang = e.lang
     n = e.shape[0]
@@ -317,6 +371,9 @@ def _render_text(e: Explanation) -> str:
         if len(spatial) > 1:
             locs += f" = {_fmt(nloc, lang)}"
         add(t["location"].format(pos=pos, c=C, locs=locs, n=n))
+        lines.append("")
+        idx_map = "x[" + ", ".join(letter.lower() for letter in e.layout) + "]"
+        add(t["elements"].format(idx=idx_map, nloc=_fmt(nloc, lang), n=n))
     lines.append("")
 
     # one set B, how many, how big
@@ -337,6 +394,7 @@ def _render_text(e: Explanation) -> str:
         add(t["set_activation"].format(idx=idx, act=act, n=n))
         acts = "·".join(str(e.shape[a]) for a in range(1, len(e.layout)))
         add("  " + t["count_activation"].format(sets=sets, acts=acts, m=size))
+    add("  " + t["words_fc" if fc else f"words_{e.per}"].format(sets=sets))
     if e.set_size == 1:
         add("  " + t["tiny"])
     lines.append("")
@@ -363,8 +421,8 @@ def _render_text(e: Explanation) -> str:
     else:
         add(t["why_activation"].format(sets=sets, m=_fmt(n, lang)))
     unit = t["unit_fc"] if fc else t[f"unit_{e.per}"]
-    add(t["inference"].format(unit=unit, sets=sets))
-    lines.append("  y = γ/√(Var[x]+ε)·x + (β − γ·E[x]/√(Var[x]+ε))")
+    add(t["inference"].format(unit=unit, sets=sets, size=size))
+    lines.append("  a = γ/√(Var[x]+ε),  b = β − γ·E[x]/√(Var[x]+ε)")
     add(t["fold"])
     return "\n".join(lines)
 
@@ -462,13 +520,13 @@ def _draw_panel(ax, e: Explanation, per: str, t: dict) -> None:
     if n_real > n_show:
         ax.text(x0 + block_w / 2, bottom - 0.4, t["fig_more_n"].format(n=n_real), ha="center", va="top", fontsize=10)
     note = t["fig_spatial"].format(real=real_s, shown=shown_s) if real_s else t["fig_no_spatial"]
-    ax.text(x0, bottom - 1.6, note, ha="left", va="top", fontsize=9, color="#444444")
+    ax.text(x0, bottom - 1.6, note, ha="left", va="top", fontsize=10, color="#222222")
     axes = reduce_axes(e.layout, per=per)
     fshape = feature_shape(e.shape, axes)
     size = _fmt(effective_batch_size(e.shape, axes), e.lang)
     key = f"fig_{per}_fc" if not _spatial(e.layout) else f"fig_{per}"
     ax.set_title(t[key].format(size=size), fontsize=11, fontweight="bold" if per == e.per else "normal")
-    foot = t["fig_foot"].format(sets=_fmt(math.prod(fshape), e.lang), params=_params_formula(e, per))
+    foot = t["fig_foot"].format(sets=_fmt(math.prod(fshape), e.lang))
     ax.text(x0, bottom - 2.6, foot, ha="left", va="top", fontsize=10)
     ax.set_xlim(0, max(right + 4.2, 15))
     ax.set_ylim(bottom - 4.6, top + 1.6)
@@ -477,6 +535,8 @@ def _draw_panel(ax, e: Explanation, per: str, t: dict) -> None:
 
 
 def _save_figure(e: Explanation, path: Path, dpi: int = 100) -> Path:
+    if e.norm != "batch":
+        return _save_family_figure(e, path, dpi=dpi)
     # A Figure on its own Agg canvas, not pyplot: no global backend switch, nothing left open.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -499,6 +559,360 @@ def _save_figure(e: Explanation, path: Path, dpi: int = 100) -> Path:
         frameon=False,
         fontsize=10,
     )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    return path
+
+
+_SINGULAR = {
+    "examples": "example", "values": "value", "locations": "location", "channels": "channel",
+    "features": "feature", "sets": "set", "ejemplos": "ejemplo", "valores": "valor",
+    "ubicaciones": "ubicación", "canales": "canal", "características": "característica", "conjuntos": "conjunto",
+}  # fmt: skip
+_ONE_PLURAL = re.compile(r"(?<![\d.,])\b1 (" + "|".join(_SINGULAR) + r")\b")
+
+
+def _singular(text: str) -> str:
+    """'1 examples' -> '1 example' (and likewise in Spanish): the templates are written for plurals."""
+    return _ONE_PLURAL.sub(lambda m: "1 " + _SINGULAR[m.group(1)], text)
+
+
+# ------------------------------------------------------------------------------------- the family
+# Layer, instance and group norm (Wu & He 2018, Fig. 2): the same numbers for another set B, from
+# bnlab.axes.norm_set. Batch norm keeps the text above; the family's figure draws the four side by side.
+from .axes import FAMILY, check_norm, norm_set  # noqa: E402  (kept with the family additions)
+
+
+def _family_member(norm: str, per: str) -> str:
+    """Key of a member in the family's tables: batch norm by its variant, the others by name."""
+    return f"batch_{per}" if norm == "batch" else norm
+
+
+def _family_counts(shape: tuple[int, ...], layout: str, per: str, groups: int | None) -> dict[str, int]:
+    """γ/β count of each member for this shape (group norm only when G is known)."""
+    out = {}
+    for norm in FAMILY:
+        if norm == "group" and groups is None:
+            continue
+        s = norm_set(shape, layout, norm, per=per, groups=groups if norm == "group" else None)
+        out[_family_member(norm, per)] = 2 * math.prod(s.param_shape)
+    return out
+
+
+def explain_family(
+    shape: Sequence[int],
+    layout: str = "NHWC",
+    norm: str = "group",
+    per: str = "channel",
+    groups: int | None = None,
+    lang: str = "en",
+) -> Explanation:
+    """The set B of one member of the family (what :func:`explain` returns for ``norm=...``).
+
+    >>> e = explain((32, 28, 28, 16), layout="NHWC", norm="group", groups=4)
+    >>> e.axes, e.num_sets, e.set_size, e.num_params, e.depends_on_batch
+    ((1, 2, 4), 128, 3136, 32, False)
+    >>> e = explain((32, 28, 28, 16), layout="NHWC", norm="layer")
+    >>> e.axes, e.num_sets, e.set_size, e.num_params
+    ((1, 2, 3), 32, 12544, 25088)
+    >>> explain((32, 28, 28, 16), norm="instance").feature_shape
+    (32, 16)
+    """
+    layout, shape = _check_shape(shape, layout)
+    if not isinstance(lang, str) or lang.lower() not in LANGS:
+        raise ValueError(f"unknown lang {lang!r}; use one of {', '.join(map(repr, LANGS))}")
+    norm = check_norm(norm)
+    if norm != "group" and groups is not None:
+        raise ValueError(f"groups=G only applies to norm='group' (got norm={norm!r}); drop groups or use norm='group'")
+    if per not in PER:
+        raise ValueError(f"unknown per {per!r}; use per='channel' or per='activation'")
+    s = norm_set(shape, layout, norm, per=per, groups=groups)
+    return Explanation(
+        shape=shape,
+        layout=layout,
+        per=per,
+        lang=lang.lower(),
+        axes=s.axes,
+        num_sets=s.num_sets,
+        set_size=s.set_size,
+        feature_shape=s.stats_shape,
+        num_params=2 * math.prod(s.param_shape),
+        params_side_by_side=_family_counts(shape, layout, per, s.groups if norm == "group" else groups),
+        norm=norm,
+        groups=s.groups if norm == "group" else None,
+        depends_on_batch=s.depends_on_batch,
+        split_shape=s.split_shape,
+    )
+
+
+_FAMILY_TEXT = {
+    "en": {
+        "batch_channel": "batch norm, per channel",
+        "batch_activation": "batch norm, per activation",
+        "layer": "layer norm",
+        "instance": "instance norm",
+        "group": "group norm",
+        "variant_layer": "Member: layer norm (Ba et al. 2016): each sample is normalized over all its values.",
+        "variant_instance": "Member: instance norm (Ulyanov et al. 2016): each channel of each sample is "
+        "normalized over its locations.",
+        "variant_group": "Member: group norm (Wu & He 2018) with G = {g} groups of C/G = {cg} channels: each "
+        "group of channels of each sample is normalized over its channels and locations.",
+        "set_layer": "One set B = every value {idx} of ONE sample n: all {c} channels × all {nloc} locations.",
+        "set_instance": "One set B = the values {idx} of ONE sample n and ONE channel c: its {nloc} locations.",
+        "set_layer_fc": "One set B = every value {idx} of ONE sample n: its {c} features.",
+        "set_instance_fc": "One set B = the value {idx} of ONE sample n and ONE feature c: a single value.",
+        "set_group_fc": "One set B = the values {idx} of ONE sample n and ONE group g of features "
+        "(c = g·{cg} … g·{cg}+{cg1}): {cg} values.",
+        "set_group": "One set B = the values {idx} of ONE sample n and ONE group g of channels "
+        "(c = g·{cg} … g·{cg}+{cg1}): {cg} channels × {nloc} locations.",
+        "count": "{sets} sets B ({how}), each of {size} values:",
+        "how_layer": "one per sample: N = {n}",
+        "how_instance": "one per sample and channel: N·C = {n}·{c}",
+        "how_group": "one per sample and group: N·G = {n}·{g}",
+        "numpy": "In NumPy, for the tensor t:",
+        "reshape": "# channels split into (G, C/G) = ({g}, {cg})",
+        "comment_mean": "# shape {fshape}: one mean per set B",
+        "params_layer": "γ and β: one pair per value of a sample (as torch.nn.LayerNorm), 2·{letters} = {params}.",
+        "params_channel": "γ and β: one pair per channel (as torch.nn.{cls}), 2·C = {params}.",
+        "batch_no": "Depends on the batch: no. Each sample is normalized with its own statistics, so its output "
+        "is the same whatever else is in the mini-batch, even with a batch of one.",
+        "inference": "At inference: the same computation as in training. There are no running statistics and "
+        "Alg. 2 has nothing to fix: the mean and variance come from each input, so the map is not one fixed "
+        "affine map and cannot be folded into the layer before it.",
+        "table_title": "The family side by side for this shape:",
+        "row_sets": "sets B",
+        "row_size": "values per set",
+        "row_params": "γ/β",
+        "row_batch": "uses the batch",
+        "yes": "yes",
+        "no": "no",
+        "chosen": "* this one",
+        "col_batch_channel": "BN per channel",
+        "col_batch_activation": "BN per activation",
+        "col_layer": "layer",
+        "col_instance": "instance",
+        "col_group": "group G={g}",
+        "tiny": "Warning: each set B holds a single value, so its variance is 0: this member cannot normalize "
+        "this shape.",
+        # figure
+        "fig_title": "x: {shape}, layout {layout}. Coloured: the values of ONE set B (one mean, one variance)",
+        "fig_panel": "{name}\n{sets} sets × {size} values\nγ, β: {params}",
+        "fig_more_n": "⋮ {n} samples",
+        "fig_more_c": "… {c} channels",
+        "fig_legend_in": "in set B",
+        "fig_legend_out": "other values",
+    },
+    "es": {
+        "batch_channel": "norm. por lotes, por canal",
+        "batch_activation": "norm. por lotes, por activación",
+        "layer": "norm. por capa",
+        "instance": "norm. por instancia",
+        "group": "norm. por grupos",
+        "variant_layer": "Miembro: normalización por capa (layer norm, Ba et al. 2016): cada ejemplo se "
+        "normaliza con todos sus valores.",
+        "variant_instance": "Miembro: normalización por instancia (instance norm, Ulyanov et al. 2016): cada "
+        "canal de cada ejemplo se normaliza con sus ubicaciones.",
+        "variant_group": "Miembro: normalización por grupos (group norm, Wu y He 2018) con G = {g} grupos de "
+        "C/G = {cg} canales: cada grupo de canales de cada ejemplo se normaliza con sus canales y ubicaciones.",
+        "set_layer": "Un conjunto B = todos los valores {idx} de UN ejemplo n: los {c} canales × las {nloc} "
+        "ubicaciones.",
+        "set_instance": "Un conjunto B = los valores {idx} de UN ejemplo n y UN canal c: sus {nloc} ubicaciones.",
+        "set_layer_fc": "Un conjunto B = todos los valores {idx} de UN ejemplo n: sus {c} características.",
+        "set_instance_fc": "Un conjunto B = el valor {idx} de UN ejemplo n y UNA característica c: un solo valor.",
+        "set_group_fc": "Un conjunto B = los valores {idx} de UN ejemplo n y UN grupo g de características "
+        "(c = g·{cg} … g·{cg}+{cg1}): {cg} valores.",
+        "set_group": "Un conjunto B = los valores {idx} de UN ejemplo n y UN grupo g de canales "
+        "(c = g·{cg} … g·{cg}+{cg1}): {cg} canales × {nloc} ubicaciones.",
+        "count": "{sets} conjuntos B ({how}), cada uno con {size} valores:",
+        "how_layer": "uno por ejemplo: N = {n}",
+        "how_instance": "uno por ejemplo y canal: N·C = {n}·{c}",
+        "how_group": "uno por ejemplo y grupo: N·G = {n}·{g}",
+        "numpy": "En NumPy, para el tensor t:",
+        "reshape": "# canales divididos en (G, C/G) = ({g}, {cg})",
+        "comment_mean": "# forma {fshape}: una media por conjunto B",
+        "params_layer": "γ y β: un par por valor de un ejemplo (como torch.nn.LayerNorm), 2·{letters} = {params}.",
+        "params_channel": "γ y β: un par por canal (como torch.nn.{cls}), 2·C = {params}.",
+        "batch_no": "¿Depende del minilote? No. Cada ejemplo se normaliza con sus propias estadísticas, así que "
+        "su salida no cambia con el resto del minilote, ni siquiera con un minilote de un ejemplo.",
+        "inference": "En inferencia: el mismo cálculo que en entrenamiento. No hay estadísticas acumuladas y el "
+        "Alg. 2 no tiene nada que fijar: la media y la varianza salen de cada entrada, así que no es una "
+        "transformación afín fija y no se puede fusionar con la capa anterior.",
+        "table_title": "La familia lado a lado para esta forma:",
+        "row_sets": "conjuntos B",
+        "row_size": "valores por conjunto",
+        "row_params": "γ/β",
+        "row_batch": "usa el minilote",
+        "yes": "sí",
+        "no": "no",
+        "chosen": "* el elegido",
+        "col_batch_channel": "BN por canal",
+        "col_batch_activation": "BN por activación",
+        "col_layer": "por capa",
+        "col_instance": "por instancia",
+        "col_group": "grupos G={g}",
+        "tiny": "Atención: cada conjunto B tiene un solo valor, su varianza es 0: este miembro no puede "
+        "normalizar esta forma.",
+        "fig_title": "x: {shape}, disposición {layout}. En color: los valores de UN conjunto B (una media, una "
+        "varianza)",
+        "fig_panel": "{name}\n{sets} conjuntos × {size} valores\nγ, β: {params}",
+        "fig_more_n": "⋮ {n} ejemplos",
+        "fig_more_c": "… {c} canales",
+        "fig_legend_in": "en el conjunto B",
+        "fig_legend_out": "otros valores",
+    },
+}
+
+
+def _family_sets(e: Explanation) -> dict[str, tuple]:
+    """member key -> its NormSet, for the members this explanation compares (both BN variants included)."""
+    out = {}
+    for norm in FAMILY:
+        pers = PER if norm == "batch" else (e.per,)
+        for per in pers:
+            if norm == "group" and e.groups is None:
+                continue
+            out[_family_member(norm, per)] = norm_set(
+                e.shape, e.layout, norm, per=per, groups=e.groups if norm == "group" else None
+            )
+    return out
+
+
+def _render_family_text(e: Explanation) -> str:
+    t, tf, lang = _TEXT[e.lang], _FAMILY_TEXT[e.lang], e.lang
+    n = e.shape[0]
+    c_axis = channel_axis(e.layout)
+    C = e.shape[c_axis]
+    spatial = _spatial(e.layout)
+    nloc = math.prod(e.shape[a] for a in spatial)
+    g = e.groups or 1
+    lines: list[str] = []
+
+    def add(paragraph: str) -> None:
+        lines.append(_wrap(paragraph))
+
+    dims = [t["dim_n"].format(n=n), *(f"{e.layout[a]}={e.shape[a]}" for a in spatial), t["dim_c"].format(c=C)]
+    add(t["header"].format(shape=e.shape, layout=e.layout, dims=", ".join(dims)))
+    add(tf[f"variant_{e.norm}"].format(g=g, cg=C // g))
+    lines.append("")
+    idx = "x[" + ", ".join(letter.lower() for letter in e.layout) + "]"
+    key = f"set_{e.norm}" + ("" if spatial else "_fc")
+    add(tf[key].format(idx=idx, c=C, nloc=_fmt(nloc, lang), cg=C // g, cg1=C // g - 1))
+    how = tf[f"how_{e.norm}"].format(n=n, c=C, g=g)
+    add("  " + tf["count"].format(sets=_fmt(e.num_sets, lang), how=how, size=_fmt(e.set_size, lang)))
+    split = e.split_shape or e.shape
+    letters = list(e.layout)
+    if e.norm == "group":
+        letters[c_axis : c_axis + 1] = ["G", "C/G"]
+    sizes = [split[a] for a in e.axes]
+    if len(sizes) > 1:
+        symbols = "·".join(f"({letters[a]})" if "/" in letters[a] else letters[a] for a in e.axes)
+        lines.append(f"    m' = {symbols} = " + "·".join(map(str, sizes)) + " = " + _fmt(e.set_size, lang))
+    elif sizes:
+        lines.append(f"    m' = {letters[e.axes[0]]} = {_fmt(e.set_size, lang)}")
+    if e.set_size == 1:
+        add("  " + tf["tiny"])
+    lines.append("")
+    add(tf["numpy"])
+    if e.norm == "group":
+        lines.append(f"  tg    = t.reshape{split}".ljust(40) + tf["reshape"].format(g=g, cg=C // g))
+    t_name = "tg" if e.norm == "group" else "t"
+    comment = tf["comment_mean"].format(fshape=e.feature_shape)
+    lines.append(f"  mu_B  = np.mean({t_name}, axis={e.axes!r})".ljust(40) + comment)
+    lines.append(f"  var_B = np.var({t_name}, axis={e.axes!r})")
+    lines.append("")
+    if e.norm == "layer":
+        kept = "·".join(e.layout[1:])
+        add(tf["params_layer"].format(letters=kept, params=_fmt(e.num_params, lang)))
+    else:
+        cls = "GroupNorm" if e.norm == "group" else "InstanceNorm2d"
+        add(tf["params_channel"].format(cls=cls, params=_fmt(e.num_params, lang)))
+    add(tf["batch_no"])
+    add(tf["inference"])
+    lines.append("")
+    add(tf["table_title"])
+    lines.extend(_family_table(e))
+    return "\n".join(lines)
+
+
+def _family_table(e: Explanation) -> list[str]:
+    tf, lang = _FAMILY_TEXT[e.lang], e.lang
+    sets = _family_sets(e)
+    chosen = _family_member(e.norm, e.per)
+    header = [""] + [tf[f"col_{k}"].format(g=e.groups) + (" *" if k == chosen else "") for k in sets]
+    rows = [header]
+    rows.append([tf["row_sets"], *(_fmt(s.num_sets, lang) for s in sets.values())])
+    rows.append([tf["row_size"], *(_fmt(s.set_size, lang) for s in sets.values())])
+    rows.append([tf["row_params"], *(_fmt(2 * math.prod(s.param_shape), lang) for s in sets.values())])
+    rows.append([tf["row_batch"], *(tf["yes"] if s.depends_on_batch else tf["no"] for s in sets.values())])
+    widths = [max(len(r[j]) for r in rows) for j in range(len(header))]
+    out = ["  " + "   ".join(r[j].ljust(widths[j]) for j in range(len(header))).rstrip() for r in rows]
+    return [*out, "  " + tf["chosen"]]
+
+
+def _in_family_set(norm: str, n: int, c: int, loc: int, cg: int) -> bool:
+    """Whether value (n, c, loc) shares the set B of value (0, 0, 0) under ``norm`` (per-channel BN for batch)."""
+    if norm == "batch":
+        return c == 0
+    if norm == "layer":
+        return n == 0
+    if norm == "instance":
+        return n == 0 and c == 0
+    return n == 0 and c // cg == 0
+
+
+def _save_family_figure(e: Explanation, path: Path, dpi: int = 100) -> Path:
+    """The family side by side: samples × channels × locations, the set B of value (0, 0, 0) coloured."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch, Rectangle
+
+    tf = _FAMILY_TEXT[e.lang]
+    sets = {k: s for k, s in _family_sets(e).items() if k != "batch_activation"}
+    C = e.shape[channel_axis(e.layout)]
+    nloc = math.prod(e.shape[a] for a in _spatial(e.layout))
+    n_show, c_show, l_show = min(e.shape[0], 3), min(C, 6), min(nloc, 4)
+    cg = C // (e.groups or 1)
+    rows = math.ceil(len(sets) / 2)
+    fig = Figure(figsize=(11, 2.2 * rows + 0.9), layout="constrained")
+    FigureCanvasAgg(fig)
+    axs = list(fig.subplots(rows, 2).ravel())
+    for ax in axs[len(sets) :]:
+        ax.axis("off")
+    for ax, (key, s) in zip(axs, sets.items(), strict=False):
+        norm = s.norm
+        for ni in range(n_show):
+            for ci in range(c_show):
+                for li in range(l_show):
+                    lit = _in_family_set(norm, ni, ci, li, cg)
+                    ax.add_patch(
+                        Rectangle((li + ci * (l_show + 0.6), -ni * 1.6), 1, 1,
+                                  facecolor=_IN_B if lit else _OUT_B, edgecolor=_EDGE, linewidth=0.8)
+                    )  # fmt: skip
+        width = c_show * (l_show + 0.6)
+        for ci in range(c_show):
+            ax.text(ci * (l_show + 0.6) + l_show / 2, 1.3, f"c={ci}", ha="center", fontsize=8)
+        for ni in range(n_show):
+            ax.text(-0.3, -ni * 1.6 + 0.5, f"n={ni}", ha="right", va="center", fontsize=8)
+        if C > c_show:
+            ax.text(width, 0.5, tf["fig_more_c"].format(c=C), ha="left", va="center", fontsize=8)
+        if e.shape[0] > n_show:
+            ax.text(0, -n_show * 1.6 + 0.6, tf["fig_more_n"].format(n=e.shape[0]), va="top", fontsize=8)
+        chosen = key == _family_member(e.norm, e.per)
+        title = tf["fig_panel"].format(
+            name=tf[key], sets=_fmt(s.num_sets, e.lang), size=_fmt(s.set_size, e.lang),
+            params=_fmt(2 * math.prod(s.param_shape), e.lang),
+        )  # fmt: skip
+        ax.set_title(title, fontsize=10, fontweight="bold" if chosen else "normal")
+        ax.set_xlim(-1.5, width + 2.5)
+        ax.set_ylim(-n_show * 1.6 - 0.8, 2.2)
+        ax.set_aspect("equal")
+        ax.axis("off")
+    fig.suptitle(tf["fig_title"].format(shape=e.shape, layout=e.layout), fontsize=12)
+    fig.legend(
+        handles=[Patch(facecolor=_IN_B, edgecolor=_EDGE, label=tf["fig_legend_in"]),
+                 Patch(facecolor=_OUT_B, edgecolor=_EDGE, label=tf["fig_legend_out"])],
+        loc="outside lower center", ncol=2, frameon=False, fontsize=10,
+    )  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
     return path

@@ -4,7 +4,11 @@
 
 - ``"none"``: no normalization; convolutions and linear layers keep their bias;
 - ``"activation"``: per-activation BN (§3), one μ/σ² and one (γ, β) per (channel, location);
-- ``"channel"``: convolutional BN (§3.2), one μ/σ² and one (γ, β) per feature map.
+- ``"channel"``: convolutional BN (§3.2), one μ/σ² and one (γ, β) per feature map;
+- ``"layer"``, ``"instance"``, ``"group"``: the rest of the family (:mod:`bnlab.nn.family`), sets within
+  one sample: layer norm over (C, H, W) with one (γ, β) per value, instance norm over (H, W), group norm
+  over groups of C/G channels (G = gcd(C, 8)), one (γ, β) per channel. In the classifier head (input
+  (N, C), no locations) "instance" uses layer norm: one value per set would have no variance.
 
 A conv or linear layer that feeds a BN has no bias: BN subtracts the mean, so a bias would be cancelled
 and β takes its role (§3.2). For a fully connected layer (input (N, C)) both variants are the same set B.
@@ -23,6 +27,7 @@ with a forward pre-hook (:class:`UnitRecorder`), as in the paper's Fig. 1(b, c):
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -33,6 +38,7 @@ from . import nn as bnn
 
 __all__ = [
     "NORMS",
+    "FAMILY_NORMS",
     "ACTIVATIONS",
     "ARCHS",
     "SmallCNN",
@@ -45,8 +51,12 @@ __all__ = [
 ]
 
 NORMS = ("none", "activation", "channel")
+#: The rest of the normalization family, also accepted by the models (not yet offered by ``bnlab train``,
+#: whose report draws the three above).
+FAMILY_NORMS = ("layer", "instance", "group")
 ACTIVATIONS = ("relu", "sigmoid")
 ARCHS = ("cnn", "mlp")
+_PER_SAMPLE = FAMILY_NORMS  # the members whose sets stay within one sample
 
 
 def _check_choice(name: str, value, choices: Sequence[str]) -> str:
@@ -59,7 +69,18 @@ def _activation(name: str) -> nn.Module:
     return nn.ReLU() if name == "relu" else nn.Sigmoid()
 
 
+def _family(norm: str, channels: int, size: tuple[int, ...]) -> nn.Module:
+    """A per-sample member of the family for an input (N, channels, *size)."""
+    if norm == "layer" or (norm == "instance" and not size):
+        return bnn.LayerNorm((channels, *size))
+    if norm == "instance":
+        return bnn.InstanceNorm2d(channels, affine=True)
+    return bnn.GroupNorm(math.gcd(channels, 8), channels)
+
+
 def _bn2d(norm: str, channels: int, size: tuple[int, int]) -> nn.Module:
+    if norm in _PER_SAMPLE:
+        return _family(norm, channels, size)
     if norm == "activation":
         return bnn.BatchNorm2d(channels, per="activation", spatial_size=size)
     return bnn.BatchNorm2d(channels)
@@ -67,6 +88,8 @@ def _bn2d(norm: str, channels: int, size: tuple[int, int]) -> nn.Module:
 
 def _bn1d(norm: str, features: int) -> nn.Module:
     # input (N, C): both variants pool the same m values; spatial_size=() keeps per-activation eager
+    if norm in _PER_SAMPLE:
+        return _family(norm, features, ())
     if norm == "activation":
         return bnn.BatchNorm1d(features, per="activation", spatial_size=())
     return bnn.BatchNorm1d(features)
@@ -101,7 +124,7 @@ class SmallCNN(_Recordable):
         hidden: int = 64,
     ) -> None:
         super().__init__()
-        _check_choice("norm", norm, NORMS)
+        _check_choice("norm", norm, NORMS + FAMILY_NORMS)
         _check_choice("activation", activation, ACTIVATIONS)
         h, w = (int(s) for s in image_size)
         self.spec = {
@@ -157,7 +180,7 @@ class PaperMLP(_Recordable):
         activation: str = "sigmoid",
     ) -> None:
         super().__init__()
-        _check_choice("norm", norm, NORMS)
+        _check_choice("norm", norm, NORMS + FAMILY_NORMS)
         _check_choice("activation", activation, ACTIVATIONS)
         self.spec = {
             "arch": "mlp",
@@ -208,9 +231,13 @@ def bn_layers(model: nn.Module) -> list[tuple[str, bnn._BatchNorm]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, bnn._BatchNorm)]
 
 
+_FAMILY_TYPES = (bnn.LayerNorm, bnn.GroupNorm, bnn.InstanceNorm2d)
+
+
 def count_parameters(model: nn.Module) -> dict[str, int]:
-    """Trainable parameter counts: ``total``, ``bn`` (γ and β together) and ``other``."""
-    bn = sum(p.numel() for _, m in bn_layers(model) for p in m.parameters(recurse=False))
+    """Trainable parameter counts: ``total``, ``bn`` (γ and β of every normalization layer) and ``other``."""
+    norms = [m for _, m in bn_layers(model)] + [m for m in model.modules() if isinstance(m, _FAMILY_TYPES)]
+    bn = sum(p.numel() for m in norms for p in m.parameters(recurse=False))
     total = sum(p.numel() for p in model.parameters())
     return {"total": total, "bn": bn, "other": total - bn}
 

@@ -204,9 +204,97 @@ def population_statistics(batch_means, batch_vars, m):
             f"batch_means and batch_vars must be stacked per batch on axis 0 with equal shapes, got "
             f"{batch_means.shape} and {batch_vars.shape}"
         )
-    counts = np.broadcast_to(np.asarray(m), (len(batch_means),))
+    m_arr = np.asarray(m)
+    if m_arr.dtype == bool or not (
+        np.issubdtype(m_arr.dtype, np.integer)
+        or (np.issubdtype(m_arr.dtype, np.floating) and np.all(np.isfinite(m_arr)) and np.all(m_arr == np.round(m_arr)))
+    ):
+        raise ValueError(f"m must be a whole number of values per set B (or one per batch), got m={m}")
+    if np.any(batch_vars < 0):
+        raise ValueError(
+            "batch_vars holds negative values; a variance σ²_B is never negative (pass the biased batch "
+            "variances of Alg. 1)"
+        )
+    counts = np.broadcast_to(m_arr, (len(batch_means),))
     if np.any(counts < 1) or counts.sum() - len(counts) < 1:
         raise ValueError(f"need more than one value per statistic to estimate a variance, got m={m}")
     return _pooled(
         Moments(float(c), mu, float(c) * var) for c, mu, var in zip(counts, batch_means, batch_vars, strict=True)
     )
+
+
+# ------------------------------------------------------------------------------ the normalization family
+# Layer, instance and group norm pool within one sample (bnlab.axes.norm_set): the statistics are Alg. 1's,
+# computed by forward() on a reshape of x (a batch of one in front, the channels split into G groups for
+# group norm) with γ = 1, β = 0; the result is reshaped back and the member's own γ, β applied.
+import math  # noqa: E402
+
+from .axes import NormSet, channel_axis, feature_shape, norm_set  # noqa: E402  (kept with the family additions)
+
+__all__ += ["FamilyCache", "family_forward", "family_backward"]
+
+
+class FamilyCache(NamedTuple):
+    """What :func:`family_backward` needs: the set, Alg. 1's cache on the reshaped x, γ broadcast against x."""
+
+    set: NormSet
+    bn: Cache  # Alg. 1 on x.reshape(set.view_shape) with γ = 1, β = 0: x̂ and the statistics
+    gamma: np.ndarray
+
+
+def _family_param(p, s: NormSet, name: str, dtype) -> np.ndarray:
+    p = np.asarray(p, dtype=dtype)
+    if p.shape != s.param_shape:
+        raise ValueError(f"{name} has shape {p.shape}, expected {s.param_shape} for {s.norm} norm of shape {s.shape}")
+    if s.norm == "batch":
+        return p.reshape(param_shape(s.shape, s.axes))
+    if s.norm == "layer":
+        return p.reshape(1, *p.shape)
+    c = channel_axis(s.layout)
+    return p.reshape(tuple(n if a == c else 1 for a, n in enumerate(s.shape)))
+
+
+def family_forward(x, gamma, beta, norm="batch", layout="NHWC", per="channel", groups=None, eps: float = 1e-5):
+    """Normalize ``x`` over the set B of ``norm`` (batch, layer, instance, group), then y = γ x̂ + β.
+
+    γ and β have ``norm_set(...).param_shape``: the feature shape for batch norm, ``(C,)`` for instance
+    and group norm, ``x.shape[1:]`` for layer norm. Returns ``(y, cache)``.
+
+    >>> x = np.random.default_rng(0).normal(size=(4, 6, 3, 3))            # NCHW
+    >>> y, _ = family_forward(x, np.ones(6), np.zeros(6), "group", "NCHW", groups=3)
+    >>> g = y.reshape(4, 3, 2 * 3 * 3)                                       # (N, G, values of one group)
+    >>> bool(np.allclose(g.mean(axis=2), 0) and np.allclose(g.var(axis=2), 1, atol=1e-3))
+    True
+    """
+    x = _as_float(x, "x")
+    s = norm_set(x.shape, layout, norm, per=per, groups=groups)
+    if s.set_size <= 1:
+        raise ValueError(
+            f"{norm} norm of an input of shape {s.shape} ({s.layout}) pools {s.set_size} value per set, so its "
+            f"variance is 0; it needs sets of more than one value (more locations, or fewer groups)"
+        )
+    gamma_, beta_ = (_family_param(p, s, name, x.dtype) for p, name in ((gamma, "gamma"), (beta, "beta")))
+    one = np.ones(math.prod(s.view_shape[a] for a in range(len(s.view_shape)) if a not in s.view_axes), x.dtype)
+    one = one.reshape(feature_shape(s.view_shape, s.view_axes))
+    x_hat, cache = forward(x.reshape(s.view_shape), one, np.zeros_like(one), axes=s.view_axes, eps=eps)
+    y = gamma_ * x_hat.reshape(x.shape) + beta_  # the member's own γ, β
+    return y, FamilyCache(s, cache, gamma_)
+
+
+def family_backward(dy, cache: FamilyCache):
+    """Gradients of :func:`family_forward`: ``(dx, dgamma, dbeta)``, through Alg. 1's closed-form backward."""
+    dy = _as_float(dy, "dy")
+    s, bn, gamma = cache
+    if dy.shape != s.shape:
+        raise ValueError(f"dy has shape {dy.shape}, expected the shape of x {s.shape}")
+    x_hat = bn.x_hat.reshape(s.shape)
+    if s.norm == "batch":
+        keep = s.axes
+    elif s.norm == "layer":
+        keep = (0,)
+    else:
+        keep = tuple(a for a in range(len(s.shape)) if a != channel_axis(s.layout))
+    dgamma = (dy * x_hat).sum(axis=keep).reshape(s.param_shape)  # ∂ℓ/∂γ = Σ ∂ℓ/∂y x̂
+    dbeta = dy.sum(axis=keep).reshape(s.param_shape)  # ∂ℓ/∂β = Σ ∂ℓ/∂y
+    dx, _, _ = backward((dy * gamma).reshape(s.view_shape), bn)  # ∂ℓ/∂x̂ = γ ∂ℓ/∂y, then Alg. 1's backward
+    return dx.reshape(s.shape), dgamma, dbeta

@@ -15,14 +15,22 @@ same weights as a run that never stopped.
 Ctrl-C (SIGINT) during :func:`fit` finishes the current step, saves the checkpoint and raises
 :class:`TrainingInterrupted` (a ``KeyboardInterrupt``) whose message says where it was saved. A second
 Ctrl-C stops at once, without saving.
+
+A loss that is NaN or infinite (e.g. a learning rate far too large), or weights that became so, stop
+:func:`fit` with :class:`TrainingDiverged` *before* the optimizer step and before any checkpoint is
+written: the last checkpoint on disk is the last good one. :func:`write_json` writes strict JSON (no
+``NaN``/``Infinity`` tokens, which standard JSON readers reject): non-finite numbers become ``null``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import random
+import reprlib
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -32,10 +40,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
-from .inference import load_checkpoint, save_checkpoint
-from .models import UnitRecorder, build_model, model_spec
+from .inference import CheckpointError, load_checkpoint, save_checkpoint
+from .models import ACTIVATIONS, ARCHS, NORMS, UnitRecorder, build_model, model_spec
 
 __all__ = [
     "OPTIMIZERS",
@@ -43,11 +51,16 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainingInterrupted",
+    "TrainingDiverged",
     "seed_everything",
     "make_optimizer",
     "evaluate",
     "fit",
     "load_trained",
+    "load_training_state",
+    "check_model_spec",
+    "write_json",
+    "finite_json",
 ]
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
@@ -125,6 +138,38 @@ class TrainingInterrupted(KeyboardInterrupt):
         super().__init__(message)
         self.checkpoint = checkpoint
         self.step = step
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss (or the weights) became NaN or infinite at ``step``; nothing of that step was saved.
+
+    ``loss`` is the offending loss value; ``checkpoint`` the last good checkpoint on disk (None when no
+    ``out_dir`` was given or none was written yet).
+    """
+
+    def __init__(self, message: str, step: int, loss: float, checkpoint: Path | None) -> None:
+        super().__init__(message)
+        self.step = step
+        self.loss = loss
+        self.checkpoint = checkpoint
+
+
+def finite_json(obj):
+    """Copy of ``obj`` (dicts, lists, tuples, numbers, strings) with NaN and ±inf replaced by None."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj
+
+
+def write_json(path: str | Path, obj) -> Path:
+    """Write ``obj`` as strict JSON (``allow_nan=False``): NaN and ±inf are written as ``null``."""
+    path = Path(path)
+    path.write_text(json.dumps(finite_json(obj), allow_nan=False), encoding="utf-8")
+    return path
 
 
 def seed_everything(seed: int) -> None:
@@ -212,6 +257,138 @@ class _SigintFlag:
             signal.signal(signal.SIGINT, self._previous)
 
 
+_STEP_UNIT = {"en": "step", "es": "paso"}
+
+
+def progress_bar(total: int, initial: int = 0, desc: str = "", enabled: bool = True, lang: str = "en", unit=None):
+    """A tqdm bar on stderr with labels in ``lang``; when stderr is not a terminal (a log file, a pipe)
+    it is redrawn at most every 30 s instead of several times a second, so logs stay small."""
+    tty = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit=unit or _STEP_UNIT.get(lang, "step"),
+        disable=not enabled,
+        leave=False,
+        dynamic_ncols=tty,
+        ncols=None if tty else 80,
+        mininterval=0.1 if tty else 30.0,
+        file=sys.stderr,
+    )
+
+
+# Bounds on a model spec read from a file: generous for this package's models, far below what would
+# exhaust memory. The spec is also checked against the shapes of the weights stored beside it.
+_SPEC_BOUNDS = {"channels": 4096, "side": 4096, "classes": 100_000, "features": 1 << 24, "layers": 16}
+
+
+def _int_in(spec: dict, key: str, low: int, high: int) -> int:
+    value = spec[key]
+    if type(value) is not int or not low <= value <= high:
+        raise CheckpointError(f"model_spec[{key!r}] = {reprlib.repr(value)}: expected an integer from {low} to {high}")
+    return value
+
+
+def _int_list(spec: dict, key: str, length: tuple[int, int], high: int) -> list[int]:
+    value = spec[key]
+    if not isinstance(value, (list, tuple)) or not length[0] <= len(value) <= length[1]:
+        raise CheckpointError(
+            f"model_spec[{key!r}] = {reprlib.repr(value)}: expected a list of {length[0]} to {length[1]} integers"
+        )
+    for v in value:
+        if type(v) is not int or not 1 <= v <= high:
+            raise CheckpointError(f"model_spec[{key!r}] = {reprlib.repr(value)}: each entry must be from 1 to {high}")
+    return list(value)
+
+
+def check_model_spec(spec) -> dict:
+    """Validate a model spec read from a checkpoint (types, names, bounded sizes); return a clean copy.
+
+    Raises :class:`bnlab.CheckpointError` naming the field at fault. Nothing is allocated.
+    """
+    if not isinstance(spec, dict):
+        raise CheckpointError(f"model_spec is a {type(spec).__name__}, not a dict")
+    b = _SPEC_BOUNDS
+    arch = spec.get("arch")
+    if arch not in ARCHS:
+        raise CheckpointError(f"model_spec['arch'] = {reprlib.repr(arch)}: expected one of {', '.join(ARCHS)}")
+    fields = {
+        "cnn": {"arch", "in_channels", "image_size", "num_classes", "norm", "activation", "widths", "hidden"},
+        "mlp": {"arch", "in_features", "num_classes", "norm", "activation", "hidden"},
+    }[arch]
+    if set(spec) != fields:
+        raise CheckpointError(
+            f"model_spec has fields {reprlib.repr(sorted(map(str, spec)))}; a {arch} model has {sorted(fields)}"
+        )
+    for key, choices in (("norm", NORMS), ("activation", ACTIVATIONS)):
+        if spec[key] not in choices:
+            raise CheckpointError(
+                f"model_spec[{key!r}] = {reprlib.repr(spec[key])}: expected one of {', '.join(choices)}"
+            )
+    clean = {"arch": arch, "norm": spec["norm"], "activation": spec["activation"]}
+    clean["num_classes"] = _int_in(spec, "num_classes", 1, b["classes"])
+    if arch == "cnn":
+        clean["in_channels"] = _int_in(spec, "in_channels", 1, b["channels"])
+        clean["image_size"] = _int_list(spec, "image_size", (2, 2), b["side"])
+        clean["widths"] = _int_list(spec, "widths", (1, 8), b["channels"])
+        clean["hidden"] = _int_in(spec, "hidden", 1, b["channels"] * 16)
+    else:
+        clean["in_features"] = _int_in(spec, "in_features", 1, b["features"])
+        clean["hidden"] = _int_list(spec, "hidden", (0, b["layers"]), b["channels"] * 16)
+    return clean
+
+
+_TRAINING_KEYS = ("model_spec", "config", "meta", "model", "optimizer", "history", "step", "rng")
+
+
+def load_training_state(path: str | Path) -> dict:
+    """Read a checkpoint written by :func:`fit` and check its structure; return its contents.
+
+    Raises :class:`bnlab.CheckpointError` for a damaged file, for a checkpoint that is not a training
+    checkpoint, or one whose model spec is invalid or does not match the weights stored with it.
+    """
+    saved = load_checkpoint(path)
+    if saved.get("kind") != _KIND:
+        raise CheckpointError(f"{path} is not a bnlab training checkpoint (written by `bnlab train` or fit())")
+    missing = [k for k in _TRAINING_KEYS if k not in saved]
+    if missing:
+        raise CheckpointError(f"{path} is a training checkpoint without {', '.join(missing)}: it is damaged")
+    step = saved["step"]
+    if type(step) is not int or step < 0:
+        raise CheckpointError(f"{path}: step = {step!r} is not a step count")
+    for key in ("config", "model", "optimizer", "history", "rng"):
+        if not isinstance(saved[key], dict):
+            raise CheckpointError(f"{path}: {key} is a {type(saved[key]).__name__}, not a dict")
+    if saved["meta"] is not None and not isinstance(saved["meta"], dict):
+        raise CheckpointError(f"{path}: meta is a {type(saved['meta']).__name__}, not a dict")
+    try:
+        spec = check_model_spec(saved["model_spec"])
+        with torch.device("meta"):  # shapes only, nothing allocated
+            skeleton = build_model(spec)
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"{path}: invalid model_spec: {err}") from None
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    stored = saved["model"]
+    found = {k: tuple(v.shape) for k, v in stored.items() if isinstance(v, torch.Tensor)}
+    if expected != found or len(found) != len(stored):
+        wrong = sorted(set(expected) ^ set(stored) | {k for k in expected if expected[k] != found.get(k)})
+        raise CheckpointError(
+            f"{path}: the weights do not match the model spec ({', '.join(map(str, wrong[:4]))}"
+            f"{', ...' if len(wrong) > 4 else ''})"
+        )
+    saved["model_spec"] = spec
+    return saved
+
+
+def _non_finite(model: nn.Module) -> str | None:
+    """Name of the first parameter or buffer holding NaN or ±inf, else None."""
+    for name, t in (*model.named_parameters(), *model.named_buffers()):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return name
+    return None
+
+
 def _check_resume(saved: dict, model: nn.Module, config: TrainConfig, path: Path) -> None:
     spec = model_spec(model)
     if saved["model_spec"] != spec:
@@ -241,6 +418,7 @@ def fit(
     desc: str = "train",
     meta: dict | None = None,
     on_step: Callable[[int], None] | None = None,
+    lang: str = "en",
     replica=None,
 ) -> TrainResult:
     """Train ``model`` on ``data.x_train, data.y_train``; evaluate on the ``config.eval_split`` split.
@@ -248,11 +426,13 @@ def fit(
     ``out_dir``: where ``last.pt`` is written at the end of every epoch (and on Ctrl-C). ``resume``:
     continue from ``out_dir/last.pt`` if it exists (the model and settings must match; ``epochs`` may
     grow). ``meta``: plain values stored in the checkpoint (e.g. the dataset name). ``on_step(step)`` is
-    called after every completed step (the step count so far). ``replica``: this process's
-    :class:`bnlab.parallel.Replica` in a data-parallel run (``model`` from ``replica.wrap``): only the main
-    replica shows progress and writes checkpoints, and all replicas stop after the same step on Ctrl-C.
+    called after every completed step (the step count so far). ``lang``: labels of the progress bar.
+    ``replica``: this process's :class:`bnlab.parallel.Replica` in a data-parallel run (``model`` from
+    ``replica.wrap``): only the main replica shows progress and writes checkpoints, and all replicas stop
+    after the same step on Ctrl-C.
 
-    Returns a :class:`TrainResult`; raises :class:`TrainingInterrupted` after saving, on Ctrl-C.
+    Returns a :class:`TrainResult`; raises :class:`TrainingInterrupted` after saving, on Ctrl-C, and
+    :class:`TrainingDiverged` (saving nothing) when the loss or the weights become NaN or infinite.
     """
     config = config or TrainConfig()
     meta = dict(meta or {})
@@ -274,9 +454,7 @@ def fit(
     if ckpt is not None:
         ckpt.parent.mkdir(parents=True, exist_ok=True)
     if resume and ckpt is not None and ckpt.exists():
-        saved = load_checkpoint(ckpt)
-        if saved.get("kind") != _KIND:
-            raise ValueError(f"cannot resume from {ckpt}: not a bnlab training checkpoint")
+        saved = load_training_state(ckpt)
         _check_resume(saved, model, config, ckpt)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -306,9 +484,28 @@ def fit(
         history["eval_accuracy"].append(r["accuracy"])
 
     recorder = UnitRecorder(model, config.record_layer, config.record_unit)
-    main = replica is None or replica.is_main
-    bar = tqdm(total=total_steps, initial=step, desc=desc, disable=not (progress and main), leave=False,
-               dynamic_ncols=True)  # fmt: skip
+    saved_ok = ckpt if ckpt is not None and ckpt.exists() else None  # the last good checkpoint on disk
+
+    def diverged(what: str, loss_value: float) -> TrainingDiverged:
+        where = f"the last good checkpoint, {saved_ok}, was kept" if saved_ok else "nothing was saved"
+        return TrainingDiverged(
+            f"training diverged at step {step + 1}/{total_steps}: {what}; {where}. Try a smaller learning "
+            f"rate (lr={config.lr:g})",
+            step + 1,
+            loss_value,
+            saved_ok,
+        )
+
+    def save() -> Path:
+        nonlocal saved_ok
+        bad = _non_finite(model)
+        if bad is not None:
+            raise diverged(f"{bad} holds NaN or infinite values", math.nan)
+        saved_ok = save_checkpoint(ckpt, state())
+        return saved_ok
+
+    main = replica is None or replica.is_main  # only the main replica shows progress and writes files
+    bar = progress_bar(total_steps, step, desc, enabled=progress and main, lang=lang)
     model.train()
     try:
         with _SigintFlag() as sigint:
@@ -324,6 +521,10 @@ def fit(
                 t0 = time.perf_counter()
                 logits = model(xb)
                 loss = nn.functional.cross_entropy(logits, yb)
+                # before the step, so the weights stay as they were; in a data-parallel run every replica
+                # computes the same loss from the gathered batch, so all of them stop at the same step
+                if not bool(torch.isfinite(loss.detach())):
+                    raise diverged(f"the loss is {float(loss.detach())}", float(loss.detach()))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -344,11 +545,11 @@ def fit(
                     bar.set_postfix(loss=f"{loss_value:.3f}", acc=f"{history['eval_accuracy'][-1]:.3f}")
                 bar.update(1)
                 if ckpt is not None and main and (end_of_epoch or step == total_steps):
-                    save_checkpoint(ckpt, state())
+                    save()
                 if on_step is not None:
                     on_step(step)
                 if sigint.raised if replica is None else replica.agree(sigint.raised):
-                    saved_to = save_checkpoint(ckpt, state()) if ckpt is not None and main else ckpt
+                    saved_to = save() if ckpt is not None and main else ckpt
                     where = f"checkpoint saved to {saved_to}" if saved_to else "nothing saved (no out_dir)"
                     raise TrainingInterrupted(f"interrupted at step {step}/{total_steps}: {where}", saved_to, step)
     finally:
@@ -359,11 +560,16 @@ def fit(
 
 
 def load_trained(path: str | Path) -> tuple[nn.Module, dict]:
-    """The model saved in a training checkpoint (in eval mode) and the checkpoint's contents."""
-    saved = load_checkpoint(path)
-    if not isinstance(saved, dict) or saved.get("kind") != _KIND:
-        raise ValueError(f"{path} is not a bnlab training checkpoint (written by `bnlab train`)")
+    """The model saved in a training checkpoint (in eval mode) and the checkpoint's contents.
+
+    The checkpoint is checked first (:func:`load_training_state`): a damaged or hostile file raises
+    :class:`bnlab.CheckpointError` before any model is built.
+    """
+    saved = load_training_state(path)
     model = build_model(saved["model_spec"])
-    model.load_state_dict(saved["model"])
+    try:
+        model.load_state_dict(saved["model"])
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: the stored weights do not fit the model: {err}") from None
     model.eval()
     return model, saved

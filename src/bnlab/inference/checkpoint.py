@@ -1,7 +1,14 @@
 """Checkpoints that are written atomically and cannot run code when loaded.
 
-A checkpoint is a ``torch.save`` zip file holding ``{"format": "bnlab-checkpoint", "version": 1,
-"state": ...}``. Writing goes to a temporary file in the target's directory, is flushed and fsync'ed,
+A checkpoint is a ``torch.save`` zip file holding ``{"format": "bnlab-checkpoint", "version": 2,
+"state": ..., "digests": [...]}``: ``digests`` has one SHA-256 per tensor of ``state`` (its dtype, shape
+and bytes, in the order the state is walked), checked on load. The zip container's CRCs do not cover
+everything a loader reads (a flipped byte in the central directory can make torch read a tensor's bytes
+from elsewhere, or not at all); the digests check the tensors themselves, so a load either returns
+exactly what was saved or raises :class:`CheckpointError`. Files of version 1 (bnlab 0.1, no digests)
+are still read, with the container checks only. Nesting deeper than 100 containers is refused.
+
+Writing goes to a temporary file in the target's directory, is flushed and fsync'ed,
 and only then renamed over the target (``os.replace`` is atomic on POSIX and Windows): a writer killed at
 any moment leaves either the previous checkpoint or the new one, never a mix. A killed writer may leave
 its ``.<name>.*.tmp`` file behind; it is never read.
@@ -25,6 +32,7 @@ with their dtype and shape and :func:`load_checkpoint` turns them back into the 
 from __future__ import annotations
 
 import collections
+import hashlib
 import os
 import pickle
 import sys
@@ -39,7 +47,9 @@ import torch
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint"]
 
 FORMAT = "bnlab-checkpoint"
-VERSION = 1
+VERSION = 2
+_READABLE_VERSIONS = (1, 2)
+MAX_DEPTH = 100  # containers inside containers; deeper states are refused on save and on load
 _NDARRAY = "__bnlab_ndarray__"  # marker key of an encoded NumPy array or scalar
 
 
@@ -57,6 +67,8 @@ def _where(path: tuple) -> str:
 
 def _encode(obj: Any, path: tuple = ()) -> Any:
     """Copy of ``obj`` with NumPy values encoded; raise TypeError for anything weights_only can't load."""
+    if len(path) > MAX_DEPTH:
+        raise ValueError(f"{_where(path[:3])}... nests containers more than {MAX_DEPTH} deep; flatten it")
     if isinstance(obj, torch.Tensor):
         if type(obj) not in (torch.Tensor, torch.nn.Parameter):
             raise TypeError(f"{_where(path)} is a {type(obj).__name__} (a tensor subclass); save a plain tensor")
@@ -67,7 +79,7 @@ def _encode(obj: Any, path: tuple = ()) -> Any:
             raise TypeError(f"{_where(path)} is a NumPy array of Python objects, which cannot be loaded safely")
         data = torch.from_numpy(np.frombuffer(np.ascontiguousarray(arr).tobytes(), dtype=np.uint8).copy())
         return {
-            _NDARRAY: VERSION,
+            _NDARRAY: 1,
             "dtype": arr.dtype.str,
             "shape": list(arr.shape),
             "data": data,
@@ -95,18 +107,66 @@ def _encode(obj: Any, path: tuple = ()) -> Any:
     )
 
 
-def _decode(obj: Any) -> Any:
+def _tensor_digest(t: torch.Tensor) -> str:
+    """SHA-256 of a tensor's dtype, shape and bytes (row-major, whatever its strides or device)."""
+    h = hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode())
+    if t.device.type != "meta":
+        t = t.detach()
+        if t.layout != torch.strided:
+            t = t.to_dense()
+        flat = t.cpu().contiguous().reshape(-1)
+        if flat.numel():
+            h.update(flat.view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def _walk_tensors(obj: Any, path: tuple = ()):
+    """Yield ``(path, tensor)`` for every tensor in ``obj``, depth first, in container order."""
+    if len(path) > MAX_DEPTH:
+        raise CheckpointError(f"{_where(path[:3])}... nests containers more than {MAX_DEPTH} deep")
+    if isinstance(obj, torch.Tensor):
+        yield path, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _walk_tensors(v, (*path, k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _walk_tensors(v, (*path, i))
+
+
+def _decode_array(obj: dict, path: tuple) -> Any:
+    try:
+        dtype = np.dtype(obj["dtype"]) if isinstance(obj["dtype"], str) else None
+        data, shape, scalar = obj["data"], obj["shape"], obj["scalar"]
+        if (
+            dtype is None
+            or dtype.hasobject
+            or not isinstance(data, torch.Tensor)
+            or data.dtype != torch.uint8
+            or not isinstance(shape, list)
+            or not all(type(n) is int and n >= 0 for n in shape)
+            or not isinstance(scalar, bool)
+        ):
+            raise TypeError("malformed fields")
+        raw = data.cpu().numpy().tobytes()
+        arr = np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{_where(path)} is a damaged NumPy array record ({e})") from None
+    return arr[()] if scalar else arr
+
+
+def _decode(obj: Any, path: tuple = ()) -> Any:
+    if len(path) > MAX_DEPTH:
+        raise CheckpointError(f"{_where(path[:3])}... nests containers more than {MAX_DEPTH} deep")
     if isinstance(obj, dict):
-        if obj.get(_NDARRAY) == VERSION:
-            raw = obj["data"].cpu().numpy().tobytes()
-            arr = np.frombuffer(raw, dtype=np.dtype(obj["dtype"])).reshape(obj["shape"]).copy()
-            return arr[()] if obj["scalar"] else arr
-        items = [(k, _decode(v)) for k, v in obj.items()]
+        if _NDARRAY in obj:
+            return _decode_array(obj, path)
+        items = [(k, _decode(v, (*path, k))) for k, v in obj.items()]
         return collections.OrderedDict(items) if isinstance(obj, collections.OrderedDict) else dict(items)
     if isinstance(obj, list):
-        return [_decode(v) for v in obj]
+        return [_decode(v, (*path, i)) for i, v in enumerate(obj)]
     if isinstance(obj, tuple):
-        return tuple(_decode(v) for v in obj)
+        return tuple(_decode(v, (*path, i)) for i, v in enumerate(obj))
     return obj
 
 
@@ -136,7 +196,9 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
     """
     if not isinstance(state, dict):
         raise TypeError(f"save_checkpoint expects a dict, got {type(state).__name__}")
-    payload = {"format": FORMAT, "version": VERSION, "state": _encode(state)}
+    encoded = _encode(state)
+    digests = [_tensor_digest(t) for _, t in _walk_tensors(encoded)]
+    payload = {"format": FORMAT, "version": VERSION, "state": encoded, "digests": digests}
     target = Path(path)
     directory = target.parent
     if not directory.is_dir():
@@ -182,7 +244,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
         with zipfile.ZipFile(path) as z:
             names = z.namelist()
             bad = z.testzip()  # checks every record's CRC
-    except (zipfile.BadZipFile, EOFError, OSError) as e:
+    except Exception as e:  # noqa: BLE001 - BadZipFile, EOFError, OSError, UnicodeDecodeError (names), ...
         raise CheckpointError(f"{path} is truncated or corrupt ({size} bytes): {e}") from None
     if bad is not None:
         raise CheckpointError(f"{path} is corrupt: record {bad!r} fails its CRC check")
@@ -199,13 +261,38 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
             f"refusing to load {path}: it holds objects that would run code when unpickled ({detail}); "
             f"bnlab checkpoints hold only tensors, numbers, strings and containers"
         ) from None
-    except RuntimeError as e:
-        raise CheckpointError(f"{path} is truncated or corrupt: {e}") from None
+    except MemoryError:
+        raise CheckpointError(f"{path} is corrupt: it asks for more memory than there is") from None
+    except Exception as e:  # noqa: BLE001 - whatever a damaged file makes the unpickler raise
+        # RuntimeError, UnicodeDecodeError, NotImplementedError, KeyError, RecursionError, ...
+        raise CheckpointError(f"{path} is truncated or corrupt ({type(e).__name__}: {e})") from None
     if not (isinstance(payload, dict) and payload.get("format") == FORMAT and "state" in payload):
         raise CheckpointError(f"{path} is not a bnlab checkpoint (a torch file without the bnlab header)")
-    if payload.get("version") != VERSION:
+    version = payload.get("version")
+    if type(version) is not int or version not in _READABLE_VERSIONS:
         raise CheckpointError(
-            f"{path} is a bnlab checkpoint of format version {payload.get('version')!r}; this bnlab reads "
-            f"version {VERSION}"
+            f"{path} is a bnlab checkpoint of format version {version!r}; this bnlab reads versions "
+            f"{', '.join(map(str, _READABLE_VERSIONS))}"
         )
-    return _decode(payload["state"])
+    state = payload["state"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is corrupt: its state is a {type(state).__name__}, not a dict")
+    if version >= 2:
+        _check_digests(path, state, payload.get("digests"))
+    return _decode(state)
+
+
+def _check_digests(path: Path, state: dict, digests: Any) -> None:
+    tensors = list(_walk_tensors(state))
+    if not (isinstance(digests, list) and all(isinstance(d, str) for d in digests)):
+        raise CheckpointError(f"{path} is corrupt: its list of tensor digests is missing or damaged")
+    if len(digests) != len(tensors):
+        raise CheckpointError(
+            f"{path} is corrupt: it holds {len(tensors)} tensors but {len(digests)} digests"
+        )
+    for (where, t), digest in zip(tensors, digests, strict=True):
+        if _tensor_digest(t) != digest:
+            raise CheckpointError(
+                f"{path} is corrupt: the bytes of {_where(where)} do not match their SHA-256 digest "
+                f"(the file was damaged after it was written)"
+            )

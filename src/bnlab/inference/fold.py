@@ -12,11 +12,12 @@ computed in float64 and cast back to the layer's dtype.
 
 Pairs are found in the module graph, not by names: the model is traced with ``torch.fx`` (BN, conv,
 linear layers as leaves) and a BN layer is folded when its only argument is the output of a conv/linear
-call used by nothing else, and each of the two modules is called once. If the model cannot be traced
-(data-dependent control flow), only the pairs that follow each other inside an ``nn.Sequential`` are
-folded, with a warning. Every other BN layer — per-activation BN (a scale per location cannot enter a
-convolution's weights), BN after a ReLU, a residual sum, a shared or hooked layer — becomes an
-:class:`Affine`. A ``Linear → BatchNorm1d`` pair assumes the usual (N, features) input.
+call used by nothing else, each of the two modules is called once, and neither has forward hooks. If the
+model cannot be traced (data-dependent control flow), only the pairs that follow each other inside an
+``nn.Sequential`` are folded, with a warning. Every other BN layer — per-activation BN (a scale per
+location cannot enter a convolution's weights), BN after a ReLU, a residual sum, a shared or hooked
+layer — becomes an :class:`Affine` (a BN layer's own forward hooks move to its Affine and keep running).
+A ``Linear → BatchNorm1d`` pair assumes the usual (N, features) input.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def _foldable(layer: nn.Module, bn: nn.Module, counts: dict[int, int]) -> bool:
     if not layer.weight.is_floating_point():
         return False
     # hooks (old-style weight_norm, user hooks) or parametrizations could change the weight or the output
-    hooks = (layer._forward_pre_hooks, layer._forward_hooks, bn._forward_hooks)
+    hooks = (layer._forward_pre_hooks, layer._forward_hooks, bn._forward_pre_hooks, bn._forward_hooks)
     if any(hooks) or torch.nn.utils.parametrize.is_parametrized(layer):
         return False
     return True
@@ -136,6 +137,22 @@ def _fold_into(layer: nn.Module, scale: torch.Tensor, shift: torch.Tensor) -> No
     )
 
 
+_HOOK_DICTS = (
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+)
+
+
+def _keep_hooks(old: nn.Module, new: nn.Module) -> None:
+    """The forward (pre-)hooks of a BN layer keep running on the Affine map that replaces it."""
+    for attr in _HOOK_DICTS:
+        if hasattr(old, attr) and hasattr(new, attr):
+            getattr(new, attr).update(getattr(old, attr))
+
+
 def fold(model: nn.Module) -> nn.Module:
     """The inference network of ``model``: a new module in eval mode with no BN layer left.
 
@@ -193,5 +210,7 @@ def fold(model: nn.Module) -> nn.Module:
                 raise ValueError(
                     f"cannot fold: layer {describe(name, bn)} has statistics of shape {tuple(scale.shape)}"
                 )
-            net = replace_module(net, bn, Affine(scale.to(dtype), shift.to(dtype), per=per))
+            affine = Affine(scale.to(dtype), shift.to(dtype), per=per)
+            _keep_hooks(bn, affine)
+            net = replace_module(net, bn, affine)
     return net.eval()

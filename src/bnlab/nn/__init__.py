@@ -1,9 +1,23 @@
-"""bnlab's torch layer: drop-in ``BatchNorm1d/2d/3d`` modules and the ``functional.batch_norm`` they use."""
+"""bnlab's torch layer: drop-in ``BatchNorm1d/2d/3d`` (and ``SyncBatchNorm``) modules, the rest of the
+normalization family (``GroupNorm``, ``LayerNorm``, ``InstanceNorm1d/2d/3d``), and ``functional``."""
 
 from . import functional
+from .family import GroupNorm, InstanceNorm1d, InstanceNorm2d, InstanceNorm3d, LayerNorm
 from .modules import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm
 
-__all__ = ["functional", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "_BatchNorm"]
+__all__ = [
+    "functional",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "SyncBatchNorm",
+    "GroupNorm",
+    "LayerNorm",
+    "InstanceNorm1d",
+    "InstanceNorm2d",
+    "InstanceNorm3d",
+    "_BatchNorm",
+]
 
 
 def __getattr__(name: str):  # SyncBatchNorm lives in bnlab.distributed (a layer above): loaded on first use

@@ -472,3 +472,9 @@ def _train(x, weight, bias, axes, eps, relu):
     if route == "stock":
         return _composed_train(x, weight, bias, axes, eps, relu)
     return _train_op(x, weight, bias, list(axes), eps, relu)
+
+
+# the rest of the normalization family, written with batch_norm above (bnlab/nn/family.py)
+from .family import group_norm, instance_norm, layer_norm  # noqa: E402
+
+__all__ += ["group_norm", "instance_norm", "layer_norm"]

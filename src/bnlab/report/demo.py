@@ -27,7 +27,7 @@ from ..data import load_dataset
 from ..explain import explain
 from ..models import SmallCNN, bn_layers, count_parameters
 from ..training import TrainConfig, evaluate, fit, seed_everything
-from . import plots
+from . import plots, small_batch
 from .strings import NORM_NAMES, S, pct, secs
 
 __all__ = ["Setting", "SETTINGS", "NORM_ORDER", "run_demo"]
@@ -222,7 +222,17 @@ def run_demo(
             "runs": runs,
         }
         t0 = time.perf_counter()
+        results["out_name"] = str(out_dir)  # as the user wrote it, for the commands the report suggests
+        small = small_batch.for_report(out)
+        if small is not None:
+            results["small_batch"] = small
         figures = plots.demo_figures(results, out / "figures", lang)
+        # the learner's third question: a real 3x3 filter beside the feature map it makes from one digit
+        plots.filter_map_figure(data.x_train[0, 0].numpy(), lang, out / "figures" / "filter-vs-map.png")
+        figures["filter"] = "figures/filter-vs-map.png"
+        if small is not None:
+            small_batch.figure(small, lang, out / "figures" / "small-batch.png")
+            figures["small_batch"] = "figures/small-batch.png"
         t_fig = time.perf_counter() - t0
         train_total = sum(r["train_seconds"] for r in runs)
         total = time.perf_counter() - t_start
@@ -235,7 +245,8 @@ def run_demo(
             "total": total,
         }
         results["figures"] = figures
-        (out / "results.json").write_text(json.dumps(_finite(results), separators=(",", ":")), encoding="utf-8")
+        text = json.dumps(_finite(results), separators=(",", ":"), allow_nan=False)  # strict JSON
+        (out / "results.json").write_text(text, encoding="utf-8")
         index = write_report(results, out, settings)
     finally:
         torch.set_num_threads(threads)

@@ -27,6 +27,12 @@ figcaption { font-size: 0.9rem; color: #555; }
 pre { background: #f7f7f7; padding: 0.8rem; overflow-x: auto; font-size: 0.85rem; }
 .muted { color: #666; font-size: 0.9rem; } code { background: #f3f3f3; padding: 0 0.2rem; }
 .none { color: #5f5f5f; } .activation { color: #b8610f; } .channel { color: #1f55b0; }
+.tw { overflow-x: auto; max-width: 100%; } .look { font-size: 0.92rem; margin-top: -0.4rem; color: #333; }
+.look::before { content: "→ "; } ul.notes { font-size: 0.92rem; color: #333; }
+@media (max-width: 600px) {
+  body { margin: 1rem auto; padding: 0 0.5rem; } h1 { font-size: 1.35rem; }
+  table { font-size: 0.78rem; } th, td { padding: 0.2rem 0.3rem; }
+}
 """
 
 NORMS = ("none", "activation", "channel")
@@ -68,76 +74,195 @@ def _acc_over_seeds(runs: list[dict], lang: str) -> str:
     return S[lang]["mean_range"].format(mean=pct(float(np.mean(accs)), lang), each=each)
 
 
-def _observations(results: dict, settings, lang: str) -> list[str]:
-    """What happened, in words, computed from the numbers (means over seeds)."""
+def _correct(run: dict, n_test: int, key: str | None = None) -> int:
+    """Test images right: from ``errors`` (EMA), or from a traineval accuracy (``key`` = batch/ema/recal)."""
+    if key is None:
+        return n_test - run["errors"]
+    return round(run["traineval"][key]["accuracy"] * n_test)
+
+
+def setting_claim(results: dict, key: str) -> dict | None:
+    """What the numbers say about BN in one setting, with the numbers that say it.
+
+    ``kind`` is ``not_learned`` (no seed without BN above 20%), ``same`` (the three means over seeds within 3
+    test images), ``helps`` (every BN run, both variants, every seed, above every run without BN), ``worse``
+    (every BN run below every run without BN) or ``unclear`` (anything else: the seeds overlap).
+    """
+    n_test = results["data"]["test"]
+    by_norm = {n: [r for r in results["runs"] if r["setting"] == key and r["norm"] == n] for n in NORMS}
+    if not all(by_norm.values()):
+        return None
+    correct = {n: [_correct(r, n_test) for r in rs] for n, rs in by_norm.items()}
+    mean = {n: float(np.mean(c)) for n, c in correct.items()}
+    bn = correct["activation"] + correct["channel"]
+    best_bn_mean = max(mean["activation"], mean["channel"])
+    claim = {
+        "setting": key,
+        "mean_correct": mean,
+        "correct": correct,
+        "diff": round(best_bn_mean - mean["none"], 1),
+        "span": round(max(mean.values()) - min(mean.values()), 1),
+        "none_spread": max(correct["none"]) - min(correct["none"]),
+        "worst_bn": min(bn),
+        "best_bn": max(bn),
+        "best_none": max(correct["none"]),
+        "worst_none": min(correct["none"]),
+    }
+    if max(r["test"]["accuracy"] for r in by_norm["none"]) < 0.2:
+        claim["kind"] = "not_learned"
+    elif claim["span"] <= 3:
+        claim["kind"] = "same"
+    elif min(bn) > max(correct["none"]):
+        claim["kind"] = "helps"
+    elif max(bn) < min(correct["none"]):
+        claim["kind"] = "worse"
+    else:
+        claim["kind"] = "unclear"
+    return claim
+
+
+def _claims(results: dict, settings, lang: str) -> list[tuple[dict, str]]:
+    """(claim, sentence) for each setting, the sentence written from the claim's numbers."""
     t = S[lang]
     n_test = results["data"]["test"]
     out = []
-    variant_gap = variant_gap_recal = 0.0
     for setting in settings:
-        by_norm = {n: [r for r in results["runs"] if r["setting"] == setting.key and r["norm"] == n] for n in NORMS}
-        if not all(by_norm.values()):
+        c = setting_claim(results, setting.key)
+        if c is None:
             continue
-        correct = {n: float(np.mean([n_test - r["errors"] for r in rs])) for n, rs in by_norm.items()}
-        acc = {n: _acc_over_seeds(rs, lang) for n, rs in by_norm.items()}
-        variant_gap = max(variant_gap, abs(correct["activation"] - correct["channel"]))
-        recal = {
-            n: [n_test * r["traineval"]["recal"]["accuracy"] for r in by_norm[n] if r["traineval"]["recal"]]
-            for n in ("activation", "channel")
-        }
-        if all(recal.values()):
-            gap = abs(float(np.mean(recal["activation"])) - float(np.mean(recal["channel"])))
-            variant_gap_recal = max(variant_gap_recal, round(gap, 1))
-        best_bn = max(correct["activation"], correct["channel"])
-        span = max(correct.values()) - min(correct.values())
+        rs = {n: [r for r in results["runs"] if r["setting"] == setting.key and r["norm"] == n] for n in NORMS}
+        acc = {n: _acc_over_seeds(v, lang) for n, v in rs.items()}
         args = dict(setting=_e(setting.title(lang)), none=acc["none"], act=acc["activation"], chan=acc["channel"])
-        if max(r["test"]["accuracy"] for r in by_norm["none"]) < 0.2:
-            out.append(t["obs_not_learned"].format(epochs=results["epochs"], acc=acc["none"], **args))
-        elif span <= 3:
-            out.append(t["obs_bn_same"].format(diff=_count(span, lang), **args))
-        elif best_bn > correct["none"]:
-            out.append(t["obs_bn_helps"].format(diff=_count(best_bn - correct["none"], lang), test=n_test, **args))
+        kind = c["kind"]
+        if kind == "not_learned":
+            text = t["obs_not_learned"].format(epochs=results["epochs"], acc=acc["none"], **args)
+        elif kind == "same":
+            text = t["obs_bn_same"].format(diff=_count(c["span"], lang), **args)
+        elif kind == "helps":
+            text = t["obs_bn_helps"].format(worst_bn=pct(c["worst_bn"] / n_test, lang),
+                                            best_none=pct(c["best_none"] / n_test, lang), **args)  # fmt: skip
+        elif kind == "worse":
+            text = t["obs_bn_worse"].format(best_bn=pct(c["best_bn"] / n_test, lang),
+                                            worst_none=pct(c["worst_none"] / n_test, lang), **args)  # fmt: skip
         else:
-            out.append(t["obs_bn_worse"].format(**args))
-    for r in results["runs"]:
-        te = r["traineval"]
-        if te and te["recal"] is not None:
-            ema, recal = (round((1 - te[k]["accuracy"]) * n_test) for k in ("ema", "recal"))
-            if abs(ema - recal) >= 3:
-                title = next(s.title(lang) for s in settings if s.key == r["setting"])
-                out.append(
-                    t["obs_ema"].format(
-                        setting=_e(title),
-                        run=_norm(r["norm"], lang),
-                        seed=r["seed"],
-                        ema=pct(te["ema"]["accuracy"], lang),
-                        recal=pct(te["recal"]["accuracy"], lang),
-                    )  # fmt: skip
-                )
-    first = {r["norm"]: r for r in results["runs"]}
-    if "activation" in first and "channel" in first:
-        out.append(
-            t["obs_variants"].format(
-                diff=_count(variant_gap, lang),
-                diff_recal=_count(variant_gap_recal, lang),
-                pa=integer(first["activation"]["params"]["bn"], lang),
-                pc=integer(first["channel"]["params"]["bn"], lang),
-                m=results["batch_size"],
-                mpq=integer(max(layer["channel"]["size"] for layer in results["layers"]), lang),
-            )
-        )
+            text = t["obs_bn_unclear"].format(diff=_count(c["diff"], lang), spread=c["none_spread"], test=n_test,
+                                              **args)  # fmt: skip
+        out.append((c, text))
     return out
 
 
-def _drift(h: dict) -> tuple[float, float]:
-    """How far the median moved over the second half of training, and the final 15–85% spread."""
-    p50 = np.asarray(h["p50"], dtype=np.float64)
+def _observations(results: dict, settings, lang: str) -> list[tuple[str, str]]:
+    """What happened, in words, computed from the numbers: (data-claim tag, sentence)."""
+    t = S[lang]
+    n_test = results["data"]["test"]
+    out = [(f"setting:{c['setting']}:{c['kind']}", text) for c, text in _claims(results, settings, lang)]
+    variant_gap = variant_gap_recal = 0.0
+    for setting in settings:
+        rs = {n: [r for r in results["runs"] if r["setting"] == setting.key and r["norm"] == n] for n in NORMS}
+        if not rs["activation"] or not rs["channel"]:
+            continue
+        mean = {n: float(np.mean([_correct(r, n_test) for r in rs[n]])) for n in ("activation", "channel")}
+        variant_gap = max(variant_gap, round(abs(mean["activation"] - mean["channel"]), 1))
+        if all(r["traineval"]["recal"] for n in ("activation", "channel") for r in rs[n]):
+            recal = {
+                n: float(np.mean([_correct(r, n_test, "recal") for r in rs[n]])) for n in ("activation", "channel")
+            }
+            variant_gap_recal = max(variant_gap_recal, round(abs(recal["activation"] - recal["channel"]), 1))
+    for r in results["runs"]:
+        te = r["traineval"]
+        if te and te["recal"] is not None:
+            if abs(_correct(r, n_test, "ema") - _correct(r, n_test, "recal")) >= 3:
+                title = next(s.title(lang) for s in settings if s.key == r["setting"])
+                text = t["obs_ema"].format(setting=_e(title), run=_norm(r["norm"], lang), seed=r["seed"],
+                                           ema=pct(te["ema"]["accuracy"], lang),
+                                           recal=pct(te["recal"]["accuracy"], lang))  # fmt: skip
+                out.append((f"ema:{r['setting']}:{r['norm']}:{r['seed']}", text))
+    first = {r["norm"]: r for r in results["runs"]}
+    if "activation" in first and "channel" in first:
+        text = t["obs_variants"].format(
+            diff=_count(variant_gap, lang),
+            diff_recal=_count(variant_gap_recal, lang),
+            pa=integer(first["activation"]["params"]["bn"], lang),
+            pc=integer(first["channel"]["params"]["bn"], lang),
+            m=results["batch_size"],
+            mpq=integer(max(layer["channel"]["size"] for layer in results["layers"]), lang),
+        )
+        out.append(("variants", text))
+    return out
+
+
+def percentile_summary(h: dict) -> dict:
+    """Over the watched unit's history: the median's move over the second half of training, the 15–85
+    spread over the first and the last steps (means over 5% of the steps), and the final 85th percentile."""
+    p15, p50, p85 = (np.asarray(h[k], dtype=np.float64) for k in ("p15", "p50", "p85"))
     n = len(p50)
     k = max(1, n // 20)
     mid = float(np.mean(p50[n // 2 - k // 2 : n // 2 - k // 2 + k]))
     end = float(np.mean(p50[-k:]))
-    spread = float(np.mean(np.asarray(h["p85"][-k:], dtype=np.float64) - np.asarray(h["p15"][-k:], dtype=np.float64)))
-    return abs(end - mid), spread
+    return {
+        "drift": abs(end - mid),
+        "spread_start": float(np.mean(p85[:k] - p15[:k])),
+        "spread_end": float(np.mean(p85[-k:] - p15[-k:])),
+        "p85_end": float(np.mean(p85[-k:])),
+    }
+
+
+def _drift(h: dict) -> tuple[float, float]:
+    s = percentile_summary(h)
+    return s["drift"], s["spread_end"]
+
+
+def _wrap_table(table: str) -> str:
+    return f'<div class="tw">{table}</div>'
+
+
+def _small_batch_section(results: dict, figs: dict, lang: str) -> tuple[list[str], dict | None]:
+    """The small mini-batch experiment, from the run the user made or the reference run (see small_batch)."""
+    t = S[lang]
+    sb = results.get("small_batch")
+    if not sb:
+        return [], None
+    cfg, summary = sb["config"], sb["summary"]
+    ms = cfg["batch_sizes"]
+    m_min, m_max = min(ms), max(ms)
+    source = (t["smallbatch_source_user"].format(path=_e(sb["path"]), date=_e(sb["date"])) if sb["source"] == "user"
+              else t["smallbatch_source_ref"].format(date=_e(sb["date"])))  # fmt: skip
+    parts = [
+        "<p>"
+        + t["smallbatch_intro"].format(
+            m=results["batch_size"],
+            m_min=m_min,
+            m_max=m_max,
+            samples=integer(cfg["samples"], lang),
+            n_seeds=len(cfg["seeds"]),
+            source=source,
+        )  # fmt: skip
+        + "</p>"
+    ]
+    if figs.get("small_batch"):
+        parts.append(_figure(figs["small_batch"], _e(t["smallbatch_fig"])))
+        parts.append(f'<p class="look">{_e(t["smallbatch_look"])}</p>')
+    head = [t["col_m"]] + [_norm(n, lang) for n in cfg["norms"]]
+    rows = []
+    for m in ms:
+        row = [str(m)]
+        for n in cfg["norms"]:
+            v = summary[n][str(m)]
+            row.append(f"{pct(v['mean'], lang)} ({pct(v['min'], lang)}–{pct(v['max'], lang)})")
+        rows.append(row)
+    parts.append(_wrap_table(_table(head, rows)))
+    parts.append("<ul>")
+    for n in cfg["norms"]:
+        lo, hi = summary[n][str(m_min)]["min"], summary[n][str(m_min)]["max"]
+        line = t["smallbatch_row"].format(run=_norm(n, lang), small=pct(summary[n][str(m_min)]["mean"], lang),
+                                          large=pct(summary[n][str(m_max)]["mean"], lang), m_min=m_min, m_max=m_max,
+                                          lo=pct(lo, lang), hi=pct(hi, lang))  # fmt: skip
+        parts.append(f'<li data-claim="smallbatch:{n}">{line}</li>')
+    parts.append("</ul>")
+    first = next(iter(sb["set_sizes"][str(m_min)]), None)
+    if first:
+        parts.append("<p>" + t["smallbatch_setb"].format(m_min=m_min, mpq=integer(first["channel"], lang)) + "</p>")
+    return parts, {"source": source, "m_min": m_min, "m_max": m_max}
 
 
 def render(results: dict, settings) -> str:
@@ -147,19 +272,24 @@ def render(results: dict, settings) -> str:
     m = results["batch_size"]
     steps = runs[0]["steps"] if runs else 0
     titles = {s.key: s.title(lang) for s in settings}
+    activation_of = {s.key: s.activation for s in settings}
     parts: list[str] = []
     add = parts.append
+    sb_parts, sb_info = _small_batch_section(results, figs, lang)
 
     sections = [
         ("setup", "sec_setup"),
-        ("summary", "sec_summary"),
+        ("questions", "sec_questions"),
         ("setb", "sec_setb"),
+        ("summary", "sec_summary"),
         ("curves", "sec_curves"),
         ("percentiles", "sec_percentiles"),
         ("params", "sec_params"),
         ("traineval", "sec_traineval"),
-        ("timings", "sec_timings"),
+        *([("smallbatch", "sec_smallbatch")] if sb_parts else []),
+        ("conclusion", "sec_conclusion"),
         ("reproduce", "sec_reproduce"),
+        ("timings", "sec_timings"),
     ]
     add(f"<h1>{_e(t['title'])}</h1>")
     add(f"<p>{t['lead'].format(n_settings=len(settings))}</p>")
@@ -179,26 +309,75 @@ def render(results: dict, settings) -> str:
         add(f'<li><a href="#{anchor}">{_e(t[key])}</a></li>')
     add("</ol></nav>")
 
-    # -- setup
+    # -- setup, and the words the page uses (defined before they are used)
     add(f'<h2 id="setup">{_e(t["sec_setup"])}</h2>')
-    add(
-        "<p>"
-        + t["setup_data"].format(
-            train=data["train"],
-            val=data["val"],
-            test=data["test"],
-            seed=results["seeds"][0],
-            one_test=pct(1 / data["test"], lang, 2),
-        )  # fmt: skip
-        + "</p>"
-    )
+    one_test = pct(1 / data["test"], lang, 2)
+    add("<p>" + t["setup_data"].format(train=data["train"], val=data["val"], test=data["test"],
+                                       seed=results["seeds"][0], one_test=one_test) + "</p>")  # fmt: skip
     add("<p>" + t["setup_net"].format(m=m, epochs=results["epochs"], steps=steps) + "</p>")
     add(f"<p>{t['setup_settings']}</p><ul>")
     for s in settings:
         add(f"<li><strong>{_e(s.title(lang))}</strong>: {_e(s.why(lang))}</li>")
     add("</ul>")
+    add(f"<h3>{_e(t['sec_words'])}</h3><ul>")
+    for key in ("word_example", "word_setb", "word_modes", "word_ema", "word_recal"):
+        add(f"<li>{t[key].format(m=m)}</li>")
+    add("</ul>")
 
-    # -- summary
+    # -- the learner's four questions, for the first conv BN layer
+    add(f'<h2 id="questions">{_e(t["sec_questions"])}</h2>')
+    conv = next((layer for layer in results["layers"] if layer["layout"] == "NCHW"), None)
+    if conv is not None:
+        n_, c_, h_, w_ = conv["shape"]
+        q = dict(
+            layer=_e(conv["name"]),
+            m=n_,
+            c=c_,
+            h=h_,
+            w=w_,
+            hw=integer(h_ * w_, lang),
+            mpq=integer(conv["channel"]["size"], lang),
+            acts=integer(conv["activation"]["sets"], lang),
+        )
+        add(f'<p id="q1">{t["q1"].format(**q)}</p>')
+        add(f'<p id="q2">{t["q2"].format(**q)}</p>')
+        add(f'<p id="q3">{t["q3"]}</p>')
+        if figs.get("filter"):
+            add(_figure(figs["filter"], _e(t["q3_fig"])))
+            add(f'<p class="look">{_e(t["q3_look"])}</p>')
+        add(f'<p id="q4">{t["q4"].format(**q)}</p>')
+
+    # -- set B
+    add(f'<h2 id="setb">{_e(t["sec_setb"])}</h2>')
+    add("<p>" + t["setb_intro"].format(m=m) + "</p>")
+    rows = []
+    for layer in results["layers"]:
+        c, a = layer["channel"], layer["activation"]
+        rows.append(
+            [
+                f"<code>{_e(layer['name'])}</code>",
+                _e(tuple(layer["shape"])),
+                f"{integer(c['sets'], lang)} × {integer(c['size'], lang)}",
+                f"{integer(a['sets'], lang)} × {integer(a['size'], lang)}",
+                f"{integer(c['params'] // 2, lang)} + {integer(c['params'] // 2, lang)}",
+                f"{integer(a['params'] // 2, lang)} + {integer(a['params'] // 2, lang)}",
+            ]
+        )
+    head = [t[k] for k in ("col_layer", "col_input", "col_per_channel", "col_per_activation", "col_params_channel",
+                           "col_params_activation")]  # fmt: skip
+    add(_wrap_table(_table(head, rows)))
+    add(f"<p>{_e(t['setb_fc'])}</p>")
+    for layer in results["layers"]:
+        src = figs["setb"].get(layer["name"])
+        if src:
+            add(_figure(src, _e(t["setb_fig"].format(layer=layer["name"]))))
+            add(f'<p class="look">{_e(t["setb_fig_look"])}</p>')
+        shape = ",".join(str(d) for d in layer["shape"])
+        if layer["layout"] == "NCHW":
+            summary = t["setb_text"].format(layer=_e(layer["name"]), shape=_e(shape))
+            add(f"<details><summary>{summary}</summary><pre>{_e(layer['text'])}</pre></details>")
+
+    # -- results
     add(f'<h2 id="summary">{_e(t["sec_summary"])}</h2>')
     seeds = results["seeds"]
     intro = t["summary_intro"].format(test=data["test"], n_seeds=len(seeds), seeds=", ".join(map(str, seeds)))
@@ -212,13 +391,14 @@ def render(results: dict, settings) -> str:
                 for r in runs
                 if r["setting"] == s.key and r["norm"] == norm
             ]
-            row.append(" / ".join(cell) or "–")
+            row.append("<br>".join(cell) or "–")
         rows.append(row)
     head = [t["col_setting"]] + [f"{_norm(n, lang)}<br>{t['col_test_acc']} ({t['col_errors']})" for n in NORMS]
-    add(_table(head, rows))
+    add(_wrap_table(_table(head, rows)))
     add(f"<h3>{_e(t['observations'])}</h3><ul>")
-    for line in _observations(results, settings, lang):
-        add(f"<li>{line}</li>")
+    observations = _observations(results, settings, lang)
+    for tag, line in observations:
+        add(f'<li data-claim="{_e(tag)}">{line}</li>')
     add("</ul>")
     rows = []
     for r in runs:
@@ -237,36 +417,7 @@ def render(results: dict, settings) -> str:
         )
     head = [t[k] for k in ("col_setting", "col_run", "col_seed", "col_test_acc", "col_test_loss", "col_errors",
                            "col_val_acc", "col_train_loss", "col_time")]  # fmt: skip
-    add(f"<details><summary>{_e(t['all_runs'])}</summary>{_table(head, rows, left=2)}</details>")
-
-    # -- set B
-    add(f'<h2 id="setb">{_e(t["sec_setb"])}</h2>')
-    add("<p>" + t["setb_intro"].format(m=m) + "</p>")
-    rows = []
-    for layer in results["layers"]:
-        c, a = layer["channel"], layer["activation"]
-        rows.append(
-            [
-                f"<code>{_e(layer['name'])}</code>",
-                _e(tuple(layer["shape"])),
-                f"{integer(c['sets'], lang)} × {integer(c['size'], lang)}",
-                f"{integer(a['sets'], lang)} × {integer(a['size'], lang)}",
-                integer(c["params"], lang),
-                integer(a["params"], lang),
-            ]
-        )
-    head = [t[k] for k in ("col_layer", "col_input", "col_per_channel", "col_per_activation", "col_params_channel",
-                           "col_params_activation")]  # fmt: skip
-    add(_table(head, rows))
-    add(f"<p>{_e(t['setb_fc'])}</p>")
-    for layer in results["layers"]:
-        src = figs["setb"].get(layer["name"])
-        if src:
-            add(_figure(src, _e(t["setb_fig"].format(layer=layer["name"]))))
-        shape = ",".join(str(d) for d in layer["shape"])
-        if layer["layout"] == "NCHW":
-            summary = t["setb_text"].format(layer=_e(layer["name"]), shape=_e(shape))
-            add(f"<details><summary>{summary}</summary><pre>{_e(layer['text'])}</pre></details>")
+    add(f"<details><summary>{_e(t['all_runs'])}</summary>{_wrap_table(_table(head, rows, left=2))}</details>")
 
     # -- curves
     add(f'<h2 id="curves">{_e(t["sec_curves"])}</h2>')
@@ -275,6 +426,7 @@ def render(results: dict, settings) -> str:
     add("<p>" + t["curves_intro"].format(window=smoothing_window(steps)) + "</p>")
     for s in settings:
         add(_figure(figs["curves"][s.key], _e(t["curves_fig"].format(setting=titles[s.key], seed=seeds[0]))))
+        add(f'<p class="look">{_e(t["curves_look"])}</p>')
 
     # -- percentiles
     add(f'<h2 id="percentiles">{_e(t["sec_percentiles"])}</h2>')
@@ -283,14 +435,22 @@ def render(results: dict, settings) -> str:
     for s in settings:
         caption = t["percentiles_fig"].format(setting=titles[s.key], seed=seeds[0])
         add(_figure(figs["percentiles"][s.key], _e(caption)))
-        add("<ul class='muted'>")
+        add(f'<p class="look">{_e(t["percentiles_look"])}</p>')
+        add("<ul class='notes'>")
         for r in runs:
             if r["setting"] == s.key and r["seed"] == seeds[0]:
-                drift, spread = _drift(r["history"])
-                line = t["drift"].format(run=_norm(r["norm"], lang), drift=num(drift, lang), spread=num(spread, lang))
-                if spread < 0.05:
-                    line += t["collapsed"]
-                add(f"<li>{line}</li>")
+                p = percentile_summary(r["history"])
+                line = t["drift"].format(
+                    run=_norm(r["norm"], lang),
+                    drift=num(p["drift"], lang),
+                    spread0=num(p["spread_start"], lang),
+                    spread=num(p["spread_end"], lang),
+                )
+                if p["spread_start"] < 0.05 and p["spread_end"] < 0.05:
+                    line += " " + t["collapsed"].strip()
+                if activation_of[s.key] == "relu" and p["p85_end"] < 0:
+                    line += " " + t["dead"].strip()
+                add(f'<li data-claim="percentiles:{s.key}:{r["norm"]}">{line}</li>')
         add("</ul>")
 
     # -- parameters
@@ -311,13 +471,14 @@ def render(results: dict, settings) -> str:
                 integer(r["stats"], lang),
             ]
         )
-    add(_table([t[k] for k in ("col_run", "col_total", "col_bn", "col_other", "col_stats")], rows))
+    add(_wrap_table(_table([t[k] for k in ("col_run", "col_total", "col_bn", "col_other", "col_stats")], rows)))
 
     # -- train vs eval
     add(f'<h2 id="traineval">{_e(t["sec_traineval"])}</h2>')
     add("<p>" + t["traineval_intro"] + "</p>")
     bn_runs = [r for r in runs if r["traineval"]]
-    if bn_runs and all(r["traineval"]["recal"] is not None for r in bn_runs):
+    recal_ok = bool(bn_runs) and all(r["traineval"]["recal"] is not None for r in bn_runs)
+    if recal_ok:
 
         def cell(res):
             return f"{pct(res['accuracy'], lang)} ({num(res['loss'], lang, 3)})"
@@ -335,12 +496,65 @@ def render(results: dict, settings) -> str:
         ]
         head = [t["col_setting"], t["col_run"], t["col_seed"], t["col_batch_stats"].format(m=m), t["col_ema"],
                 t["col_recal"]]  # fmt: skip
-        add(_table(head, rows, left=2))
+        add(_wrap_table(_table(head, rows, left=2)))
         add(f"<p>{_e(t['traineval_note'])}</p>")
     else:
         add(f"<p><em>{_e(t['traineval_missing'])}</em></p>")
 
-    # -- timings
+    # -- small mini-batches
+    if sb_parts:
+        add(f'<h2 id="smallbatch">{_e(t["sec_smallbatch"])}</h2>')
+        parts.extend(sb_parts)
+
+    # -- conclusion, from the same claims
+    add(f'<h2 id="conclusion">{_e(t["sec_conclusion"])}</h2><ul>')
+    first = {r["norm"]: r for r in runs}
+    if "activation" in first and "channel" in first:
+        add("<li>" + t["con_setb"].format(mpq=integer(max(layer["channel"]["size"] for layer in results["layers"]),
+                                                          lang), m=m,
+                                          pc=integer(first["channel"]["params"]["bn"], lang),
+                                          pa=integer(first["activation"]["params"]["bn"], lang)) + "</li>")  # fmt: skip
+    kinds: dict[str, list[str]] = {}
+    for c, _ in _claims(results, settings, lang):
+        kinds.setdefault(c["kind"], []).append(_e(titles[c["setting"]]))
+    for kind in ("not_learned", "helps", "unclear", "same", "worse"):
+        if kind in kinds:
+            add(f'<li data-claim="conclusion:{kind}">' + t[f"con_{kind}"].format(settings="; ".join(kinds[kind]))
+                + "</li>")  # fmt: skip
+    if recal_ok:
+        n_test = data["test"]
+        changed = sum(abs(_correct(r, n_test, "ema") - _correct(r, n_test, "recal")) >= 3 for r in bn_runs)
+        add(f'<li data-claim="conclusion:recal">{t["con_recal"].format(n_changed=changed, n_bn=len(bn_runs))}</li>')
+    if sb_info:
+        sm = results["small_batch"]["summary"]
+        lo, hi = str(sb_info["m_min"]), str(sb_info["m_max"])
+        add(
+            '<li data-claim="conclusion:smallbatch">'
+            + t["con_smallbatch"].format(
+                source=sb_info["source"],
+                m_min=lo,
+                m_max=hi,
+                act_large=pct(sm["activation"][hi]["mean"], lang),
+                act_small=pct(sm["activation"][lo]["mean"], lang),
+                chan_large=pct(sm["channel"][hi]["mean"], lang),
+                chan_small=pct(sm["channel"][lo]["mean"], lang),
+            )
+            + "</li>"
+        )
+    add("</ul>")
+
+    # -- reproduce
+    add(f'<h2 id="reproduce">{_e(t["sec_reproduce"])}</h2>')
+    out_name = _e(results.get("out_name", "bnlab-demo"))
+    add("<p>" + t["reproduce"].format(command=_e(results["command"]), json="results.json", out=out_name) + "</p>")
+    add(f"<h3>{_e(t['files'])}</h3><ul class='muted'>")
+    files = ["results.json", *figs["setb"].values(), *figs["curves"].values(), *figs["percentiles"].values()]
+    files += [figs[k] for k in ("filter", "small_batch") if figs.get(k)]
+    for f in files:
+        add(f'<li><a href="{_e(f)}">{_e(f)}</a></li>')
+    add("</ul>")
+
+    # -- timings, last
     add(f'<h2 id="timings">{_e(t["sec_timings"])}</h2>')
     add(f"<p>{_e(t['timings_intro'].format(threads=results['threads']))}</p>")
     rows = []
@@ -358,16 +572,7 @@ def render(results: dict, settings) -> str:
     total = f"<strong>{secs(tm['total'], lang)}</strong>"
     rows.append([f"<strong>{_e(t['timing_total'])}</strong>", "", "", "", total, ""])
     head = [t[k] for k in ("col_setting", "col_run", "col_runs", "col_steps", "col_time", "col_ms_step")]
-    add(_table(head, rows, left=2))
-
-    # -- reproduce
-    add(f'<h2 id="reproduce">{_e(t["sec_reproduce"])}</h2>')
-    add("<p>" + t["reproduce"].format(command=_e(results["command"]), json="results.json") + "</p>")
-    add(f"<h3>{_e(t['files'])}</h3><ul class='muted'>")
-    files = ["results.json", *figs["setb"].values(), *figs["curves"].values(), *figs["percentiles"].values()]
-    for f in files:
-        add(f'<li><a href="{_e(f)}">{_e(f)}</a></li>')
-    add("</ul>")
+    add(_wrap_table(_table(head, rows, left=2)))
 
     body = "\n".join(parts)
     return (

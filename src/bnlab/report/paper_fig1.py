@@ -133,6 +133,6 @@ def run_paper_fig1(
         "history": histories,
     }
     json_path = out / "results.json"
-    json_path.write_text(json.dumps(_finite(results), separators=(",", ":")), encoding="utf-8")
+    json_path.write_text(json.dumps(_finite(results), separators=(",", ":"), allow_nan=False), encoding="utf-8")
     log(msg["done"].format(fig=fig_path, json=json_path))
     return {"figure": fig_path, "results": json_path, "summary": summary}

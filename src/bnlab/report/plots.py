@@ -45,8 +45,8 @@ def _finite(values) -> np.ndarray:
 
 def curves_figure(runs: list[dict], title: str, lang: str, path: Path) -> None:
     t = S[lang]
-    fig = Figure(figsize=(10, 3.6))
-    fig.subplots_adjust(left=0.075, right=0.985, bottom=0.14, top=0.88, wspace=0.22)  # fixed: layout engines are slow
+    fig = Figure(figsize=(10, 4.0))
+    fig.subplots_adjust(left=0.075, right=0.985, bottom=0.24, top=0.88, wspace=0.22)  # fixed: layout engines are slow
     ax_loss, ax_acc = fig.subplots(1, 2)
     for run in runs:
         h, norm = run["history"], run["norm"]
@@ -66,7 +66,9 @@ def curves_figure(runs: list[dict], title: str, lang: str, path: Path) -> None:
     ax_acc.set_ylim(0, 101)
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
-        ax.legend(loc="best", fontsize=9)
+    # one legend below both panels: a legend inside an axes can cover a curve (a diverging run fills the panel)
+    handles, labels = ax_loss.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=max(len(labels), 1), fontsize=10, frameon=False)
     fig.suptitle(title)
     _save(fig, path)
 
@@ -87,13 +89,15 @@ def percentiles_panel(ax, h: dict, color: str, lang: str, title: str, window: in
 
 def percentiles_figure(runs: list[dict], title: str, lang: str, path: Path) -> None:
     t = S[lang]
-    fig = Figure(figsize=(12, 3.4))
-    fig.subplots_adjust(left=0.065, right=0.99, bottom=0.15, top=0.84, wspace=0.2)
-    axes = fig.subplots(1, len(runs))
+    fig = Figure(figsize=(12, 3.9))
+    fig.subplots_adjust(left=0.065, right=0.99, bottom=0.26, top=0.84, wspace=0.08)
+    axes = fig.subplots(1, len(runs), sharey=True)  # one y scale, so the panels compare at a glance
     for ax, run in zip(np.atleast_1d(axes), runs, strict=True):
         percentiles_panel(ax, run["history"], COLORS[run["norm"]], lang, NORM_NAMES[lang][run["norm"]])
-    np.atleast_1d(axes)[0].set_ylabel(t["fig_percentiles"])
-    np.atleast_1d(axes)[0].legend(loc="best", fontsize=8)
+    first = np.atleast_1d(axes)[0]
+    first.set_ylabel(t["fig_percentiles"])
+    handles, labels = first.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=10, frameon=False)
     fig.suptitle(title)
     _save(fig, path)
 
@@ -153,3 +157,63 @@ def paper_fig1_figure(runs: dict, lang: str, path: Path, title: str) -> None:
     ax_c.set_ylim(ylim)
     fig.suptitle(title)
     _save(fig, path)
+
+
+# Words of the filter-vs-feature-map figure (the learner's third question), kept with the figure.
+_FILTER_WORDS = {
+    "en": {
+        "title": "The \u201celements\u201d of a feature map are its values, not the filter's weights",
+        "image": "input image x (one example)\n{h}×{w} pixels",
+        "filter": "the filter of channel c: {k}×{k} = {kk} WEIGHTS\nthe same {kk} numbers at every location",
+        "map": "feature map of channel c: {h}×{w} = {hw} VALUES\none per location; BN normalizes these",
+        "note": "the value at location (h, w) = Σ weights × the 3×3 patch of x around (h, w)",
+    },
+    "es": {
+        "title": "Los \u00abelementos\u00bb de un mapa de características son sus valores, no los pesos del filtro",
+        "image": "imagen de entrada x (un ejemplo)\n{h}×{w} píxeles",
+        "filter": "el filtro del canal c: {k}×{k} = {kk} PESOS\nlos mismos {kk} números en todas las ubicaciones",
+        "map": "mapa de características del canal c: {h}×{w} = {hw} VALORES\nuno por ubicación; BN normaliza estos",
+        "note": "el valor en la ubicación (h, w) = Σ pesos × el trozo 3×3 de x alrededor de (h, w)",
+    },
+}
+
+
+def filter_map_figure(image, lang: str, path: Path, dpi: int = 100) -> Path:
+    """A 3×3 filter (weights, shared by all locations) beside the feature map it produces (one value per
+    location) for one real image ``image`` (H, W): a real convolution (torch), numbers printed in the cells."""
+    import torch
+
+    w = _FILTER_WORDS[lang]
+    img = torch.as_tensor(np.asarray(image, dtype=np.float32))
+    h, wd = img.shape
+    weights = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])  # a vertical-edge filter
+    fmap = torch.nn.functional.conv2d(img[None, None], weights[None, None], padding=1)[0, 0].numpy()
+    fig = Figure(figsize=(13, 4.8))
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.1, top=0.8, wspace=0.12)
+    ax_img, ax_f, ax_map = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1, 0.62, 1]})
+    show_numbers = h * wd <= 100
+
+    def grid(ax, values, cmap, fmt, vmax=None):
+        vmax = vmax if vmax is not None else float(np.abs(values).max()) or 1.0
+        vmin = 0.0 if cmap == "Greys" else -vmax
+        ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax)
+        if show_numbers or values.size <= 9:
+            for (r, c), v in np.ndenumerate(values):
+                dark = abs(v) > 0.55 * vmax
+                ax.text(c, r, fmt(v), ha="center", va="center", fontsize=9 if values.size > 9 else 15,
+                        color="white" if dark else "#111111")  # fmt: skip
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+    grid(ax_img, img.numpy(), "Greys", lambda v: f"{v:.1f}".replace(".", "," if lang == "es" else "."), 1.0)
+    ax_img.set_title(w["image"].format(h=h, w=wd), fontsize=11)
+    grid(ax_f, weights.numpy(), "PuOr", lambda v: f"{v:+.0f}" if v else "0")
+    ax_f.set_title(w["filter"].format(k=3, kk=9), fontsize=11)
+    grid(ax_map, fmap, "RdBu_r", lambda v: f"{v:.1f}".replace(".", "," if lang == "es" else "."))
+    ax_map.set_title(w["map"].format(h=h, w=wd, hw=h * wd), fontsize=11)
+    fig.suptitle(w["title"], fontsize=13)
+    fig.text(0.5, 0.03, w["note"], ha="center", fontsize=11, color="#222222")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    return path

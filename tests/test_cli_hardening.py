@@ -1,0 +1,270 @@
+"""The bnlab command under bad input and rough handling (issue 7): exit 2 with a message, never a traceback."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from bnlab import cli
+from bnlab.cli import main
+from bnlab.inference import load_checkpoint, save_checkpoint
+
+SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+
+
+def _env():
+    path = os.environ.get("PYTHONPATH", "")
+    return {**os.environ, "LANG": "C.UTF-8", "LC_ALL": "", "LC_MESSAGES": "", "PYTHONPATH": f"{SRC}:{path}"}
+
+
+def test_parser_choices_are_the_modules_own():
+    from bnlab import data, models, training
+
+    assert cli.DATASETS == data.DATASETS and cli.OPTIMIZERS == training.OPTIMIZERS
+    assert cli.NORMS == models.NORMS and cli.ACTIVATIONS == models.ACTIVATIONS
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [(["--help"], "Start with"), (["--version"], "bnlab 0.1.0"), (["explain", "32,28,28,16"], "sets B")],
+)
+def test_quick_commands_do_not_import_torch(args, expected):
+    code = (
+        "import sys, time; t = time.perf_counter(); from bnlab.cli import main; rc = main(sys.argv[1:]); "
+        "sys.stdout.flush(); print('torch' in sys.modules, rc, round(time.perf_counter() - t, 3), file=sys.stderr)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=_env(), timeout=60)
+    assert expected in proc.stdout
+    imported, rc, _seconds = proc.stderr.split()[-3:]
+    assert (imported, rc) == ("False", "0"), proc.stderr
+
+
+def test_version_matches_the_package():
+    import bnlab
+
+    proc = subprocess.run([sys.executable, "-m", "bnlab", "--version"], capture_output=True, text=True, env=_env())
+    assert proc.returncode == 0 and proc.stdout.strip() == f"bnlab {bnlab.__version__}"
+
+
+def test_a_closed_pipe_ends_quietly():
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bnlab", "explain", "32,28,28,16", "--lang", "en"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(),
+    )  # fmt: skip
+    proc.stdout.close()  # the reader goes away before bnlab writes, as `| head` does after its lines
+    _, err = proc.communicate(timeout=60)
+    assert b"Traceback" not in err and b"BrokenPipe" not in err, err
+    assert proc.returncode == cli.EXIT_BROKEN_PIPE
+
+
+def test_ctrl_c_during_start_up_is_a_clean_exit(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bnlab", "train", "--out", str(tmp_path / "run"), "--lang", "en", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+    )  # fmt: skip
+    time.sleep(0.6)  # inside bnlab's imports (torch takes seconds) or early in training
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "Interrupted" in err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["explain", "0,28,28,16"], "SHAPE must be positive integers"),
+        (["explain", "-1,28,28,16"], "SHAPE must be positive integers"),
+        (["explain", "2,3", "--layout", "NC", "--figure", "x.xyz"], "unknown image type '.xyz'"),
+        (["explain", "2,3", "--layout", "NC", "--figure", ""], "--figure needs a file name"),
+        (["explain", "2,3", "--layout", "NC", "--figure", ".png"], "--figure needs a file name"),
+        (["train", "--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_bad_input_is_refused_before_any_output(args, message, capsys):
+    assert main([*args, "--lang", "en"]) == 2
+    out, err = capsys.readouterr()
+    assert message in err and out == ""  # explain checks --figure before printing its text
+
+
+def test_figure_is_written_by_suffix(tmp_path, capsys):
+    assert main(["explain", "2,3", "--layout", "NC", "--figure", str(tmp_path / "b.svg"), "--lang", "en"]) == 0
+    assert (tmp_path / "b.svg").read_text().lstrip().startswith("<?xml")
+
+
+def test_bench_passes_options_on(capsys):
+    if cli._find_benchmark() is None:
+        pytest.skip("benchmarks/cpu.py is not in this checkout")
+    proc = subprocess.run([sys.executable, "-m", "bnlab", "bench", "--quick", "--help"], capture_output=True,
+                          text=True, env=_env(), timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "--quick" in proc.stdout and "unrecognized" not in proc.stderr
+
+
+@pytest.mark.parametrize("where", ["file", "under_a_file"])
+def test_demo_out_must_be_a_writable_folder(tmp_path, capsys, where):
+    f = tmp_path / "f.txt"
+    f.write_text("x")
+    out = f if where == "file" else f / "sub"
+    assert main(["demo", "--out", str(out), "--lang", "es"]) == 2
+    err = capsys.readouterr().err
+    assert ("no es una carpeta" if where == "file" else "no se puede crear") in err
+    assert "Traceback" not in err
+
+
+def _npz(tmp_path, shape):
+    path = tmp_path / f"img{shape[1]}.npz"
+    rng = np.random.default_rng(0)
+    np.savez(path, images=rng.integers(0, 255, size=shape, dtype=np.uint8), labels=np.arange(shape[0]) % 10)
+    return path
+
+
+@pytest.mark.parametrize("shape, message", [((40, 0, 0), "have no pixels"), ((40, 1, 1), "use --model mlp")])
+def test_images_without_room_for_the_cnn(tmp_path, capsys, shape, message):
+    path = _npz(tmp_path, shape)
+    args = ["train", "--dataset", "mnist", "--data", str(path), "--out", str(tmp_path / "r"), "--quiet", "--lang", "en"]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "--epochs", "1", "--out", str(out), "--quiet", "--lang", "en"]) == 0
+    return out
+
+
+def test_evaluate_accepts_the_run_folder(run_dir, capsys):
+    capsys.readouterr()
+    assert main(["evaluate", str(run_dir), "--lang", "en"]) == 0
+    by_folder = capsys.readouterr().out
+    assert main(["evaluate", str(run_dir / "last.pt"), "--lang", "en"]) == 0
+    assert capsys.readouterr().out == by_folder and "Test accuracy" in by_folder
+
+
+def test_history_json_is_strict(run_dir):
+    text = (run_dir / "history.json").read_text()
+    import json
+
+    record = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON token {c}"))
+    assert record["history"]["p15"]  # the percentiles are numbers (or null), never NaN
+
+
+def test_resume_with_fewer_epochs_than_done_says_so(run_dir, capsys):
+    args = ["train", "--epochs", "1", "--out", str(run_dir), "--quiet", "--lang", "en", "--resume"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "has already done 39 of the 39 steps that --epochs 1 asks for" in err and "larger --epochs" in err
+
+
+@pytest.mark.parametrize("damage", ["truncated", "no_training_state", "list_state"])
+def test_resume_or_evaluate_a_damaged_checkpoint(run_dir, tmp_path, capsys, damage):
+    out = tmp_path / "copy"
+    out.mkdir()
+    raw = (run_dir / "last.pt").read_bytes()
+    if damage == "truncated":
+        (out / "last.pt").write_bytes(raw[: len(raw) // 2])
+    elif damage == "no_training_state":
+        save_checkpoint(out / "last.pt", {"kind": "bnlab-training", "step": 3})
+    else:
+        torch.save({"format": "bnlab-checkpoint", "version": 2, "state": [1, 2], "digests": []}, out / "last.pt")
+    before = (out / "last.pt").read_bytes()
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--quiet", "--lang", "en", "--resume"]) == 2
+    assert main(["evaluate", str(out), "--lang", "es"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a training checkpoint written by 'bnlab train'" in err
+    assert "no es un punto de control escrito por 'bnlab train'" in err
+    assert "Traceback" not in err and (out / "last.pt").read_bytes() == before
+
+
+def test_a_hostile_model_spec_is_refused_without_allocating(run_dir, tmp_path, capsys):
+    state = load_checkpoint(run_dir / "last.pt")
+    state["model_spec"]["widths"] = [4096, 4096]
+    state["model_spec"]["image_size"] = [4096, 4096]  # per-activation BN here would ask for terabytes
+    state["model_spec"]["norm"] = "activation"
+    save_checkpoint(tmp_path / "evil.pt", state)
+    assert main(["evaluate", str(tmp_path / "evil.pt"), "--lang", "en"]) == 2
+    assert "the weights do not match the model spec" in capsys.readouterr().err
+
+
+def test_a_diverging_run_stops_with_exit_1_and_keeps_no_nan(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--lr", "1e6", "--out", str(out), "--quiet", "--lang", "es"]) == cli.EXIT_DIVERGED
+    err = capsys.readouterr().err
+    assert "Entrenamiento detenido" in err and "--lr 1e+06" in err and "Traceback" not in err
+    assert not (out / "history.json").exists()
+    if (out / "last.pt").exists():
+        state = load_checkpoint(out / "last.pt")
+        assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_train_figure_title_names_the_learning_rate():
+    args = types.SimpleNamespace(dataset="digits", model="cnn", norm="channel", activation="relu",
+                                 optimizer="momentum", lr=0.05)  # fmt: skip
+    assert cli._train_title(args, "en").endswith("momentum, learning rate 0.05")
+    assert cli._train_title(args, "es").endswith("momentum, tasa de aprendizaje 0.05")
+
+
+def test_progress_bars_are_spanish_and_throttled_off_a_terminal(monkeypatch):
+    from bnlab.data import load_digits
+    from bnlab.models import SmallCNN
+    from bnlab.training import TrainConfig, fit, seed_everything
+
+    ds = load_digits(seed=0)
+    small = types.SimpleNamespace(x_train=ds.x_train[:320], y_train=ds.y_train[:320], x_val=ds.x_val[:40],
+                                  y_val=ds.y_val[:40])  # fmt: skip
+    seed_everything(0)
+    log = io.StringIO()  # not a terminal, like a log file
+    monkeypatch.setattr(sys, "stderr", log)
+    fit(SmallCNN(1, (8, 8), 10, widths=(4, 8), hidden=16), small, TrainConfig(epochs=4, batch_size=8),
+        progress=True, lang="es", desc="cnn")  # fmt: skip
+    text = log.getvalue()
+    assert "paso" in text and "it/s" not in text
+    assert len(text) < 1000  # 160 steps: a line or two, not one redraw per step
+
+
+@pytest.mark.parametrize(
+    "lang, singular, plural", [("en", "N=1 example,", "1 examples"), ("es", "N=1 ejemplo,", "1 ejemplos")]
+)
+def test_explain_says_1_example_and_1_value(capsys, lang, singular, plural):
+    assert main(["explain", "1,3", "--layout", "NC", "--lang", lang]) == 0
+    out = capsys.readouterr().out
+    assert singular in out and plural not in out
+    assert ("m = 1 value." if lang == "en" else "m = 1 valor.") in out
+    assert main(["explain", "11,3", "--layout", "NC", "--lang", lang]) == 0
+    assert ("N=11 examples" if lang == "en" else "N=11 ejemplos") in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_an_interrupted_demo_leaves_no_empty_folder(tmp_path):
+    out = tmp_path / "demo"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bnlab", "demo", "--out", str(out), "--lang", "en", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not out.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert out.exists(), "the demo never created its folder"
+        time.sleep(0.5)  # training has started
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # 130, or killed by SIGINT (-2; a shell shows both as 130): when the signal lands in the first ~0.3 s
+    # of the demo, the interpreter re-sends itself SIGINT at exit (seen with strace) after bnlab has
+    # handled it and cleaned up; the cause is not found yet.
+    assert proc.returncode in (130, -signal.SIGINT), err
+    assert "Traceback" not in err and "Interrupted" in err
+    assert not out.exists()

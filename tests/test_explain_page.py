@@ -1,0 +1,337 @@
+"""The interactive set-B page in a real headless browser (Chromium from the distribution, via Selenium).
+
+The page is loaded from disk; shapes and members are picked with the page's own controls, values are
+clicked, and the lit cells and counts are compared with bnlab.axes.norm_set / bnlab.explain computed
+here in Python. No browser is downloaded: the tests skip (with the reason) when Chromium, its driver or
+Selenium is not installed; .ci/run installs them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import shutil
+
+import numpy as np
+import pytest
+
+import bnlab
+from bnlab.axes import norm_set
+from bnlab.explain_page import PAGE_MEMBERS, page_html, write_page
+
+
+def _find(*names):
+    return next((p for p in map(shutil.which, names) if p), None)
+
+
+CHROMIUM = _find("chromium", "chromium-browser", "google-chrome")
+CHROMEDRIVER = _find("chromedriver")
+
+
+# ------------------------------------------------------------------------------ without a browser
+
+
+def test_page_is_self_contained(tmp_path):
+    for lang in ("en", "es"):
+        html = write_page(tmp_path / f"p.{lang}.html", lang=lang).read_text(encoding="utf-8")
+        assert html.startswith("<!DOCTYPE html>") and f'<html lang="{lang}">' in html
+        low = html.lower()
+        for ref in ("http:", "https:", "<link", " src=", "@import", "url("):
+            assert ref not in low, ref
+    assert "conjunto B" in (tmp_path / "p.es.html").read_text(encoding="utf-8")
+
+
+def test_page_rejects_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="layout must be NHWC or NCHW"):
+        page_html(layout="NCL")
+    with pytest.raises(ValueError, match="4 positive sizes"):
+        page_html(shape=(4, 3, 3))
+    with pytest.raises(ValueError, match="does not divide the 8 channels"):
+        page_html(norm="group", groups=3)
+    with pytest.raises(ValueError, match="unknown lang"):
+        page_html(lang="fr")
+    assert not list(tmp_path.iterdir())
+
+
+# --------------------------------------------------------------------------------- in the browser
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None or CHROMEDRIVER is None:
+        pytest.skip("no Chromium and chromedriver installed (apt-get install chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1000,900"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="module")
+def pages(tmp_path_factory):
+    d = tmp_path_factory.mktemp("page")
+    return {lang: write_page(d / f"setb.{lang}.html", lang=lang).resolve().as_uri() for lang in ("en", "es")}
+
+
+def _console_errors(driver):
+    return [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+
+
+def _open(driver, url):
+    driver.get(url)
+    _console_errors(driver)  # drain the log
+    driver.set_window_size(1000, 900)
+
+
+def _set_controls(driver, shape, layout, member, groups=None):
+    from selenium.webdriver.support.ui import Select
+
+    box = driver.find_element("id", "shape")
+    box.clear()
+    box.send_keys(",".join(map(str, shape)))
+    Select(driver.find_element("id", "layout")).select_by_value(layout)
+    if groups is not None:
+        g = driver.find_element("id", "groups")
+        if not g.is_enabled():  # enabled only for group norm: pick it first
+            Select(driver.find_element("id", "norm")).select_by_value("group")
+        g.clear()
+        g.send_keys(str(groups))
+    Select(driver.find_element("id", "norm")).select_by_value(member)
+
+
+def _cell(driver, n, c, loc):
+    return driver.find_element("css selector", f'#tensor .v[data-n="{n}"][data-c="{c}"][data-loc="{loc}"]')
+
+
+def _value(driver, element_id):
+    return driver.find_element("id", element_id).get_attribute("data-value")
+
+
+def _lit(driver):
+    """(n, c, loc) of every lit cell, and the selected one, read from the DOM."""
+    cells = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#tensor .v')).map(b => "
+        "[+b.dataset.n, +b.dataset.c, +b.dataset.loc, b.classList.contains('lit'), b.classList.contains('sel')])"
+    )
+    lit = {tuple(c[:3]) for c in cells if c[3]}
+    sel = [tuple(c[:3]) for c in cells if c[4]]
+    return lit, sel, len(cells)
+
+
+def _expected_set(shape, layout, member, groups, sel):
+    """The set B of the value sel = (n, c, loc), from bnlab.axes.norm_set, as page cells (n, c, loc)."""
+    norm, per = PAGE_MEMBERS[member]
+    s = norm_set(shape, layout, norm, per=per, groups=groups if norm == "group" else None)
+    ids = np.arange(math.prod(shape)).reshape(shape)
+    kept = [a for a in range(len(s.split_shape)) if a not in s.axes]
+    rows = np.moveaxis(ids.reshape(s.split_shape), kept, list(range(len(kept)))).reshape(s.num_sets, s.set_size)
+    c_axis = layout.index("C")
+    W = shape[[a for a in (1, 2, 3) if a != c_axis][1]]
+
+    def flat(n, c, loc):
+        idx = {"N": n, "C": c, "H": loc // W, "W": loc % W}
+        return int(ids[tuple(idx[k] for k in layout)])
+
+    row = next(r for r in rows if flat(*sel) in r)
+    members = set(row.tolist())
+    cells = set()
+    for n, c, loc in itertools.product(
+        range(shape[0]), range(shape[c_axis]), range(math.prod(shape) // shape[0] // shape[c_axis])
+    ):
+        if flat(n, c, loc) in members:
+            cells.add((n, c, loc))
+    return s, cells
+
+
+CASES = [
+    ((4, 3, 3, 8), "NHWC", "batch-channel", None),
+    ((4, 3, 3, 8), "NHWC", "batch-activation", None),
+    ((4, 3, 3, 8), "NHWC", "layer", None),
+    ((4, 3, 3, 8), "NHWC", "instance", None),
+    ((4, 3, 3, 8), "NHWC", "group", 4),
+    ((3, 6, 2, 5), "NCHW", "group", 3),
+    ((3, 6, 2, 5), "NCHW", "batch-channel", None),
+    ((3, 6, 2, 5), "NCHW", "instance", None),
+    ((2, 4, 3, 2), "NCHW", "layer", None),
+    ((5, 2, 4, 6), "NHWC", "group", 2),
+]
+
+
+@pytest.mark.slow
+def test_rule_agrees_with_bnlab_axes_for_many_shapes(browser, pages):
+    _open(browser, pages["en"])
+    cases = []
+    for n, a, b, c in itertools.product((1, 2, 5), (1, 3), (2, 4), (1, 4, 6, 12)):
+        for layout in ("NHWC", "NCHW"):
+            shape = (n, a, b, c) if layout == "NHWC" else (n, c, a, b)
+            for member in PAGE_MEMBERS:
+                groups = [g for g in range(1, c + 1) if c % g == 0] if member == "group" else [None]
+                cases.extend((shape, layout, member, g) for g in groups)
+    got = browser.execute_script(
+        "return arguments[0].map(([s, l, m, g]) => { const r = window.bnlabNormSet(s, l, m, g); return "
+        "[r.axes, r.split, r.stats, r.numSets, r.setSize, r.numParams, r.dependsOnBatch]; });",
+        [[list(s), lay, m, g] for s, lay, m, g in cases],
+    )
+    assert len(got) == len(cases) > 500
+    for (shape, layout, member, g), r in zip(cases, got, strict=True):
+        norm, per = PAGE_MEMBERS[member]
+        s = norm_set(shape, layout, norm, per=per, groups=g)
+        e = bnlab.explain(shape, layout=layout, per=per, norm=norm, groups=g)
+        expect = [list(s.axes), list(s.split_shape), list(s.stats_shape), s.num_sets, s.set_size,
+                  e.num_params, s.depends_on_batch]  # fmt: skip
+        assert r == expect, (shape, layout, member, g)
+    assert not _console_errors(browser)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lang", ["en", "es"])
+def test_clicking_a_value_lights_its_set_and_counts_match_explain(browser, pages, lang):
+    _open(browser, pages[lang])
+    for shape, layout, member, groups in CASES:
+        _set_controls(browser, shape, layout, member, groups)
+        N, C = shape[0], shape[layout.index("C")]
+        locs = math.prod(shape) // N // C
+        for sel in [(0, 0, 0), (N - 1, C - 1, locs - 1), (N // 2, C // 2, locs // 2)]:
+            browser.find_element(
+                "css selector", f'#tensor .v[data-n="{sel[0]}"][data-c="{sel[1]}"][data-loc="{sel[2]}"]'
+            ).click()
+            lit, selected, drawn = _lit(browser)
+            s, expected = _expected_set(shape, layout, member, groups, sel)
+            assert drawn == math.prod(shape)
+            assert selected == [sel]
+            assert lit == expected, (shape, layout, member, sel)
+            assert int(_value(browser, "lit-count")) == len(expected) == s.set_size
+        norm, per = PAGE_MEMBERS[member]
+        e = bnlab.explain(shape, layout=layout, per=per, norm=norm, groups=groups, lang=lang)
+        assert int(_value(browser, "n-sets")) == e.num_sets
+        assert int(_value(browser, "set-size")) == e.set_size
+        assert int(_value(browser, "params")) == e.num_params
+        assert _value(browser, "depends") == ("yes" if e.depends_on_batch else "no")
+        assert _value(browser, "axes") == ",".join(map(str, e.axes))
+        # the numbers are written out: m' = ... = set size
+        assert browser.find_element("id", "set-size").text.endswith(f"= {e.set_size}")  # sets of < 1000 here
+    assert not _console_errors(browser)
+
+
+@pytest.mark.slow
+def test_hover_and_other_variant_keep_the_value(browser, pages):
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    _open(browser, pages["en"])
+    shape, layout = (4, 3, 3, 8), "NHWC"
+    _set_controls(browser, shape, layout, "batch-channel", groups=4)
+    cell = browser.find_element("css selector", '#tensor .v[data-n="2"][data-c="5"][data-loc="4"]')
+    ActionChains(browser).move_to_element(cell).perform()
+    lit, selected, _ = _lit(browser)
+    assert selected == [(2, 5, 4)]
+    assert lit == _expected_set(shape, layout, "batch-channel", 4, (2, 5, 4))[1]
+    seen = []
+    for _ in range(len(PAGE_MEMBERS)):
+        browser.find_element("id", "other").click()
+        member = browser.find_element("id", "norm").get_attribute("value")
+        seen.append(member)
+        lit, selected, _ = _lit(browser)
+        assert selected == [(2, 5, 4)]  # the same value ...
+        assert lit == _expected_set(shape, layout, member, 4, (2, 5, 4))[1]  # ... in the other member's set
+    assert seen == ["batch-activation", "layer", "instance", "group", "batch-channel"]
+    assert "x[2, 1, 1, 5]" in browser.find_element("id", "selected").text
+    assert not _console_errors(browser)
+
+
+@pytest.mark.slow
+def test_bad_input_shows_a_message_not_an_exception(browser, pages):
+    _open(browser, pages["es"])
+    _set_controls(browser, (4, 3, 3, 8), "NHWC", "group", groups=3)
+    assert "G = 3 no divide los 8 canales; elige G entre 1, 2, 4, 8" in browser.find_element("id", "error").text
+    box = browser.find_element("id", "shape")
+    box.clear()
+    box.send_keys("4,3,x")
+    assert "4 enteros positivos" in browser.find_element("id", "error").text
+    _set_controls(browser, (4, 3, 3, 8), "NHWC", "group", groups=2)
+    assert browser.find_element("id", "error").text == ""
+    assert int(_value(browser, "n-sets")) == 8
+    assert not _console_errors(browser)
+
+
+@pytest.mark.slow
+def test_usable_at_420_px(browser, pages):
+    _open(browser, pages["en"])
+    browser.set_window_size(420, 900)
+    try:
+        _set_controls(browser, (2, 4, 4, 16), "NHWC", "group", groups=4)
+        width = browser.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
+        assert width[0] <= width[1], f"the page scrolls sideways at 420 px: {width}"
+        for el_id in ("shape", "layout", "norm", "groups", "other"):
+            rect = browser.execute_script(
+                "const r = document.getElementById(arguments[0]).getBoundingClientRect(); return [r.left, r.right];",
+                el_id,
+            )
+            assert 0 <= rect[0] and rect[1] <= width[1], (el_id, rect)
+        cell = browser.find_element("css selector", '#tensor .v[data-n="1"][data-c="13"][data-loc="5"]')
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", cell)
+        cell.click()
+        lit, selected, _ = _lit(browser)
+        assert selected == [(1, 13, 5)]
+        assert lit == _expected_set((2, 4, 4, 16), "NHWC", "group", 4, (1, 13, 5))[1]
+    finally:
+        browser.set_window_size(1000, 900)
+    assert not _console_errors(browser)
+
+
+def test_cli_writes_the_page(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "bnlab", "explain", "8,4,4,16", "--norm", "group", "--groups", "4", "--lang", "es",
+         "--html", str(tmp_path / "p.html")],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert "p.html" in out.stdout
+    html = (tmp_path / "p.html").read_text(encoding="utf-8")
+    assert '"member": "group"' in html and '"groups": 4' in html and '"shape": [8, 4, 4, 16]' in html
+    bad = subprocess.run(
+        [sys.executable, "-m", "bnlab", "explain", "--html", str(tmp_path / "missing" / "p.html"), "--lang", "en"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert bad.returncode != 0 and "--html" in bad.stderr and not (tmp_path / "missing").exists()
+    none = subprocess.run([sys.executable, "-m", "bnlab", "explain", "--lang", "en"], capture_output=True, text=True)
+    assert none.returncode != 0 and "SHAPE" in none.stderr
+
+
+def test_doctest_of_the_page_module():
+    import doctest
+
+    import bnlab.explain_page
+
+    result = doctest.testmod(bnlab.explain_page, verbose=False)
+    assert result.failed == 0 and result.attempted > 0
+
+
+@pytest.mark.slow
+def test_large_shapes_are_drawn_in_part_and_counted_in_full(browser, pages):
+    _open(browser, pages["en"])
+    shape = (32, 28, 28, 16)
+    # value (0, 0, 0) selected; drawn: 8 samples, 16 channels, 8×8 of the 28×28 locations
+    lit_drawn = {"batch-channel": 8 * 64, "batch-activation": 8, "layer": 16 * 64, "instance": 64, "group": 4 * 64}
+    for member in PAGE_MEMBERS:
+        _set_controls(browser, shape, "NHWC", member, groups=4 if member == "group" else None)
+        norm, per = PAGE_MEMBERS[member]
+        e = bnlab.explain(shape, layout="NHWC", per=per, norm=norm, groups=4 if norm == "group" else None)
+        assert int(_value(browser, "n-sets")) == e.num_sets
+        assert int(_value(browser, "set-size")) == e.set_size
+        assert int(_value(browser, "params")) == e.num_params
+        lit, selected, drawn = _lit(browser)
+        assert drawn == 8 * 16 * 8 * 8
+        assert selected == [(0, 0, 0)]
+        assert len(lit) == lit_drawn[member] == int(_value(browser, "lit-count"))
+    assert browser.find_element("id", "set-size").text == "m' = (C/G)·p·q = 4·28·28 = 3,136"
+    assert "drawn: 8 of 32 samples, 8×8 of 28×28 locations" in browser.find_element("id", "tensor").text
+    assert not _console_errors(browser)
