@@ -1,9 +1,11 @@
-"""``bnlab train --nproc 2`` on the digits equals the one-process run; killed mid-run, it resumes exactly."""
+"""``bnlab train --nproc 2`` (and under torchrun) on the digits equals the one-process run; killed mid-run,
+it resumes exactly."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,7 +30,7 @@ def _env():
 
 
 @pytest.mark.slow
-def test_two_processes_equal_one_process_and_resume_after_a_kill(tmp_path):
+def test_two_processes_and_torchrun_equal_one_process_and_resume_after_a_kill(tmp_path):
     assert main([*ARGS, "--out", str(tmp_path / "one")]) == 0
     one = load_checkpoint(tmp_path / "one" / "last.pt")
 
@@ -58,6 +60,26 @@ def test_two_processes_equal_one_process_and_resume_after_a_kill(tmp_path):
     # same global batches, same loss, same weights and running statistics, up to float32 rounding
     torch.testing.assert_close(two["history"]["loss"], one["history"]["loss"], rtol=1e-4, atol=1e-4)
     assert two["history"]["eval_accuracy"] == pytest.approx(one["history"]["eval_accuracy"], abs=1 / 300)
-    assert two["model"].keys() == one["model"].keys()
-    for key, value in one["model"].items():
-        torch.testing.assert_close(two["model"][key], value, rtol=1e-4, atol=1e-4, msg=key)
+    _same_weights(two, one)
+
+    # the same run under torchrun (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT from the environment)
+    out = tmp_path / "torchrun"
+    port = str(_free_port())
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", port, "-m", "bnlab", *ARGS, "--out", str(out)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300, start_new_session=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("Test accuracy (eval mode)") == 1
+    _same_weights(load_checkpoint(out / "last.pt"), one)
+
+
+def _same_weights(a: dict, b: dict) -> None:
+    assert a["step"] == b["step"] and a["model"].keys() == b["model"].keys()
+    for key, value in b["model"].items():
+        torch.testing.assert_close(a["model"][key], value, rtol=1e-4, atol=1e-4, msg=key)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
