@@ -93,6 +93,13 @@ def test_short_demo_report(short_demo):
             assert r["traineval"]["recal"] is not None  # bnlab.recalibrate ran
     by_norm = {r["norm"]: r["params"]["bn"] for r in runs}
     assert by_norm == {"none": 0, "activation": 3200, "channel": 224}
+    # the interactive set-B page sits beside the report, is linked from it and opens on conv1's shape
+    page = (out / "explainer.html").read_text(encoding="utf-8")
+    assert 'href="explainer.html"' in (out / "index.html").read_text(encoding="utf-8")
+    layer = results["layers"][0]
+    from bnlab.explain_page import page_html
+
+    assert page == page_html("en", shape=tuple(layer["shape"]), layout=layer["layout"])
     # the set B table comes from bnlab.explain: conv1 per channel pools m·p·q = 32·8·8 values
     assert results["layers"][0]["channel"] == {"sets": 16, "size": 2048, "params": 32}
     assert results["layers"][0]["activation"] == {"sets": 1024, "size": 32, "params": 2048}

@@ -367,6 +367,7 @@ def render(results: dict, settings) -> str:
                            "col_params_activation")]  # fmt: skip
     add(_wrap_table(_table(head, rows)))
     add(f"<p>{_e(t['setb_fc'])}</p>")
+    add(f'<p class="look"><a href="{EXPLAINER}">{_e(t["setb_page"])}</a></p>')
     for layer in results["layers"]:
         src = figs["setb"].get(layer["name"])
         if src:
@@ -582,8 +583,17 @@ def render(results: dict, settings) -> str:
     )
 
 
+#: the interactive set-B page written beside the report (bnlab.explain_page), opened on the first conv layer
+EXPLAINER = "explainer.html"
+
+
 def write_report(results: dict, out_dir: Path, settings) -> Path:
-    """Write ``out_dir/index.html`` from ``results``; return its path."""
+    """Write ``out_dir/index.html`` from ``results`` and the interactive set-B page beside it; return its path."""
+    from ..explain_page import write_page
+
+    first = next((layer for layer in results["layers"] if len(layer["shape"]) == 4), None)
+    opened = {"shape": tuple(first["shape"]), "layout": first["layout"]} if first else {}
+    write_page(Path(out_dir) / EXPLAINER, lang=results["lang"], **opened)
     path = Path(out_dir) / "index.html"
     path.write_text(render(results, settings), encoding="utf-8")
     return path

@@ -127,6 +127,8 @@ S: dict[str, dict[str, str]] = {
         "col_params_channel": "γ + β per channel",
         "col_params_activation": "γ + β per activation",
         "setb_fc": "After the fully connected layer there are no locations, so both variants are the same set B there.",
+        "setb_page": "Try it yourself: the interactive page (explainer.html, opens offline) lights up the set B of any "
+        "value you point at, for any shape, both variants and the rest of the family (layer, instance, group norm).",
         "setb_fig": "Layer {layer}: the coloured values form one set B, for both variants.",
         "setb_text": "The explanation for layer {layer}, as <code>bnlab explain {shape} --layout NCHW</code> gives it",
         "sec_curves": "Training curves",
@@ -433,6 +435,9 @@ S: dict[str, dict[str, str]] = {
         "col_params_channel": "γ + β por canal",
         "col_params_activation": "γ + β por activación",
         "setb_fc": "Tras la capa densa no hay ubicaciones, así que allí las dos variantes forman el mismo conjunto B.",
+        "setb_page": "Pruébalo tú: la página interactiva (explainer.html, funciona sin conexión) ilumina el conjunto B "
+        "del valor que señales, para cualquier forma, las dos variantes y el resto de la familia (por capa, por "
+        "instancia, por grupos).",
         "setb_fig": "Capa {layer}: los valores en color forman un conjunto B, para las dos variantes.",
         "setb_text": (
             "La explicación para la capa {layer}, tal como la da <code>bnlab explain {shape} --layout NCHW --lang "
