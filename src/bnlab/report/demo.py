@@ -162,7 +162,7 @@ def run_demo(
                 record_unit=RECORD_UNIT,
             )
             desc = f"{setting.key}/{norm}/seed {seed}"
-            result = fit(model, data, config, progress=progress, desc=desc)
+            result = fit(model, data, config, progress=progress, desc=desc, lang=lang)
             t0 = time.perf_counter()
             test = evaluate(model, data.x_test, data.y_test)
             traineval = None

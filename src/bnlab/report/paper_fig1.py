@@ -98,7 +98,7 @@ def run_paper_fig1(
             record_unit=unit,
         )
         t0 = time.perf_counter()
-        result = fit(model, data, config, progress=progress, desc=f"fig1/{norm}")
+        result = fit(model, data, config, progress=progress, desc=f"fig1/{norm}", lang=lang)
         seconds = time.perf_counter() - t0
         h = result.history
         histories[norm] = {k: v for k, v in h.items() if k != "train_seconds"}

@@ -176,7 +176,7 @@ def run_small_batch(
             lr = lr32 * m / 32
             config = TrainConfig(optimizer="momentum", lr=lr, batch_size=m, epochs=1, seed=seed,
                                  max_steps=samples // m)  # fmt: skip
-            result = fit(model, data, config, progress=progress, desc=f"m={m}/{norm}/seed {seed}")
+            result = fit(model, data, config, progress=progress, desc=f"m={m}/{norm}/seed {seed}", lang=lang)
             t0 = time.perf_counter()
             ema = evaluate(model, data.x_test, data.y_test)
             recal = ema if norm == "none" else evaluate(_recalibrated(model, data.x_train, m, recal_samples),
