@@ -44,7 +44,7 @@ from torch import Tensor
 from torch.autograd import forward_ad as _forward_ad
 
 from .. import kernels
-from ..axes import check_eps, check_input, check_momentum, effective_batch_size
+from ..axes import check_eps, check_input, check_momentum
 
 __all__ = ["batch_norm", "update_running_stats", "default_axes", "check_tensors", "check_dtype", "ACTIVATIONS"]
 
@@ -446,7 +446,9 @@ def batch_norm(
         # exporter (ONNX included) understands and a compiler fuses with its neighbours
         y = kernels.composed.normalize(input, running_mean, running_var, weight, bias, eps, axes)
         return torch.relu(y) if relu else y
-    count = effective_batch_size(input.shape, axes)
+    count = 1
+    for a in axes:  # axes are checked already: m' = the product of the reduced sizes
+        count *= input.shape[a]
     chunks = input.shape[0] // virtual_batch if virtual_batch else 1
     if chunks > 1:
         # ghost BN: (N, ...) -> (k, N/k, ...), the chunk index becoming one more feature axis
