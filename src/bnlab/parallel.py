@@ -19,6 +19,7 @@ from those variables — which is how a run goes to several machines::
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import inspect
 import multiprocessing as mp
@@ -142,7 +143,15 @@ def current() -> Replica | None:
     global _current
     if _current is None and int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ:
         _init(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), "env://")
+        # torchrun starts us, so nobody else tears the group down: leaving with gloo's threads still
+        # running aborts the process at exit ("terminate called without an active exception")
+        atexit.register(_leave)
     return _current
+
+
+def _leave() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _init(rank: int, world: int, init_method: str) -> Replica:
