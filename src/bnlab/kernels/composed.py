@@ -37,6 +37,7 @@ __all__ = [
     "affine_coefficients",
     "needs_shift",
     "relu_mask",
+    "native_backward",
     "SHIFT_RATIO",
 ]
 
@@ -166,3 +167,24 @@ def backward(dy, x, mean, var, weight, eps: float, axes: tuple[int, ...], needs=
     dweight = dgamma if (need_w and weight is not None) else None
     dbias = dbeta if need_b else None
     return dx, dweight, dbias
+
+
+def native_backward(dy, x, mean, var, weight, eps: float, needs=(True, True, True), y=None):
+    """torch's fused ``aten.native_batch_norm_backward`` given our μ_B and σ²_B (per-channel BN in torch's
+    layout, dense NCHW or channels_last): the same closed form as :func:`backward`, centred on μ_B.
+
+    Used by the :mod:`.cpu` and :mod:`.cuda` families; ``y`` (fused ReLU output) masks dy first.
+    """
+    need_x, need_w, need_b = needs
+    dy = relu_mask(dy, y)
+    if x.is_contiguous():
+        fmt = torch.contiguous_format
+    else:
+        fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+    dy = dy.to(x.dtype).contiguous(memory_format=fmt)
+    invstd = torch.rsqrt(var + eps)
+    mask = [bool(need_x), bool(need_w and weight is not None), bool(need_b)]
+    dx, dweight, dbias = torch.ops.aten.native_batch_norm_backward(
+        dy, x, weight, None, None, mean, invstd, True, float(eps), mask
+    )
+    return (dx if need_x else None), (dweight if mask[1] else None), (dbias if need_b else None)

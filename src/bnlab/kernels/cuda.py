@@ -93,20 +93,7 @@ def backward(dy, x, mean, var, weight, eps: float, axes: tuple[int, ...], needs=
 
     ``y``: the output of ``forward(..., relu=True)``; dy is masked to where y > 0 first.
     """
-    need_x, need_w, need_b = needs
     stats_ok = mean.dtype == var.dtype == torch.float32
     if not (covered(x, axes, weight) and stats_ok) or _recorded(x, weight, mean, var, dy):
         return composed.backward(dy, x, mean, var, weight, eps, axes, needs, y)
-    dy = composed.relu_mask(dy, y)
-    fmt = torch.contiguous_format if x.is_contiguous() else _memory_format(x)
-    dy = dy.to(x.dtype).contiguous(memory_format=fmt)
-    invstd = torch.rsqrt(var + eps)
-    mask = [bool(need_x), bool(need_w and weight is not None), bool(need_b)]
-    dx, dweight, dbias = torch.ops.aten.native_batch_norm_backward(
-        dy, x, weight, None, None, mean, invstd, True, float(eps), mask
-    )
-    return (dx if need_x else None), (dweight if mask[1] else None), (dbias if need_b else None)
-
-
-def _memory_format(x: torch.Tensor) -> torch.memory_format:
-    return torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+    return composed.native_backward(dy, x, mean, var, weight, eps, needs, y)
