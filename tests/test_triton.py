@@ -23,6 +23,9 @@ import torch
 import bnlab.kernels
 from bnlab.kernels import composed
 
+# the float64 Alg. 1 the kernels are checked against, one copy for both test files (tests/ is on sys.path)
+from test_kernels import _view, bn64  # noqa: E402,F401
+
 IN_PROCESS = os.environ.get("TRITON_INTERPRET") == "1" and not torch.cuda.is_available()
 
 
@@ -93,13 +96,6 @@ def _fshape(shape, axes):
     return tuple(s for i, s in enumerate(shape) if i not in axes)
 
 
-def _view(v, ndim, axes):
-    shape, it = [], iter(v.shape)
-    for i in range(ndim):
-        shape.append(1 if i in axes else next(it))
-    return v.reshape(shape)
-
-
 def _input(shape, fmt, dtype, seed=0, offset=1.5, scale=2.0):
     g = torch.Generator().manual_seed(seed)
     x = (torch.randn(shape, generator=g, dtype=torch.float64) * scale + offset).to(dtype)
@@ -109,23 +105,6 @@ def _input(shape, fmt, dtype, seed=0, offset=1.5, scale=2.0):
 def _params(fshape, seed=1):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(fshape, generator=g) + 0.5, torch.randn(fshape, generator=g)
-
-
-def bn64(x, w, b, axes, eps=EPS):
-    """Alg. 1 in float64, differentiable: (y, mean, biased var)."""
-    x = x.double()
-    m = 1
-    for a in axes:
-        m *= x.shape[a]
-    mean = x.sum(dim=axes) / m
-    centred = x - _view(mean, x.dim(), axes)
-    var = (centred * centred).sum(dim=axes) / m
-    y = centred / torch.sqrt(_view(var, x.dim(), axes) + eps)
-    if w is not None:
-        y = y * _view(w.double(), x.dim(), axes)
-    if b is not None:
-        y = y + _view(b.double(), x.dim(), axes)
-    return y, mean, var
 
 
 @needs_interpreter

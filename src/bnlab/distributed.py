@@ -42,7 +42,7 @@ from torch.autograd.function import once_differentiable
 from . import kernels
 from .axes import param_shape
 from .inference._layers import replace_module
-from .inference.freeze import _SAVED_GRAD, freeze_layer, is_frozen
+from .inference.convert import adopt_state
 from .moments import Moments, merge_all
 from .nn import functional as F
 from .nn.modules import _BatchNorm, check_input_dim
@@ -413,21 +413,9 @@ def _to_sync(old: nn.Module, process_group, timeout) -> SyncBatchNorm:
         per=per, spatial_size=spatial, activation=getattr(old, "activation", None), timeout=timeout,
         bias=not old.affine or old._parameters.get("bias") is not None,
     )  # fmt: skip
-    # adopt the old layer's very tensors (same Parameters: an optimizer built before keeps working)
-    for pname in ("weight", "bias"):
-        new._parameters[pname] = old._parameters.get(pname)
-    for bname in ("running_mean", "running_var", "num_batches_tracked"):
-        new._buffers[bname] = old._buffers.get(bname)
-        if bname in old._non_persistent_buffers_set:
-            new._non_persistent_buffers_set.add(bname)
+    adopt_state(old, new)  # the old layer's very tensors (an optimizer built before keeps working), mode, frozen
     if per == "activation" and spatial is None and not new._is_lazy():
         new.spatial_size = tuple(new.weight.shape[1:] if new.weight is not None else new.running_mean.shape[1:])
-    new.training = old.training
-    if is_frozen(old):
-        saved = old.__dict__.get(_SAVED_GRAD)
-        freeze_layer(new)
-        if saved is not None:
-            new.__dict__[_SAVED_GRAD] = dict(saved)
     return new
 
 

@@ -58,6 +58,14 @@ def _swap(old: nn.Module, cls: type) -> nn.Module:
         track_running_stats=old.track_running_stats,
         device="meta",
     )
+    return adopt_state(old, new)
+
+
+def adopt_state(old: nn.Module, new: nn.Module) -> nn.Module:
+    """Give ``new`` (a BN layer built on the meta device) the very tensors, mode and frozen state of ``old``.
+
+    The same Parameter and buffer objects, so an optimizer built on the old model keeps working.
+    """
     for pname in ("weight", "bias"):
         new._parameters[pname] = old._parameters.get(pname)
     for bname in ("running_mean", "running_var", "num_batches_tracked"):
