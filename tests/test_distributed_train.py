@@ -1,5 +1,5 @@
 """``bnlab train --nproc 2`` (and under torchrun) on the digits equals the one-process run; killed mid-run,
-it resumes exactly."""
+it resumes exactly; Ctrl-C stops every rank after the same step."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -71,6 +72,48 @@ def test_two_processes_and_torchrun_equal_one_process_and_resume_after_a_kill(tm
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("Test accuracy (eval mode)") == 1
     _same_weights(load_checkpoint(out / "last.pt"), one)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_rank_after_the_same_step_and_leaves_no_process(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "bnlab", *ARGS, "--out", str(out), "--nproc", "2", "--epochs", "400"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+                            start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while not (out / "last.pt").exists():  # the first epoch's checkpoint: both ranks are training
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no checkpoint after 180 s"
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the launcher and both ranks get it
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "terminate called" not in err, err
+    assert err.count("Interrupted at step") == 1 and "--resume" in err  # rank 0 alone speaks
+    step = int(err.split("Interrupted at step ")[1].split("/")[0])
+    assert load_checkpoint(out / "last.pt")["step"] == step
+    deadline = time.monotonic() + 10
+    while _alive_in_session(proc.pid):  # no rank outlives the launcher
+        assert time.monotonic() < deadline, _alive_in_session(proc.pid)
+        time.sleep(0.1)
+
+
+def _alive_in_session(sid: int) -> list[str]:
+    """The processes of session ``sid`` that still run (zombies, already ended, are left to init)."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, pgrp, session
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            alive.append(stat.parent.name)
+    return alive
 
 
 def _same_weights(a: dict, b: dict) -> None:

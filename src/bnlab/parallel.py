@@ -21,23 +21,27 @@ from __future__ import annotations
 
 import atexit
 import datetime
+import gc
 import inspect
 import multiprocessing as mp
 import os
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from tqdm import tqdm
 
 from .distributed import _all_gather, convert_sync
 
-__all__ = ["Replica", "ShardedModel", "current", "spawn", "TIMEOUT_S"]
+__all__ = ["Replica", "ShardedModel", "current", "exit_process", "spawn", "TIMEOUT_S"]
 
 #: seconds any collective may wait for the other ranks before the run stops with an error
 TIMEOUT_S = float(os.environ.get("BNLAB_DIST_TIMEOUT", "300"))
@@ -143,15 +147,43 @@ def current() -> Replica | None:
     global _current
     if _current is None and int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ:
         _init(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), "env://")
-        # torchrun starts us, so nobody else tears the group down: leaving with gloo's threads still
-        # running aborts the process at exit ("terminate called without an active exception")
+        # torchrun starts us, so nobody else tears the group down; ``python -m bnlab`` ends through
+        # :func:`exit_process`, a script of the user's through this handler
         atexit.register(_leave)
     return _current
 
 
 def _leave() -> None:
+    """Leave the process group while the interpreter is fully alive.
+
+    DDP and the synchronized layers hold the group through reference cycles; freed only during the
+    interpreter's teardown, the group's gloo threads still hold work whose tensors reach into Python, and
+    the process aborts ("terminate called without an active exception", exit status 134 or -6). So the
+    cycles are collected first, and the group destroyed from the main thread.
+    """
+    gc.collect()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def exit_process(code: int) -> NoReturn:
+    """End this replica's process with status ``code``, skipping the interpreter's teardown.
+
+    After a clean end (0, or 130 for Ctrl-C after the same step on every rank) the process group is left
+    first (:func:`_leave`); after a failure it is not, since a peer may be gone and the teardown would wait
+    for it. Standard streams are flushed; no C++ destructor runs after that, so the exit cannot abort.
+    """
+    if code in (0, 130):
+        try:
+            _leave()
+        except Exception:  # noqa: BLE001 - the work is done and saved; a teardown error must not change the status
+            traceback.print_exc()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def _init(rank: int, world: int, init_method: str) -> Replica:
@@ -162,6 +194,9 @@ def _init(rank: int, world: int, init_method: str) -> Replica:
         backend, init_method=init_method, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=TIMEOUT_S)
     )
     _current = Replica(rank, world)
+    # tqdm's default lock is a multiprocessing semaphore, which exit_process would leave to the resource
+    # tracker ("leaked semaphore objects" at exit); only one thread of this process draws bars
+    tqdm.set_lock(threading.RLock())
     return _current
 
 
@@ -181,10 +216,7 @@ def _child(rank: int, world: int, port: int, fn: Callable[..., int], args: tuple
         code = int(fn(*args) or 0)
     except BaseException:  # noqa: BLE001 - reported here, the exit status tells the launcher
         traceback.print_exc()
-    if code not in (0, 130):  # a failure: a peer may be gone, do not wait for it in the teardown
-        os._exit(code)
-    dist.destroy_process_group()  # finished, or stopped by Ctrl-C after the same step on every rank
-    sys.exit(code)
+    exit_process(code)
 
 
 def spawn(nproc: int, fn: Callable[..., int], *args) -> int:
