@@ -136,6 +136,38 @@ def test_train_then_evaluate(tmp_path, capsys):
     assert "is not a training checkpoint" in capsys.readouterr().err
 
 
+
+@pytest.mark.parametrize(
+    "norm, module", [("layer", "LayerNorm"), ("instance", "InstanceNorm2d"), ("group", "GroupNorm")]
+)
+def test_train_with_a_per_sample_member_of_the_family(norm, module, tmp_path, capsys):
+    import torch
+
+    from bnlab.data import load_digits
+    from bnlab.training import evaluate, load_trained
+
+    out = tmp_path / norm
+    assert main(["train", "--norm", norm, "--epochs", "1", "--out", str(out), "--quiet", "--lang", "es"]) == 0
+    capsys.readouterr()
+    model, saved = load_trained(out / "last.pt")
+    kinds = {type(m).__name__ for m in model.modules()}
+    assert module in kinds and not any("BatchNorm" in k for k in kinds), kinds
+    assert saved["model_spec"]["norm"] == norm
+    # eval mode needs no population statistics: the same images give the same outputs in any batch
+    data = load_digits(seed=0)
+    x = data.x_test[:64]
+    torch.testing.assert_close(model(x)[:5], model(x[:5]), rtol=1e-5, atol=1e-5)
+    assert main(["evaluate", str(out), "--lang", "en"]) == 0
+    acc = evaluate(model, data.x_test, data.y_test)["accuracy"]
+    text = capsys.readouterr().out
+    assert f"Test accuracy (eval mode, statistics of each image): {100 * acc:.1f}%" in text
+    assert acc > 0.5  # one epoch of the digits
+    # no BN layer: nothing for Alg. 2 to recalibrate, said before any output
+    assert main(["evaluate", str(out), "--recalibrate", "--lang", "en"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "has no batch-normalization layer" in captured.err
+    assert "without --recalibrate" in captured.err
+
 @pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
     out = tmp_path / "run"

@@ -30,7 +30,8 @@ def test_parser_choices_are_the_modules_own():
     from bnlab import data, models, training
 
     assert cli.DATASETS == data.DATASETS and cli.OPTIMIZERS == training.OPTIMIZERS
-    assert cli.NORMS == models.NORMS and cli.ACTIVATIONS == models.ACTIVATIONS
+    assert cli.NORMS == models.NORMS and cli.FAMILY_NORMS == models.FAMILY_NORMS
+    assert cli.ACTIVATIONS == models.ACTIVATIONS
 
 
 @pytest.mark.parametrize(
@@ -77,6 +78,37 @@ def test_ctrl_c_during_start_up_is_a_clean_exit(tmp_path):
     assert proc.returncode in (130, -signal.SIGINT), err  # see test_an_interrupted_demo_leaves_no_empty_folder
     assert "Traceback" not in err and "Interrupted" in err
 
+
+# Ctrl-C at a chosen import: a finder first in sys.meta_path sends the process SIGINT when Python looks
+# for the module, so the KeyboardInterrupt arrives inside the import machinery, as a real Ctrl-C can
+_SIGINT_AT_IMPORT = """
+import os, signal, sys
+
+class SigintAt:
+    fired = False
+
+    def find_spec(self, name, path=None, target=None):
+        if name == sys.argv[1] and not SigintAt.fired:
+            SigintAt.fired = True
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, SigintAt())
+from bnlab.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("module", ["torch", "numpy.dtypes", "sklearn"])
+def test_ctrl_c_inside_a_librarys_import_is_a_clean_exit(module, tmp_path):
+    # numpy.dtypes: the interrupted import leaves numpy half-initialized, and scikit-learn's import then
+    # fails with another error (ImportError or RecursionError), which must still read as the interrupt
+    argv = ["train", "--out", str(tmp_path / "run"), "--lang", "en", "--quiet"]
+    proc = subprocess.run([sys.executable, "-c", _SIGINT_AT_IMPORT, module, *argv], capture_output=True, text=True,
+                          env=_env(), timeout=120)  # fmt: skip
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.strip() == "Interrupted.", proc.stderr
+    assert not (tmp_path / "run").exists()
 
 @pytest.mark.parametrize(
     "args, message",

@@ -28,9 +28,10 @@ EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # as a process killed by SIGPIPE, e.g. `bnlab explain ... | head`
 
 # Choices shown in --help, kept here so that building the parser imports no torch; tests check they equal
-# bnlab.data.DATASETS, bnlab.models.NORMS / ACTIVATIONS and bnlab.training.OPTIMIZERS.
+# bnlab.data.DATASETS, bnlab.models.NORMS / FAMILY_NORMS / ACTIVATIONS and bnlab.training.OPTIMIZERS.
 DATASETS = ("digits", "mnist", "cifar10")
 NORMS = ("none", "activation", "channel")
+FAMILY_NORMS = ("layer", "instance", "group")
 ACTIVATIONS = ("relu", "sigmoid")
 OPTIMIZERS = ("sgd", "momentum", "adam")
 
@@ -73,7 +74,10 @@ MSG = {
         "evaluated": "{split} accuracy (eval mode, {what}): {acc} — loss {loss} on {n} images",
         "splits": {"test": "Test", "val": "Validation", "train": "Training"},
         "ema": "running statistics",
+        "no_bn_stats": {"none": "no normalization", "per_sample": "statistics of each image"},
         "recal": "recalibrated statistics (Alg. 2)",
+        "no_recal": "--recalibrate: the network in {path} (norm={norm}) has no batch-normalization layer, so it has "
+                    "no population statistics to recalibrate (Alg. 2); run the command without --recalibrate",
         "bad_shape": (
             "SHAPE must be positive integers separated by commas or 'x', such as 32,28,28,16 — got {shape!r}"
         ),
@@ -127,7 +131,10 @@ MSG = {
         "evaluated": "Exactitud en {split} (modo evaluación, {what}): {acc} — pérdida {loss} en {n} imágenes",
         "splits": {"test": "prueba", "val": "validación", "train": "entrenamiento"},
         "ema": "estadísticas acumuladas",
+        "no_bn_stats": {"none": "sin normalización", "per_sample": "estadísticas de cada imagen"},
         "recal": "estadísticas recalibradas (Alg. 2)",
+        "no_recal": "--recalibrate: la red de {path} (norm={norm}) no tiene capas de normalización por lotes, así que "
+                    "no tiene estadísticas de la población que recalibrar (Alg. 2); ejecute la orden sin --recalibrate",
         "bad_shape": (
             "SHAPE deben ser enteros positivos separados por comas o 'x', como 32,28,28,16 — se recibió {shape!r}"
         ),
@@ -304,9 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", choices=("cnn", "mlp"), default="cnn",
                    help="cnn: small CNN; mlp: the paper's Fig. 1 network 3×100 (default: cnn) / cnn: CNN pequeña; "
                    "mlp: la red de la Fig. 1 del artículo")  # fmt: skip
-    p.add_argument("--norm", choices=NORMS, default="channel",
-                   help="none, activation (per-activation BN) or channel (convolutional BN) (default: channel) / "
-                   "none, activation (BN por activación) o channel (BN convolucional)")  # fmt: skip
+    p.add_argument("--norm", choices=NORMS + FAMILY_NORMS, default="channel",
+                   help="none, activation (per-activation BN) or channel (convolutional BN) (default: channel); "
+                   "or, with sets within one sample instead of the mini-batch, layer, instance or group (8 groups) "
+                   "/ none, activation (BN por activación) o channel (BN convolucional) (por defecto: channel); o, "
+                   "con conjuntos dentro de un ejemplo en lugar del minilote, layer, instance o group (8 grupos)",
+                   )  # fmt: skip
     p.add_argument("--activation", choices=ACTIVATIONS, default="relu",
                    help="nonlinearity (default: relu) / no linealidad")  # fmt: skip
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="momentum",
@@ -616,6 +626,12 @@ def _cmd_evaluate(args, lang: str) -> int:
         model, saved = load_trained(args.checkpoint)
     except CheckpointError as err:
         raise UsageError(m["not_ckpt"].format(path=args.checkpoint, err=err)) from None
+    from .models import bn_layers
+
+    has_bn = bool(bn_layers(model))
+    norm = saved["model_spec"].get("norm", "?")
+    if args.recalibrate and not has_bn:  # before any work or output
+        raise UsageError(m["no_recal"].format(path=args.checkpoint, norm=norm))
     meta = saved.get("meta") or {}
     dataset = args.dataset or meta.get("dataset", "digits")
     data_path = args.data if args.data is not None else (Path(meta["data"]) if meta.get("data") else None)
@@ -626,7 +642,8 @@ def _cmd_evaluate(args, lang: str) -> int:
     x, y = getattr(data, f"x_{args.split}"), getattr(data, f"y_{args.split}")
     res = evaluate(model, x, y)
     acc, loss = pct(res["accuracy"], lang), num(res["loss"], lang, 4)
-    print(m["evaluated"].format(split=m["splits"][args.split], what=m["ema"], acc=acc, loss=loss, n=len(x)))
+    what = m["ema"] if has_bn else m["no_bn_stats"]["none" if norm == "none" else "per_sample"]
+    print(m["evaluated"].format(split=m["splits"][args.split], what=what, acc=acc, loss=loss, n=len(x)))
     if args.recalibrate:
         from .inference import recalibrate
 
@@ -743,18 +760,62 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     lang = _lang_from_argv(argv) or default_lang()
     _Parser.lang = lang
-    try:
-        return _main(argv, lang)
-    except KeyboardInterrupt:  # at any moment, start-up included
-        print(MSG[lang]["interrupted_plain"], file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except BrokenPipeError:  # the reader went away (`bnlab explain ... | head`): stop quietly
+    with _SigintWatch() as sigint:
         try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's final flush does not fail again
-        except (OSError, ValueError):
-            pass
-        return EXIT_BROKEN_PIPE
+            return _main(argv, lang)
+        except KeyboardInterrupt:  # at any moment, start-up included
+            print(MSG[lang]["interrupted_plain"], file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except BrokenPipeError:
+            return _quiet_broken_pipe()
+        except Exception:
+            if not sigint.seen:
+                raise
+            # Ctrl-C stopped a library's import half-way (numpy's lazy submodules then recurse without end,
+            # seen as a RecursionError inside scikit-learn's import): the error is the interrupt's doing
+            print(MSG[lang]["interrupted_plain"], file=sys.stderr)
+            return EXIT_INTERRUPTED
+
+
+class _SigintWatch:
+    """Notes whether Ctrl-C arrived while ``main`` ran (Python's own handler still raises KeyboardInterrupt).
+
+    Installed only over Python's default handler, in the main thread; the previous handler comes back at
+    exit. Training installs its own handler for a clean stop after the current step, and restores this one.
+    """
+
+    def __init__(self) -> None:
+        self.seen = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> _SigintWatch:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            import signal
+
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _quiet_broken_pipe() -> int:
+    """The reader went away (`bnlab explain ... | head`): stop quietly."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's final flush does not fail again
+    except (OSError, ValueError):
+        pass
+    return EXIT_BROKEN_PIPE
 
 
 def _main(argv: list[str], lang: str) -> int:

@@ -43,7 +43,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .inference import CheckpointError, load_checkpoint, save_checkpoint
-from .models import ACTIVATIONS, ARCHS, NORMS, UnitRecorder, build_model, model_spec
+from .models import ACTIVATIONS, ARCHS, FAMILY_NORMS, NORMS, UnitRecorder, build_model, model_spec
 
 __all__ = [
     "OPTIMIZERS",
@@ -321,7 +321,7 @@ def check_model_spec(spec) -> dict:
         raise CheckpointError(
             f"model_spec has fields {reprlib.repr(sorted(map(str, spec)))}; a {arch} model has {sorted(fields)}"
         )
-    for key, choices in (("norm", NORMS), ("activation", ACTIVATIONS)):
+    for key, choices in (("norm", NORMS + FAMILY_NORMS), ("activation", ACTIVATIONS)):
         if spec[key] not in choices:
             raise CheckpointError(
                 f"model_spec[{key!r}] = {reprlib.repr(spec[key])}: expected one of {', '.join(choices)}"

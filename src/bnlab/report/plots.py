@@ -15,7 +15,8 @@ from matplotlib.figure import Figure
 from ..explain import explain
 from .strings import NORM_NAMES, S
 
-COLORS = {"none": "#7f7f7f", "activation": "#e6862a", "channel": "#2a6fdb"}
+COLORS = {"none": "#7f7f7f", "activation": "#e6862a", "channel": "#2a6fdb",
+          "layer": "#2ca02c", "instance": "#9467bd", "group": "#8c564b"}  # fmt: skip
 NORM_ORDER = ("none", "activation", "channel")
 
 

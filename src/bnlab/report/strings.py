@@ -37,9 +37,12 @@ def secs(x: float, lang: str) -> str:
 
 
 NORM_NAMES = {
-    "en": {"none": "no BN", "activation": "BN per activation", "channel": "BN per channel"},
-    "es": {"none": "sin BN", "activation": "BN por activación", "channel": "BN por canal"},
-}
+    "en": {"none": "no BN", "activation": "BN per activation", "channel": "BN per channel",
+           "layer": "layer norm", "instance": "instance norm", "group": "group norm"},
+    "es": {"none": "sin BN", "activation": "BN por activación", "channel": "BN por canal",
+           "layer": "normalización por capa", "instance": "normalización por instancia",
+           "group": "normalización por grupos"},
+}  # fmt: skip
 
 S: dict[str, dict[str, str]] = {
     "en": {
