@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import math
 import operator
-import re
+import string
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from .axes import LAYOUTS, PER, channel_axis, effective_batch_size, feature_shape, reduce_axes
 
@@ -69,7 +70,7 @@ class Explanation:
     @property
     def text(self) -> str:
         """The explanation, several lines, in ``self.lang``."""
-        return _singular(_render_text(self))
+        return _render_text(self)
 
     def __str__(self) -> str:
         return self.text
@@ -155,6 +156,93 @@ def _fmt(n: int, lang: str) -> str:
     return f"{n:,}"
 
 
+class Shown(NamedTuple):
+    """A count written as an expression ('4×4 = 16'); the words around it agree with ``value``."""
+
+    value: int
+    text: str
+
+
+# Nouns that follow a count: key -> (singular, plural), and in Spanish the gender its article takes.
+_NOUNS = {
+    "en": {
+        "example": ("example", "examples"), "sample": ("sample", "samples"), "channel": ("channel", "channels"),
+        "channel_map": ("channel (feature map)", "channels (feature maps)"), "feature": ("feature", "features"),
+        "feature_map": ("feature map", "feature maps"), "location": ("location", "locations"),
+        "value": ("value", "values"), "set": ("set", "sets"), "set_B": ("set B", "sets B"),
+        "mean": ("mean", "means"), "variance": ("variance", "variances"), "pair": ("pair", "pairs"),
+        "group": ("group", "groups"),
+    },
+    "es": {
+        "example": ("ejemplo", "ejemplos", "m"), "sample": ("ejemplo", "ejemplos", "m"),
+        "channel": ("canal", "canales", "m"),
+        "channel_map": ("canal (mapa de características)", "canales (mapas de características)", "m"),
+        "feature": ("característica", "características", "f"), "map": ("mapa", "mapas", "m"),
+        "location": ("ubicación", "ubicaciones", "f"), "value": ("valor", "valores", "m"),
+        "set": ("conjunto", "conjuntos", "m"), "set_B": ("conjunto B", "conjuntos B", "m"),
+        "mean": ("media", "medias", "f"), "variance": ("varianza", "varianzas", "f"), "pair": ("par", "pares", "m"),
+        "group": ("grupo", "grupos", "m"),
+    },
+}  # fmt: skip
+# How a count reads, one form for 1 and one for any other number: kind -> (one, many). {n} is the number,
+# {sg}/{pl} the noun; Spanish articles follow the noun's gender ({el} = el/la, {los} = los/las, ...).
+_PHRASES = {
+    "en": {
+        "": ("{n} {sg}", "{n} {pl}"),                    # 1 example, 2 examples
+        "the": ("the single {sg}", "the {n} {pl}"),
+        "all": ("the single {sg}", "all {n} {pl}"),
+        "each": ("the single {sg}", "each of the {n} {pl}"),
+        "its": ("its single {sg}", "its {n} {pl}"),
+    },
+    "es": {
+        "": ("{n} {sg}", "{n} {pl}"),                    # 1 ejemplo, 2 ejemplos
+        "the": ("{el} {único} {sg}", "{los} {n} {pl}"),  # el único ejemplo, los 2 ejemplos
+        "each": ("{el} {único} {sg}", "cada {uno} de {los} {n} {pl}"),
+        "its": ("su {único} {sg}", "sus {n} {pl}"),
+    },
+}  # fmt: skip
+_ARTICLES = {
+    "m": {"el": "el", "los": "los", "único": "único", "uno": "uno"},
+    "f": {"el": "la", "los": "las", "único": "única", "uno": "una"},
+}
+
+
+class _Words(string.Formatter):
+    """``str.format`` for the templates, with counts that agree with their nouns.
+
+    ``{n:example}`` gives '1 example' or '2 examples'; ``{n:each example}`` gives 'the single example' or
+    'each of the 2 examples' (kinds in ``_PHRASES``); a capital kind (``{c:Each feature_map}``) starts a
+    sentence. Whole numbers are grouped as the language writes them; a :class:`Shown` count prints its
+    expression. Templates are written for both numbers, so no text is patched afterwards.
+    """
+
+    def __init__(self, lang: str) -> None:
+        self.lang = lang
+
+    def format_field(self, value, format_spec: str) -> str:
+        if isinstance(value, Shown):
+            number, text = value.value, value.text
+        elif isinstance(value, int) and not isinstance(value, bool):
+            number, text = value, _fmt(value, self.lang)
+        else:
+            return super().format_field(value, format_spec)
+        if not format_spec:
+            return text
+        kind, _, noun = format_spec.rpartition(" ")
+        sg, pl, *gender = _NOUNS[self.lang][noun]
+        words = _ARTICLES[gender[0]] if gender else {}
+        phrase = _PHRASES[self.lang][kind.lower()][number != 1].format(n=text, sg=sg, pl=pl, **words)
+        return phrase[:1].upper() + phrase[1:] if kind[:1].isupper() else phrase
+
+
+_WORDS = {lang: _Words(lang) for lang in LANGS}
+
+
+def _say(lang: str, template: str, **values) -> str:
+    """Fill ``template`` (one of the strings below) in ``lang``: see :class:`_Words`."""
+    return _WORDS[lang].format(template, **values)
+
+
 def _spatial(layout: str) -> list[int]:
     c = channel_axis(layout)
     return [a for a in range(1, len(layout)) if a != c]
@@ -163,13 +251,13 @@ def _spatial(layout: str) -> list[int]:
 _TEXT = {
     "en": {
         "header": "x has shape {shape} in layout {layout}: {dims}.",
-        "dim_n": "N={n} examples",
-        "dim_c": "C={c} channels (feature maps)",
-        "dim_c_fc": "C={c} features",
+        "dim_n": "N={n:example}",
+        "dim_c": "C={c:channel_map}",
+        "dim_c_fc": "C={c:feature}",
         "variant_channel": "Variant: per channel = convolutional BN (Ioffe & Szegedy 2015, §3.2).",
         "variant_activation": "Variant: per activation = BN as in §3, one mean and one variance per activation.",
-        "location": "A location is one spatial position {pos} of a feature map. Each of the {c} feature "
-        "maps has {locs} locations, in each of the {n} examples of the mini-batch.",
+        "location": "A location is one spatial position {pos} of a feature map. {c:Each feature_map} has "
+        "{locs:location}, in {n:each example} of the mini-batch.",
         "no_location": "Layout NC (a fully connected layer) has no spatial locations: every feature is a "
         "single activation, so the two variants are the same thing here.",
         "elements": "What the \"elements\" of a feature map are: the paper (§3.2) wants the normalization to "
@@ -177,21 +265,21 @@ _TEXT = {
         "different locations, are normalized in the same way\". Those elements "
         "are the VALUES {idx} of the map, the activations: one number per location, computed by the filter "
         "of channel c at that location. They are not the filter's weights: the filter (say 3×3 weights per "
-        "input channel) is one set of numbers shared by all {nloc} locations, and BN never touches it. (The "
-        "paper's \"elements of a mini-batch\" are something else again: the {n} examples.)",
-        "set_channel": "One set B = every value {idx} of ONE channel c: all {n} examples × all {nloc} locations.",
-        "set_fc": "One set B = the values {idx} of ONE feature c in the {n} examples.",
-        "count_fc": "{sets} sets B (one per feature), each of m = {m} values.",
-        "words_channel": "In words: {sets} means, {sets} variances, {sets} γ and {sets} β, one of each per "
+        "input channel) is one set of numbers shared by {nloc:all location}, and BN never touches it. (The "
+        "paper's \"elements of a mini-batch\" are something else again: {n:the example}.)",
+        "set_channel": "One set B = every value {idx} of ONE channel c: {n:all example} × {nloc:all location}.",
+        "set_fc": "One set B = the values {idx} of ONE feature c in {n:the example}.",
+        "count_fc": "{sets:set_B} (one per feature), each of m = {m:value}.",
+        "words_channel": "In words: {sets:mean}, {sets:variance}, {sets} γ and {sets} β, one of each per "
         "feature map.",
-        "words_activation": "In words: {sets} means, {sets} variances, {sets} γ and {sets} β, one of each per "
+        "words_activation": "In words: {sets:mean}, {sets:variance}, {sets} γ and {sets} β, one of each per "
         "(location, channel) pair, that is per activation.",
-        "words_fc": "In words: {sets} means, {sets} variances, {sets} γ and {sets} β, one of each per feature.",
+        "words_fc": "In words: {sets:mean}, {sets:variance}, {sets} γ and {sets} β, one of each per feature.",
         "set_activation": "One set B = the values {idx} of ONE activation {act}: the same location and "
-        "channel in each of the {n} examples.",
-        "count_channel": "{sets} sets B (one per channel), each of m' = {size} values:",
-        "where": "(m = {n} examples, {syms} = {locs} locations)",
-        "count_activation": "{sets} sets B (one per activation, {acts}), each of m = {m} values.",
+        "channel in {n:each example}.",
+        "count_channel": "{sets:set_B} (one per channel), each of m' = {size:value}:",
+        "where": "(m = {n:example}, {syms} = {locs:location})",
+        "count_activation": "{sets:set_B} (one per activation, {acts}), each of m = {m:value}.",
         "numpy": "In NumPy, for the tensor t:",
         "comment_mean": "# shape {fshape}: one mean per set B",
         "comment_var": "# biased variance, as Alg. 1 normalizes with",
@@ -201,22 +289,22 @@ _TEXT = {
         "chosen": " (this one)",
         "row_axes": "reduce axes",
         "row_sets": "sets B",
-        "row_sets_cell": "{sets} of {size} values",
+        "row_sets_cell": "{sets} of {size:value}",
         "row_shape": "γ/β shape",
         "row_params": "parameters",
         "why_channel": "Why one γ/β per feature map: a convolution applies the same filter at every "
         "location, so every location of a feature map is normalized the same way and the layer stays "
-        "convolutional; each statistic is estimated from m' = {size} values instead of m = {m}.",
+        "convolutional; each statistic is estimated from m' = {size:value} instead of m = {m}.",
         "why_fc": "With no locations, m' = m = {m}: one statistic and one γ/β per feature.",
         "unit_fc": "feature",
         "why_activation": "Per activation, each (location, channel) pair has its own mean, variance, γ and β: "
-        "{sets} means and {sets} variances, each from only m = {m} values, and one filter's output is "
+        "{sets:mean} and {sets:variance}, each from only m = {m:value}, and one filter's output is "
         "normalized differently at different locations.",
         "inference": "At inference (Alg. 2) each set's batch mean and variance are replaced by fixed "
         "population statistics, measured once over the training data: E[x] = E_B[μ_B] and Var[x] = "
         "m/(m−1)·E_B[σ²_B], where E_B[·] means \"the average over the training mini-batches B\" and m is "
         "the number of values per set B (here {size}). Then each {unit} becomes one fixed affine map "
-        "y = a·x + b, the same for every example: {sets} pairs (a, b) in all, with",
+        "y = a·x + b, the same for every example: {sets:pair} (a, b) in all, with",
         "unit_channel": "feature map",
         "unit_activation": "activation",
         "fold": "(it can be folded into the weights and bias of the layer before it).",
@@ -226,29 +314,28 @@ _TEXT = {
         "fig_title": "x: {shape}, layout {layout}. Coloured: the values of ONE set B "
         "(one mean, one variance, one γ/β pair)",
         "fig_channel": "Per channel (convolutional BN)\nset B = channel c=0, every example, every "
-        "location\n{size} values",
-        "fig_activation": "Per activation\nset B = one location of channel c=0, every example\n{size} values",
-        "fig_foot": "{sets} sets B: {sets} means, {sets} variances\n{sets} γ + {sets} β",
-        "fig_channel_fc": "Per channel\nset B = feature c=0, every example\n{size} values",
+        "location\n{size:value}",
+        "fig_activation": "Per activation\nset B = one location of channel c=0, every example\n{size:value}",
+        "fig_foot": "{sets:set_B}: {sets:mean}, {sets:variance}\n{sets} γ + {sets} β",
+        "fig_channel_fc": "Per channel\nset B = feature c=0, every example\n{size:value}",
         "fig_activation_fc": "Per activation (the same, in layout NC)\nset B = feature c=0, every "
-        "example\n{size} values",
-        "fig_more_n": "⋮ {n} examples",
-        "fig_more_c": "… {c} channels",
-        "fig_spatial": "{real} locations per map ({shown} shown)",
+        "example\n{size:value}",
+        "fig_more_n": "⋮ {n:example}",
+        "fig_more_c": "… {c:channel}",
+        "fig_spatial": "{real:location} per map ({shown} shown)",
         "fig_no_spatial": "1 value per feature (no locations)",
         "fig_legend_in": "in set B",
         "fig_legend_out": "other values",
     },
     "es": {
         "header": "x tiene forma {shape} con disposición {layout}: {dims}.",
-        "dim_n": "N={n} ejemplos",
-        "dim_c": "C={c} canales (mapas de características)",
-        "dim_c_fc": "C={c} características",
+        "dim_n": "N={n:example}",
+        "dim_c": "C={c:channel_map}",
+        "dim_c_fc": "C={c:feature}",
         "variant_channel": "Variante: por canal = BN convolucional (Ioffe y Szegedy 2015, §3.2).",
         "variant_activation": "Variante: por activación = BN como en §3, una media y una varianza por activación.",
         "location": "Una ubicación (en el artículo, location) es una posición espacial {pos} de un mapa "
-        "de características. Cada uno de los {c} mapas tiene {locs} ubicaciones, en cada uno de los {n} "
-        "ejemplos del minilote.",
+        "de características. {c:Each map} tiene {locs:location}, en {n:each example} del minilote.",
         "no_location": "La disposición NC (una capa totalmente conectada) no tiene ubicaciones "
         "espaciales: cada característica es una sola activación, así que aquí las dos variantes "
         "coinciden.",
@@ -257,24 +344,24 @@ _TEXT = {
         "way» (§3.2), es decir, que los distintos elementos de un mismo mapa, en distintas ubicaciones, se "
         "normalicen igual. Esos elementos son los VALORES {idx} del mapa, las activaciones: un número por "
         "ubicación, el que calcula el filtro del canal c en esa ubicación. No son los pesos del filtro: el "
-        "filtro (por ejemplo, 3×3 pesos por canal de entrada) es un solo juego de números compartido por las "
-        "{nloc} ubicaciones, y BN no lo toca. (Los «elements of a mini-batch» del artículo son otra cosa: los "
-        "{n} ejemplos.)",
-        "set_channel": "Un conjunto B = todos los valores {idx} de UN canal c: los {n} ejemplos × las "
-        "{nloc} ubicaciones.",
-        "set_fc": "Un conjunto B = los valores {idx} de UNA característica c en los {n} ejemplos.",
-        "count_fc": "{sets} conjuntos B (uno por característica), cada uno con m = {m} valores.",
-        "words_channel": "Dicho con palabras: {sets} medias, {sets} varianzas, {sets} γ y {sets} β, una de "
+        "filtro (por ejemplo, 3×3 pesos por canal de entrada) es un solo juego de números compartido por "
+        "{nloc:the location}, y BN no lo toca. (Los «elements of a mini-batch» del artículo son otra cosa: "
+        "{n:the example}.)",
+        "set_channel": "Un conjunto B = todos los valores {idx} de UN canal c: {n:the example} × "
+        "{nloc:the location}.",
+        "set_fc": "Un conjunto B = los valores {idx} de UNA característica c en {n:the example}.",
+        "count_fc": "{sets:set_B} (uno por característica), cada uno con m = {m:value}.",
+        "words_channel": "Dicho con palabras: {sets:mean}, {sets:variance}, {sets} γ y {sets} β, una de "
         "cada por mapa de características.",
-        "words_activation": "Dicho con palabras: {sets} medias, {sets} varianzas, {sets} γ y {sets} β, una de "
+        "words_activation": "Dicho con palabras: {sets:mean}, {sets:variance}, {sets} γ y {sets} β, una de "
         "cada por par (ubicación, canal), es decir, por activación.",
-        "words_fc": "Dicho con palabras: {sets} medias, {sets} varianzas, {sets} γ y {sets} β, una de cada "
+        "words_fc": "Dicho con palabras: {sets:mean}, {sets:variance}, {sets} γ y {sets} β, una de cada "
         "por característica.",
         "set_activation": "Un conjunto B = los valores {idx} de UNA activación {act}: la misma ubicación "
-        "y el mismo canal en cada uno de los {n} ejemplos.",
-        "count_channel": "{sets} conjuntos B (uno por canal), cada uno con m' = {size} valores:",
-        "where": "(m = {n} ejemplos, {syms} = {locs} ubicaciones)",
-        "count_activation": "{sets} conjuntos B (uno por activación, {acts}), cada uno con m = {m} valores.",
+        "y el mismo canal en {n:each example}.",
+        "count_channel": "{sets:set_B} (uno por canal), cada uno con m' = {size:value}:",
+        "where": "(m = {n:example}, {syms} = {locs:location})",
+        "count_activation": "{sets:set_B} (uno por activación, {acts}), cada uno con m = {m:value}.",
         "numpy": "En NumPy, para el tensor t:",
         "comment_mean": "# forma {fshape}: una media por conjunto B",
         "comment_var": "# varianza sesgada, la que usa el Alg. 1 para normalizar",
@@ -284,24 +371,24 @@ _TEXT = {
         "chosen": " (la elegida)",
         "row_axes": "ejes reducidos",
         "row_sets": "conjuntos B",
-        "row_sets_cell": "{sets} de {size} valores",
+        "row_sets_cell": "{sets} de {size:value}",
         "row_shape": "forma de γ/β",
         "row_params": "parámetros",
         "why_channel": "Por qué un γ/β por mapa de características: la convolución aplica el mismo "
         "filtro en todas las ubicaciones, así que todas las ubicaciones de un mapa se normalizan igual y "
-        "la capa sigue siendo convolucional; además, cada estadística se estima con m' = {size} valores "
+        "la capa sigue siendo convolucional; además, cada estadística se estima con m' = {size:value} "
         "en lugar de m = {m}.",
         "why_fc": "Sin ubicaciones, m' = m = {m}: una estadística y un γ/β por característica.",
         "unit_fc": "característica",
         "why_activation": "Por activación, cada par (ubicación, canal) tiene su propia media, su varianza, "
-        "su γ y su β: {sets} medias y {sets} varianzas, cada una con solo m = {m} valores, y la salida de un "
+        "su γ y su β: {sets:mean} y {sets:variance}, cada una con solo m = {m:value}, y la salida de un "
         "mismo filtro se normaliza de forma distinta según la ubicación.",
         "inference": "En inferencia (Alg. 2) la media y la varianza del minilote de cada conjunto se "
         "sustituyen por estadísticas de población fijas, medidas una vez sobre los datos de entrenamiento: "
         "E[x] = E_B[μ_B] y Var[x] = m/(m−1)·E_B[σ²_B], donde E_B[·] significa «el promedio sobre los "
         "minilotes B de entrenamiento» y m es el número de valores de cada conjunto B (aquí {size}). "
         "Entonces cada {unit} se convierte en una única transformación afín fija y = a·x + b, la misma "
-        "para todos los ejemplos: {sets} pares (a, b) en total, con",
+        "para todos los ejemplos: {sets:pair} (a, b) en total, con",
         "unit_channel": "mapa de características",
         "unit_activation": "activación",
         "fold": "(se puede fusionar con los pesos y el sesgo de la capa anterior).",
@@ -310,15 +397,15 @@ _TEXT = {
         "fig_title": "x: {shape}, disposición {layout}. En color: los valores de UN conjunto B "
         "(una media, una varianza, un par γ/β)",
         "fig_channel": "Por canal (BN convolucional)\nB = canal c=0, todos los ejemplos, todas las "
-        "ubicaciones\n{size} valores",
-        "fig_activation": "Por activación\nB = una ubicación del canal c=0, todos los ejemplos\n{size} valores",
-        "fig_foot": "{sets} conjuntos B: {sets} medias, {sets} varianzas\n{sets} γ + {sets} β",
-        "fig_channel_fc": "Por canal\nB = característica c=0, todos los ejemplos\n{size} valores",
+        "ubicaciones\n{size:value}",
+        "fig_activation": "Por activación\nB = una ubicación del canal c=0, todos los ejemplos\n{size:value}",
+        "fig_foot": "{sets:set_B}: {sets:mean}, {sets:variance}\n{sets} γ + {sets} β",
+        "fig_channel_fc": "Por canal\nB = característica c=0, todos los ejemplos\n{size:value}",
         "fig_activation_fc": "Por activación (lo mismo, en la disposición NC)\nB = característica c=0, "
-        "todos los ejemplos\n{size} valores",
-        "fig_more_n": "⋮ {n} ejemplos",
-        "fig_more_c": "… {c} canales",
-        "fig_spatial": "{real} ubicaciones por mapa ({shown} en el dibujo)",
+        "todos los ejemplos\n{size:value}",
+        "fig_more_n": "⋮ {n:example}",
+        "fig_more_c": "… {c:channel}",
+        "fig_spatial": "{real:location} por mapa ({shown} en el dibujo)",
         "fig_no_spatial": "1 valor por característica (sin ubicaciones)",
         "fig_legend_in": "en el conjunto B",
         "fig_legend_out": "otros valores",
@@ -342,26 +429,30 @@ def _params_formula(e: Explanation, per: str) -> str:
 def _render_text(e: Explanation) -> str:
     if e.norm != "batch":
         return _render_family_text(e)
-    t = _TEXT[e.lang]
-    lang = e.lang
+    t, lang = _TEXT[e.lang], e.lang
+
+    def say(key: str, **values) -> str:
+        return _say(lang, t[key], **values)
+
     n = e.shape[0]
     C = e.shape[channel_axis(e.layout)]
     spatial = _spatial(e.layout)
     nloc = math.prod(e.shape[a] for a in spatial)
     fc = not spatial  # layout NC: no locations, the two variants coincide
-    sets, size = _fmt(e.num_sets, lang), _fmt(e.set_size, lang)
+    sets, size = e.num_sets, e.set_size
     lines: list[str] = []
 
     def add(paragraph: str) -> None:  # prose is wrapped; code, formulas and the table are not
         lines.append(_wrap(paragraph))
 
-    dims = [t["dim_n"].format(n=n), *(f"{e.layout[a]}={e.shape[a]}" for a in spatial)]
-    dims.append((t["dim_c_fc"] if fc else t["dim_c"]).format(c=C))
-    add(t["header"].format(shape=e.shape, layout=e.layout, dims=", ".join(dims)))
+    dims = [say("dim_n", n=n), *(f"{e.layout[a]}={e.shape[a]}" for a in spatial)]
+    dims.append(say("dim_c_fc" if fc else "dim_c", c=C))
+    add(say("header", shape=e.shape, layout=e.layout, dims=", ".join(dims)))
     add(t[f"variant_{e.per}"])
     lines.append("")
 
     # what a location is
+    idx = "x[" + ", ".join(letter.lower() for letter in e.layout) + "]"
     if fc:
         add(t["no_location"])
     else:
@@ -370,31 +461,30 @@ def _render_text(e: Explanation) -> str:
         locs = "×".join(str(e.shape[a]) for a in spatial)
         if len(spatial) > 1:
             locs += f" = {_fmt(nloc, lang)}"
-        add(t["location"].format(pos=pos, c=C, locs=locs, n=n))
+        add(say("location", pos=pos, c=C, locs=Shown(nloc, locs), n=n))
         lines.append("")
-        idx_map = "x[" + ", ".join(letter.lower() for letter in e.layout) + "]"
-        add(t["elements"].format(idx=idx_map, nloc=_fmt(nloc, lang), n=n))
+        add(say("elements", idx=idx, nloc=nloc, n=n))
     lines.append("")
 
     # one set B, how many, how big
-    idx = "x[" + ", ".join(letter.lower() for letter in e.layout) + "]"
     if fc:
-        add(t["set_fc"].format(idx=idx, n=n))
-        add("  " + t["count_fc"].format(sets=sets, m=size))
+        add(say("set_fc", idx=idx, n=n))
+        add("  " + say("count_fc", sets=sets, m=size))
     elif e.per == "channel":
-        add(t["set_channel"].format(idx=idx, n=n, nloc=_fmt(nloc, lang)))
-        add("  " + t["count_channel"].format(sets=sets, size=size))
+        add(say("set_channel", idx=idx, n=n, nloc=nloc))
+        add("  " + say("count_channel", sets=sets, size=size))
         symbols = "·".join(["m", *(_FORMULA_SYMBOL[e.layout[a]] for a in spatial)])
         values = "·".join(str(e.shape[a]) for a in (0, *spatial))
         syms = "×".join(_FORMULA_SYMBOL[e.layout[a]] for a in spatial)
-        locs = "×".join(str(e.shape[a]) for a in spatial)
-        lines.append(f"    m' = {symbols} = {values} = {size}   " + t["where"].format(n=n, syms=syms, locs=locs))
+        locs = Shown(nloc, "×".join(str(e.shape[a]) for a in spatial))
+        where = say("where", n=n, syms=syms, locs=locs)
+        lines.append(f"    m' = {symbols} = {values} = {_fmt(size, lang)}   " + where)
     else:
         act = "(" + ", ".join(letter.lower() for letter in e.layout[1:]) + ")"
-        add(t["set_activation"].format(idx=idx, act=act, n=n))
+        add(say("set_activation", idx=idx, act=act, n=n))
         acts = "·".join(str(e.shape[a]) for a in range(1, len(e.layout)))
-        add("  " + t["count_activation"].format(sets=sets, acts=acts, m=size))
-    add("  " + t["words_fc" if fc else f"words_{e.per}"].format(sets=sets))
+        add("  " + say("count_activation", sets=sets, acts=acts, m=size))
+    add("  " + say("words_fc" if fc else f"words_{e.per}", sets=sets))
     if e.set_size == 1:
         add("  " + t["tiny"])
     lines.append("")
@@ -405,7 +495,7 @@ def _render_text(e: Explanation) -> str:
     mean_expr = f"  mu_B  = np.mean(t, axis={axes})"
     var_expr = f"  var_B = np.var(t, axis={axes})"
     width = max(len(mean_expr), len(var_expr)) + 3
-    lines.append(mean_expr.ljust(width) + t["comment_mean"].format(fshape=e.feature_shape))
+    lines.append(mean_expr.ljust(width) + say("comment_mean", fshape=e.feature_shape))
     lines.append(var_expr.ljust(width) + t["comment_var"])
     lines.append("")
 
@@ -415,13 +505,13 @@ def _render_text(e: Explanation) -> str:
 
     # why, and what inference does with it
     if fc:
-        add(t["why_fc"].format(m=_fmt(n, lang)))
+        add(say("why_fc", m=n))
     elif e.per == "channel":
-        add(t["why_channel"].format(size=size, m=_fmt(n, lang)))
+        add(say("why_channel", size=size, m=n))
     else:
-        add(t["why_activation"].format(sets=sets, m=_fmt(n, lang)))
+        add(say("why_activation", sets=sets, m=n))
     unit = t["unit_fc"] if fc else t[f"unit_{e.per}"]
-    add(t["inference"].format(unit=unit, sets=sets, size=size))
+    add(say("inference", unit=unit, sets=sets, size=size))
     lines.append("  a = γ/√(Var[x]+ε),  b = β − γ·E[x]/√(Var[x]+ε)")
     add(t["fold"])
     return "\n".join(lines)
@@ -443,9 +533,7 @@ def _table(e: Explanation) -> list[str]:
         fshape = feature_shape(e.shape, axes)
         cells[p] = [
             repr(axes),
-            t["row_sets_cell"].format(
-                sets=_fmt(math.prod(fshape), e.lang), size=_fmt(effective_batch_size(e.shape, axes), e.lang)
-            ),
+            _say(e.lang, t["row_sets_cell"], sets=math.prod(fshape), size=effective_batch_size(e.shape, axes)),
             repr(fshape),
             _params_formula(e, p),
         ]
@@ -516,17 +604,20 @@ def _draw_panel(ax, e: Explanation, per: str, t: dict) -> None:
     right = x0 + c_show * (block_w + gap_x) - gap_x
     bottom = top - n_show * (block_h + gap_y) + gap_y
     if c_real > c_show:
-        ax.text(right + 0.4, top - block_h / 2, t["fig_more_c"].format(c=c_real), ha="left", va="center", fontsize=10)
+        more_c = _say(e.lang, t["fig_more_c"], c=c_real)
+        ax.text(right + 0.4, top - block_h / 2, more_c, ha="left", va="center", fontsize=10)
     if n_real > n_show:
-        ax.text(x0 + block_w / 2, bottom - 0.4, t["fig_more_n"].format(n=n_real), ha="center", va="top", fontsize=10)
-    note = t["fig_spatial"].format(real=real_s, shown=shown_s) if real_s else t["fig_no_spatial"]
+        more_n = _say(e.lang, t["fig_more_n"], n=n_real)
+        ax.text(x0 + block_w / 2, bottom - 0.4, more_n, ha="center", va="top", fontsize=10)
+    nloc = math.prod(e.shape[a] for a in _spatial(e.layout))
+    note = _say(e.lang, t["fig_spatial"], real=Shown(nloc, real_s), shown=shown_s) if real_s else t["fig_no_spatial"]
     ax.text(x0, bottom - 1.6, note, ha="left", va="top", fontsize=10, color="#222222")
     axes = reduce_axes(e.layout, per=per)
     fshape = feature_shape(e.shape, axes)
-    size = _fmt(effective_batch_size(e.shape, axes), e.lang)
     key = f"fig_{per}_fc" if not _spatial(e.layout) else f"fig_{per}"
-    ax.set_title(t[key].format(size=size), fontsize=11, fontweight="bold" if per == e.per else "normal")
-    foot = t["fig_foot"].format(sets=_fmt(math.prod(fshape), e.lang))
+    title = _say(e.lang, t[key], size=effective_batch_size(e.shape, axes))
+    ax.set_title(title, fontsize=11, fontweight="bold" if per == e.per else "normal")
+    foot = _say(e.lang, t["fig_foot"], sets=math.prod(fshape))
     ax.text(x0, bottom - 2.6, foot, ha="left", va="top", fontsize=10)
     ax.set_xlim(0, max(right + 4.2, 15))
     ax.set_ylim(bottom - 4.6, top + 1.6)
@@ -548,7 +639,7 @@ def _save_figure(e: Explanation, path: Path, dpi: int = 100) -> Path:
     axs = fig.subplots(1, 2)
     for ax, per in zip(axs, PER, strict=True):
         _draw_panel(ax, e, per, t)
-    fig.suptitle(t["fig_title"].format(shape=e.shape, layout=e.layout), fontsize=12)
+    fig.suptitle(_say(e.lang, t["fig_title"], shape=e.shape, layout=e.layout), fontsize=12)
     fig.legend(
         handles=[
             Patch(facecolor=_IN_B, edgecolor=_EDGE, label=t["fig_legend_in"]),
@@ -562,19 +653,6 @@ def _save_figure(e: Explanation, path: Path, dpi: int = 100) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
     return path
-
-
-_SINGULAR = {
-    "examples": "example", "values": "value", "locations": "location", "channels": "channel",
-    "features": "feature", "sets": "set", "ejemplos": "ejemplo", "valores": "valor",
-    "ubicaciones": "ubicación", "canales": "canal", "características": "característica", "conjuntos": "conjunto",
-}  # fmt: skip
-_ONE_PLURAL = re.compile(r"(?<![\d.,])\b1 (" + "|".join(_SINGULAR) + r")\b")
-
-
-def _singular(text: str) -> str:
-    """'1 examples' -> '1 example' (and likewise in Spanish): the templates are written for plurals."""
-    return _ONE_PLURAL.sub(lambda m: "1 " + _SINGULAR[m.group(1)], text)
 
 
 # ------------------------------------------------------------------------------------- the family
@@ -655,17 +733,17 @@ _FAMILY_TEXT = {
         "variant_layer": "Member: layer norm (Ba et al. 2016): each sample is normalized over all its values.",
         "variant_instance": "Member: instance norm (Ulyanov et al. 2016): each channel of each sample is "
         "normalized over its locations.",
-        "variant_group": "Member: group norm (Wu & He 2018) with G = {g} groups of C/G = {cg} channels: each "
+        "variant_group": "Member: group norm (Wu & He 2018) with G = {g:group} of C/G = {cg:channel}: each "
         "group of channels of each sample is normalized over its channels and locations.",
-        "set_layer": "One set B = every value {idx} of ONE sample n: all {c} channels × all {nloc} locations.",
-        "set_instance": "One set B = the values {idx} of ONE sample n and ONE channel c: its {nloc} locations.",
-        "set_layer_fc": "One set B = every value {idx} of ONE sample n: its {c} features.",
+        "set_layer": "One set B = every value {idx} of ONE sample n: {c:all channel} × {nloc:all location}.",
+        "set_instance": "One set B = the values {idx} of ONE sample n and ONE channel c: {nloc:its location}.",
+        "set_layer_fc": "One set B = every value {idx} of ONE sample n: {c:its feature}.",
         "set_instance_fc": "One set B = the value {idx} of ONE sample n and ONE feature c: a single value.",
         "set_group_fc": "One set B = the values {idx} of ONE sample n and ONE group g of features "
-        "(c = g·{cg} … g·{cg}+{cg1}): {cg} values.",
+        "({crange}): {cg:value}.",
         "set_group": "One set B = the values {idx} of ONE sample n and ONE group g of channels "
-        "(c = g·{cg} … g·{cg}+{cg1}): {cg} channels × {nloc} locations.",
-        "count": "{sets} sets B ({how}), each of {size} values:",
+        "({crange}): {cg:channel} × {nloc:location}.",
+        "count": "{sets:set_B} ({how}), each of {size:value}",
         "how_layer": "one per sample: N = {n}",
         "how_instance": "one per sample and channel: N·C = {n}·{c}",
         "how_group": "one per sample and group: N·G = {n}·{g}",
@@ -696,9 +774,9 @@ _FAMILY_TEXT = {
         "this shape.",
         # figure
         "fig_title": "x: {shape}, layout {layout}. Coloured: the values of ONE set B (one mean, one variance)",
-        "fig_panel": "{name}\n{sets} sets × {size} values\nγ, β: {params}",
-        "fig_more_n": "⋮ {n} samples",
-        "fig_more_c": "… {c} channels",
+        "fig_panel": "{name}\n{sets:set} × {size:value}\nγ, β: {params}",
+        "fig_more_n": "⋮ {n:sample}",
+        "fig_more_c": "… {c:channel}",
         "fig_legend_in": "in set B",
         "fig_legend_out": "other values",
     },
@@ -712,18 +790,18 @@ _FAMILY_TEXT = {
         "normaliza con todos sus valores.",
         "variant_instance": "Miembro: normalización por instancia (instance norm, Ulyanov et al. 2016): cada "
         "canal de cada ejemplo se normaliza con sus ubicaciones.",
-        "variant_group": "Miembro: normalización por grupos (group norm, Wu y He 2018) con G = {g} grupos de "
-        "C/G = {cg} canales: cada grupo de canales de cada ejemplo se normaliza con sus canales y ubicaciones.",
-        "set_layer": "Un conjunto B = todos los valores {idx} de UN ejemplo n: los {c} canales × las {nloc} "
-        "ubicaciones.",
-        "set_instance": "Un conjunto B = los valores {idx} de UN ejemplo n y UN canal c: sus {nloc} ubicaciones.",
-        "set_layer_fc": "Un conjunto B = todos los valores {idx} de UN ejemplo n: sus {c} características.",
+        "variant_group": "Miembro: normalización por grupos (group norm, Wu y He 2018) con G = {g:group} de "
+        "C/G = {cg:channel}: cada grupo de canales de cada ejemplo se normaliza con sus canales y ubicaciones.",
+        "set_layer": "Un conjunto B = todos los valores {idx} de UN ejemplo n: {c:the channel} × "
+        "{nloc:the location}.",
+        "set_instance": "Un conjunto B = los valores {idx} de UN ejemplo n y UN canal c: {nloc:its location}.",
+        "set_layer_fc": "Un conjunto B = todos los valores {idx} de UN ejemplo n: {c:its feature}.",
         "set_instance_fc": "Un conjunto B = el valor {idx} de UN ejemplo n y UNA característica c: un solo valor.",
         "set_group_fc": "Un conjunto B = los valores {idx} de UN ejemplo n y UN grupo g de características "
-        "(c = g·{cg} … g·{cg}+{cg1}): {cg} valores.",
+        "({crange}): {cg:value}.",
         "set_group": "Un conjunto B = los valores {idx} de UN ejemplo n y UN grupo g de canales "
-        "(c = g·{cg} … g·{cg}+{cg1}): {cg} canales × {nloc} ubicaciones.",
-        "count": "{sets} conjuntos B ({how}), cada uno con {size} valores:",
+        "({crange}): {cg:channel} × {nloc:location}.",
+        "count": "{sets:set_B} ({how}), cada uno con {size:value}",
         "how_layer": "uno por ejemplo: N = {n}",
         "how_instance": "uno por ejemplo y canal: N·C = {n}·{c}",
         "how_group": "uno por ejemplo y grupo: N·G = {n}·{g}",
@@ -754,9 +832,9 @@ _FAMILY_TEXT = {
         "normalizar esta forma.",
         "fig_title": "x: {shape}, disposición {layout}. En color: los valores de UN conjunto B (una media, una "
         "varianza)",
-        "fig_panel": "{name}\n{sets} conjuntos × {size} valores\nγ, β: {params}",
-        "fig_more_n": "⋮ {n} ejemplos",
-        "fig_more_c": "… {c} canales",
+        "fig_panel": "{name}\n{sets:set} × {size:value}\nγ, β: {params}",
+        "fig_more_n": "⋮ {n:sample}",
+        "fig_more_c": "… {c:channel}",
         "fig_legend_in": "en el conjunto B",
         "fig_legend_out": "otros valores",
     },
@@ -790,20 +868,24 @@ def _render_family_text(e: Explanation) -> str:
     def add(paragraph: str) -> None:
         lines.append(_wrap(paragraph))
 
-    dims = [t["dim_n"].format(n=n), *(f"{e.layout[a]}={e.shape[a]}" for a in spatial), t["dim_c"].format(c=C)]
-    add(t["header"].format(shape=e.shape, layout=e.layout, dims=", ".join(dims)))
-    add(tf[f"variant_{e.norm}"].format(g=g, cg=C // g))
+    dims = [_say(lang, t["dim_n"], n=n), *(f"{e.layout[a]}={e.shape[a]}" for a in spatial)]
+    dims.append(_say(lang, t["dim_c" if spatial else "dim_c_fc"], c=C))
+    add(_say(lang, t["header"], shape=e.shape, layout=e.layout, dims=", ".join(dims)))
+    cg = C // g
+    add(_say(lang, tf[f"variant_{e.norm}"], g=g, cg=cg))
     lines.append("")
     idx = "x[" + ", ".join(letter.lower() for letter in e.layout) + "]"
     key = f"set_{e.norm}" + ("" if spatial else "_fc")
-    add(tf[key].format(idx=idx, c=C, nloc=_fmt(nloc, lang), cg=C // g, cg1=C // g - 1))
-    how = tf[f"how_{e.norm}"].format(n=n, c=C, g=g)
-    add("  " + tf["count"].format(sets=_fmt(e.num_sets, lang), how=how, size=_fmt(e.set_size, lang)))
+    crange = "c = g" if cg == 1 else f"c = g·{cg} … g·{cg}+{cg - 1}"  # the channels of group g
+    add(_say(lang, tf[key], idx=idx, c=C, nloc=nloc, cg=cg, crange=crange))
+    how = _say(lang, tf[f"how_{e.norm}"], n=n, c=C, g=g)
+    count = "  " + _say(lang, tf["count"], sets=e.num_sets, how=how, size=e.set_size)
     split = e.split_shape or e.shape
     letters = list(e.layout)
     if e.norm == "group":
         letters[c_axis : c_axis + 1] = ["G", "C/G"]
     sizes = [split[a] for a in e.axes]
+    add(count + (":" if sizes else "."))  # the formula for m' follows, unless nothing is pooled
     if len(sizes) > 1:
         symbols = "·".join(f"({letters[a]})" if "/" in letters[a] else letters[a] for a in e.axes)
         lines.append(f"    m' = {symbols} = " + "·".join(map(str, sizes)) + " = " + _fmt(e.set_size, lang))
@@ -814,18 +896,18 @@ def _render_family_text(e: Explanation) -> str:
     lines.append("")
     add(tf["numpy"])
     if e.norm == "group":
-        lines.append(f"  tg    = t.reshape{split}".ljust(40) + tf["reshape"].format(g=g, cg=C // g))
+        lines.append(f"  tg    = t.reshape{split}".ljust(40) + _say(lang, tf["reshape"], g=g, cg=cg))
     t_name = "tg" if e.norm == "group" else "t"
-    comment = tf["comment_mean"].format(fshape=e.feature_shape)
+    comment = _say(lang, tf["comment_mean"], fshape=e.feature_shape)
     lines.append(f"  mu_B  = np.mean({t_name}, axis={e.axes!r})".ljust(40) + comment)
     lines.append(f"  var_B = np.var({t_name}, axis={e.axes!r})")
     lines.append("")
     if e.norm == "layer":
         kept = "·".join(e.layout[1:])
-        add(tf["params_layer"].format(letters=kept, params=_fmt(e.num_params, lang)))
+        add(_say(lang, tf["params_layer"], letters=kept, params=e.num_params))
     else:
         cls = "GroupNorm" if e.norm == "group" else "InstanceNorm2d"
-        add(tf["params_channel"].format(cls=cls, params=_fmt(e.num_params, lang)))
+        add(_say(lang, tf["params_channel"], cls=cls, params=e.num_params))
     add(tf["batch_no"])
     add(tf["inference"])
     lines.append("")
@@ -894,20 +976,18 @@ def _save_family_figure(e: Explanation, path: Path, dpi: int = 100) -> Path:
         for ni in range(n_show):
             ax.text(-0.3, -ni * 1.6 + 0.5, f"n={ni}", ha="right", va="center", fontsize=8)
         if C > c_show:
-            ax.text(width, 0.5, tf["fig_more_c"].format(c=C), ha="left", va="center", fontsize=8)
+            ax.text(width, 0.5, _say(e.lang, tf["fig_more_c"], c=C), ha="left", va="center", fontsize=8)
         if e.shape[0] > n_show:
-            ax.text(0, -n_show * 1.6 + 0.6, tf["fig_more_n"].format(n=e.shape[0]), va="top", fontsize=8)
+            ax.text(0, -n_show * 1.6 + 0.6, _say(e.lang, tf["fig_more_n"], n=e.shape[0]), va="top", fontsize=8)
         chosen = key == _family_member(e.norm, e.per)
-        title = tf["fig_panel"].format(
-            name=tf[key], sets=_fmt(s.num_sets, e.lang), size=_fmt(s.set_size, e.lang),
-            params=_fmt(2 * math.prod(s.param_shape), e.lang),
-        )  # fmt: skip
+        title = _say(e.lang, tf["fig_panel"], name=tf[key], sets=s.num_sets, size=s.set_size,
+                     params=2 * math.prod(s.param_shape))  # fmt: skip
         ax.set_title(title, fontsize=10, fontweight="bold" if chosen else "normal")
         ax.set_xlim(-1.5, width + 2.5)
         ax.set_ylim(-n_show * 1.6 - 0.8, 2.2)
         ax.set_aspect("equal")
         ax.axis("off")
-    fig.suptitle(tf["fig_title"].format(shape=e.shape, layout=e.layout), fontsize=12)
+    fig.suptitle(_say(e.lang, tf["fig_title"], shape=e.shape, layout=e.layout), fontsize=12)
     fig.legend(
         handles=[Patch(facecolor=_IN_B, edgecolor=_EDGE, label=tf["fig_legend_in"]),
                  Patch(facecolor=_OUT_B, edgecolor=_EDGE, label=tf["fig_legend_out"])],
