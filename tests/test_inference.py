@@ -221,7 +221,7 @@ def test_recalibrate_progress_bar_speaks_the_language(capsys, lang, label, unit)
     batches = [torch.randn(10, 3, 8, 8) for _ in range(3)]
     recalibrate(model, batches, progress=True, lang=lang)
     err = capsys.readouterr().err
-    assert f"{label}:" in err and f"/3 [" in err and unit in err  # e.g. "recalibrar:   0%| | 0/3 [..., ?minilote/s]"
+    assert f"{label}:" in err and "/3 [" in err and unit in err  # e.g. "recalibrar:   0%| | 0/3 [..., ?minilote/s]"
     assert ("batch" not in err and "recalibrate" not in err) if lang == "es" else "minilote" not in err
     recalibrate(model, batches, progress=False, lang=lang)
     assert capsys.readouterr().err == ""
