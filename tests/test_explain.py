@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import doctest
+import importlib
+import itertools
 import math
 import re
 import subprocess
@@ -16,8 +18,6 @@ from hypothesis import strategies as st
 
 import bnlab
 from bnlab.explain import Explanation, explain
-
-explain_module = sys.modules["bnlab.explain"]  # bnlab.explain (the attribute) is the function
 
 ALL_LAYOUTS = ["NC", "NCL", "NLC", "NCHW", "NHWC", "NCDHW", "NDHWC"]
 
@@ -279,8 +279,10 @@ def test_bnlab_explain_works_after_importing_the_submodule_first():
     assert out.stdout.strip() == "12544"
 
 
-def test_doctests():
-    result = doctest.testmod(explain_module, verbose=False)
+@pytest.mark.parametrize("name", ["", ".words"])
+def test_doctests(name):
+    module = importlib.import_module("bnlab.explain" + name)
+    result = doctest.testmod(module, verbose=False)
     assert result.attempted > 0 and result.failed == 0
 
 
@@ -307,8 +309,8 @@ def test_no_locations_no_elements_paragraph():
 
 
 _WORDS = {
-    "en": r"In words: ([\d,]+) means, ([\d,]+) variances, ([\d,]+) γ and ([\d,]+) β",
-    "es": r"Dicho con palabras: ([\d ]+) medias, ([\d ]+) varianzas, ([\d ]+) γ y ([\d ]+) β",
+    "en": r"In words: ([\d,]+) means?, ([\d,]+) variances?, ([\d,]+) γ and ([\d,]+) β",
+    "es": r"Dicho con palabras: ([\d ]+) medias?, ([\d ]+) varianzas?, ([\d ]+) γ y ([\d ]+) β",
 }
 
 
@@ -383,3 +385,122 @@ def test_tutorial_shows_what_explain_prints(lang):
         sep = "," if lang == "en" else " "
         n = f"{e.num_sets:,}".replace(",", sep) if e.num_sets >= 10_000 or lang == "en" else str(e.num_sets)
         assert f"{n} γ" in doc
+
+
+# ------------------------------------------------------------------------- grammatical number (counts of 1)
+
+_PLURALS = {
+    "en": "examples|samples|channels|features|feature maps|maps|locations|values|sets|means|variances|pairs|groups",
+    "es": "ejemplos|canales|características|mapas|ubicaciones|valores|conjuntos|medias|varianzas|pares|grupos",
+}
+_SINGULARS = {
+    "en": "example|sample|channel|feature|feature map|map|location|value|set|mean|variance|pair|group",
+    "es": "ejemplo|canal|característica|mapa|ubicación|valor|conjunto|media|varianza|par|grupo",
+}
+_ONE_BEFORE = {"en": r"the|all|its|each of the", "es": r"los|las|sus|de los|de las"}
+
+
+def number_mistakes(text: str, lang: str) -> list[str]:
+    """Phrases whose noun disagrees with its count: '1 values', '1×1 locations', 'the 1 maps', '2 value'.
+
+    Wrapped prose is read as one line; the cells of a table (columns 3+ spaces apart) are kept apart."""
+    table_row = re.compile(r"\S {3,}\S")
+    lines = [re.sub(" {3,}", " | ", line) + " |" if table_row.search(line) else line for line in text.splitlines()]
+    text = " ".join(" ".join(lines).split())
+    one_plural = rf"(?<![\d,.·×])1(?:×1)* (?:{_PLURALS[lang]})\b"
+    article_one = rf"\b(?:{_ONE_BEFORE[lang]}) 1\b"
+    many_singular = rf"(?<![\d,.·])(?:0|[2-9]|[1-9][\d,  ]*\d)(?:×\d+)* (?:{_SINGULARS[lang]})\b(?! maps?\b)"
+    return [m.group(0) for p in (one_plural, article_one, many_singular) for m in re.finditer(p, text, re.I)]
+
+
+def test_number_mistakes_finds_what_the_old_text_said():
+    """The checker itself: the sentences the regex-patched text printed for shape (2, 4, 4, 1) and (1, 1, 1, 1)."""
+    assert number_mistakes("Each of the 1 feature maps has 16 locations. In words: 1 means, 1 variances", "en") == [
+        "1 feature maps", "1 means", "1 variances", "Each of the 1"]  # fmt: skip
+    assert number_mistakes("Cada uno de los 1 mapas tiene 1×1 ubicaciones; 1 medias, 2 valor", "es") == [
+        "1 mapas", "1×1 ubicaciones", "1 medias", "de los 1", "2 valor"]  # fmt: skip
+    assert number_mistakes("1 mean, 16 of 2 values, 4×4 = 16 locations, 25 088 valores, 12,544 sets", "en") == []
+
+
+def _shapes_with_ones(layout: str):
+    """Every shape of this layout whose sizes are 1 or 3 (the channel 1 or 4, so group norm can split it)."""
+    c = layout.index("C")
+    for sizes in itertools.product((1, 3), repeat=len(layout)):
+        yield tuple((4 if sizes[i] == 3 else 1) if i == c else n for i, n in enumerate(sizes))
+
+
+@pytest.mark.parametrize("layout", ALL_LAYOUTS)
+@pytest.mark.parametrize("lang", ["en", "es"])
+def test_every_count_agrees_with_its_noun(layout, lang):
+    """Counts of 1 read '1 mean', 'the single feature map', 'el único mapa'; others keep the plural."""
+    for shape in _shapes_with_ones(layout):
+        C = shape[layout.index("C")]
+        cases = [dict(per="channel"), dict(per="activation"), dict(norm="layer"), dict(norm="instance"),
+                 dict(norm="group", groups=1), dict(norm="group", groups=C)]  # fmt: skip
+        for kwargs in cases:
+            text = explain(shape, layout=layout, lang=lang, **kwargs).text
+            assert number_mistakes(text, lang) == [], (shape, kwargs, text)
+
+
+def test_exact_sentences_with_one_feature_map():
+    en = " ".join(explain((2, 4, 4, 1), layout="NHWC", lang="en").text.split())
+    assert "C=1 channel (feature map)." in en
+    assert "The single feature map has 4×4 = 16 locations, in each of the 2 examples of the mini-batch." in en
+    assert "1 set B (one per channel), each of m' = 32 values:" in en
+    assert "In words: 1 mean, 1 variance, 1 γ and 1 β, one of each per feature map." in en
+    assert "the same for every example: 1 pair (a, b) in all" in en
+    es = " ".join(explain((2, 4, 4, 1), layout="NHWC", lang="es").text.split())
+    assert "C=1 canal (mapa de características)." in es
+    assert "El único mapa tiene 4×4 = 16 ubicaciones, en cada uno de los 2 ejemplos del minilote." in es
+    assert "Dicho con palabras: 1 media, 1 varianza, 1 γ y 1 β, una de cada por mapa de características." in es
+    assert "1 par (a, b) en total" in es
+
+
+def test_exact_sentences_with_one_example():
+    en = " ".join(explain((1, 3, 5), layout="NCL", per="activation", lang="en").text.split())
+    assert "Each of the 3 feature maps has 5 locations, in the single example of the mini-batch." in en
+    assert "the same location and channel in the single example." in en
+    assert "each of m = 1 value." in en
+    assert 'The paper\'s "elements of a mini-batch" are something else again: the single example.)' in en
+    es = " ".join(explain((1, 3, 1), layout="NCL", per="channel", lang="es").text.split())
+    assert "Cada uno de los 3 mapas tiene 1 ubicación, en el único ejemplo del minilote." in es
+    assert "compartido por la única ubicación" in es
+    assert "Un conjunto B = todos los valores x[n, c, l] de UN canal c: el único ejemplo × la única ubicación." in es
+    assert "(m = 1 ejemplo, l = 1 ubicación)" in es
+
+
+def test_exact_family_sentences_with_counts_of_one():
+    en = " ".join(explain((2, 4, 1, 1), layout="NCHW", norm="group", groups=4, lang="en").text.split())
+    assert "with G = 4 groups of C/G = 1 channel:" in en
+    assert "ONE group g of channels (c = g): 1 channel × 1 location." in en
+    assert "8 sets B (one per sample and group: N·G = 2·4), each of 1 value:" in en
+    es = " ".join(explain((2, 1, 4, 4), layout="NCHW", norm="layer", lang="es").text.split())
+    assert "de UN ejemplo n: el único canal × las 16 ubicaciones." in es
+    es = " ".join(explain((2, 1), layout="NC", norm="instance", lang="es").text.split())
+    assert "C=1 característica." in es and "cada uno con 1 valor. Atención" in es  # no colon: no m' formula
+
+
+@pytest.mark.parametrize("lang", ["en", "es"])
+def test_table_columns_stay_aligned_with_counts_of_one(lang):
+    e = explain((1, 1, 1, 1), layout="NHWC", per="activation", lang=lang)
+    lines = e.text.splitlines()
+    first = next(i for i, line in enumerate(lines) if e.per == "activation" and ("(this one)" in line or
+                                                                                 "(la elegida)" in line))  # fmt: skip
+    header, rows = lines[first], lines[first + 1 : first + 5]
+    starts = [m.start() for m in re.finditer(r"(?<=   )\S", header)]
+    assert len(starts) == 2
+    for row in rows:
+        assert all(row[s - 3 : s] == "   " and row[s] != " " for s in starts), (header, row)
+
+
+@pytest.mark.parametrize("lang", ["en", "es"])
+@pytest.mark.parametrize("kwargs", [dict(per="channel"), dict(norm="group", groups=1)])
+def test_figure_words_agree_with_counts_of_one(tmp_path, lang, kwargs):
+    """The figure's titles and notes, read back from an SVG that keeps its text as text."""
+    import matplotlib
+
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        path = explain((1, 1, 1, 1), layout="NCHW", lang=lang, **kwargs).save_figure(tmp_path / "one.svg")
+    words = re.findall(r"<text[^>]*>(.*?)</text>", path.read_text(encoding="utf-8"), flags=re.S)
+    assert words and [m for label in words for m in number_mistakes(label, lang)] == []
+    assert any(("1 value" if lang == "en" else "1 valor") in w for w in words)

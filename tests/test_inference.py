@@ -214,6 +214,28 @@ def test_recalibrate_sources_max_batches_and_progress(capsys):
         recalibrate(model, [data], max_batches=0)
 
 
+@pytest.mark.parametrize("lang, label, unit", [("en", "recalibrate", "batch"), ("es", "recalibrar", "minilote")])
+def test_recalibrate_progress_bar_speaks_the_language(capsys, lang, label, unit):
+    torch.manual_seed(0)
+    model = SmallCNN()
+    batches = [torch.randn(10, 3, 8, 8) for _ in range(3)]
+    recalibrate(model, batches, progress=True, lang=lang)
+    err = capsys.readouterr().err
+    assert f"{label}:" in err and "/3 [" in err and unit in err  # e.g. "recalibrar:   0%| | 0/3 [..., ?minilote/s]"
+    assert ("batch" not in err and "recalibrate" not in err) if lang == "es" else "minilote" not in err
+    recalibrate(model, batches, progress=False, lang=lang)
+    assert capsys.readouterr().err == ""
+
+
+def test_recalibrate_unknown_lang_changes_nothing():
+    torch.manual_seed(0)
+    model = randomize(SmallCNN()).train()
+    state = _state(model)
+    with pytest.raises(ValueError, match=r"unknown lang 'fr'; use one of 'en', 'es'"):
+        recalibrate(model, [torch.randn(4, 3, 8, 8)], progress=False, lang="fr")
+    _same_state(model, state)
+
+
 def _state(model):
     return {k: v.clone() for k, v in model.state_dict().items()}, [m.training for m in model.modules()]
 

@@ -649,7 +649,8 @@ def _cmd_evaluate(args, lang: str) -> int:
 
         bs = int(saved["config"]["batch_size"])
         n = (len(data.x_train) // bs) * bs
-        recal = recalibrate(copy.deepcopy(model), [data.x_train[i : i + bs] for i in range(0, n, bs)], progress=False)
+        batches = [data.x_train[i : i + bs] for i in range(0, n, bs)]
+        recal = recalibrate(copy.deepcopy(model), batches, progress=True, lang=lang)  # a bar on stderr
         res = evaluate(recal, x, y)
         print(m["evaluated"].format(split=m["splits"][args.split], what=m["recal"], acc=pct(res["accuracy"], lang),
                                     loss=num(res["loss"], lang, 4), n=len(x)))  # fmt: skip

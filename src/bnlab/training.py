@@ -30,7 +30,6 @@ import math
 import random
 import reprlib
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -40,10 +39,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from .inference import CheckpointError, load_checkpoint, save_checkpoint
 from .models import ACTIVATIONS, ARCHS, FAMILY_NORMS, NORMS, UnitRecorder, build_model, model_spec
+from .progress import progress_bar
 
 __all__ = [
     "OPTIMIZERS",
@@ -255,27 +254,6 @@ class _SigintFlag:
     def __exit__(self, *exc) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
-
-
-_STEP_UNIT = {"en": "step", "es": "paso"}
-
-
-def progress_bar(total: int, initial: int = 0, desc: str = "", enabled: bool = True, lang: str = "en", unit=None):
-    """A tqdm bar on stderr with labels in ``lang``; when stderr is not a terminal (a log file, a pipe)
-    it is redrawn at most every 30 s instead of several times a second, so logs stay small."""
-    tty = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
-    return tqdm(
-        total=total,
-        initial=initial,
-        desc=desc,
-        unit=unit or _STEP_UNIT.get(lang, "step"),
-        disable=not enabled,
-        leave=False,
-        dynamic_ncols=tty,
-        ncols=None if tty else 80,
-        mininterval=0.1 if tty else 30.0,
-        file=sys.stderr,
-    )
 
 
 # Bounds on a model spec read from a file: generous for this package's models, far below what would

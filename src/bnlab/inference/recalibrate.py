@@ -42,9 +42,13 @@ import torch
 from torch import nn
 
 from ..moments import Population, moments
+from ..progress import progress_bar
 from ._layers import accumulation_dtype, bn_layers, describe, reduce_axes
 
 __all__ = ["recalibrate"]
+
+# the progress bar's label, by language (its unit, "batch"/"minilote", comes with bnlab.progress)
+_BAR_LABEL = {"en": "recalibrate", "es": "recalibrar"}
 
 
 def _input_of(batch, index: int) -> torch.Tensor:
@@ -72,11 +76,13 @@ def recalibrate(
     *,
     max_batches: int | None = None,
     progress: bool = True,
+    lang: str = "en",
 ) -> nn.Module:
     """Set every BN layer's running statistics to Alg. 2's population statistics; return ``model``.
 
     ``batches``: an iterable of input tensors or ``(input, target)`` pairs (a DataLoader over training
-    data), moved to the model's device; at most ``max_batches`` are used. ``progress`` shows a tqdm bar.
+    data), moved to the model's device; at most ``max_batches`` are used. ``progress`` shows a bar on
+    stderr, labelled in ``lang`` ("en" or "es").
     See the module docstring for how the pass runs and what changes.
 
     Raises ValueError when ``batches`` is empty, or a batch gives some layer only one value per
@@ -91,6 +97,8 @@ def recalibrate(
     """
     if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
         raise ValueError(f"max_batches must be a positive int or None, got {max_batches!r}")
+    if lang not in _BAR_LABEL:
+        raise ValueError(f"unknown lang {lang!r}; use one of {', '.join(map(repr, _BAR_LABEL))}")
     layers = bn_layers(model)
     if not layers:
         warnings.warn("recalibrate: the model has no batch-normalization layers; nothing to do", stacklevel=2)
@@ -128,15 +136,11 @@ def recalibrate(
             if getattr(m, "frozen", False):
                 m.frozen = False
             handles.append(m.register_forward_pre_hook(capture(name, m)))
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:  # tqdm is a dependency; keep working without the bar if it is missing
-            progress = False
         total = len(batches) if hasattr(batches, "__len__") else None
         if max_batches is not None:
             total = max_batches if total is None else min(total, max_batches)
         it = iter(batches)
-        bar = tqdm(total=total, desc="recalibrate", unit="batch", leave=False) if progress else None
+        bar = progress_bar(total, desc=_BAR_LABEL[lang], enabled=progress, lang=lang, unit="batch")
         try:
             with torch.no_grad():
                 while max_batches is None or n < max_batches:
@@ -150,11 +154,9 @@ def recalibrate(
                         x = x.to(device)
                     model(x)
                     n += 1
-                    if bar is not None:
-                        bar.update(1)
+                    bar.update(1)
         finally:
-            if bar is not None:
-                bar.close()
+            bar.close()
     finally:
         for h in handles:
             h.remove()

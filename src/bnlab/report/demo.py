@@ -75,7 +75,7 @@ def _batch_stats_eval(model: torch.nn.Module, x, y, batch_size: int) -> dict:
     return {"loss": loss / len(x), "accuracy": correct / len(x)}
 
 
-def _recalibrated_eval(model: torch.nn.Module, data, batch_size: int) -> dict | None:
+def _recalibrated_eval(model: torch.nn.Module, data, batch_size: int, progress: bool, lang: str) -> dict | None:
     try:
         from ..inference import recalibrate
     except ImportError:
@@ -83,7 +83,7 @@ def _recalibrated_eval(model: torch.nn.Module, data, batch_size: int) -> dict | 
     m = copy.deepcopy(model)
     n = (len(data.x_train) // batch_size) * batch_size
     batches = [data.x_train[i : i + batch_size] for i in range(0, n, batch_size)]
-    recalibrate(m, batches, progress=False)
+    recalibrate(m, batches, progress=progress, lang=lang)
     return evaluate(m, data.x_test, data.y_test)
 
 
@@ -167,7 +167,7 @@ def run_demo(
             test = evaluate(model, data.x_test, data.y_test)
             traineval = None
             if norm != "none":
-                recal = _recalibrated_eval(model, data, batch_size)
+                recal = _recalibrated_eval(model, data, batch_size, progress, lang)
                 traineval = {
                     "batch": _batch_stats_eval(model, data.x_test, data.y_test, batch_size),
                     "ema": test,

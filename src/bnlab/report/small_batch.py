@@ -73,13 +73,15 @@ _MSG = {
 }
 
 
-def _recalibrated(model: torch.nn.Module, x: torch.Tensor, m: int, samples: int) -> torch.nn.Module:
+def _recalibrated(
+    model: torch.nn.Module, x: torch.Tensor, m: int, samples: int, progress: bool, lang: str
+) -> torch.nn.Module:
     """A copy of ``model`` with Alg. 2 statistics from ``samples`` training images in mini-batches of m."""
     from ..inference import recalibrate
 
     n = (min(samples, len(x)) // m) * m
     out = copy.deepcopy(model)
-    recalibrate(out, [x[i : i + m] for i in range(0, n, m)], progress=False)
+    recalibrate(out, [x[i : i + m] for i in range(0, n, m)], progress=progress, lang=lang)
     return out
 
 
@@ -179,8 +181,8 @@ def run_small_batch(
             result = fit(model, data, config, progress=progress, desc=f"m={m}/{norm}/seed {seed}", lang=lang)
             t0 = time.perf_counter()
             ema = evaluate(model, data.x_test, data.y_test)
-            recal = ema if norm == "none" else evaluate(_recalibrated(model, data.x_train, m, recal_samples),
-                                                        data.x_test, data.y_test)  # fmt: skip
+            recal = ema if norm == "none" else evaluate(
+                _recalibrated(model, data.x_train, m, recal_samples, progress, lang), data.x_test, data.y_test)
             losses = result.history["loss"]
             run = {
                 "m": m,

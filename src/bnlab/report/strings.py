@@ -1,11 +1,14 @@
 """Every user-facing word of the demo report and its figures, in English and Spanish.
 
 Keys are the same in both languages (a test checks it). Values are ``str.format`` templates; numbers
-are formatted by :func:`pct`, :func:`num` and :func:`secs`, which follow each language's conventions
+are formatted by :func:`pct`, :func:`num`, :func:`secs` and :func:`integer`, which follow each language's conventions
 (Spanish: decimal comma, a space before %).
 """
 
 from __future__ import annotations
+
+# whole numbers as bnlab.explain writes them (English: 2,048 and 25,088; Spanish, RAE: 2048 and 25 088)
+from ..explain.words import integer  # noqa: F401  (re-exported for the report)
 
 LANGS = ("en", "es")
 
@@ -17,14 +20,6 @@ def num(x: float, lang: str, digits: int = 2) -> str:
     if lang == "es":
         whole = s.split(".")[0].lstrip("-").replace(",", "")
         s = s.replace(",", " " if len(whole) >= 5 else "").replace(".", ",")
-    return s
-
-
-def integer(n: int, lang: str) -> str:
-    """English: 2,048 and 25,088; Spanish (RAE): 2048 and 25 088."""
-    s = f"{n:,d}"
-    if lang == "es":
-        return s.replace(",", " ") if abs(n) >= 10_000 else str(n)
     return s
 
 

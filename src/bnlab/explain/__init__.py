@@ -1,0 +1,193 @@
+"""What set B is for a given tensor shape, layout and variant: numbers, text (en/es) and a figure.
+
+The question learners ask about Ioffe & Szegedy (2015), §3.2: for a convolutional layer "B is the set of
+all values in a feature map across both the elements of a mini-batch and spatial locations", so the
+effective mini-batch is m' = m·p·q. :func:`explain` answers it for a concrete shape:
+
+>>> e = explain((32, 28, 28, 12), layout="NHWC", per="channel")   # m = 32 examples, C = 12 maps of 28×28
+>>> e.axes, e.num_sets, e.set_size, e.num_params                 # 12 sets of m' = 32·28·28; 12 γ + 12 β
+((0, 1, 2), 12, 25088, 24)
+>>> e = explain((32, 28, 28, 12), layout="NHWC", per="activation")
+>>> e.axes, e.num_sets, e.set_size, e.num_params                 # 28·28·12 sets of m = 32; as many γ and β
+((0,), 9408, 32, 18816)
+>>> dict(e.params_side_by_side)
+{'channel': 24, 'activation': 18816}
+
+``e.text`` is a multi-line explanation in ``lang`` ("en" or "es"); ``e.save_figure(path)`` draws a small
+slice of the tensor and colours the values of one set B for both variants side by side.
+
+Everything is derived from :mod:`bnlab.axes`; this package only words and draws it: :mod:`.words` (counts
+in words, en/es), :mod:`.text` (batch norm's text), :mod:`.family` (layer, instance and group norm),
+:mod:`.figure` (matplotlib, loaded only to draw).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..axes import LAYOUTS, PER, check_norm, effective_batch_size, feature_shape, norm_set, reduce_axes
+from .family import family_counts, render_family_text
+from .text import render_text
+from .words import LANGS
+
+__all__ = ["Explanation", "explain", "explain_family", "LANGS"]
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What set B is for one tensor shape, layout and variant (see :func:`explain`).
+
+    ``axes`` are the reduce axes; ``num_sets`` is how many sets B there are (= means, variances and
+    (γ, β) pairs); ``set_size`` is how many values each pools (m, or m' = m·p·q); ``num_params`` counts
+    γ and β together (2·C per channel, 2·C·H·W per activation); ``params_side_by_side`` gives that
+    count for both variants.
+    """
+
+    shape: tuple[int, ...]
+    layout: str
+    per: str
+    lang: str
+    axes: tuple[int, ...]
+    num_sets: int
+    set_size: int
+    feature_shape: tuple[int, ...]
+    num_params: int
+    params_side_by_side: dict[str, int] = field(hash=False)
+    # the family (see explain_family): which member, its G, and whether the batch enters
+    norm: str = "batch"
+    groups: int | None = None
+    depends_on_batch: bool = True
+    split_shape: tuple[int, ...] | None = None
+
+    @property
+    def text(self) -> str:
+        """The explanation, several lines, in ``self.lang``."""
+        return render_text(self) if self.norm == "batch" else render_family_text(self)
+
+    def __str__(self) -> str:
+        return self.text
+
+    def save_figure(self, path: str | Path, dpi: int = 100) -> Path:
+        """Draw one set B for both variants side by side and save it (PNG, SVG, PDF: by suffix)."""
+        from .figure import save_figure  # matplotlib loads only when a figure is drawn
+
+        return save_figure(self, Path(path), dpi=dpi)
+
+
+def explain(
+    shape: Sequence[int],
+    layout: str = "NHWC",
+    per: str = "channel",
+    lang: str = "en",
+    norm: str = "batch",
+    groups: int | None = None,
+) -> Explanation:
+    """Explain which values form one set B for a tensor of ``shape`` in ``layout``.
+
+    ``per="channel"`` is convolutional BN (one statistic and one (γ, β) per feature map, pooled over the
+    mini-batch and every spatial location); ``per="activation"`` pools over the mini-batch only.
+    ``norm`` picks the member of the family: ``"batch"`` (the default, with ``per``), ``"layer"``,
+    ``"instance"`` or ``"group"`` (with ``groups=G``); see :func:`explain_family`.
+    """
+    layout, shape = _check_shape(shape, layout)
+    lang = _check_lang(lang)
+    if check_norm(norm) != "batch" or groups is not None:
+        return explain_family(shape, layout, norm, per=per, groups=groups, lang=lang)
+    if per not in PER:
+        raise ValueError(
+            f"unknown per {per!r}; use per='channel' (convolutional BN, one statistic per feature map) "
+            f"or per='activation' (one statistic per activation)"
+        )
+    axes = reduce_axes(layout, per=per)
+    counts = {p: 2 * math.prod(feature_shape(shape, reduce_axes(layout, per=p))) for p in PER}
+    fshape = feature_shape(shape, axes)
+    return Explanation(
+        shape=shape,
+        layout=layout,
+        per=per,
+        lang=lang,
+        axes=axes,
+        num_sets=math.prod(fshape),
+        set_size=effective_batch_size(shape, axes),
+        feature_shape=fshape,
+        num_params=counts[per],
+        params_side_by_side=counts,
+    )
+
+
+def _check_shape(shape: Sequence[int], layout: str) -> tuple[str, tuple[int, ...]]:
+    if not isinstance(layout, str) or layout.upper() not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
+    layout = layout.upper()
+    try:
+        dims = [operator.index(n) for n in shape if not isinstance(n, bool)]
+        if len(dims) != len(shape):
+            raise TypeError
+    except TypeError:
+        raise ValueError(f"shape must be a sequence of whole numbers such as (32, 28, 28, 16), got {shape!r}") from None
+    if len(dims) != len(layout):
+        same = [name for name in LAYOUTS if len(name) == len(dims)]
+        hint = f" or use a {len(dims)}-letter layout ({', '.join(same)})" if same else ""
+        raise ValueError(
+            f"shape {tuple(dims)} has {len(dims)} dimensions but layout {layout} needs {len(layout)} "
+            f"({', '.join(layout)}); pass a shape with one size per letter{hint}"
+        )
+    bad = [f"{letter}={n}" for letter, n in zip(layout, dims, strict=True) if n <= 0]
+    if bad:
+        raise ValueError(f"every size must be positive, got {', '.join(bad)} in shape {tuple(dims)} ({layout})")
+    return layout, tuple(dims)
+
+
+def _check_lang(lang: str) -> str:
+    if not isinstance(lang, str) or lang.lower() not in LANGS:
+        raise ValueError(f"unknown lang {lang!r}; use one of {', '.join(map(repr, LANGS))}")
+    return lang.lower()
+
+
+def explain_family(
+    shape: Sequence[int],
+    layout: str = "NHWC",
+    norm: str = "group",
+    per: str = "channel",
+    groups: int | None = None,
+    lang: str = "en",
+) -> Explanation:
+    """The set B of one member of the family (what :func:`explain` returns for ``norm=...``).
+
+    >>> e = explain((32, 28, 28, 16), layout="NHWC", norm="group", groups=4)
+    >>> e.axes, e.num_sets, e.set_size, e.num_params, e.depends_on_batch
+    ((1, 2, 4), 128, 3136, 32, False)
+    >>> e = explain((32, 28, 28, 16), layout="NHWC", norm="layer")
+    >>> e.axes, e.num_sets, e.set_size, e.num_params
+    ((1, 2, 3), 32, 12544, 25088)
+    >>> explain((32, 28, 28, 16), norm="instance").feature_shape
+    (32, 16)
+    """
+    layout, shape = _check_shape(shape, layout)
+    lang = _check_lang(lang)
+    norm = check_norm(norm)
+    if norm != "group" and groups is not None:
+        raise ValueError(f"groups=G only applies to norm='group' (got norm={norm!r}); drop groups or use norm='group'")
+    if per not in PER:
+        raise ValueError(f"unknown per {per!r}; use per='channel' or per='activation'")
+    s = norm_set(shape, layout, norm, per=per, groups=groups)
+    return Explanation(
+        shape=shape,
+        layout=layout,
+        per=per,
+        lang=lang,
+        axes=s.axes,
+        num_sets=s.num_sets,
+        set_size=s.set_size,
+        feature_shape=s.stats_shape,
+        num_params=2 * math.prod(s.param_shape),
+        params_side_by_side=family_counts(shape, layout, per, s.groups if norm == "group" else groups),
+        norm=norm,
+        groups=s.groups if norm == "group" else None,
+        depends_on_batch=s.depends_on_batch,
+        split_shape=s.split_shape,
+    )
