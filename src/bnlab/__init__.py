@@ -14,7 +14,7 @@ import importlib
 from .axes import effective_batch_size, feature_shape, reduce_axes
 
 # Bound eagerly: the function shares its name with its module, and binding it here means a later
-# ``import bnlab.explain`` cannot rebind the name to the module (explain itself imports only numpy).
+# ``import bnlab.explain`` cannot rebind the name to the package (explain imports neither numpy nor torch).
 from .explain import explain
 
 __version__ = "0.1.0"
