@@ -335,3 +335,23 @@ def test_large_shapes_are_drawn_in_part_and_counted_in_full(browser, pages):
     assert browser.find_element("id", "set-size").text == "m' = (C/G)·p·q = 4·28·28 = 3,136"
     assert "drawn: 8 of 32 samples, 8×8 of 28×28 locations" in browser.find_element("id", "tensor").text
     assert not _console_errors(browser)
+
+
+@pytest.mark.parametrize(
+    "lang, lit_text, more_text",
+    [
+        ("en", "1 value drawn lit (of 1 in the set)", "drawn: 1 of 1 sample, 1×8 of 1×12 locations"),
+        ("es", "1 valor iluminado en el dibujo (de 1 en el conjunto)", "en el dibujo: 1 de 1 ejemplo,"),
+    ],
+)
+def test_counts_of_one_read_in_the_singular(browser, pages, lang, lit_text, more_text):
+    _open(browser, pages[lang])
+    # one sample, one channel: batch norm per activation lights a set of 1 value; W = 12 is drawn in part
+    _set_controls(browser, (1, 1, 12, 1), "NHWC", "batch-activation", None)
+    assert int(_value(browser, "lit-count")) == 1 == int(_value(browser, "set-size"))
+    assert browser.find_element("id", "lit-count").text == lit_text
+    assert more_text in browser.find_element("id", "tensor").text
+    _set_controls(browser, (2, 1, 12, 1), "NHWC", "batch-activation", None)
+    plural = {"en": "2 values drawn lit (of 2 in the set)", "es": "2 valores iluminados en el dibujo (de 2 en"}[lang]
+    assert plural in browser.find_element("id", "lit-count").text
+    assert not _console_errors(browser)
