@@ -1,6 +1,8 @@
-"""Shared test helpers: an independent float64 batch norm, written without bnlab."""
+"""Shared test helpers: an independent float64 batch norm, written without bnlab; waiting on a subprocess."""
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import pytest
@@ -26,3 +28,12 @@ def bn_float64(x, gamma, beta, axes, eps=1e-5):
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+def wait_for_file(path, proc, seconds: float) -> None:
+    """Wait until ``path`` exists (e.g. a run's first checkpoint), failing if ``proc`` ends or time runs out."""
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"no {path.name} after {seconds} s"
+        time.sleep(0.02)

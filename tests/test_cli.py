@@ -6,12 +6,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from bnlab.cli import default_lang, main
 from bnlab.inference import load_checkpoint
+from conftest import wait_for_file
 
 
 def _run(*args, lang_env: str = "C.UTF-8", timeout: float = 120, **kwargs):
@@ -175,11 +175,7 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
     cmd = [sys.executable, "-m", "bnlab", "train", "--epochs", "400", "--out", str(out), "--quiet", "--lang", "en"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        deadline = time.monotonic() + 90
-        while not (out / "last.pt").exists():  # the first epoch's checkpoint: training is under way
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "no checkpoint after 90 s"
-            time.sleep(0.05)
+        wait_for_file(out / "last.pt", proc, 90)  # the first epoch's checkpoint: training is under way
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=60)
     finally:

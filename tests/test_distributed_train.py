@@ -16,6 +16,7 @@ import torch
 
 from bnlab.cli import main
 from bnlab.inference import load_checkpoint
+from conftest import wait_for_file
 
 # 63 = 32 + 31: uneven shards on 2 processes; 1258 // 63 = 19 steps per epoch
 ARGS = ["train", "--epochs", "2", "--batch-size", "63", "--quiet", "--lang", "en"]
@@ -40,11 +41,7 @@ def test_two_processes_and_torchrun_equal_one_process_and_resume_after_a_kill(tm
     proc = subprocess.Popen(_cmd(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(),
                             start_new_session=True)  # fmt: skip
     try:
-        deadline = time.monotonic() + 180
-        while not (out / "last.pt").exists():
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "no checkpoint after 180 s"
-            time.sleep(0.02)
+        wait_for_file(out / "last.pt", proc, 180)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # our own session: the launcher and its ranks
         proc.communicate(timeout=30)
@@ -81,11 +78,7 @@ def test_ctrl_c_stops_every_rank_after_the_same_step_and_leaves_no_process(tmp_p
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
                             start_new_session=True)  # fmt: skip
     try:
-        deadline = time.monotonic() + 180
-        while not (out / "last.pt").exists():  # the first epoch's checkpoint: both ranks are training
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "no checkpoint after 180 s"
-            time.sleep(0.02)
+        wait_for_file(out / "last.pt", proc, 180)  # the first epoch's checkpoint: both ranks are training
         os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the launcher and both ranks get it
         _, err = proc.communicate(timeout=120)
     finally:

@@ -114,3 +114,21 @@ def test_help_is_bilingual(capsys):
     assert main(["experiment", "small-batch", "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "mini-batch sizes" in out and "tamaños de minilote" in out
+
+
+def test_the_docs_table_is_the_shipped_reference_run():
+    """docs/small-batch.md quotes the reference run the report shows: every cell, to the printed digit."""
+    import re
+    from pathlib import Path
+
+    from bnlab.report.small_batch_reference import REFERENCE
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "small-batch.md"
+    rows = re.findall(r"^\| (\d+) \| (.+) \| (.+) \| (.+) \|$", doc.read_text(encoding="utf-8"), re.M)
+    table = {m: cells for m, *cells in rows if m in REFERENCE["summary"]["none"]}
+    assert sorted(table, key=int) == [str(m) for m in REFERENCE["config"]["batch_sizes"]]
+    for m, cells in table.items():
+        for norm, cell in zip(("none", "activation", "channel"), cells, strict=True):
+            s = REFERENCE["summary"][norm][m]
+            assert cell == f"{100 * s['mean']:.1f}% ({100 * s['min']:.1f}–{100 * s['max']:.1f})", (m, norm)
+    assert f"**{REFERENCE['seconds']:.0f} s of wall-clock time**" in doc.read_text(encoding="utf-8")
