@@ -55,10 +55,13 @@ def _minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def interleaved(variants: dict, repeats: int, block: int = 1, warmup: int = 1) -> dict[str, tuple[float, float]]:
+def interleaved(
+    variants: dict, repeats: int, block: int = 1, warmup: int = 1, before=None
+) -> dict[str, tuple[float, float]]:
     """(median or ``--stat min`` seconds, mean minor page faults) per call of each variant, taking turns.
 
     ``block`` consecutive calls per turn; with block > 1 the first call of each block is not counted.
+    ``before``: called (not timed) before every call, e.g. a barrier that starts all ranks together.
     """
     for fn in variants.values():
         for _ in range(warmup):
@@ -68,6 +71,8 @@ def interleaved(variants: dict, repeats: int, block: int = 1, warmup: int = 1) -
     for _ in range(repeats):
         for name, fn in variants.items():
             for i in range(block):
+                if before is not None:
+                    before()
                 f0 = _minor_faults()
                 t0 = time.perf_counter()
                 fn()

@@ -12,7 +12,9 @@ holds N/nproc samples. In every process, taking turns in blocks (see ``benchmark
 - ``sync``: ``bnlab.distributed.sync_batch_norm`` on the same shard — statistics of the whole batch
   (one header and one statistics all-gather forward, one all-reduce backward; ~3·C floats per rank).
 
-Both run forward (training, running statistics updated) and ``autograd.grad`` for x, γ, β. Reported:
+Both run forward (training, running statistics updated) and ``autograd.grad`` for x, γ, β; every timed
+call starts on all ranks together (a barrier before it, not timed: in training DDP's gradient all-reduce
+lines the ranks up every step). Reported:
 rank 0's median (``--stat min``: minimum) milliseconds and ``ratio`` = sync ÷ local (the overhead of
 synchronizing; goal ≤ 1.3 for shards ≥ 8 MB). A benchmark, not a test: it prints numbers and never fails
 on slowness. Plain processes: default allocator, no tuning.
@@ -84,8 +86,13 @@ def _rank(rank: int, world: int, port: int, shapes, repeats: int, stat: str, que
                 "sync": _fwd_bwd(sync_batch_norm, xl, dyl, w, b, rm, rv),
             }
             dist.barrier()
-            t = {name: seconds for name, (seconds, _faults) in interleaved(variants, repeats).items()}
-            rows.append((layout, shape, x.numel() * 4 / 2**20, t["local"], t["sync"]))
+            # every timed call starts on all ranks together (a barrier, not timed), as DDP's gradient all-reduce
+            # aligns the ranks every training step: otherwise a rank's sync call also waits out the other
+            # rank's previous (local) call, and the ratio measures the drift between ranks
+            turns = interleaved(variants, repeats, before=dist.barrier)
+            t = {name: seconds for name, (seconds, _faults) in turns.items()}
+            f = {name: faults for name, (_seconds, faults) in turns.items()}
+            rows.append((layout, shape, x.numel() * 4 / 2**20, t["local"], t["sync"], f["local"], f["sync"]))
     if rank == 0:
         queue.put(rows)
     dist.barrier()
@@ -119,10 +126,12 @@ def main(argv=None) -> int:
         proc.join(60)
     print(f"torch {torch.__version__}, {args.nproc} processes (gloo, 127.0.0.1, 1 thread each), {os.cpu_count()} CPUs, "
           f"{args.stat} of {repeats} turns")  # fmt: skip
-    print(f"{'fwd+bwd float32':<16}{'global shape':<22}{'MB/rank':>8}{'local ms':>10}{'sync ms':>10}{'ratio':>8}")
-    for layout, shape, mb, t_local, t_sync in rows:
+    print(f"{'fwd+bwd float32':<16}{'global shape':<22}{'MB/rank':>8}{'local ms':>10}{'sync ms':>10}{'ratio':>8}"
+          f"{'faults/call local, sync':>26}")  # fmt: skip
+    for layout, shape, mb, t_local, t_sync, f_local, f_sync in rows:
         print(
             f"{layout:<16}{str(shape):<22}{mb:>8.1f}{t_local * 1e3:>10.2f}{t_sync * 1e3:>10.2f}{t_sync / t_local:>8.2f}"
+            f"{f_local:>18.0f}, {f_sync:.0f}"
         )
     return 0
 
