@@ -37,6 +37,13 @@ ROUTED = {"nchw", "ncl", "ncdhw", "channels_last", "channels_last_3d", "batch_of
 KERNELS = {"composed": composed, "cpu": cpu}
 
 
+@pytest.fixture(autouse=True)
+def _chunked_statistics(monkeypatch):
+    """The small shapes here take the CPU family's chunked row moments, not its small-input var_mean
+    (tested on its own in test_small_inputs_take_one_var_mean_as_accurate_as_float64)."""
+    monkeypatch.setattr(cpu, "_SMALL_NUMEL", 0)
+
+
 def _input(shape, fmt, dtype=torch.float32, seed=0, offset=1.5):
     g = torch.Generator().manual_seed(seed)
     x = (torch.randn(shape, generator=g, dtype=torch.float64) * 2.0 + offset).to(dtype)
@@ -479,3 +486,27 @@ def test_composed_normalize_traces_without_a_data_dependent_branch():
     assert torch.equal(torch.export.export(Normalize(), (x,)).module()(x), want)
     compiled = torch.compile(Normalize(), fullgraph=True, backend="eager")
     torch.testing.assert_close(compiled(x), want)
+
+
+@pytest.mark.parametrize(
+    "dtype, offset",
+    [(d, o) for d in (torch.float32, torch.float64, torch.float16, torch.bfloat16) for o in (1.5, 3e4, 1e6)
+     if torch.finfo(d).max > 2 * o],  # 1e6 is not a float16
+)  # fmt: skip
+@pytest.mark.parametrize("fmt, shape", [(None, (4, 3, 5, 6)), (CL, (4, 3, 5, 6)), (None, (5, 4, 7)),
+                                        (CL3, (3, 4, 2, 3, 4)), (None, (16, 4, 16, 16))])  # fmt: skip
+def test_small_inputs_take_one_var_mean_as_accurate_as_float64(monkeypatch, dtype, fmt, shape, offset):
+    """Up to _SMALL_NUMEL values the statistics are one var_mean; they match float64 as the chunked path does."""
+    monkeypatch.setattr(cpu, "_SMALL_NUMEL", 1 << 14)  # the shipped value (the module's fixture sets 0)
+    x = _input(shape, fmt, torch.float64, seed=21, offset=offset).to(dtype)
+    x = x if fmt is None else x.contiguous(memory_format=fmt)
+    assert x.numel() <= cpu._SMALL_NUMEL and cpu.fast_path(x, tuple(a for a in range(x.dim()) if a != 1))
+    axes = tuple(a for a in range(x.dim()) if a != 1)
+    _, mean64, var64 = bn64(x.double(), None, None, axes)  # the same (rounded) values, in float64
+    small = cpu.batch_stats(x, axes)
+    monkeypatch.setattr(cpu, "_SMALL_NUMEL", 0)
+    chunked = cpu.batch_stats(x, axes)
+    for got in (small, chunked):
+        assert got[0].dtype == got[1].dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+        torch.testing.assert_close(got[0].double(), mean64, rtol=1e-7, atol=1e-6)
+        torch.testing.assert_close(got[1].double(), var64, rtol=1e-5, atol=1e-9)

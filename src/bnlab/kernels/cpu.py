@@ -44,6 +44,11 @@ _ROUNDING_TOLERANCE = 1e-4
 # channels_last statistics run over chunks of whole samples of about this many bytes (input), so that
 # the chunk and its scratch buffer stay in the L2/L3 cache between the passes of the two-pass method
 _CHUNK_BYTES = 2 << 20
+# Up to this many values the statistics are one ``torch.var_mean`` over the reduce axes: ATen's CPU Welford
+# reduction accumulates float32 in float64, as accurate as the row moments (variance within 7e-8 relative
+# of float64 with offsets up to 1e6, measured) but not vectorized, so it only wins where the ~20 small ops
+# of the chunked path dominate: 22 µs against 356 µs on 16x8x4x4, break-even near 50,000 values
+_SMALL_NUMEL = 1 << 14
 
 
 def fast_path(x: torch.Tensor, axes: tuple[int, ...]) -> bool:
@@ -204,7 +209,12 @@ def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     Both layouts run in cache-sized chunks of samples with a scratch of one chunk: nothing of x's
     size is allocated (the output is the only large allocation of the training forward, as in torch).
+    Inputs of at most :data:`_SMALL_NUMEL` values take one ``torch.var_mean`` instead (see there).
     """
+    if x.numel() <= _SMALL_NUMEL:
+        xs = x if x.dtype in _FLOAT else x.float()
+        var, mean = torch.var_mean(xs, dim=(0, *range(2, x.dim())), correction=0)
+        return mean, var
     n, c = x.shape[:2]
     if x.is_contiguous():
         row_mean, row_m2 = _row_moments_nchw(x.view(n, c, -1))
