@@ -280,9 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a CNN without BN, with BN per activation and per channel; write an HTML report / "
         "entrena una CNN sin BN, con BN por activación y por canal; escribe un informe HTML",
         description="Train the same CNN on scikit-learn's digits without BN, with BN per activation and per channel,\n"
-        "and write DIR/index.html (about 50 seconds: it runs on one CPU core).\n"
+        "and write DIR/index.html (about 40 seconds: it runs on one CPU core).\n"
         "Entrena la misma CNN con los dígitos de scikit-learn sin BN, con BN por activación y por canal,\n"
-        "y escribe DIR/index.html (unos 50 segundos: usa un núcleo de la CPU).",
+        "y escribe DIR/index.html (unos 40 segundos: usa un núcleo de la CPU).",
     )
     p.add_argument("--out", metavar="DIR", default="bnlab-demo",
                    help="folder for the report (default: bnlab-demo) / carpeta del informe")  # fmt: skip
