@@ -99,16 +99,22 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
-@pytest.mark.parametrize("module", ["torch", "numpy.dtypes", "sklearn"])
+@pytest.mark.parametrize("module", ["torch", "numpy.dtypes", "sklearn", "bnlab.nn.functional"])
 def test_ctrl_c_inside_a_librarys_import_is_a_clean_exit(module, tmp_path):
-    # numpy.dtypes: the interrupted import leaves numpy half-initialized, and scikit-learn's import then
-    # fails with another error (ImportError or RecursionError), which must still read as the interrupt
+    # the interrupt is held back until no import is under way: raised inside one it left numpy
+    # half-initialized (scikit-learn's import then failed with an ImportError or RecursionError), and inside
+    # torch's C++ operator registration it aborted the process (exit -6, seen once in CI)
     argv = ["train", "--out", str(tmp_path / "run"), "--lang", "en", "--quiet"]
     proc = subprocess.run([sys.executable, "-c", _SIGINT_AT_IMPORT, module, *argv], capture_output=True, text=True,
                           env=_env(), timeout=120)  # fmt: skip
     assert proc.returncode == 130, proc.stderr
-    assert proc.stderr.strip() == "Interrupted.", proc.stderr
-    assert not (tmp_path / "run").exists()
+    assert "Traceback" not in proc.stderr and "terminate" not in proc.stderr, proc.stderr
+    if proc.stderr.strip() == "Interrupted.":  # raised once the import finished, before training began
+        assert not (tmp_path / "run").exists()
+    else:  # it reached the training loop first, which stops after the current step and saves it
+        step = int(proc.stderr.split("Interrupted at step ")[1].split("/")[0])
+        assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == step
+
 
 @pytest.mark.parametrize(
     "args, message",

@@ -772,26 +772,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Exception:
             if not sigint.seen:
                 raise
-            # Ctrl-C stopped a library's import half-way (numpy's lazy submodules then recurse without end,
-            # seen as a RecursionError inside scikit-learn's import): the error is the interrupt's doing
+            # an error that follows Ctrl-C is the interrupt's doing (e.g. a library that was stopped half-way
+            # in code of its own that imports lazily): report the interrupt
             print(MSG[lang]["interrupted_plain"], file=sys.stderr)
             return EXIT_INTERRUPTED
 
 
 class _SigintWatch:
-    """Notes whether Ctrl-C arrived while ``main`` ran (Python's own handler still raises KeyboardInterrupt).
+    """Ctrl-C while ``main`` runs: KeyboardInterrupt, but never in the middle of a module's import.
 
-    Installed only over Python's default handler, in the main thread; the previous handler comes back at
-    exit. Training installs its own handler for a clean stop after the current step, and restores this one.
+    A KeyboardInterrupt raised inside an import can leave a library half-initialized (numpy's lazy
+    submodules then fail with unrelated errors), or escape from C++ code that called back into Python
+    while torch registers its operators (``torch._C._c10d_init``: the process aborts, exit −6). So while an
+    import runs the interrupt is held back and re-sent every ``_RETRY_S`` seconds, and it is raised at the
+    first moment no import is under way; ``seen`` records that one arrived. Installed only over Python's
+    default handler, in the main thread; the previous handler comes back at exit. Training installs its
+    own handler (a clean stop after the current step) and restores this one.
     """
+
+    _RETRY_S = 0.05
 
     def __init__(self) -> None:
         self.seen = False
         self._previous = None
+        self._retry = None
 
     def _handle(self, signum, frame):
         self.seen = True
+        if _importing(frame):
+            self._send_later(signum)
+            return
         raise KeyboardInterrupt
+
+    def _send_later(self, signum) -> None:
+        import threading
+
+        if self._retry is None or not self._retry.is_alive():
+            self._retry = threading.Timer(self._RETRY_S, os.kill, (os.getpid(), signum))
+            self._retry.daemon = True
+            self._retry.start()
 
     def __enter__(self) -> _SigintWatch:
         import signal
@@ -803,10 +822,21 @@ class _SigintWatch:
         return self
 
     def __exit__(self, *exc) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
         if self._previous is not None:
             import signal
 
             signal.signal(signal.SIGINT, self._previous)
+
+
+def _importing(frame) -> bool:
+    """True if ``frame`` or a caller of it runs the import machinery."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _quiet_broken_pipe() -> int:
