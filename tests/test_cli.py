@@ -127,9 +127,14 @@ def test_train_then_evaluate(tmp_path, capsys):
     assert load_checkpoint(out / "last.pt")["step"] == 2 * (1258 // 32)
     capsys.readouterr()
     assert main(["evaluate", str(out / "last.pt"), "--recalibrate", "--lang", "en"]) == 0
-    text = capsys.readouterr().out
+    captured = capsys.readouterr()
+    text = captured.out
     assert "Test accuracy (eval mode, running statistics)" in text
     assert "recalibrated statistics (Alg. 2)" in text
+    assert "recalibrate" in captured.err  # the bar, on stderr
+    assert main(["evaluate", str(out / "last.pt"), "--recalibrate", "--quiet", "--lang", "en"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == text and captured.err == ""
     assert main(["evaluate", str(tmp_path / "none.pt"), "--lang", "en"]) == 2
     (tmp_path / "junk.pt").write_bytes(b"junk")
     assert main(["evaluate", str(tmp_path / "junk.pt"), "--lang", "en"]) == 2

@@ -363,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recalibrate", action="store_true",
                    help="also evaluate with statistics recalibrated on the training split (Alg. 2) / evaluar también "
                    "con estadísticas recalibradas en la partición de entrenamiento")  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no progress bar / sin barra de progreso")
     _add_lang(p)
 
     # explain
@@ -650,7 +651,7 @@ def _cmd_evaluate(args, lang: str) -> int:
         bs = int(saved["config"]["batch_size"])
         n = (len(data.x_train) // bs) * bs
         batches = [data.x_train[i : i + bs] for i in range(0, n, bs)]
-        recal = recalibrate(copy.deepcopy(model), batches, progress=True, lang=lang)  # a bar on stderr
+        recal = recalibrate(copy.deepcopy(model), batches, progress=not args.quiet, lang=lang)  # bar on stderr
         res = evaluate(recal, x, y)
         print(m["evaluated"].format(split=m["splits"][args.split], what=m["recal"], acc=pct(res["accuracy"], lang),
                                     loss=num(res["loss"], lang, 4), n=len(x)))  # fmt: skip
