@@ -1,8 +1,10 @@
-"""Shared test helpers: an independent float64 batch norm, written without bnlab; waiting on a subprocess."""
+"""Shared test helpers: an independent float64 batch norm, written without bnlab; a small slice of the digits;
+waiting on a subprocess."""
 
 from __future__ import annotations
 
 import time
+import types
 
 import numpy as np
 import pytest
@@ -37,3 +39,16 @@ def wait_for_file(path, proc, seconds: float) -> None:
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, f"no {path.name} after {seconds} s"
         time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def small():
+    """A small slice of scikit-learn's digits: 240 train, 60 val, 60 test examples."""
+    from bnlab.data import load_digits
+
+    ds = load_digits(seed=0)
+    return types.SimpleNamespace(
+        x_train=ds.x_train[:240], y_train=ds.y_train[:240],
+        x_val=ds.x_val[:60], y_val=ds.y_val[:60],
+        x_test=ds.x_test[:60], y_test=ds.y_test[:60],
+    )  # fmt: skip

@@ -355,3 +355,15 @@ def test_counts_of_one_read_in_the_singular(browser, pages, lang, lit_text, more
     plural = {"en": "2 values drawn lit (of 2 in the set)", "es": "2 valores iluminados en el dibujo (de 2 en"}[lang]
     assert plural in browser.find_element("id", "lit-count").text
     assert not _console_errors(browser)
+
+
+def test_spanish_numbers_are_grouped_as_explain_groups_them(browser, pages):
+    from bnlab.explain.words import integer
+
+    _open(browser, pages["es"])
+    _set_controls(browser, (32, 28, 28, 16), "NHWC", "group", groups=4)  # sets of 4·28·28 = 3136 values
+    assert browser.find_element("id", "set-size").text.replace("\xa0", " ").endswith("= " + integer(3136, "es"))
+    _set_controls(browser, (32, 28, 28, 16), "NHWC", "batch-activation")  # 28·28·16 = 12 544 sets
+    sets = browser.find_element("id", "n-sets").text.replace("\xa0", " ")
+    assert sets.startswith(integer(12544, "es") + " ") and integer(12544, "es") == "12 544"
+    assert not _console_errors(browser)

@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import math
 import pickle
-import types
 import zipfile
 
 import numpy as np
 import pytest
 import torch
 
-from bnlab.data import load_digits
 from bnlab.inference import CheckpointError, load_checkpoint, save_checkpoint
 from bnlab.models import SmallCNN
 from bnlab.training import (
@@ -27,16 +25,6 @@ from bnlab.training import (
     seed_everything,
     write_json,
 )
-
-
-@pytest.fixture(scope="module")
-def small():
-    ds = load_digits(seed=0)
-    return types.SimpleNamespace(
-        x_train=ds.x_train[:240], y_train=ds.y_train[:240],
-        x_val=ds.x_val[:60], y_val=ds.y_val[:60],
-        x_test=ds.x_test[:60], y_test=ds.y_test[:60],
-    )  # fmt: skip
 
 
 def _model(seed=0):

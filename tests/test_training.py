@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-import types
 
 import numpy as np
 import pytest
 import torch
 
-from bnlab.data import load_digits
 from bnlab.inference import load_checkpoint
 from bnlab.models import PaperMLP, SmallCNN
 from bnlab.training import (
@@ -22,17 +20,6 @@ from bnlab.training import (
     load_trained,
     seed_everything,
 )
-
-
-@pytest.fixture(scope="module")
-def small():
-    """A small slice of scikit-learn's digits: 240 train, 60 val, 60 test examples."""
-    ds = load_digits(seed=0)
-    return types.SimpleNamespace(
-        x_train=ds.x_train[:240], y_train=ds.y_train[:240],
-        x_val=ds.x_val[:60], y_val=ds.y_val[:60],
-        x_test=ds.x_test[:60], y_test=ds.y_test[:60],
-    )  # fmt: skip
 
 
 def _model(norm="channel", activation="relu", seed=0):

@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -412,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("--data", metavar="PATH", type=Path, default=None,
                    help="MNIST: a directory of IDX files or an .npz (default: the 10,000-image subset shipped with "
-                   "bnlab) / MNIST: un directorio IDX o un .npz (por defecto: el subconjunto de 10.000 imágenes que "
+                   "bnlab) / MNIST: un directorio IDX o un .npz (por defecto: el subconjunto de 10 000 imágenes que "
                    "viene con bnlab)")  # fmt: skip
     q.add_argument("--out", metavar="DIR", type=Path, default=Path("bnlab-paper-fig1"),
                    help="output folder (default: bnlab-paper-fig1) / carpeta de salida")  # fmt: skip
@@ -630,7 +632,7 @@ def _cmd_evaluate(args, lang: str) -> int:
     from .models import bn_layers
 
     has_bn = bool(bn_layers(model))
-    norm = saved["model_spec"].get("norm", "?")
+    norm = saved["model_spec"]["norm"]  # checked by load_trained
     if args.recalibrate and not has_bn:  # before any work or output
         raise UsageError(m["no_recal"].format(path=args.checkpoint, norm=norm))
     meta = saved.get("meta") or {}
@@ -806,17 +808,12 @@ class _SigintWatch:
         raise KeyboardInterrupt
 
     def _send_later(self, signum) -> None:
-        import threading
-
         if self._retry is None or not self._retry.is_alive():
             self._retry = threading.Timer(self._RETRY_S, os.kill, (os.getpid(), signum))
             self._retry.daemon = True
             self._retry.start()
 
     def __enter__(self) -> _SigintWatch:
-        import signal
-        import threading
-
         if threading.current_thread() is threading.main_thread():
             if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
                 self._previous = signal.signal(signal.SIGINT, self._handle)
@@ -826,8 +823,6 @@ class _SigintWatch:
         if self._retry is not None:
             self._retry.cancel()
         if self._previous is not None:
-            import signal
-
             signal.signal(signal.SIGINT, self._previous)
 
 
