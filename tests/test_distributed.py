@@ -42,7 +42,13 @@ def _child(rank: int, world: int, port: int, out: str, scenario: str) -> None:
             "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
             timeout=datetime.timedelta(seconds=30),
         )  # fmt: skip
-        result = SCENARIOS[scenario](rank, world, out)
+        if ":" in scenario:  # "module:function" of another test file
+            import importlib
+
+            module, function = scenario.split(":")
+            result = getattr(importlib.import_module(module), function)(rank, world, out)
+        else:
+            result = SCENARIOS[scenario](rank, world, out)
         torch.save(result, os.path.join(out, f"rank{rank}.pt"))
     except BaseException:  # noqa: BLE001 - reported to the parent
         with open(os.path.join(out, f"rank{rank}.err"), "w") as f:
