@@ -125,8 +125,19 @@ def _group_timeout(group) -> float | None:
         return None
 
 
+_limits_cache: dict = {}
+
+
 def _limits(group, timeout: float | None) -> tuple[float | None, float | None]:
-    """(announced limit, wait limit) in seconds for one collective; None: unbounded (unknown)."""
+    """(announced limit, wait limit) in seconds for one collective; None: unbounded (unknown). Cached per
+    group and timeout (a group's own timeout is read once)."""
+    key = (group if group is not None else dist.group.WORLD, timeout)  # (a new default group: a new key)
+    if key not in _limits_cache:
+        _limits_cache[key] = _compute_limits(group, timeout)
+    return _limits_cache[key]
+
+
+def _compute_limits(group, timeout: float | None) -> tuple[float | None, float | None]:
     backend = _group_timeout(group)
     limit = timeout if timeout is not None else backend
     if limit is None:
@@ -137,9 +148,10 @@ def _limits(group, timeout: float | None) -> tuple[float | None, float | None]:
     return limit, wait
 
 
-def _exchange(row: torch.Tensor, group, timeout, what: str) -> torch.Tensor:
-    """All-gather ``row`` (1D, int64 or float64) from every rank; every rank that gets the result gets the
-    same verdict: either all ranks were in time, or it raises :class:`SyncBatchNormError`.
+def _exchange(parts: list, group, timeout, what: str, like: torch.Tensor) -> torch.Tensor:
+    """All-gather one row from every rank: ``parts`` concatenated (Python ints: an int64 row; 1D float64
+    tensors: a float64 row; on ``like``'s device); returns (world, row length). Every rank that gets the
+    result gets the same verdict: either all ranks were in time, or it raises :class:`SyncBatchNormError`.
 
     A timeout alone cannot give that: a rank that gives up has already sent its row, so a peer arriving
     after that still completes the collective and would go on alone. So each row starts with the time its
@@ -152,8 +164,12 @@ def _exchange(row: torch.Tensor, group, timeout, what: str) -> torch.Tensor:
     limit, wait = _limits(group, timeout)
     start = time.time_ns() // 1000
     deadline = start + round(limit * 1e6) if limit is not None else _NO_DEADLINE
-    rows = _all_gather(torch.cat((row.new_tensor([start, deadline]), row)), group, wait, what, limit)
-    starts, deadlines = rows[:, 0].tolist(), rows[:, 1].tolist()
+    if isinstance(parts[0], torch.Tensor):
+        row = torch.cat((torch.tensor([start, deadline], dtype=parts[0].dtype, device=like.device), *parts))
+    else:
+        row = torch.tensor([start, deadline, *parts], dtype=torch.int64, device=like.device)
+    rows = _all_gather(row, group, wait, what, limit)
+    starts, deadlines = zip(*rows[:, :2].tolist(), strict=True)
     first = min(range(len(deadlines)), key=deadlines.__getitem__)
     late = [r for r, t in enumerate(starts) if t > deadlines[first]]
     if late:
@@ -247,7 +263,7 @@ def _momentum_text(bits: int) -> str:
     return "None (cumulative)" if bits == -1 else f"{_unpack(bits):g}"
 
 
-def _header(x, axes: tuple[int, ...], count: int, layer: int, eps: float = 0.0, momentum=0.0) -> torch.Tensor:
+def _header(x, axes: tuple[int, ...], count: int, layer: int, eps: float = 0.0, momentum=0.0) -> list[int]:
     fshape = [n for i, n in enumerate(x.shape) if i not in axes]
     mask = sum(1 << a for a in axes)
     row = [_MAGIC, layer, count, _DTYPES.get(x.dtype, 0), x.dim(), mask, math.prod(fshape)]
@@ -255,7 +271,7 @@ def _header(x, axes: tuple[int, ...], count: int, layer: int, eps: float = 0.0, 
     if isinstance(momentum, torch.Tensor):
         momentum = momentum.item()
     row += [_pack(eps), -1 if momentum is None else _pack(momentum)]
-    return torch.tensor(row, dtype=torch.int64, device=x.device)
+    return row
 
 
 def _probe(x: torch.Tensor) -> torch.Tensor:
@@ -297,7 +313,7 @@ def _exchange_statistics(x, axes, group, timeout, error: Exception | None, name:
     if error is not None:
         eps = momentum = 0.0
     header = _header(x, axes, count, _layer_id(name, index), eps, momentum)
-    headers = _exchange(header, group, timeout, "exchange of shapes (forward)").tolist()
+    headers = _exchange(header, group, timeout, "exchange of shapes (forward)", x).tolist()
     if error is not None:
         raise error
     _check_headers(headers, group, name)
@@ -310,8 +326,9 @@ def _exchange_statistics(x, axes, group, timeout, error: Exception | None, name:
         )
     mean, m2 = _local_moments(x, axes, count)
     fshape = mean.shape
-    packed = torch.cat((mean.reshape(-1), m2.reshape(-1)))  # mean and M2, float64
-    gathered = _exchange(packed, group, timeout, "exchange of statistics (forward)").reshape(len(counts), 2, *fshape)
+    packed = [mean.reshape(-1), m2.reshape(-1)]  # float64
+    gathered = _exchange(packed, group, timeout, "exchange of statistics (forward)", x)
+    gathered = gathered.reshape(len(counts), 2, *fshape)
     # Chan's merge in float64, in rank order (the same result on every rank); empty shards are its identity
     total = merge_all(Moments(c, g[0], g[1]) for c, g in zip(counts, gathered, strict=True))
     return m, total.mean, total.variance
@@ -370,8 +387,8 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         db = sum_dy.to(ctx.bias_dtype) if ctx.needs_input_grad[2] else None
         # gathered rather than all-reduced: the rows carry the timing check of _exchange, and the sum in
         # rank order, in float64, is the same on every rank
-        packed = torch.cat((sum_dy.double().reshape(-1), sum_dy_xhat.double().reshape(-1)))
-        rows = _exchange(packed, ctx.group, ctx.timeout, "exchange of the gradient sums (backward)")
+        packed = [sum_dy.double().reshape(-1), sum_dy_xhat.double().reshape(-1)]
+        rows = _exchange(packed, ctx.group, ctx.timeout, "exchange of the gradient sums (backward)", x)
         total = rows.sum(0).reshape(2, *mean.shape)
         dx = None
         if ctx.needs_input_grad[0]:
