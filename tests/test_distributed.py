@@ -310,7 +310,7 @@ def test_faults_give_clear_errors_on_every_rank_never_a_hang(two_ranks):
     assert n == 0
     torch.testing.assert_close(y, torch.nn.functional.batch_norm(r0["x"], torch.zeros(3), torch.ones(3)))
     assert "did not complete within 1.5 s" in r0["stopped"] and "stopped calling" in r0["stopped"]
-    assert r0["stopped_after"] < 5, r0["stopped_after"]
+    assert r0["stopped_after"] < 1.5 + 2 + 3, r0["stopped_after"]  # its timeout, the grace (_GRACE_S), slack
 
 
 # -- one process -----------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import bnlab
-from bnlab.distributed import SyncBatchNorm, SyncBatchNormError
+from bnlab.distributed import SyncBatchNorm, SyncBatchNormError, collective_count
 from bnlab.moments import Moments, merge, merge_all, moments
 from conftest import bn_float64
 from test_distributed import run_ranks
@@ -115,9 +115,14 @@ def _faults(rank: int, world: int, out_dir: str) -> dict:
     bn = SyncBatchNorm(3, momentum=None, timeout=20)  # cumulative average: weighs 1/num_batches_tracked
     bn.num_batches_tracked += rank  # as after a rank counted a batch that the other did not
     out["count_drift"] = _outcome(lambda: bn(x))
-    # still in step: both ranks call this one, rank 0 with 0s, rank 1 with 1s (global mean 0.5)
+    # still in step: both ranks call this one, rank 0 with 0s, rank 1 with 1s (global mean 0.5); two
+    # collectives forward, one backward (no more than before the timing rows)
     bn = SyncBatchNorm(3, timeout=20)
-    bn(torch.full((2, 3, 5), float(rank)))
+    before = collective_count()
+    y = bn(torch.full((2, 3, 5), float(rank), requires_grad=True))
+    forward = collective_count() - before
+    y.sum().backward()
+    out["collectives"] = (forward, collective_count() - before - forward)
     out["after_rm"] = bn.running_mean.clone()
     return out
 
@@ -240,6 +245,7 @@ def test_a_skipped_hand_built_layer_fails_on_every_rank(faults):
     # the ranks are still in step afterwards
     for r in faults:
         torch.testing.assert_close(r["after_rm"], torch.full((3,), 0.05))
+        assert r["collectives"] == (2, 1), r["collectives"]
 
 
 def test_ranks_disagreeing_on_eps_or_momentum_fail_on_every_rank(faults):
