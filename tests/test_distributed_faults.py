@@ -130,7 +130,7 @@ def _faults(rank: int, world: int, out_dir: str) -> dict:
 def _stall_between(rank: int, out_dir: str, tag: str, bn, call, patch) -> dict:
     """Rank 1 stalls 8 s (``patch`` installs the stall), the layers' timeout is 4 s; rank 0 stays alive
     until rank 1 is done, so that rank 1 can complete the collective that rank 0 gave up on."""
-    before = (bn.running_mean.clone(), bn.running_var.clone(), int(bn.num_batches_tracked), bn.weight.grad)
+    before = (bn.running_mean.clone(), bn.running_var.clone(), int(bn.num_batches_tracked))
     undo = patch() if rank == 1 else (lambda: None)
     t0 = time.monotonic()
     try:
