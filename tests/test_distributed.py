@@ -42,7 +42,13 @@ def _child(rank: int, world: int, port: int, out: str, scenario: str) -> None:
             "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
             timeout=datetime.timedelta(seconds=30),
         )  # fmt: skip
-        result = SCENARIOS[scenario](rank, world, out)
+        if ":" in scenario:  # "module:function" of another test file
+            import importlib
+
+            module, function = scenario.split(":")
+            result = getattr(importlib.import_module(module), function)(rank, world, out)
+        else:
+            result = SCENARIOS[scenario](rank, world, out)
         torch.save(result, os.path.join(out, f"rank{rank}.pt"))
     except BaseException:  # noqa: BLE001 - reported to the parent
         with open(os.path.join(out, f"rank{rank}.err"), "w") as f:
@@ -304,7 +310,7 @@ def test_faults_give_clear_errors_on_every_rank_never_a_hang(two_ranks):
     assert n == 0
     torch.testing.assert_close(y, torch.nn.functional.batch_norm(r0["x"], torch.zeros(3), torch.ones(3)))
     assert "did not complete within 1.5 s" in r0["stopped"] and "stopped calling" in r0["stopped"]
-    assert r0["stopped_after"] < 5, r0["stopped_after"]
+    assert r0["stopped_after"] < 1.5 + 2 + 3, r0["stopped_after"]  # its timeout, the grace (_GRACE_S), slack
 
 
 # -- one process -----------------------------------------------------------------------------------------------

@@ -9,15 +9,18 @@ different sizes, including empty ones (an average of the ranks' means would be w
 
 Communication per training step and layer:
 
-- forward: one all-gather of a small integer header (count, dtype, shape, variant, layer) so that
-  ranks that disagree fail with a clear error on *every* rank instead of exchanging garbage, then one
-  all-gather of the packed (mean, M2) of every rank;
-- backward: one all-reduce of the packed (Σ dy, Σ dy·x̂); the input gradient then uses the global count,
-  while the parameter gradients stay local (data-parallel training sums them);
+- forward: one all-gather of a small integer header (count, dtype, shape, variant, layer identity, eps,
+  momentum) so that ranks that disagree fail with a clear error on *every* rank instead of exchanging
+  garbage, then one all-gather of the packed float64 (mean, M2) of every rank, merged in float64;
+- backward: one all-gather of the packed float64 (Σ dy, Σ dy·x̂), summed in rank order; the input gradient
+  then uses the global count, while the parameter gradients stay local (data-parallel training sums them);
 - eval mode (and frozen layers) never communicate.
 
 Every wait is bounded: a rank that died or stopped calling the layer makes the others raise
-:class:`SyncBatchNormError` after ``timeout`` seconds (default: the process group's timeout).
+:class:`SyncBatchNormError` after ``timeout`` seconds (default: the process group's timeout). Every
+rank fails or none does: each exchanged row carries when its rank started and until when it waits (see
+``_exchange``), so a rank that arrives after another gave up raises too, and no rank changes the layer's
+state (running statistics, ``num_batches_tracked``) in a step that another rank abandoned.
 
 >>> import torch, bnlab
 >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8))
@@ -31,7 +34,10 @@ Without an initialized process group the layer is plain batch norm (as ``torch.n
 from __future__ import annotations
 
 import datetime
+import itertools
 import math
+import struct
+import time
 import zlib
 
 import torch
@@ -49,13 +55,22 @@ from .nn.modules import _BatchNorm, check_input_dim
 
 __all__ = ["SyncBatchNorm", "SyncBatchNormError", "convert_sync", "sync_batch_norm", "collective_count"]
 
-# header: [magic, layer id, count, dtype, input ndim, reduce-axes bitmask, feature numel, feature shape[:5]]
+# header: [magic, layer id, count, dtype, input ndim, reduce-axes bitmask, feature numel, feature shape[:5],
+#          eps (float64 bits), momentum (float64 bits; -1: cumulative average)]
+# Every exchanged row is preceded by [start, deadline] (µs since the epoch, see _exchange).
 _MAGIC = 0xB7_5B_4E
+_FSHAPE = slice(7, 12)
 _ERROR = -1  # count sent by a rank whose input was rejected locally
 _DTYPES = {torch.float16: 1, torch.bfloat16: 2, torch.float32: 3, torch.float64: 4}
 _DTYPE_NAMES = {v: str(k).removeprefix("torch.") for k, v in _DTYPES.items()}
 
 _collectives = [0]
+_created = itertools.count(1)  # creation index of SyncBatchNorm layers in this process (their identity, see there)
+# A rank waits this long past the deadline it announced before giving up on a collective: a peer that reached
+# the collective before that deadline gets its data delivered within this grace (loopback or LAN latency,
+# a loaded machine, clocks of different hosts that agree to within a second), see _exchange.
+_GRACE_S = 2.0
+_NO_DEADLINE = 2**52  # µs, exactly representable in float64 (no limit known)
 
 
 class SyncBatchNormError(RuntimeError):
@@ -71,7 +86,8 @@ def _active(group) -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
 
 
-def _wait(work, timeout: float | None, what: str, group) -> None:
+def _wait(work, timeout: float | None, what: str, group, shown: float | None = None) -> None:
+    """Wait for ``work`` at most ``timeout`` s; the error names ``shown`` s (default: ``timeout``)."""
     try:
         if timeout is None:
             work.wait()
@@ -79,7 +95,8 @@ def _wait(work, timeout: float | None, what: str, group) -> None:
             work.wait(timeout=datetime.timedelta(seconds=float(timeout)))
     except RuntimeError as err:  # gloo/NCCL errors (DistBackendError is a RuntimeError)
         rank, world = dist.get_rank(group), dist.get_world_size(group)
-        limit = "the process group's timeout" if timeout is None else f"{timeout:g} s"
+        shown = timeout if shown is None else shown
+        limit = "the process group's timeout" if shown is None else f"{shown:g} s"
         raise SyncBatchNormError(
             f"synchronized batch norm on rank {rank} of {world}: the {what} did not complete within {limit} "
             f"({err}). Another rank has died, or stopped calling this layer: every rank must call each "
@@ -88,25 +105,88 @@ def _wait(work, timeout: float | None, what: str, group) -> None:
         ) from err
 
 
-def _all_gather(t: torch.Tensor, group, timeout, what: str) -> torch.Tensor:
+def _all_gather(t: torch.Tensor, group, timeout, what: str, shown: float | None = None) -> torch.Tensor:
     world = dist.get_world_size(group)
     out = t.new_empty(world * t.numel())
     gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
     _collectives[0] += 1
     work = gather(out, t.contiguous().reshape(-1), group=group, async_op=True)
-    _wait(work, timeout, what, group)
+    _wait(work, timeout, what, group, shown)
     return out.reshape(world, *t.shape)
 
 
-def _all_reduce(t: torch.Tensor, group, timeout, what: str) -> torch.Tensor:
-    _collectives[0] += 1
-    work = dist.all_reduce(t, group=group, async_op=True)
-    _wait(work, timeout, what, group)
-    return t
+def _group_timeout(group) -> float | None:
+    """The process group's own timeout in seconds (the backend abandons a collective after it), or None."""
+    try:
+        pg = group if group is not None else dist.distributed_c10d._get_default_group()
+        backend = pg._get_backend(torch.device("cpu" if dist.get_backend(pg) == "gloo" else "cuda"))
+        return backend.options._timeout.total_seconds()
+    except Exception:  # noqa: BLE001 - private API of torch: without it only the layer's timeout is known
+        return None
+
+
+_limits_cache: dict = {}
+
+
+def _limits(group, timeout: float | None) -> tuple[float | None, float | None]:
+    """(announced limit, wait limit) in seconds for one collective; None: unbounded (unknown). Cached per
+    group and timeout (a group's own timeout is read once)."""
+    key = (group if group is not None else dist.group.WORLD, timeout)  # (a new default group: a new key)
+    if key not in _limits_cache:
+        _limits_cache[key] = _compute_limits(group, timeout)
+    return _limits_cache[key]
+
+
+def _compute_limits(group, timeout: float | None) -> tuple[float | None, float | None]:
+    backend = _group_timeout(group)
+    limit = timeout if timeout is not None else backend
+    if limit is None:
+        return None, None
+    wait = limit + _GRACE_S
+    if backend is not None and wait > backend:  # the backend gives up first: announce less
+        wait, limit = backend, max(backend - _GRACE_S, backend / 2)
+    return limit, wait
+
+
+def _exchange(parts: list, group, timeout, what: str, like: torch.Tensor) -> torch.Tensor:
+    """All-gather one row from every rank: ``parts`` concatenated (Python ints: an int64 row; 1D float64
+    tensors: a float64 row; on ``like``'s device); returns (world, row length). Every rank that gets the
+    result gets the same verdict: either all ranks were in time, or it raises :class:`SyncBatchNormError`.
+
+    A timeout alone cannot give that: a rank that gives up has already sent its row, so a peer arriving
+    after that still completes the collective and would go on alone. So each row starts with the time its
+    rank started the collective and the deadline it announces (start + limit, µs since the epoch); the
+    rank itself waits ``_GRACE_S`` longer. If the latest start is after the earliest deadline, some rank
+    may have given up (or will): every rank that completes raises too, before changing any state. If not,
+    every row was sent at least the grace before any rank gives up, so no rank gives up. Limit: the
+    clocks of the hosts must agree to well within the grace (NTP does), and a row must arrive within it.
+    """
+    limit, wait = _limits(group, timeout)
+    start = time.time_ns() // 1000
+    deadline = start + round(limit * 1e6) if limit is not None else _NO_DEADLINE
+    if isinstance(parts[0], torch.Tensor):
+        row = torch.cat((torch.tensor([start, deadline], dtype=parts[0].dtype, device=like.device), *parts))
+    else:
+        row = torch.tensor([start, deadline, *parts], dtype=torch.int64, device=like.device)
+    rows = _all_gather(row, group, wait, what, limit)
+    starts, deadlines = zip(*rows[:, :2].tolist(), strict=True)
+    first = min(range(len(deadlines)), key=deadlines.__getitem__)
+    late = [r for r, t in enumerate(starts) if t > deadlines[first]]
+    if late:
+        rank, world = dist.get_rank(group), dist.get_world_size(group)
+        behind = (max(starts) - starts[first]) / 1e6
+        raise SyncBatchNormError(
+            f"synchronized batch norm on rank {rank} of {world}: rank(s) {late} reached the {what} {behind:.1f} s "
+            f"after rank {first}, past its limit of {(deadlines[first] - starts[first]) / 1e6:g} s: rank {first} "
+            f"gave up, so every rank stops here, with this layer unchanged. A rank stalled, or stopped calling "
+            f"this layer: every rank must call each SyncBatchNorm layer in training mode in the same order. The "
+            f"process group is no longer usable: stop all processes and resume from the last checkpoint"
+        )
+    return rows[:, 2:]
 
 
 def _describe(h: list[int]) -> str:
-    ndim, mask, fshape = h[4], h[5], [n for n in h[7:] if n >= 0]
+    ndim, mask, fshape = h[4], h[5], [n for n in h[_FSHAPE] if n >= 0]
     axes = tuple(a for a in range(ndim) if mask >> a & 1)
     return f"{ndim}D input, feature shape {tuple(fshape)}, reduce axes {axes}, {_DTYPE_NAMES.get(h[3], '?')}"
 
@@ -127,33 +207,71 @@ def _check_headers(headers: list[list[int]], group, name: str) -> None:
             "synchronized batch norm: another rank sent something else than a batch-norm header: the ranks "
             "are out of step (every rank must call the same SyncBatchNorm layers in the same order)"
         )
-    keys = {r: (h[3], h[4], h[5], h[6], *h[7:]) for r, h in enumerate(headers)}
+    keys = {r: (h[3], h[4], h[5], h[6], *h[_FSHAPE]) for r, h in enumerate(headers)}
     if len(set(keys.values())) > 1:
         per_rank = "; ".join(f"rank {r}: {_describe(h)}" for r, h in enumerate(headers))
         raise SyncBatchNormError(
             f"synchronized batch norm: the ranks disagree on the channel count, dtype or variant of this layer "
             f"({per_rank}). Every rank must build the same model (same num_features, per=, dtype)"
         )
-    layers = {h[1] for h in headers} - {0}  # 0: a layer without a name (built by hand, or the functional)
+    layers = {h[1] for h in headers} - {0}  # 0: the functional form (no identity)
     if len(layers) > 1:
+        per_rank = "; ".join(f"rank {r}: {_describe_layer(h[1])}" for r, h in enumerate(headers))
         raise SyncBatchNormError(
-            f"synchronized batch norm: the ranks are out of step, calling different layers (this one is in layer "
-            f"{name!r}): a rank skipped a layer or a step; every rank must call each SyncBatchNorm layer in "
-            f"training mode, in the same order, also with an empty shard"
+            f"synchronized batch norm: the ranks are out of step, calling different layers ({per_rank}; this one "
+            f"is {_describe_layer(headers[me][1], name)}): a rank skipped a layer or a step; every rank must call "
+            f"each SyncBatchNorm layer in training mode, in the same order, also with an empty shard"
+        )
+    settings = {(h[12], h[13]) for h in headers}
+    if len(settings) > 1:
+        per_rank = "; ".join(f"rank {r}: eps={_unpack(h[12]):g}, momentum={_momentum_text(h[13])}"
+                             for r, h in enumerate(headers))  # fmt: skip
+        raise SyncBatchNormError(
+            f"synchronized batch norm: the ranks disagree on eps or momentum of this layer ({per_rank}): their "
+            f"outputs or running statistics would silently differ. Every rank must build the same model and load "
+            f"the same checkpoint (with momentum=None the weight of a batch is 1/(num_batches_tracked + 1): "
+            f"different weights mean the ranks counted different numbers of batches)"
         )
 
 
-def _layer_id(name: str) -> int:
-    """A number for a layer's name in its model, the same in every process (0: no name)."""
-    return zlib.crc32(name.encode()) % (2**31 - 1) + 1 if name else 0
+def _layer_id(name: str, index: int = 0) -> int:
+    """A number for a layer, the same in every process: from its name in its model where it has one
+    (positive), else from its creation index (negative); 0: none (the functional form)."""
+    if name:
+        return zlib.crc32(name.encode()) % (2**31 - 1) + 1
+    return -index
 
 
-def _header(x: torch.Tensor, axes: tuple[int, ...], count: int, layer: int) -> torch.Tensor:
+def _describe_layer(layer: int, name: str = "") -> str:
+    if layer > 0:
+        return f"layer {name!r}" if name else f"a layer named in its model (id {layer})"
+    if layer < 0:
+        return f"hand-built layer #{-layer} (creation order)"
+    return "the functional sync_batch_norm"
+
+
+def _pack(v: float) -> int:
+    """A float's float64 bits as an int64 (compared exactly across ranks)."""
+    return struct.unpack("<q", struct.pack("<d", float(v)))[0]
+
+
+def _unpack(bits: int) -> float:
+    return struct.unpack("<d", struct.pack("<q", bits))[0]
+
+
+def _momentum_text(bits: int) -> str:
+    return "None (cumulative)" if bits == -1 else f"{_unpack(bits):g}"
+
+
+def _header(x, axes: tuple[int, ...], count: int, layer: int, eps: float = 0.0, momentum=0.0) -> list[int]:
     fshape = [n for i, n in enumerate(x.shape) if i not in axes]
     mask = sum(1 << a for a in axes)
     row = [_MAGIC, layer, count, _DTYPES.get(x.dtype, 0), x.dim(), mask, math.prod(fshape)]
     row += (fshape + [-1] * 5)[:5]
-    return torch.tensor(row, dtype=torch.int64, device=x.device)
+    if isinstance(momentum, torch.Tensor):
+        momentum = momentum.item()
+    row += [_pack(eps), -1 if momentum is None else _pack(momentum)]
+    return row
 
 
 def _probe(x: torch.Tensor) -> torch.Tensor:
@@ -161,13 +279,42 @@ def _probe(x: torch.Tensor) -> torch.Tensor:
     return x.new_zeros(()).expand(2, *x.shape[1:])
 
 
-def _exchange_statistics(x, axes, group, timeout, error: Exception | None, name: str = ""):
+# Where |μ| > this many σ on some feature of a shard, its float32 mean (rounded to about 6e-8·|μ|) is
+# replaced by a float64 sum over the shard (one more pass): Chan's merge adds Σ m_r (μ_r − μ)², whose
+# error from rounded μ_r is up to ~4·6e-8·|μ|/σ relative, i.e. within float32's own rounding of σ² only
+# for |μ| ≲ σ (x = 1e6 + N(0, 1) in float32 on 2 ranks, tests/test_distributed_faults.py: running_var
+# 3.2e-5 relative off without it, 3.5e-8 with it; one process: 7.2e-8).
+_REFINE_RATIO = 1.0
+
+
+def _local_moments(x: torch.Tensor, axes: tuple[int, ...], count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """This shard's (mean, M2) per feature in float64, as accurate as one process's statistics.
+
+    The kernels' variance is exact to float32 rounding whatever the offset (shifted two-pass, or Welford
+    accumulated in float64), so M2 = count·σ² is kept; only the mean's final rounding to float32 matters
+    for the merge, and is undone by a float64 sum where it could (see :data:`_REFINE_RATIO`).
+    """
+    if count == 0:
+        fshape = [s for i, s in enumerate(x.shape) if i not in axes]
+        zeros = torch.zeros(fshape, dtype=torch.float64, device=x.device)
+        return zeros, zeros
+    mean, var = kernels.select(x).batch_stats(x, axes)
+    mean, m2 = mean.double(), var.double() * count
+    if x.dtype != torch.float64 and bool((mean.abs() > _REFINE_RATIO * var.double().sqrt()).any()):
+        mean = torch.sum(x, dim=axes, dtype=torch.float64) / count
+    return mean, m2
+
+
+def _exchange_statistics(x, axes, group, timeout, error: Exception | None, name: str = "", index: int = 0,
+                         eps: float = 0.0, momentum=0.0):  # fmt: skip
     """Global (count, mean, biased var) over every rank's shard; ``error``: this rank's input was rejected;
-    ``name``: the layer's name in its model (ranks calling differently named layers are out of step)."""
-    n = x.shape[0] if error is None else 0
+    ``name``/``index``: the layer's name in its model or creation index (ranks calling different layers
+    are out of step); ``eps``/``momentum``: compared across ranks."""
     count = math.prod(x.shape[a] for a in axes) if error is None else _ERROR
-    header = _header(x, axes, count, _layer_id(name))
-    headers = _all_gather(header, group, timeout, "exchange of shapes (forward)").tolist()
+    if error is not None:
+        eps = momentum = 0.0
+    header = _header(x, axes, count, _layer_id(name, index), eps, momentum)
+    headers = _exchange(header, group, timeout, "exchange of shapes (forward)", x).tolist()
     if error is not None:
         raise error
     _check_headers(headers, group, name)
@@ -178,15 +325,13 @@ def _exchange_statistics(x, axes, group, timeout, error: Exception | None, name:
             f"Expected more than 1 value per channel when training, got {m} value(s) per statistic over all "
             f"{len(counts)} ranks (per rank: {counts}); use a larger batch or eval mode"
         )
-    if n > 0:
-        mean, var = kernels.select(x).batch_stats(x, axes)
-        mean, var = mean.double(), var.double()
-    else:
-        fshape = [s for i, s in enumerate(x.shape) if i not in axes]
-        mean = var = torch.zeros(fshape, dtype=torch.float64, device=x.device)
-    packed = torch.stack((mean, var * count))  # (2, *feature shape): mean and M2
-    gathered = _all_gather(packed, group, timeout, "exchange of statistics (forward)")
-    total = merge_all(Moments(c, g[0], g[1]) for c, g in zip(counts, gathered, strict=True) if c > 0)
+    mean, m2 = _local_moments(x, axes, count)
+    fshape = mean.shape
+    packed = [mean.reshape(-1), m2.reshape(-1)]  # float64
+    gathered = _exchange(packed, group, timeout, "exchange of statistics (forward)", x)
+    gathered = gathered.reshape(len(counts), 2, *fshape)
+    # Chan's merge in float64, in rank order (the same result on every rank); empty shards are its identity
+    total = merge_all(Moments(c, g[0], g[1]) for c, g in zip(counts, gathered, strict=True))
     return m, total.mean, total.variance
 
 
@@ -241,10 +386,11 @@ class _SyncBatchNormFunction(torch.autograd.Function):
             sum_dy_xhat = sum_dy = torch.zeros_like(mean)
         dw = sum_dy_xhat.to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
         db = sum_dy.to(ctx.bias_dtype) if ctx.needs_input_grad[2] else None
-        total = _all_reduce(
-            torch.stack((sum_dy.double(), sum_dy_xhat.double())), ctx.group, ctx.timeout,
-            "all-reduce of the gradient sums (backward)",
-        )  # fmt: skip
+        # gathered rather than all-reduced: the rows carry the timing check of _exchange, and the sum in
+        # rank order, in float64, is the same on every rank
+        packed = [sum_dy.double().reshape(-1), sum_dy_xhat.double().reshape(-1)]
+        rows = _exchange(packed, ctx.group, ctx.timeout, "exchange of the gradient sums (backward)", x)
+        total = rows.sum(0).reshape(2, *mean.shape)
         dx = None
         if ctx.needs_input_grad[0]:
             invstd = torch.rsqrt(var.double() + ctx.eps)
@@ -288,8 +434,9 @@ def sync_batch_norm(
     return _sync(x, running_mean, running_var, weight, bias, momentum, eps, axes, process_group, timeout, None)
 
 
-def _sync(x, running_mean, running_var, weight, bias, momentum, eps, axes, group, timeout, error, name=""):
-    """Training-mode synchronized BN; ``error``: this rank's input was already rejected (by the module)."""
+def _sync(x, running_mean, running_var, weight, bias, momentum, eps, axes, group, timeout, error, name="", index=0):
+    """Training-mode synchronized BN; ``error``: this rank's input was already rejected (by the module);
+    ``name``/``index``: the calling layer's identity (see :class:`SyncBatchNorm`)."""
     try:
         if error is not None:
             raise error
@@ -306,7 +453,8 @@ def _sync(x, running_mean, running_var, weight, bias, momentum, eps, axes, group
         error = err  # raised after telling the other ranks, so that they stop too instead of waiting
         axes = tuple(range(x.dim()))
     with torch.no_grad():
-        m, mean, var = _exchange_statistics(x.detach(), axes, group, timeout, error, name)
+        stats_momentum = momentum if running_mean is not None else 0.0  # (only compared where it is used)
+        m, mean, var = _exchange_statistics(x.detach(), axes, group, timeout, error, name, index, eps, stats_momentum)
     sdt = torch.float64 if x.dtype == torch.float64 else torch.float32
     mean, var = mean.to(sdt), var.to(sdt)
     y = _SyncBatchNormFunction.apply(x, weight, bias, mean, var, m, axes, float(eps), group, timeout)
@@ -328,6 +476,14 @@ class SyncBatchNorm(_BatchNorm):
     channels_last; on CPU (gloo) and GPU (NCCL). In training every rank must call the layer, also with an
     empty shard (0 samples); eval mode and frozen layers use the running statistics and never
     communicate. See :mod:`bnlab.distributed`.
+
+    Identity: on every call the ranks check that they are calling the same layer, so that a rank that
+    skipped one fails instead of merging its statistics with another layer's. A layer converted by
+    :func:`convert_sync` is identified by its name in the model (``layer_name``); a layer built by hand
+    by its creation index among the ``SyncBatchNorm`` layers built in its process (``layer_index``: 1, 2,
+    ... in construction order). So hand-built layers must be built in the same order on every rank (as
+    the same model-building code does); where a rank builds extra ones (say, only for itself), set
+    ``layer_name`` on the shared ones, or build them with ``convert_sync``.
     """
 
     _input_dims = tuple(range(2, 9))
@@ -358,6 +514,7 @@ class SyncBatchNorm(_BatchNorm):
         self.process_group = process_group
         self.timeout = timeout
         self.layer_name = ""  # its name in the model, set by convert_sync: checked against the other ranks
+        self.layer_index = next(_created)  # its creation index: the identity of a layer without a name
 
     def _check_input_dim(self, x: torch.Tensor) -> None:
         if isinstance(x, torch.Tensor) and x.dim() < 2:
@@ -382,12 +539,13 @@ class SyncBatchNorm(_BatchNorm):
             # tell the other ranks before raising, so that they stop too instead of waiting for this one
             axes = tuple(range(x.dim()))
             group, timeout, name = self.process_group, self.timeout, self.layer_name
-            return _sync(x, None, None, None, None, 0.0, self.eps, axes, group, timeout, err, name)
+            return _sync(x, None, None, None, None, 0.0, self.eps, axes, group, timeout, err, name, self.layer_index)
         use_batch, update, momentum = self._mode()
         rm, rv = (self.running_mean, self.running_var) if (update or not use_batch) else (None, None)
         w, b, eps, axes = self.weight, self.bias, self.eps, self.reduce_axes(x.dim())
         if synced:
-            y = _sync(x, rm, rv, w, b, momentum, eps, axes, self.process_group, self.timeout, None, self.layer_name)
+            group, timeout, name, index = self.process_group, self.timeout, self.layer_name, self.layer_index
+            y = _sync(x, rm, rv, w, b, momentum, eps, axes, group, timeout, None, name, index)
             y = torch.relu(y) if self.activation == "relu" else y
         else:  # eval (and frozen layers) never communicate; without running statistics a shard is on its own
             y = F.batch_norm(x, rm, rv, w, b, use_batch, momentum, eps, axes, activation=self.activation)

@@ -65,12 +65,57 @@ def moments(x, axes: tuple[int, ...]) -> Moments:
 
 
 def merge(a: Moments, b: Moments) -> Moments:
-    """Chan's exact merge of two summaries of disjoint sets (see module docstring)."""
+    """Chan's exact merge of two summaries of disjoint sets (see module docstring).
+
+    An empty summary (count 0: an empty shard, whose mean and M2 may be anything, NaN included) is the
+    identity: the other summary comes back unchanged, so merging [0, 0, n, ...] never divides 0/0. With a
+    count per feature (arrays), features where one side is empty take the other side's values.
+    """
+    if _is_scalar(a.count) and _is_scalar(b.count):
+        if b.count == 0:
+            return a
+        if a.count == 0:
+            return b
+    elif _any_zero(a.count) or _any_zero(b.count):
+        return _merge_masked(a, b)
     count = a.count + b.count
     delta = b.mean - a.mean
     mean = a.mean + delta * (b.count / count)
     m2 = a.m2 + b.m2 + delta * delta * (a.count * b.count / count)
     return Moments(count, mean, m2)
+
+
+def _is_scalar(c) -> bool:
+    return getattr(c, "ndim", 0) == 0
+
+
+def _any_zero(c) -> bool:
+    return bool((c == 0).any())
+
+
+def _merge_masked(a: Moments, b: Moments) -> Moments:
+    """:func:`merge` per feature where some features are empty on one side (array counts)."""
+    where = _where_for(a.count, b.count, a.mean, b.mean)
+    a_empty, b_empty = a.count == 0, b.count == 0
+    count = a.count + b.count
+    safe = count + (count == 0)  # 0 only where both are empty: those features keep a's values
+    a_mean, b_mean = where(a_empty, b.mean, a.mean), where(b_empty, a.mean, b.mean)
+    a_m2, b_m2 = where(a_empty, 0 * b.m2, a.m2), where(b_empty, 0 * a.m2, b.m2)
+    delta = b_mean - a_mean
+    mean = a_mean + delta * (b.count / safe)
+    m2 = a_m2 + b_m2 + delta * delta * (a.count * b.count / safe)
+    return Moments(count, mean, m2)
+
+
+def _where_for(*values):
+    """``where`` of the array library these values come from (torch or NumPy)."""
+    if any(type(v).__module__.startswith("torch") for v in values):
+        import torch
+
+        return lambda c, x, y: torch.where(torch.as_tensor(c), x, y)
+    import numpy as np
+
+    return np.where
 
 
 def merge_all(parts: Iterable[Moments]) -> Moments:
