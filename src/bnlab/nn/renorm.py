@@ -212,7 +212,7 @@ def batch_renorm(
     with torch.no_grad():  # r and d are constants for autograd (stop_gradient in the paper)
         mean_B, var_B = kernels.composed.batch_stats(input, axes)  # float32, float64 for float64 x
         sigma_B = torch.sqrt(var_B + eps)
-        sigma = torch.sqrt(running_var.to(var_B.dtype) + eps)  # the running statistics before this update
+        sigma = torch.sqrt(running_var.to(var_B.dtype) + eps)  # running statistics before the update
         r = (sigma_B / sigma).clamp_(1 / rmax, rmax)
         d = ((mean_B - running_mean.to(mean_B.dtype)) / sigma).clamp_(-dmax, dmax)
     # γ·((x − μ_B)/σ_B · r + d) + β = (γ·r)·x̂ + (β + γ·d): batch norm with that affine map
