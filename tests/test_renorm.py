@@ -408,3 +408,17 @@ def test_onnx_export_folds_it(tmp_path):
         warnings.simplefilter("ignore")
         report = bnlab.export_onnx(net, torch.randn(4, 3, 6, 6), tmp_path / "brn.onnx")
     assert report.max_error <= 1e-5 and report.path.exists()
+
+
+def test_docs_examples_run(capsys):
+    import pathlib
+    import re
+
+    doc = pathlib.Path(__file__).resolve().parents[1] / "docs" / "renorm.md"
+    blocks = re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S)
+    assert len(blocks) == 4
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, str(doc), "exec"), namespace)
+    out = capsys.readouterr().out
+    assert "(1.0, 0.0) (3.0, 5.0)" in out and "[1.0, 1.0, 2.0, 3.0]" in out and "True" in out

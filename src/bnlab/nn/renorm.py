@@ -50,7 +50,8 @@ refuses them (synchronized BN would silently drop r and d).
 
 The math runs through :func:`bnlab.nn.functional.batch_norm` with the per-feature affine map
 (γ·r, β + γ·d): its kernels, closed-form backward, layouts (channels_last included) and dtype policy
-(float16/bfloat16 input, statistics in float32). r and d cost one more statistics pass.
+(float16/bfloat16 input, statistics in float32). r and d cost one more statistics pass (the device's
+kernel, as BN's own).
 """
 
 from __future__ import annotations
@@ -210,7 +211,7 @@ def batch_renorm(
         return batch_norm(input, running_mean, running_var, weight, bias, True, momentum, eps, axes)
     eps = float(eps)
     with torch.no_grad():  # r and d are constants for autograd (stop_gradient in the paper)
-        mean_B, var_B = kernels.composed.batch_stats(input, axes)  # float32, float64 for float64 x
+        mean_B, var_B = _batch_stats(input, axes)  # float32, float64 for float64 x
         sigma_B = torch.sqrt(var_B + eps)
         sigma = torch.sqrt(running_var.to(var_B.dtype) + eps)  # running statistics before the update
         r = (sigma_B / sigma).clamp_(1 / rmax, rmax)
@@ -221,6 +222,12 @@ def batch_renorm(
     if bias is not None:
         shift = bias + shift
     return batch_norm(input, running_mean, running_var, scale, shift, True, momentum, eps, axes)
+
+
+def _batch_stats(x: Tensor, axes: tuple[int, ...]):
+    """μ_B, σ²_B by the device's kernels (as the BN op computes them); by stock ops when traced/transformed."""
+    plain = type(x) is Tensor and not torch.compiler.is_compiling() and not torch._C._are_functorch_transforms_active()
+    return (kernels.select(x) if plain else kernels.composed).batch_stats(x, axes)
 
 
 class _BatchRenorm(_BatchNorm):
