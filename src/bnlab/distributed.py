@@ -52,6 +52,7 @@ from .inference.convert import adopt_state
 from .moments import Moments, merge_all
 from .nn import functional as F
 from .nn.modules import _BatchNorm, check_input_dim
+from .nn.renorm import _BatchRenorm
 
 __all__ = ["SyncBatchNorm", "SyncBatchNormError", "convert_sync", "sync_batch_norm", "collective_count"]
 
@@ -595,6 +596,12 @@ def convert_sync(model: nn.Module, process_group=None, timeout: float | None = N
         if isinstance(m, SyncBatchNorm):
             m.process_group, m.timeout, m.layer_name = process_group, timeout, name
         elif isinstance(m, (_TorchBatchNorm, _BatchNorm)):
+            if isinstance(m, _BatchRenorm):  # checked before any layer is swapped
+                raise ValueError(
+                    f"cannot synchronize layer {name or type(m).__name__} ({type(m).__name__}): it is Batch Renorm, "
+                    f"whose r and d synchronized BN would silently drop; keep it per process (leave it out of "
+                    f"convert_sync), or replace it by bnlab.nn.BatchNorm (its state_dict loads as is) to synchronize"
+                )
             if isinstance(m, LazyModuleMixin) and m.has_uninitialized_params():
                 raise ValueError(
                     f"cannot convert layer {name or type(m).__name__} ({type(m).__name__}): it has not seen an "

@@ -20,6 +20,8 @@ Backward (closed form, §3, with g_i = ∂ℓ/∂x̂_i = ∂ℓ/∂y_i · γ)::
 Alg. 2 (inference): E[x] = E_B[μ_B], Var[x] = m/(m−1) E_B[σ²_B] over training mini-batches, then the
 fixed affine map y = γ/√(Var[x]+ε) · x + (β − γ E[x]/√(Var[x]+ε)) — one per feature map for conv layers.
 
+Batch Renormalization (Ioffe 2017, Alg. 1): :func:`renorm_forward` / :func:`renorm_backward` below.
+
 Arrays of float32 stay float32 (statistics are sums along contiguous rows, with the corrected two-pass
 variance below); float64 stays float64. The code computes each line of the paper once, in place where it
 can, so that this literal reference is also fast (about torch's own CPU kernel, see docs/performance.md).
@@ -221,6 +223,86 @@ def population_statistics(batch_means, batch_vars, m):
     return _pooled(
         Moments(float(c), mu, float(c) * var) for c, mu, var in zip(counts, batch_means, batch_vars, strict=True)
     )
+
+
+# ------------------------------------------------------------------------- Batch Renormalization (2017)
+# Ioffe (2017), "Batch Renormalization", arXiv 1702.03275, Algorithm 1. The same set B as Alg. 1 above, but
+# the normalized value is corrected toward the running statistics μ, σ (the values *before* this step's
+# update) by two per-feature numbers r and d that the gradient treats as constants (stop_gradient):
+#
+#     μ_B  = 1/m Σ x_i
+#     σ_B  = √(ε + 1/m Σ (x_i − μ_B)²)
+#     r    = stop_gradient(clip_[1/rmax, rmax](σ_B / σ))
+#     d    = stop_gradient(clip_[−dmax, dmax]((μ_B − μ) / σ))
+#     x̂_i  = (x_i − μ_B)/σ_B · r + d
+#     y_i  = γ x̂_i + β
+#
+# With σ = √(Var + ε) and μ = E from running statistics (Var, E). When r and d are not clipped, x̂_i equals
+# (x_i − μ)/σ: training normalizes as inference will. r = 1, d = 0 gives Alg. 1 exactly.
+__all__ += ["RenormCache", "renorm_forward", "renorm_backward"]
+
+
+class RenormCache(NamedTuple):
+    """What :func:`renorm_backward` needs from Batch Renorm's Alg. 1, by the paper's names (keepdims)."""
+
+    x: np.ndarray
+    mu_B: np.ndarray  # mini-batch mean
+    sigma_B: np.ndarray  # √(σ²_B + ε)
+    r: np.ndarray  # clip(σ_B/σ, 1/rmax, rmax): a constant for the gradient
+    d: np.ndarray  # clip((μ_B − μ)/σ, −dmax, dmax): a constant for the gradient
+    x_hat: np.ndarray  # (x − μ_B)/σ_B · r + d
+    gamma: np.ndarray
+    axes: tuple[int, ...]
+    m: int
+
+
+def renorm_forward(x, gamma, beta, mean, var, axes=(0,), eps: float = 1e-5, rmax: float = 3.0, dmax: float = 5.0):
+    """Batch Renorm's Alg. 1 (training) with running statistics ``mean`` = μ and ``var`` (σ = √(var + ε)).
+
+    Returns ``(y, cache)``; ``cache.mu_B`` and ``cache.sigma_B`` are what the running statistics move toward.
+    Plain loops over the paper's lines: the book, not the fast path.
+    """
+    x = _as_float(x, "x")
+    eps = check_eps(eps)
+    if not rmax >= 1 or not dmax >= 0:
+        raise ValueError(f"need rmax ≥ 1 and dmax ≥ 0 (rmax = 1, dmax = 0 is batch norm), got {rmax=}, {dmax=}")
+    shapes = {"gamma": np.shape(gamma), "beta": np.shape(beta), "mean": np.shape(mean), "var": np.shape(var)}
+    axes = check_input(x.shape, axes, training=True, params=shapes)
+    gamma, beta, mu, var = (_broadcast(p, x.shape, axes, x.dtype) for p in (gamma, beta, mean, var))
+    m = int(np.prod([x.shape[a] for a in axes]))
+
+    mu_B = x.sum(axis=axes, keepdims=True) / m  # μ_B = 1/m Σ x_i
+    sigma_B = np.sqrt(eps + ((x - mu_B) ** 2).sum(axis=axes, keepdims=True) / m)  # σ_B = √(ε + 1/m Σ (x_i − μ_B)²)
+    sigma = np.sqrt(var + eps)  # σ from the running variance
+    r = np.clip(sigma_B / sigma, 1 / rmax, rmax)  # r = stop_gradient(clip_[1/rmax, rmax](σ_B/σ))
+    d = np.clip((mu_B - mu) / sigma, -dmax, dmax)  # d = stop_gradient(clip_[−dmax, dmax]((μ_B − μ)/σ))
+    x_hat = (x - mu_B) / sigma_B * r + d  # x̂_i = (x_i − μ_B)/σ_B · r + d
+    y = gamma * x_hat + beta  # y_i = γ x̂_i + β
+    return y, RenormCache(x, mu_B, sigma_B, r, d, x_hat, gamma, axes, m)
+
+
+def renorm_backward(dy, cache: RenormCache):
+    """Gradients of Batch Renorm (r and d constant), as written in the paper (§3):
+
+        ∂ℓ/∂x̂_i  = ∂ℓ/∂y_i · γ
+        ∂ℓ/∂σ_B  = Σ_i ∂ℓ/∂x̂_i (x_i − μ_B) · (−r/σ_B²)
+        ∂ℓ/∂μ_B  = Σ_i ∂ℓ/∂x̂_i · (−r/σ_B)
+        ∂ℓ/∂x_i  = ∂ℓ/∂x̂_i · r/σ_B + ∂ℓ/∂σ_B · (x_i − μ_B)/(m σ_B) + ∂ℓ/∂μ_B · 1/m
+        ∂ℓ/∂γ    = Σ_i ∂ℓ/∂y_i x̂_i ,   ∂ℓ/∂β = Σ_i ∂ℓ/∂y_i
+
+    Returns ``(dx, dgamma, dbeta)`` (``dgamma``, ``dbeta`` feature-shaped).
+    """
+    dy = _as_float(dy, "dy")
+    x, mu_B, sigma_B, r, _, x_hat, gamma, axes, m = cache
+    if dy.shape != x.shape:
+        raise ValueError(f"dy has shape {dy.shape}, expected the shape of x {x.shape}")
+    dx_hat = dy * gamma  # ∂ℓ/∂x̂_i
+    dsigma_B = (dx_hat * (x - mu_B)).sum(axis=axes, keepdims=True) * (-r / sigma_B**2)  # ∂ℓ/∂σ_B
+    dmu_B = dx_hat.sum(axis=axes, keepdims=True) * (-r / sigma_B)  # ∂ℓ/∂μ_B
+    dx = dx_hat * r / sigma_B + dsigma_B * (x - mu_B) / (m * sigma_B) + dmu_B / m  # ∂ℓ/∂x_i
+    dgamma = (dy * x_hat).sum(axis=axes)  # ∂ℓ/∂γ
+    dbeta = dy.sum(axis=axes)  # ∂ℓ/∂β
+    return dx, dgamma, dbeta
 
 
 # ------------------------------------------------------------------------------ the normalization family

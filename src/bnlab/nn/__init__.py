@@ -4,6 +4,7 @@ normalization family (``GroupNorm``, ``LayerNorm``, ``InstanceNorm1d/2d/3d``), a
 from . import functional
 from .family import GroupNorm, InstanceNorm1d, InstanceNorm2d, InstanceNorm3d, LayerNorm
 from .modules import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm
+from .renorm import BatchRenorm1d, BatchRenorm2d, BatchRenorm3d, _BatchRenorm, paper_relaxation
 
 __all__ = [
     "functional",
@@ -17,6 +18,11 @@ __all__ = [
     "InstanceNorm2d",
     "InstanceNorm3d",
     "_BatchNorm",
+    "BatchRenorm1d",
+    "BatchRenorm2d",
+    "BatchRenorm3d",
+    "_BatchRenorm",
+    "paper_relaxation",
 ]
 
 

@@ -480,3 +480,7 @@ def _train(x, weight, bias, axes, eps, relu):
 from .family import group_norm, instance_norm, layer_norm  # noqa: E402
 
 __all__ += ["group_norm", "instance_norm", "layer_norm"]
+
+from .renorm import batch_renorm  # noqa: E402  (Batch Renorm, bnlab/nn/renorm.py: batch_norm with r and d)
+
+__all__ += ["batch_renorm"]
