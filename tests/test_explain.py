@@ -370,6 +370,18 @@ def test_spanish_numbers_follow_the_rae():
     assert num(25088.0, "en", 1) == "25,088.0"
 
 
+def test_spanish_groups_from_five_digits_on():
+    """The boundary: 9999 together, 10 000 with its group space (RAE); English groups both."""
+    from bnlab.explain.words import integer
+
+    assert [integer(n, "es") for n in (9999, 10_000, 99_999, 100_000)] == ["9999", "10 000", "99 999", "100 000"]
+    assert [integer(n, "en") for n in (9999, 10_000)] == ["9,999", "10,000"]
+    es = " ".join(explain((10_000, 1, 1, 1), layout="NHWC", lang="es").text.split())
+    assert "m' = 10 000 valores" in es and "10000 valores" not in es
+    es = " ".join(explain((9999, 1, 1, 1), layout="NHWC", lang="es").text.split())
+    assert "m' = 9999 valores" in es and "9 999" not in es
+
+
 @pytest.mark.parametrize("lang", ["en", "es"])
 def test_tutorial_shows_what_explain_prints(lang):
     """The tutorial's printed output is explain's current text, so the docs cannot drift from the code."""

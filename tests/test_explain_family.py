@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 
@@ -103,3 +104,39 @@ def test_cli_norm_group(tmp_path):
         capture_output=True, text=True,
     )  # fmt: skip
     assert bad.returncode != 0 and "pick G among" in bad.stderr
+
+
+@pytest.mark.parametrize("lang", ["en", "es"])
+@pytest.mark.parametrize("C, G", [(16, 4), (12, 3), (6, 6), (8, 1)])
+def test_group_channel_range_is_the_channels_of_group_g(lang, C, G):
+    """'(c = g·4 … g·4+3)': for every g, the channels the text names are those NumPy's reshape puts in group g."""
+    text = " ".join(bnlab.explain((2, 3, 3, C), layout="NHWC", norm="group", groups=G, lang=lang).text.split())
+    m = re.search(r"\(c = g(?:·(\d+) … g·(\d+)\+(\d+))?\)", text)
+    assert m, text
+    first, last = (lambda g: g * int(m[1]), lambda g: g * int(m[2]) + int(m[3])) if m[1] else (lambda g: g,) * 2
+    groups_of_channels = np.arange(C).reshape(G, C // G)  # as GroupNorm splits C: group g = row g
+    for g in range(G):
+        assert list(range(first(g), last(g) + 1)) == groups_of_channels[g].tolist(), (g, m[0])
+
+
+def _family_table(text):
+    """The rows of the family's side-by-side table: name -> its cells (columns are 3+ spaces apart)."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(("The family side", "La familia lado")))
+    rows = [re.split(r" {3,}", line.strip()) for line in lines[start + 1 : start + 6]]
+    return {row[0]: row[1:] for row in rows[1:]}
+
+
+@pytest.mark.parametrize("lang", ["en", "es"])
+@pytest.mark.parametrize("shape, layout", [((2, 5, 3, 12), "NHWC"), ((3, 12, 1, 4), "NCHW"), ((1, 1, 1, 1), "NCHW")])
+def test_family_table_counts_every_gamma_and_beta(lang, shape, layout):
+    """The γ/β row: 2·C for BN per channel, instance and group norm; 2·C·H·W per activation and for layer norm."""
+    from bnlab.explain.words import integer
+
+    C = shape[layout.index("C")]
+    G = 4 if C % 4 == 0 else 1
+    e = bnlab.explain(shape, layout=layout, norm="group", groups=G, lang=lang)
+    row = _family_table(e.text)["γ/β"]
+    chw = math.prod(shape[1:])
+    expect = [2 * C, 2 * chw, 2 * chw, 2 * C, 2 * C]  # BN channel, BN activation, layer, instance, group
+    assert row == [integer(n, lang) for n in expect], row

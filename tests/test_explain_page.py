@@ -150,6 +150,14 @@ def _expected_set(shape, layout, member, groups, sel):
     return s, cells
 
 
+# the page counts in BigInt: read its numbers back as exact decimal strings (sizes are strings, axes numbers)
+_EXACT = "const exact = v => Array.isArray(v) ? v.map(exact) : typeof v === 'bigint' ? v.toString() : v; "
+
+
+def _strs(sizes):
+    return [str(n) for n in sizes]
+
+
 CASES = [
     ((4, 3, 3, 8), "NHWC", "batch-channel", None),
     ((4, 3, 3, 8), "NHWC", "batch-activation", None),
@@ -175,8 +183,8 @@ def test_rule_agrees_with_bnlab_axes_for_many_shapes(browser, pages):
                 groups = [g for g in range(1, c + 1) if c % g == 0] if member == "group" else [None]
                 cases.extend((shape, layout, member, g) for g in groups)
     got = browser.execute_script(
-        "return arguments[0].map(([s, l, m, g]) => { const r = window.bnlabNormSet(s, l, m, g); return "
-        "[r.axes, r.split, r.stats, r.numSets, r.setSize, r.numParams, r.dependsOnBatch]; });",
+        _EXACT + "return arguments[0].map(([s, l, m, g]) => { const r = window.bnlabNormSet(s, l, m, g); return "
+        "exact([r.axes, r.split, r.stats, r.numSets, r.setSize, r.numParams, r.dependsOnBatch]); });",
         [[list(s), lay, m, g] for s, lay, m, g in cases],
     )
     assert len(got) == len(cases) > 500
@@ -184,8 +192,8 @@ def test_rule_agrees_with_bnlab_axes_for_many_shapes(browser, pages):
         norm, per = PAGE_MEMBERS[member]
         s = norm_set(shape, layout, norm, per=per, groups=g)
         e = bnlab.explain(shape, layout=layout, per=per, norm=norm, groups=g)
-        expect = [list(s.axes), list(s.split_shape), list(s.stats_shape), s.num_sets, s.set_size,
-                  e.num_params, s.depends_on_batch]  # fmt: skip
+        expect = [list(s.axes), _strs(s.split_shape), _strs(s.stats_shape), str(s.num_sets), str(s.set_size),
+                  str(e.num_params), s.depends_on_batch]  # fmt: skip
         assert r == expect, (shape, layout, member, g)
     assert not _console_errors(browser)
 
@@ -296,7 +304,7 @@ def test_cli_writes_the_page(tmp_path):
     )  # fmt: skip
     assert "p.html" in out.stdout
     html = (tmp_path / "p.html").read_text(encoding="utf-8")
-    assert '"member": "group"' in html and '"groups": 4' in html and '"shape": [8, 4, 4, 16]' in html
+    assert '"member": "group"' in html and '"groups": "4"' in html and '"shape": ["8", "4", "4", "16"]' in html
     bad = subprocess.run(
         [sys.executable, "-m", "bnlab", "explain", "--html", str(tmp_path / "missing" / "p.html"), "--lang", "en"],
         capture_output=True, text=True,
@@ -367,3 +375,221 @@ def test_spanish_numbers_are_grouped_as_explain_groups_them(browser, pages):
     sets = browser.find_element("id", "n-sets").text.replace("\xa0", " ")
     assert sets.startswith(integer(12544, "es") + " ") and integer(12544, "es") == "12 544"
     assert not _console_errors(browser)
+
+
+# ------------------------------------------------------------------ boundaries, agreement, escapes, exact counts
+
+
+def _text(driver, element_id):
+    """The text an element shows, with the page's no-break group spaces read as spaces."""
+    return driver.find_element("id", element_id).text.replace("\xa0", " ")
+
+
+@pytest.mark.parametrize("lang", ["en", "es"])
+def test_numbers_group_from_five_digits_on_in_spanish(browser, pages, lang):
+    from bnlab.explain.words import integer
+
+    _open(browser, pages[lang])
+    for shape, sets in (((1, 100, 100, 1), 10_000), ((1, 9, 11, 101), 9999)):  # H·W·C sets B per activation
+        _set_controls(browser, shape, "NHWC", "batch-activation")
+        assert int(_value(browser, "n-sets")) == sets
+        assert _text(browser, "n-sets").startswith(integer(sets, lang) + " — ")
+    assert integer(10_000, "es") == "10 000" and integer(9999, "es") == "9999"
+    assert not _console_errors(browser)
+
+
+@pytest.mark.parametrize(
+    "lang, tall, one",
+    [
+        ("en", "drawn: 1 of 1 sample, 8×1 of 12×1 locations", "drawn: 8 of 9 samples, 1×1 of 1×1 location"),
+        ("es", "en el dibujo: 1 de 1 ejemplo, 8×1 de 12×1 ubicaciones",
+         "en el dibujo: 8 de 9 ejemplos, 1×1 de 1×1 ubicación"),
+    ],
+    ids=["en", "es"],
+)  # fmt: skip
+def test_locations_agree_with_h_times_w(browser, pages, lang, tall, one):
+    """W = 1 but H = 12: 12 locations (plural); H×W = 1: one location (singular)."""
+    _open(browser, pages[lang])
+    _set_controls(browser, (1, 12, 1, 1), "NHWC", "batch-channel")
+    assert _text(browser, "tensor").endswith(tall)
+    _set_controls(browser, (9, 1, 1, 1), "NHWC", "batch-channel")
+    assert _text(browser, "tensor").endswith(one)
+    assert not _console_errors(browser)
+
+
+def test_one_reduced_axis_is_a_tuple_of_one(browser, pages):
+    _open(browser, pages["en"])
+    _set_controls(browser, (4, 3, 3, 8), "NHWC", "batch-activation")
+    assert _text(browser, "axes") == "(0,)" == repr(bnlab.explain((4, 3, 3, 8), per="activation").axes)
+    _set_controls(browser, (4, 3, 3, 8), "NHWC", "batch-channel")
+    assert _text(browser, "axes") == "(0, 1, 2)"
+    assert not _console_errors(browser)
+
+
+def test_default_groups_is_the_smallest_divisor_above_one():
+    from bnlab.explain_page import default_groups
+
+    assert [default_groups(c) for c in (1, 2, 3, 4, 6, 8, 9, 15, 49, 7)] == [1, 1, 1, 2, 2, 2, 3, 3, 7, 1]
+    for C, G in ((6, 2), (9, 3), (7, 1)):
+        assert f'"groups": "{G}"' in page_html(shape=(4, 3, 3, C), norm="group")
+    # a prime C of 19 digits answers at once: the search stops at 10**6
+    assert '"groups": "1"' in page_html(shape=(1, 1, 1, 2**61 - 1), norm="group")
+
+
+@pytest.mark.parametrize("C, G", [(8, 2), (9, 3), (7, 1), (2**61 - 1, 1)])
+def test_other_variant_picks_the_same_default_groups(browser, pages, C, G):
+    """'Other variant' steps to group norm with G empty: the page picks what page_html(norm='group') picks."""
+    from bnlab.explain_page import default_groups
+
+    _open(browser, pages["en"])
+    _set_controls(browser, (4, 3, 3, C), "NHWC", "instance")
+    assert browser.find_element("id", "groups").get_attribute("value") == ""
+    browser.find_element("id", "other").click()
+    assert browser.find_element("id", "norm").get_attribute("value") == "group"
+    assert browser.find_element("id", "groups").get_attribute("value") == str(G) == str(default_groups(C))
+    assert _value(browser, "n-sets") == str(4 * G)
+    assert not _console_errors(browser)
+
+
+def test_a_size_of_zero_is_refused_with_a_message(browser, pages):
+    with pytest.raises(ValueError, match="4 positive sizes"):
+        page_html(shape=(4, 0, 3, 8))
+    _open(browser, pages["es"])
+    _set_controls(browser, (4, 3, 3, 8), "NHWC", "batch-channel")
+    assert browser.find_elements("css selector", "#tensor .v")
+    for typed in ("4,0,3,8", "0,3,3,8", "4,3,3,0"):
+        box = browser.find_element("id", "shape")
+        box.clear()
+        box.send_keys(typed)
+        assert _text(browser, "error") == f"la forma deben ser 4 enteros positivos separados por comas, como " \
+                                          f"8,4,4,16; se recibió '{typed}'"  # fmt: skip
+        assert not browser.find_elements("css selector", "#tensor .v")
+    _set_controls(browser, (4, 3, 3, 8), "NHWC", "group", groups=0)
+    assert _text(browser, "error") == "G debe ser un entero positivo; se recibió 0"
+    assert not _console_errors(browser)
+
+
+def test_typed_text_is_shown_as_typed_in_the_message(browser, pages):
+    """'$&' and "$'" are replacement patterns of String.replace: the message must still show what was typed."""
+    _open(browser, pages["en"])
+    box = browser.find_element("id", "shape")
+    for typed in ("4,$&,3", "4,$',3", "$$"):
+        box.clear()
+        box.send_keys(typed)
+        assert _text(browser, "error").endswith(f"— got '{typed}'"), typed
+    assert not _console_errors(browser)
+
+
+def test_markup_in_the_texts_is_shown_as_text(browser, tmp_path, monkeypatch):
+    """A title and texts holding '</script>', '&amp;', '<!--' and '<script>' read in the DOM exactly as written.
+
+    An unclosed '<!-- <script>' inside the script would make the page's own '</script>' not end it."""
+    from bnlab import explain_page
+
+    title = "B </script> & &amp; <!-- <b>x</b> <script>"
+    intro = "intro </script><!-- <script> &lt; &amp;"
+    en = dict(explain_page._TEXT["en"], title=title, intro=intro, foot="</SCRIPT >&")
+    monkeypatch.setitem(explain_page._TEXT, "en", en)
+    url = write_page(tmp_path / "markup.html", lang="en").resolve().as_uri()
+    _open(browser, url)
+    shown = browser.execute_script(
+        "return [document.title, document.querySelector('h1').textContent, document.getElementById('intro')"
+        ".textContent, document.getElementById('foot').textContent, document.querySelectorAll('#tensor .v').length]"
+    )
+    assert shown == [title, title, intro, "</SCRIPT >&", 4 * 3 * 3 * 8]
+    assert not _console_errors(browser)
+
+
+HUGE = 9_007_199_254_740_993  # 2**53 + 1: the first whole number a double cannot hold
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lang", ["en", "es"])
+def test_counts_are_exact_beyond_two_to_the_53(browser, tmp_path, lang):
+    """`bnlab explain 9007199254740993,3,3,8 --html`: the page's counts are explain's, digit for digit."""
+    import subprocess
+    import sys
+
+    from bnlab.explain.words import integer
+
+    path = tmp_path / "huge.html"
+    shape = (HUGE, 3, 3, 8)
+    subprocess.run([sys.executable, "-m", "bnlab", "explain", ",".join(map(str, shape)), "--lang", lang, "--html",
+                    str(path)], check=True, capture_output=True)  # fmt: skip
+    _open(browser, path.resolve().as_uri())
+    for member in PAGE_MEMBERS:
+        if member != "batch-channel":  # first as the CLI opened it, then through the controls
+            _set_controls(browser, shape, "NHWC", member, groups=2 if member == "group" else None)
+        norm, per = PAGE_MEMBERS[member]
+        e = bnlab.explain(shape, layout="NHWC", per=per, norm=norm, groups=2 if norm == "group" else None, lang=lang)
+        assert [_value(browser, k) for k in ("n-sets", "set-size", "params")] == [
+            str(e.num_sets), str(e.set_size), str(e.num_params)], member  # fmt: skip
+        assert _text(browser, "n-sets").startswith(integer(e.num_sets, lang) + " — ")
+        assert _text(browser, "params").endswith("= " + integer(e.num_params, lang))
+        if member != "batch-activation":
+            assert _text(browser, "set-size").endswith("= " + integer(e.set_size, lang))
+        assert integer(e.set_size, lang) in " ".join(e.text.split())  # ... as the text writes it
+    assert _text(browser, "set-size") == "m' = (C/G)·p·q = 4·3·3 = 36"
+    _set_controls(browser, shape, "NHWC", "batch-channel")
+    assert _text(browser, "set-size").startswith(f"m' = m·p·q = {HUGE}·3·3 = ")
+    assert integer(81_064_793_292_668_937, lang) in _text(browser, "set-size")
+    assert f" {integer(HUGE, lang)} " in _text(browser, "tensor")  # drawn: 8 of 9,007,199,254,740,993 samples
+    assert not _console_errors(browser)
+
+
+def test_values_are_told_apart_in_a_row_longer_than_two_to_the_53(browser, pages):
+    """W = 2**53 + 1: every drawn value has its own location index, and its title names its own (h, w)."""
+    _open(browser, pages["en"])
+    shape = (2, 2, HUGE, 3)
+    _set_controls(browser, shape, "NHWC", "batch-activation")
+    cells = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#tensor .v')).map(b => [+b.dataset.n, +b.dataset.c, "
+        "b.dataset.loc, b.title])"
+    )
+    locs = {loc for _, _, loc, _ in cells}
+    assert locs == {str(h * HUGE + w) for h in range(2) for w in range(8)}
+    for n, c, loc, title in cells:
+        assert title == f"x[{n}, {int(loc) // HUGE}, {int(loc) % HUGE}, {c}]"
+    sel = browser.find_element("css selector", f'#tensor .v[data-n="1"][data-c="2"][data-loc="{HUGE + 1}"]')
+    sel.click()
+    lit = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#tensor .v.lit')).map(b => [+b.dataset.n, +b.dataset.c, "
+        "b.dataset.loc])"
+    )
+    assert sorted(map(tuple, lit)) == [(0, 2, str(HUGE + 1)), (1, 2, str(HUGE + 1))]
+    assert _text(browser, "selected") == "selected value: x[1, 1, 1, 2]"
+    assert not _console_errors(browser)
+
+
+def test_a_wrong_groups_for_a_huge_channel_count_answers_at_once(browser, pages):
+    """The divisors are listed up to C = 10**12 (sqrt(C) steps), and not listed beyond: never a hung page."""
+    import time
+
+    _open(browser, pages["en"])
+    start = time.monotonic()
+    _set_controls(browser, (2, 1, 1, 999_999_999_989), "NHWC", "group", groups=2)  # the largest prime below 10**12
+    assert _text(browser, "error") == "G = 2 does not divide the 999999999989 channels; pick G among 1, " \
+                                      "999999999989"  # fmt: skip
+    _set_controls(browser, (2, 1, 1, 2**61 - 1), "NHWC", "group", groups=3)
+    assert _text(browser, "error") == "G = 3 does not divide the 2305843009213693951 channels; pick a divisor of C"
+    assert time.monotonic() - start < 60
+    _set_controls(browser, (2, 1, 1, 2 * HUGE), "NHWC", "group", groups=HUGE)
+    assert _text(browser, "error") == "" and _value(browser, "n-sets") == str(2 * HUGE)
+    assert _text(browser, "member") == f"group norm, G = {HUGE}: one set per sample and group of channels"
+    assert _text(browser, "set-size") == "m' = (C/G)·p·q = 2·1·1 = 2"
+    assert not _console_errors(browser)
+
+
+def test_english_and_spanish_tables_have_the_same_keys_and_blanks():
+    """Every text table of explain and of the page: the same keys in both languages, the same {fields} in each."""
+    import re
+
+    from bnlab.explain.family import FAMILY_TEXT
+    from bnlab.explain.text import TEXT
+    from bnlab.explain_page import _TEXT
+
+    for table in (TEXT, FAMILY_TEXT, _TEXT):
+        assert table["en"].keys() == table["es"].keys()
+        for key, en in table["en"].items():
+            fields = [re.findall(r"\{(\w+)", s) for s in (en, table["es"][key])]
+            assert sorted(fields[0]) == sorted(fields[1]), key

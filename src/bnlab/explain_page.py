@@ -17,6 +17,7 @@ in a real browser).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -93,6 +94,7 @@ _TEXT = {
         "err_shape": "shape must be 4 positive whole numbers separated by commas, such as 8,4,4,16 — got '{shape}'",
         "err_groups": "G = {g} does not divide the {c} channels; pick G among {divs}",
         "err_groups_positive": "G must be a positive whole number, got {g}",
+        "err_groups_many": "G = {g} does not divide the {c} channels; pick a divisor of C",
     },
     "es": {
         "title": "¿Qué valores comparten una media y una varianza? El conjunto B de cada normalización",
@@ -153,6 +155,7 @@ _TEXT = {
         "'{shape}'",
         "err_groups": "G = {g} no divide los {c} canales; elige G entre {divs}",
         "err_groups_positive": "G debe ser un entero positivo; se recibió {g}",
+        "err_groups_many": "G = {g} no divide los {c} canales; elige un divisor de C",
     },
 }
 
@@ -176,16 +179,31 @@ def page_html(
         raise ValueError(f"the page needs a shape of 4 positive sizes in {layout} order, got {shape}")
     if norm == "group" and groups is None:
         c = shape[layout.index("C")]
-        groups = next((g for g in range(2, c) if c % g == 0), 1)
+        groups = default_groups(c)
     s = norm_set(shape, layout, norm, per=per, groups=groups)  # the same checks (and messages) as explain
     member = f"batch-{per}" if norm == "batch" else norm
-    data = {"lang": lang, "shape": list(shape), "layout": layout, "member": member,
-            "groups": s.groups if norm == "group" else groups, "text": _TEXT[lang]}  # fmt: skip
+    groups = s.groups if norm == "group" else groups
+    # sizes as decimal strings: the page counts with BigInt, and a JSON number would reach it as a double
+    data = {"lang": lang, "shape": [str(n) for n in shape], "layout": layout, "member": member,
+            "groups": None if groups is None else str(groups), "text": _TEXT[lang]}  # fmt: skip
     template = resources.files("bnlab").joinpath("assets/explain_page.html").read_text(encoding="utf-8")
-    # "</" never appears inside the JSON, so it cannot close the script element early
-    payload = json.dumps(data, ensure_ascii=False).replace("</", "<\\/")
+    # no "<" inside the script: "</script" cannot close it early, nor "<!--" and "<script" start a comment
+    payload = json.dumps(data, ensure_ascii=False).replace("<", "\\u003c")
     title = _TEXT[lang]["title"].replace("&", "&amp;").replace("<", "&lt;")
     return template.replace("__LANG__", lang).replace("__TITLE__", title).replace("__BNLAB_DATA__", payload)
+
+
+#: Divisor searches stop here (at sqrt(C) <= 10**6), in Python and in the page alike.
+_SEARCH = 10**6
+
+
+def default_groups(channels: int) -> int:
+    """The G the page opens group norm with: the smallest divisor of C above 1 and below C, else 1.
+
+    >>> default_groups(8), default_groups(9), default_groups(7), default_groups(1)
+    (2, 3, 1, 1)
+    """
+    return next((g for g in range(2, min(math.isqrt(channels), _SEARCH) + 1) if channels % g == 0), 1)
 
 
 def write_page(path: str | Path, lang: str = "en", **kwargs) -> Path:
