@@ -70,3 +70,18 @@ def test_axes_must_be_integers_not_truncated(axes):
     with pytest.raises(TypeError, match="integers|int or a sequence"):
         normalize_axes(axes, 4)
     assert normalize_axes((np.int64(0), 2), 4) == (0, 2)  # integer NumPy scalars are whole numbers
+
+
+def test_a_wrong_groups_lists_the_divisors_at_once_even_for_a_huge_channel_count():
+    import time
+
+    from bnlab.axes import check_groups
+
+    with pytest.raises(ValueError, match=r"pick G among 1, 2, 3, 4, 6, 12$"):
+        check_groups(5, 12)
+    start = time.monotonic()
+    with pytest.raises(ValueError, match="pick G among 1, 999999999989$"):  # the largest prime below 10^12
+        check_groups(2, 999_999_999_989)
+    with pytest.raises(ValueError, match="pick a divisor of C$"):
+        check_groups(3, 10**13 + 1)
+    assert time.monotonic() - start < 5  # counting up to C took hours

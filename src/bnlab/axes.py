@@ -265,11 +265,18 @@ def check_groups(groups, channels: int) -> int:
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
         raise ValueError(f"groups must be a positive whole number (G, the number of channel groups), got {groups!r}")
     if channels % groups:
-        divisors = [g for g in range(1, channels + 1) if channels % g == 0]
-        raise ValueError(
-            f"groups={groups} does not divide the {channels} channels; pick G among {', '.join(map(str, divisors))}"
-        )
+        divisors = _divisors(channels)
+        among = f"pick G among {', '.join(map(str, divisors))}" if divisors else "pick a divisor of C"
+        raise ValueError(f"groups={groups} does not divide the {channels} channels; {among}")
     return groups
+
+
+def _divisors(n: int, limit: int = 10**6) -> list[int] | None:
+    """The divisors of ``n`` in increasing order (trial division up to √n), or None when √n > ``limit``."""
+    if math.isqrt(n) > limit:
+        return None
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return small + [n // d for d in reversed(small) if d * d != n]
 
 
 def _merge_runs(shape: tuple[int, ...], axes: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
