@@ -95,7 +95,12 @@ class SigintAt:
 
 sys.meta_path.insert(0, SigintAt())
 from bnlab.cli import main
-sys.exit(main(sys.argv[2:]))
+rc = main(sys.argv[2:])
+# the marker: was the module's import finished (it was held back) or cut short (the interrupt raised in it)?
+module = sys.modules.get(sys.argv[1])
+done = module is not None and not getattr(getattr(module, "__spec__", None), "_initializing", False)
+print(f"fired={SigintAt.fired} imported={done}")
+sys.exit(rc)
 """
 
 
@@ -109,6 +114,9 @@ def test_ctrl_c_inside_a_librarys_import_is_a_clean_exit(module, tmp_path):
                           env=_env(), timeout=120)  # fmt: skip
     assert proc.returncode == 130, proc.stderr
     assert "Traceback" not in proc.stderr and "terminate" not in proc.stderr, proc.stderr
+    # held back, then delivered: the import ran to its end and the interrupt came after it (raised inside
+    # the import, the module would be missing from sys.modules, with the same exit 130 and message)
+    assert "fired=True imported=True" in proc.stdout, (proc.stdout, proc.stderr)
     if proc.stderr.strip() == "Interrupted.":  # raised once the import finished, before training began
         assert not (tmp_path / "run").exists()
     else:  # it reached the training loop first, which stops after the current step and saves it
