@@ -85,6 +85,7 @@ MSG = {
         ),
         "figure_saved": "Figure written to {path}",
         "unreadable": "cannot read {flag} {path}: {err}",
+        "is_folder": "{flag} {path} is a folder: give a file name, such as {example}",
         "bench_missing": (
             "benchmarks/cpu.py is not in this checkout. The CPU benchmark lives in the bnlab source "
             "repository (benchmarks/cpu.py); it is not installed with the package. Clone the repository "
@@ -143,6 +144,7 @@ MSG = {
         ),
         "figure_saved": "Figura escrita en {path}",
         "unreadable": "no se puede leer {flag} {path}: {err}",
+        "is_folder": "{flag} {path} es una carpeta: da un nombre de archivo, como {example}",
         "bench_missing": (
             "benchmarks/cpu.py no está en esta copia. El benchmark de CPU está en el repositorio de código de "
             "bnlab (benchmarks/cpu.py); no se instala con el paquete. Clona el repositorio y ejecuta: "
@@ -710,7 +712,7 @@ def _check_figure_path(path: Path, lang: str) -> None:
     if not path.parent.exists():
         raise UsageError(m["no_path"].format(flag="--figure", path=path.parent))
     if path.is_dir():
-        raise UsageError(m["figure_empty"])
+        raise UsageError(m["is_folder"].format(flag="--figure", path=path, example=path / "setb.png"))
 
 
 def _cmd_explain(args, lang: str) -> int:
@@ -988,6 +990,12 @@ def _cmd_explain_html(args, lang: str) -> int:
 
     if not args.html.parent.exists():
         raise UsageError(MSG[lang]["no_path"].format(flag="--html", path=args.html.parent))
+    try:
+        is_folder = args.html.is_dir()
+    except OSError as err:  # e.g. a name too long for the file system
+        raise _unwritable("--html", args.html, err, lang) from None
+    if is_folder:
+        raise UsageError(MSG[lang]["is_folder"].format(flag="--html", path=args.html, example=args.html / "setb.html"))
     kwargs = {"layout": args.layout, "norm": args.norm, "per": args.per, "groups": args.groups}
     if args.shape is not None:
         kwargs["shape"] = _parse_shape(args.shape, lang)
