@@ -232,6 +232,20 @@ def test_resume_or_evaluate_a_damaged_checkpoint(run_dir, tmp_path, capsys, dama
     assert "Traceback" not in err and (out / "last.pt").read_bytes() == before
 
 
+def test_a_legacy_checkpoint_is_evaluated_only_with_allow_legacy(run_dir, tmp_path, capsys):
+    from bnlab.inference.checkpoint import _encode
+
+    state = _encode(load_checkpoint(run_dir / "last.pt"))
+    torch.save({"format": "bnlab-checkpoint", "version": 1, "state": state}, tmp_path / "old.pt")  # bnlab 0.1
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "old.pt"), "--lang", "es"]) == 2
+    err = capsys.readouterr().err
+    assert "no es un punto de control escrito por 'bnlab train'" in err and "--allow-legacy" in err
+    with pytest.warns(UserWarning, match="legacy version-1 checkpoint"):
+        assert main(["evaluate", str(tmp_path / "old.pt"), "--allow-legacy", "--lang", "en"]) == 0
+    assert "Test accuracy" in capsys.readouterr().out
+
+
 def test_a_hostile_model_spec_is_refused_without_allocating(run_dir, tmp_path, capsys):
     state = load_checkpoint(run_dir / "last.pt")
     state["model_spec"]["widths"] = [4096, 4096]
