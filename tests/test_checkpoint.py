@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from bnlab.inference import CheckpointError, load_checkpoint, save_checkpoint
+from bnlab.inference import CheckpointError, checkpoint, load_checkpoint, save_checkpoint
 
 
 def _training_state():
@@ -285,7 +285,9 @@ def test_write_failing_midway_leaves_the_previous_checkpoint_and_no_temp_file(tm
     proc = _writer("efbig", path)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 1 and "finished" not in out, (out, err)
-    assert "Traceback" in err, err
+    # an OSError naming the checkpoint (torch.save itself reports the failed write as a RuntimeError)
+    assert "OSError" in err.splitlines()[-1] or "WriteError" in err.splitlines()[-1], err
+    assert "File too large" in err.splitlines()[-1] and str(path) in err.splitlines()[-1], err
     _check_epoch(path, 1)
     assert os.listdir(tmp_path) == ["ckpt.pt"]
 
@@ -309,7 +311,7 @@ def test_the_file_is_an_ordinary_torch_zip(tmp_path):
     # the checkpoint is an ordinary torch zip file: torch can inspect it with weights_only=True too
     path = save_checkpoint(tmp_path / "a.pt", {"x": torch.ones(1)})
     raw = torch.load(io.BytesIO(path.read_bytes()), weights_only=True)
-    assert raw["format"] == "bnlab-checkpoint" and raw["version"] == 2
+    assert raw["format"] == "bnlab-checkpoint" and raw["version"] == 3
 
 
 # -- every single-byte corruption is either harmless or a CheckpointError (never other data) -------------
@@ -438,10 +440,110 @@ def test_headers_that_almost_match_are_refused(tmp_path, payload, match):
         load_checkpoint(path)
 
 
-def test_version_1_files_are_still_read(tmp_path):
+def test_version_1_files_are_read_only_when_asked_for_with_a_warning(tmp_path):
     path = tmp_path / "old.pt"
     torch.save({"format": "bnlab-checkpoint", "version": 1, "state": {"w": torch.arange(3.0)}}, path)
-    assert torch.equal(load_checkpoint(path)["w"], torch.arange(3.0))
+    with pytest.raises(CheckpointError, match=r"legacy format version 1 .*no digests.*allow_legacy=True"):
+        load_checkpoint(path)
+    with pytest.warns(UserWarning, match="legacy version-1 checkpoint without digests"):
+        assert torch.equal(load_checkpoint(path, allow_legacy=True)["w"], torch.arange(3.0))
+    with pytest.raises(TypeError, match="allow_legacy"):
+        load_checkpoint(path, allow_legacy="yes")
+
+
+def test_a_damaged_version_1_file_is_refused_by_default(tmp_path):
+    # version 1 has no digests: a value changed with an intact container loads as garbage without an error,
+    # which is why such files are read only on request
+    path = tmp_path / "old.pt"
+    torch.save({"format": "bnlab-checkpoint", "version": 1, "state": {"w": torch.arange(3.0) + 256}}, path)
+    payload = torch.load(path, weights_only=True)
+    payload["state"]["w"][1] = -7.0  # "a flipped bit", with the zip's CRCs rewritten to match
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="legacy"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("version", [0, -1, 4, 99])
+@pytest.mark.parametrize("allow_legacy", [False, True])
+def test_versions_outside_the_supported_range_are_refused(tmp_path, version, allow_legacy):
+    path = tmp_path / "v.pt"
+    torch.save({"format": "bnlab-checkpoint", "version": version, "state": {}, "digests": []}, path)
+    with pytest.raises(CheckpointError, match=rf"format version {version}; this bnlab reads versions 2, 3"):
+        load_checkpoint(path, allow_legacy=allow_legacy)
+
+
+def test_version_2_files_are_still_read(tmp_path):
+    # written by bnlab before format 3: tensor digests, no structure digest
+    w = torch.arange(6.0).reshape(2, 3)
+    payload = {"format": "bnlab-checkpoint", "version": 2, "state": {"w": w, "epoch": 4}, "digests": []}
+    payload["digests"] = [checkpoint._tensor_digest(w)]
+    path = tmp_path / "v2.pt"
+    torch.save(payload, path)
+    back = load_checkpoint(path)
+    assert back["epoch"] == 4 and torch.equal(back["w"], w)
+
+
+def _rewrite(path, change):
+    """Load the raw payload, apply ``change`` to it and save it again: a valid container, old digests."""
+    payload = torch.load(path, weights_only=True)
+    change(payload)
+    torch.save(payload, path)
+
+
+def test_a_tensor_reshaped_over_the_same_bytes_is_refused(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, {"w": torch.arange(6.0).reshape(2, 3)})
+    _rewrite(path, lambda p: p["state"].__setitem__("w", p["state"]["w"].reshape(3, 2)))
+    with pytest.raises(CheckpointError, match=r"dtype, shape or bytes of state\['w'\] do not match"):
+        load_checkpoint(path)
+
+
+def test_a_tensor_with_another_dtype_over_the_same_bytes_is_refused(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, {"w": torch.arange(4, dtype=torch.int32)})
+    _rewrite(path, lambda p: p["state"].__setitem__("w", p["state"]["w"].view(torch.float32)))
+    with pytest.raises(CheckpointError, match=r"state\['w'\]"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("shape", [3, 2]), ("shape", [6]), ("dtype", "<i8"), ("scalar", True)],
+)
+def test_a_numpy_array_whose_shape_or_dtype_changed_is_refused(tmp_path, field, value):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, {"a": np.arange(6.0).reshape(2, 3)})
+    _rewrite(path, lambda p: p["state"]["a"].__setitem__(field, value))
+    with pytest.raises(CheckpointError, match="keys, numbers, strings or array shapes do not match"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda s: s.__setitem__("epoch", 4),
+        lambda s: s.__setitem__("lr", 0.10000000000000002),  # the next float after 0.1
+        lambda s: s.__setitem__("name", "mlq"),
+        lambda s: s.__setitem__("extra", None),
+        lambda s: s["history"].append(0.5),
+        lambda s: s.__setitem__("sizes", list(s["sizes"])),  # a tuple became a list
+    ],
+    ids=["int", "float", "str", "key", "list", "type"],
+)
+def test_plain_values_changed_with_a_valid_container_are_refused(tmp_path, change):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, {"epoch": 3, "lr": 0.1, "name": "mlp", "history": [1.0], "sizes": (4, 3)})
+    _rewrite(path, lambda p: change(p["state"]))
+    with pytest.raises(CheckpointError, match="do not match their SHA-256 digest"):
+        load_checkpoint(path)
+
+
+def test_a_version_3_file_without_its_structure_digest_is_refused(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, {"epoch": 3})
+    _rewrite(path, lambda p: p.pop("structure"))
+    with pytest.raises(CheckpointError, match="do not match their SHA-256 digest"):
+        load_checkpoint(path)
 
 
 def test_too_deep_a_state_is_refused_before_touching_the_file(tmp_path):

@@ -95,7 +95,12 @@ class SigintAt:
 
 sys.meta_path.insert(0, SigintAt())
 from bnlab.cli import main
-sys.exit(main(sys.argv[2:]))
+rc = main(sys.argv[2:])
+# the marker: was the module's import finished (it was held back) or cut short (the interrupt raised in it)?
+module = sys.modules.get(sys.argv[1])
+done = module is not None and not getattr(getattr(module, "__spec__", None), "_initializing", False)
+print(f"fired={SigintAt.fired} imported={done}")
+sys.exit(rc)
 """
 
 
@@ -109,6 +114,9 @@ def test_ctrl_c_inside_a_librarys_import_is_a_clean_exit(module, tmp_path):
                           env=_env(), timeout=120)  # fmt: skip
     assert proc.returncode == 130, proc.stderr
     assert "Traceback" not in proc.stderr and "terminate" not in proc.stderr, proc.stderr
+    # held back, then delivered: the import ran to its end and the interrupt came after it (raised inside
+    # the import, the module would be missing from sys.modules, with the same exit 130 and message)
+    assert "fired=True imported=True" in proc.stdout, (proc.stdout, proc.stderr)
     if proc.stderr.strip() == "Interrupted.":  # raised once the import finished, before training began
         assert not (tmp_path / "run").exists()
     else:  # it reached the training loop first, which stops after the current step and saves it
@@ -222,6 +230,20 @@ def test_resume_or_evaluate_a_damaged_checkpoint(run_dir, tmp_path, capsys, dama
     assert "is not a training checkpoint written by 'bnlab train'" in err
     assert "no es un punto de control escrito por 'bnlab train'" in err
     assert "Traceback" not in err and (out / "last.pt").read_bytes() == before
+
+
+def test_a_legacy_checkpoint_is_evaluated_only_with_allow_legacy(run_dir, tmp_path, capsys):
+    from bnlab.inference.checkpoint import _encode
+
+    state = _encode(load_checkpoint(run_dir / "last.pt"))
+    torch.save({"format": "bnlab-checkpoint", "version": 1, "state": state}, tmp_path / "old.pt")  # bnlab 0.1
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "old.pt"), "--lang", "es"]) == 2
+    err = capsys.readouterr().err
+    assert "no es un punto de control escrito por 'bnlab train'" in err and "--allow-legacy" in err
+    with pytest.warns(UserWarning, match="legacy version-1 checkpoint"):
+        assert main(["evaluate", str(tmp_path / "old.pt"), "--allow-legacy", "--lang", "en"]) == 0
+    assert "Test accuracy" in capsys.readouterr().out
 
 
 def test_a_hostile_model_spec_is_refused_without_allocating(run_dir, tmp_path, capsys):

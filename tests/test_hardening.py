@@ -115,8 +115,13 @@ def test_deep_nesting_is_a_checkpoint_error(tmp_path):
     ],
 )
 def test_malformed_states_are_checkpoint_errors(tmp_path, state, message):
+    from bnlab.inference.checkpoint import _structure_digest, _tensor_digest, _walk_tensors
+
     path = tmp_path / "bad.pt"
-    torch.save({"format": "bnlab-checkpoint", "version": 1, "state": state}, path)  # version 1: no digests
+    # hand-made with valid digests: the decoder's own checks must refuse it
+    digests = [_tensor_digest(t) for _, t in _walk_tensors(state)]
+    torch.save({"format": "bnlab-checkpoint", "version": 3, "state": state, "digests": digests,
+                "structure": _structure_digest(state)}, path)  # fmt: skip
     with pytest.raises(CheckpointError, match=message):
         load_checkpoint(path)
 

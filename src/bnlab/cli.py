@@ -84,6 +84,8 @@ MSG = {
             "SHAPE must be positive integers separated by commas or 'x', such as 32,28,28,16 — got {shape!r}"
         ),
         "figure_saved": "Figure written to {path}",
+        "unreadable": "cannot read {flag} {path}: {err}",
+        "is_folder": "{flag} {path} is a folder: give a file name, such as {example}",
         "bench_missing": (
             "benchmarks/cpu.py is not in this checkout. The CPU benchmark lives in the bnlab source "
             "repository (benchmarks/cpu.py); it is not installed with the package. Clone the repository "
@@ -141,6 +143,8 @@ MSG = {
             "SHAPE deben ser enteros positivos separados por comas o 'x', como 32,28,28,16 — se recibió {shape!r}"
         ),
         "figure_saved": "Figura escrita en {path}",
+        "unreadable": "no se puede leer {flag} {path}: {err}",
+        "is_folder": "{flag} {path} es una carpeta: da un nombre de archivo, como {example}",
         "bench_missing": (
             "benchmarks/cpu.py no está en esta copia. El benchmark de CPU está en el repositorio de código de "
             "bnlab (benchmarks/cpu.py); no se instala con el paquete. Clona el repositorio y ejecuta: "
@@ -254,6 +258,13 @@ def _add_lang(p: argparse.ArgumentParser, top: bool = False) -> None:
     )  # fmt: skip
 
 
+def _add_allow_legacy(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-legacy", action="store_true",
+                   help="also read a checkpoint of bnlab 0.1 (format version 1, without digests: damage in it "
+                   "cannot be detected) / leer también un punto de control de bnlab 0.1 (versión 1 del formato, "
+                   "sin resúmenes SHA-256: no se detectan daños en él)")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -334,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "de control, el historial y la figura")  # fmt: skip
     p.add_argument("--resume", action="store_true",
                    help="continue from DIR/last.pt / continuar desde DIR/last.pt")  # fmt: skip
+    _add_allow_legacy(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar / sin barra de progreso")
     p.add_argument("--nproc", type=_positive_int, default=1, metavar="N",
                    help="train on N local processes, each with 1/N of every batch, synchronized BN (default: 1; "
@@ -362,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--split", choices=("test", "val", "train"), default="test",
                    help="which split (default: test) / qué partición")  # fmt: skip
+    _add_allow_legacy(p)
     p.add_argument("--recalibrate", action="store_true",
                    help="also evaluate with statistics recalibrated on the training split (Alg. 2) / evaluar también "
                    "con estadísticas recalibradas en la partición de entrenamiento")  # fmt: skip
@@ -515,14 +528,21 @@ def _build(args, data, lang: str = "en"):
         raise UsageError(MSG[lang]["too_small"].format(err=err, shape=f"{c}×{h}×{w}")) from None
 
 
-def _read_training_checkpoint(path: Path, lang: str) -> dict:
+def _read_training_checkpoint(path: Path, lang: str, allow_legacy: bool = False) -> dict:
     from .inference import CheckpointError
     from .training import load_training_state
 
     try:
-        return load_training_state(path)
+        return load_training_state(path, allow_legacy=allow_legacy)
     except CheckpointError as err:
         raise UsageError(MSG[lang]["not_ckpt"].format(path=path, err=err)) from None
+    except OSError as err:  # a folder, no permission, ...
+        raise UsageError(MSG[lang]["unreadable"].format(flag="CHECKPOINT", path=path, err=err)) from None
+
+
+def _unwritable(flag: str, path: Path, err: OSError, lang: str) -> UsageError:
+    """The message for a file that could not be written (a full disk, no permission, a name too long...)."""
+    return UsageError(MSG[lang]["out_unwritable"].format(flag=flag, path=path, err=err))
 
 
 def _train_title(args, lang: str) -> str:
@@ -556,7 +576,7 @@ def _cmd_train(args, lang: str) -> int:
     saved = None
     if args.resume and (replica is None or replica.is_main):
         if ckpt.exists():
-            saved = _read_training_checkpoint(ckpt, lang)
+            saved = _read_training_checkpoint(ckpt, lang, args.allow_legacy)
             print(m["resuming"].format(ckpt=ckpt, step=saved["step"]), file=sys.stderr)
         else:
             print(m["no_resume"].format(out=args.out), file=sys.stderr)
@@ -574,7 +594,8 @@ def _cmd_train(args, lang: str) -> int:
     meta = {"dataset": args.dataset, "data": str(args.data.resolve()) if args.data else None, "seed": args.seed}
     try:
         result = fit(model, data, config, out_dir=args.out, resume=args.resume, progress=not args.quiet,
-                     desc=f"{args.model}/{args.norm}", meta=meta, lang=lang, replica=replica)  # fmt: skip
+                     desc=f"{args.model}/{args.norm}", meta=meta, lang=lang, replica=replica,
+                     allow_legacy=args.allow_legacy)  # fmt: skip
     except TrainingInterrupted as stop:
         if replica is not None and not replica.is_main:
             return EXIT_INTERRUPTED
@@ -591,6 +612,8 @@ def _cmd_train(args, lang: str) -> int:
         return EXIT_DIVERGED
     except ValueError as err:  # e.g. --resume with other settings
         raise UsageError(str(err)) from None
+    except OSError as err:  # the checkpoint could not be written: a full disk, no permission, ...
+        raise _unwritable("--out", args.out, err, lang) from None
     if replica is not None and not replica.is_main:
         return 0
     try:
@@ -606,6 +629,8 @@ def _cmd_train(args, lang: str) -> int:
     except KeyboardInterrupt:
         print(m["interrupted_after_save"].format(ckpt=ckpt), file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as err:  # history.json or curves.png could not be written
+        raise _unwritable("--out", args.out, err, lang) from None
     print(m["trained"].format(acc=pct(test["accuracy"], lang), loss=num(test["loss"], lang, 4), n=len(data.x_test)))
     print(m["saved"].format(ckpt=ckpt, hist=hist, fig=fig))
     return 0
@@ -626,9 +651,11 @@ def _cmd_evaluate(args, lang: str) -> int:
             raise UsageError(m["no_ckpt_in_dir"].format(path=args.checkpoint, name=CHECKPOINT_NAME))
         args.checkpoint = args.checkpoint / CHECKPOINT_NAME
     try:
-        model, saved = load_trained(args.checkpoint)
+        model, saved = load_trained(args.checkpoint, allow_legacy=args.allow_legacy)
     except CheckpointError as err:
         raise UsageError(m["not_ckpt"].format(path=args.checkpoint, err=err)) from None
+    except OSError as err:  # no permission, ...
+        raise UsageError(m["unreadable"].format(flag="CHECKPOINT", path=args.checkpoint, err=err)) from None
     from .models import bn_layers
 
     has_bn = bool(bn_layers(model))
@@ -685,7 +712,7 @@ def _check_figure_path(path: Path, lang: str) -> None:
     if not path.parent.exists():
         raise UsageError(m["no_path"].format(flag="--figure", path=path.parent))
     if path.is_dir():
-        raise UsageError(m["figure_empty"])
+        raise UsageError(m["is_folder"].format(flag="--figure", path=path, example=path / "setb.png"))
 
 
 def _cmd_explain(args, lang: str) -> int:
@@ -697,7 +724,10 @@ def _cmd_explain(args, lang: str) -> int:
         raise UsageError(MSG[lang]["bad_shape"].format(shape=""))
     shape = _parse_shape(args.shape, lang)
     if args.figure is not None:  # check before printing anything
-        _check_figure_path(args.figure, lang)
+        try:
+            _check_figure_path(args.figure, lang)
+        except OSError as err:  # e.g. a name too long for the file system
+            raise _unwritable("--figure", args.figure, err, lang) from None
     try:
         e = explain(shape, layout=args.layout, per=args.per, lang=lang, norm=args.norm, groups=args.groups)
     except ValueError as err:
@@ -707,7 +737,7 @@ def _cmd_explain(args, lang: str) -> int:
         try:
             e.save_figure(args.figure)
         except OSError as err:
-            raise UsageError(MSG[lang]["out_unwritable"].format(flag="--figure", path=args.figure, err=err)) from None
+            raise _unwritable("--figure", args.figure, err, lang) from None
         print(MSG[lang]["figure_saved"].format(path=args.figure))
     return 0
 
@@ -719,6 +749,7 @@ def _cmd_experiment(args, lang: str) -> int:
         raise UsageError(MSG[lang]["no_path"].format(flag="--data", path=args.data))
     existed = _writable_dir(args.out, "--out", lang)
     from .data import MNIST10K
+    from .io import WriteError
     from .report import run_paper_fig1
 
     data = MNIST10K if args.data is None else args.data
@@ -729,6 +760,8 @@ def _cmd_experiment(args, lang: str) -> int:
         if not existed:
             _remove_if_empty(args.out)
         raise
+    except WriteError as err:  # an output file, not the data
+        raise _unwritable("--out", args.out, err, lang) from None
     except (ValueError, OSError) as err:
         raise UsageError(MSG[lang]["bad_data"].format(flag="--data", path=data, err=err)) from None
     return 0
@@ -916,6 +949,7 @@ def _add_small_batch_parser(exp) -> None:
 
 
 def _cmd_small_batch(args, lang: str) -> int:
+    from .io import WriteError
     from .report.small_batch import run_small_batch
 
     if args.data is not None and not args.data.exists():
@@ -923,6 +957,8 @@ def _cmd_small_batch(args, lang: str) -> int:
     try:
         run_small_batch(args.out, batch_sizes=args.batch_sizes, seeds=args.seeds, samples=args.samples,
                         lr32=args.lr, data_path=args.data, lang=lang, progress=not args.quiet)  # fmt: skip
+    except WriteError as err:  # an output file, not the data
+        raise _unwritable("--out", args.out, err, lang) from None
     except (ValueError, OSError) as err:
         raise UsageError(str(err)) from None
     return 0
@@ -954,6 +990,12 @@ def _cmd_explain_html(args, lang: str) -> int:
 
     if not args.html.parent.exists():
         raise UsageError(MSG[lang]["no_path"].format(flag="--html", path=args.html.parent))
+    try:
+        is_folder = args.html.is_dir()
+    except OSError as err:  # e.g. a name too long for the file system
+        raise _unwritable("--html", args.html, err, lang) from None
+    if is_folder:
+        raise UsageError(MSG[lang]["is_folder"].format(flag="--html", path=args.html, example=args.html / "setb.html"))
     kwargs = {"layout": args.layout, "norm": args.norm, "per": args.per, "groups": args.groups}
     if args.shape is not None:
         kwargs["shape"] = _parse_shape(args.shape, lang)
@@ -961,5 +1003,7 @@ def _cmd_explain_html(args, lang: str) -> int:
         write_page(args.html, lang=lang, **kwargs)
     except ValueError as err:
         raise UsageError(str(err)) from None
+    except OSError as err:  # a folder of that name, a full disk, a name too long, ...
+        raise _unwritable("--html", args.html, err, lang) from None
     print(_PAGE_MSG[lang].format(path=args.html))
     return 0

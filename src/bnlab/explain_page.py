@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
-from .axes import norm_set
+from .axes import check_groups, check_norm, check_per, norm_set
+from .io import make_dirs, write_text
 
 __all__ = ["write_page", "page_html", "PAGE_LAYOUTS", "PAGE_MEMBERS"]
 
@@ -160,6 +162,33 @@ _TEXT = {
 }
 
 
+# -- argument checks --------------------------------------------------------------------------------------
+# Every argument is checked, whatever the norm: ``groups`` and ``per`` also reach the page's data (its
+# controls open on them) when the norm does not use them, so nothing unchecked may pass.
+def _check_page_arguments(lang, shape, layout, norm, per, groups) -> tuple[int, ...]:
+    """Raise ValueError naming the first bad argument of :func:`page_html`; return the shape as ints."""
+    if not isinstance(lang, str) or lang not in _TEXT:
+        raise ValueError(f"unknown lang {lang!r}; use 'en' or 'es'")
+    if not isinstance(layout, str) or layout.upper() not in PAGE_LAYOUTS:
+        raise ValueError(f"the page draws 4-D activations: layout must be NHWC or NCHW, got {layout!r}")
+    layout = layout.upper()
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence) or not all(
+        isinstance(n, numbers.Integral) and not isinstance(n, bool) for n in shape
+    ):
+        raise ValueError(f"the page needs a shape of 4 positive whole numbers in {layout} order, got {shape!r}")
+    dims = tuple(int(n) for n in shape)
+    if len(dims) != 4 or min(dims) < 1:
+        raise ValueError(f"the page needs a shape of 4 positive sizes in {layout} order, got {dims}")
+    for name, value in (("norm", norm), ("per", per)):
+        if not isinstance(value, str):
+            raise ValueError(f"{name} must be a string, got {value!r}")
+    check_norm(norm)
+    check_per(per)
+    if groups is not None:  # G preselected for the group member, even when the page opens on another one
+        check_groups(groups, dims[layout.index("C")])
+    return dims
+
+
 def page_html(
     lang: str = "en",
     shape: Sequence[int] = (4, 3, 3, 8),
@@ -169,14 +198,8 @@ def page_html(
     groups: int | None = None,
 ) -> str:
     """The page as one HTML string, opening on ``shape``/``layout``/``norm`` (checked with bnlab.axes)."""
-    if lang not in _TEXT:
-        raise ValueError(f"unknown lang {lang!r}; use 'en' or 'es'")
-    if not isinstance(layout, str) or layout.upper() not in PAGE_LAYOUTS:
-        raise ValueError(f"the page draws 4-D activations: layout must be NHWC or NCHW, got {layout!r}")
+    shape = _check_page_arguments(lang, shape, layout, norm, per, groups)
     layout = layout.upper()
-    shape = tuple(int(n) for n in shape)
-    if len(shape) != 4 or min(shape) < 1:
-        raise ValueError(f"the page needs a shape of 4 positive sizes in {layout} order, got {shape}")
     if norm == "group" and groups is None:
         c = shape[layout.index("C")]
         groups = default_groups(c)
@@ -213,6 +236,5 @@ def write_page(path: str | Path, lang: str = "en", **kwargs) -> Path:
     """
     path = Path(path)
     html = page_html(lang, **kwargs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(html, encoding="utf-8")
-    return path
+    make_dirs(path.parent)
+    return write_text(path, html)

@@ -25,7 +25,6 @@ written: the last checkpoint on disk is the last good one. :func:`write_json` wr
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import random
 import reprlib
@@ -41,6 +40,8 @@ import torch
 from torch import nn
 
 from .inference import CheckpointError, load_checkpoint, save_checkpoint
+from .io import finite_json, make_dirs
+from .io import write_json as _write_json
 from .models import ACTIVATIONS, ARCHS, FAMILY_NORMS, NORMS, UnitRecorder, build_model, model_spec
 from .progress import progress_bar
 
@@ -153,22 +154,12 @@ class TrainingDiverged(RuntimeError):
         self.checkpoint = checkpoint
 
 
-def finite_json(obj):
-    """Copy of ``obj`` (dicts, lists, tuples, numbers, strings) with NaN and ±inf replaced by None."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: finite_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite_json(v) for v in obj]
-    return obj
-
-
 def write_json(path: str | Path, obj) -> Path:
-    """Write ``obj`` as strict JSON (``allow_nan=False``): NaN and ±inf are written as ``null``."""
-    path = Path(path)
-    path.write_text(json.dumps(finite_json(obj), allow_nan=False), encoding="utf-8")
-    return path
+    """Write ``obj`` as strict JSON (``allow_nan=False``): NaN and ±inf are written as ``null``.
+
+    Written atomically by :mod:`bnlab.io` (a link at ``path`` is replaced, never written through).
+    """
+    return _write_json(path, obj)
 
 
 def seed_everything(seed: int) -> None:
@@ -320,13 +311,14 @@ def check_model_spec(spec) -> dict:
 _TRAINING_KEYS = ("model_spec", "config", "meta", "model", "optimizer", "history", "step", "rng")
 
 
-def load_training_state(path: str | Path) -> dict:
+def load_training_state(path: str | Path, *, allow_legacy: bool = False) -> dict:
     """Read a checkpoint written by :func:`fit` and check its structure; return its contents.
 
     Raises :class:`bnlab.CheckpointError` for a damaged file, for a checkpoint that is not a training
     checkpoint, or one whose model spec is invalid or does not match the weights stored with it.
+    ``allow_legacy``: also read a version-1 file (see :func:`bnlab.load_checkpoint`).
     """
-    saved = load_checkpoint(path)
+    saved = load_checkpoint(path, allow_legacy=allow_legacy)
     if saved.get("kind") != _KIND:
         raise CheckpointError(f"{path} is not a bnlab training checkpoint (written by `bnlab train` or fit())")
     missing = [k for k in _TRAINING_KEYS if k not in saved]
@@ -398,6 +390,7 @@ def fit(
     on_step: Callable[[int], None] | None = None,
     lang: str = "en",
     replica=None,
+    allow_legacy: bool = False,
 ) -> TrainResult:
     """Train ``model`` on ``data.x_train, data.y_train``; evaluate on the ``config.eval_split`` split.
 
@@ -407,7 +400,7 @@ def fit(
     called after every completed step (the step count so far). ``lang``: labels of the progress bar.
     ``replica``: this process's :class:`bnlab.parallel.Replica` in a data-parallel run (``model`` from
     ``replica.wrap``): only the main replica shows progress and writes checkpoints, and all replicas stop
-    after the same step on Ctrl-C.
+    after the same step on Ctrl-C. ``allow_legacy``: resume from a version-1 checkpoint too.
 
     Returns a :class:`TrainResult`; raises :class:`TrainingInterrupted` after saving, on Ctrl-C, and
     :class:`TrainingDiverged` (saving nothing) when the loss or the weights become NaN or infinite.
@@ -430,9 +423,9 @@ def fit(
     step = 0
     ckpt = Path(out_dir) / CHECKPOINT_NAME if out_dir is not None else None
     if ckpt is not None:
-        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(ckpt.parent)
     if resume and ckpt is not None and ckpt.exists():
-        saved = load_training_state(ckpt)
+        saved = load_training_state(ckpt, allow_legacy=allow_legacy)
         _check_resume(saved, model, config, ckpt)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -537,13 +530,13 @@ def fit(
     return TrainResult(model, config, history, ckpt, recorder.layer, True, meta)
 
 
-def load_trained(path: str | Path) -> tuple[nn.Module, dict]:
+def load_trained(path: str | Path, *, allow_legacy: bool = False) -> tuple[nn.Module, dict]:
     """The model saved in a training checkpoint (in eval mode) and the checkpoint's contents.
 
     The checkpoint is checked first (:func:`load_training_state`): a damaged or hostile file raises
-    :class:`bnlab.CheckpointError` before any model is built.
+    :class:`bnlab.CheckpointError` before any model is built. ``allow_legacy``: also read a version-1 file.
     """
-    saved = load_training_state(path)
+    saved = load_training_state(path, allow_legacy=allow_legacy)
     model = build_model(saved["model_spec"])
     try:
         model.load_state_dict(saved["model"])

@@ -13,6 +13,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
 from ..axes import PER, channel_axis, effective_batch_size, feature_shape, reduce_axes
+from ..io import make_dirs
+from ..io import save_figure as _save_atomically
 from .family import FAMILY_TEXT, family_sets, member_key
 from .text import TEXT, spatial_axes
 from .words import Shown, say
@@ -126,9 +128,8 @@ def _finish(fig: Figure, e: Explanation, t: dict, path: Path, dpi: int) -> Path:
         frameon=False,
         fontsize=10,
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    return path
+    make_dirs(path.parent)
+    return _save_atomically(fig, path, dpi=dpi)
 
 
 def _in_family_set(norm: str, n: int, c: int, loc: int, cg: int) -> bool:

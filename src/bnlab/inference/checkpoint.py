@@ -1,17 +1,23 @@
 """Checkpoints that are written atomically and cannot run code when loaded.
 
-A checkpoint is a ``torch.save`` zip file holding ``{"format": "bnlab-checkpoint", "version": 2,
-"state": ..., "digests": [...]}``: ``digests`` has one SHA-256 per tensor of ``state`` (its dtype, shape
-and bytes, in the order the state is walked), checked on load. The zip container's CRCs do not cover
-everything a loader reads (a flipped byte in the central directory can make torch read a tensor's bytes
-from elsewhere, or not at all); the digests check the tensors themselves, so a load either returns
-exactly what was saved or raises :class:`CheckpointError`. Files of version 1 (bnlab 0.1, no digests)
-are still read, with the container checks only. Nesting deeper than 100 containers is refused.
+A checkpoint is a ``torch.save`` zip file holding ``{"format": "bnlab-checkpoint", "version": 3,
+"state": ..., "digests": [...], "structure": ...}``: ``digests`` has one SHA-256 per tensor of ``state``
+(its dtype, shape and bytes, in the order the state is walked) and ``structure`` one SHA-256 of
+everything else (keys, container types, numbers, strings, and the dtype and shape of every NumPy array),
+all checked on load. The zip container's CRCs do not cover everything a loader reads (a flipped byte in
+the central directory can make torch read a tensor's bytes from elsewhere, or not at all); the digests
+check what is rebuilt, so a load either returns exactly what was saved or raises :class:`CheckpointError`.
 
-Writing goes to a temporary file in the target's directory, is flushed and fsync'ed,
-and only then renamed over the target (``os.replace`` is atomic on POSIX and Windows): a writer killed at
-any moment leaves either the previous checkpoint or the new one, never a mix. A killed writer may leave
-its ``.<name>.*.tmp`` file behind; it is never read.
+Older files: version 2 (tensor digests only; the shapes of NumPy arrays were not covered) is read as it
+is. Version 1 (bnlab 0.1, no digests at all: a damaged file would load as wrong numbers without an error)
+is refused unless the caller asks for it with ``allow_legacy=True``, and then read with a warning; saving
+it again upgrades it. Nesting deeper than 100 containers is refused.
+
+Writing goes through :mod:`bnlab.io` (a temporary file in the target's folder, fsync'ed, then renamed
+over the target): a writer killed at any moment leaves either the previous checkpoint or the new one,
+never a mix, and a symbolic link in the target's place is replaced, never written through. A killed
+writer may leave its ``.<name>.*.tmp`` file behind; it is never read. A write that fails (a full disk)
+raises :class:`bnlab.io.WriteError`, an OSError naming the checkpoint, and leaves no temporary file.
 
 Loading uses ``torch.load(weights_only=True)``: only tensors, numbers, strings, ``None`` and containers
 are rebuilt, so a file crafted to run code is refused. NumPy arrays and scalars (e.g. the state of
@@ -35,8 +41,7 @@ import collections
 import hashlib
 import os
 import pickle
-import sys
-import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -44,11 +49,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..io import atomic_file
+
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint"]
 
 FORMAT = "bnlab-checkpoint"
-VERSION = 2
-_READABLE_VERSIONS = (1, 2)
+VERSION = 3
+_READABLE_VERSIONS = (2, 3)
+_LEGACY_VERSIONS = (1,)  # no digests: read only with allow_legacy=True
 MAX_DEPTH = 100  # containers inside containers; deeper states are refused on save and on load
 _NDARRAY = "__bnlab_ndarray__"  # marker key of an encoded NumPy array or scalar
 
@@ -120,6 +128,31 @@ def _tensor_digest(t: torch.Tensor) -> str:
     return h.hexdigest()
 
 
+def _feed_structure(h, obj: Any) -> None:
+    """Feed ``h`` everything of ``obj`` but the tensors' contents (which have their own digests)."""
+    if isinstance(obj, torch.Tensor):
+        h.update(b"P;" if isinstance(obj, torch.nn.Parameter) else b"T;")
+    elif isinstance(obj, dict):
+        h.update(f"{'O' if isinstance(obj, collections.OrderedDict) else 'D'}{len(obj)};".encode())
+        for k, v in obj.items():
+            _feed_structure(h, k)
+            _feed_structure(h, v)
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"{'U' if isinstance(obj, tuple) else 'L'}{len(obj)};".encode())
+        for v in obj:
+            _feed_structure(h, v)
+    else:  # a leaf of _PLAIN: its type and its exact repr (floats round-trip through repr)
+        token = (str(obj) if isinstance(obj, torch.device) else repr(obj)).encode("utf-8", "surrogatepass")
+        h.update(f"{type(obj).__name__}:{len(token)}:".encode() + token)
+
+
+def _structure_digest(state: Any) -> str:
+    """SHA-256 of ``state``'s keys, container types, plain values and NumPy records' dtype and shape."""
+    h = hashlib.sha256(b"bnlab-structure-1;")
+    _feed_structure(h, state)
+    return h.hexdigest()
+
+
 def _walk_tensors(obj: Any, path: tuple = ()):
     """Yield ``(path, tensor)`` for every tensor in ``obj``, depth first, in container order."""
     if len(path) > MAX_DEPTH:
@@ -170,68 +203,44 @@ def _decode(obj: Any, path: tuple = ()) -> Any:
     return obj
 
 
-def _file_mode(target: Path) -> int:
-    """Permissions for the new file: those of the file it replaces, else 0o666 minus the umask."""
-    try:
-        return target.stat().st_mode & 0o7777
-    except OSError:
-        pass
-    try:  # read the umask without setting it (os.umask would race with other threads)
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return 0o666 & ~int(line.split()[1], 8)
-    except OSError:
-        pass
-    return 0o644
-
-
 def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
     """Write ``state`` (a dict) to ``path`` atomically; return the path.
 
     ``state`` may hold tensors, Python numbers, strings, ``None``, bytes, lists, tuples, dicts (e.g.
     ``model.state_dict()``, ``optimizer.state_dict()``), torch dtypes/devices and NumPy arrays or scalars.
     Anything else raises TypeError naming where it is, *before* the file is touched, since it could not
-    be loaded back safely. The parent directory must exist.
+    be loaded back safely. The parent directory must exist. A symbolic link at ``path`` is replaced, not
+    written through; a new file gets the umask's permissions, a replaced regular file keeps its own.
+    A failed write raises :class:`bnlab.io.WriteError` (an OSError naming ``path``) and leaves ``path`` as
+    it was.
     """
     if not isinstance(state, dict):
         raise TypeError(f"save_checkpoint expects a dict, got {type(state).__name__}")
     encoded = _encode(state)
     digests = [_tensor_digest(t) for _, t in _walk_tensors(encoded)]
-    payload = {"format": FORMAT, "version": VERSION, "state": encoded, "digests": digests}
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "state": encoded,
+        "digests": digests,
+        "structure": _structure_digest(encoded),
+    }
     target = Path(path)
-    directory = target.parent
-    if not directory.is_dir():
-        raise FileNotFoundError(f"cannot save checkpoint {target}: directory {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _file_mode(target))
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    if sys.platform != "win32":  # make the rename itself durable
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+    with atomic_file(target) as f:
+        torch.save(payload, f)
     return target
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", *, allow_legacy: bool = False) -> dict:
     """Read a checkpoint written by :func:`save_checkpoint`; return the state dict it holds.
 
     Raises :class:`CheckpointError` when the file is truncated or corrupt, is not a bnlab checkpoint, or
-    holds objects that would run code when unpickled (those are never executed).
+    holds objects that would run code when unpickled (those are never executed). A version-1 file (bnlab
+    0.1, without digests, so damage in it cannot be detected) is refused unless ``allow_legacy=True``; it
+    is then read with a warning.
     """
+    if not isinstance(allow_legacy, bool):
+        raise TypeError(f"allow_legacy must be True or False, got {allow_legacy!r}")
     path = Path(path)
     size = path.stat().st_size  # FileNotFoundError as usual
     if size == 0:
@@ -269,16 +278,35 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     if not (isinstance(payload, dict) and payload.get("format") == FORMAT and "state" in payload):
         raise CheckpointError(f"{path} is not a bnlab checkpoint (a torch file without the bnlab header)")
     version = payload.get("version")
-    if type(version) is not int or version not in _READABLE_VERSIONS:
+    if type(version) is not int or version not in _READABLE_VERSIONS + _LEGACY_VERSIONS:
         raise CheckpointError(
             f"{path} is a bnlab checkpoint of format version {version!r}; this bnlab reads versions "
-            f"{', '.join(map(str, _READABLE_VERSIONS))}"
+            f"{', '.join(map(str, _READABLE_VERSIONS))} (and {', '.join(map(str, _LEGACY_VERSIONS))} with "
+            f"allow_legacy=True)"
+        )
+    if version in _LEGACY_VERSIONS:
+        if not allow_legacy:
+            raise CheckpointError(
+                f"{path} is a bnlab checkpoint of the legacy format version {version} (bnlab 0.1): it has no "
+                f"digests, so a damaged file would load as wrong numbers without an error. If you trust it, "
+                f"load it with allow_legacy=True (bnlab train/evaluate: --allow-legacy) and save it again"
+            )
+        warnings.warn(
+            f"{path} is a legacy version-{version} checkpoint without digests: damage in it cannot be detected; "
+            f"save it again to upgrade it to version {VERSION}",
+            UserWarning,
+            stacklevel=2,
         )
     state = payload["state"]
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} is corrupt: its state is a {type(state).__name__}, not a dict")
     if version >= 2:
         _check_digests(path, state, payload.get("digests"))
+    if version >= 3 and payload.get("structure") != _structure_digest(state):
+        raise CheckpointError(
+            f"{path} is corrupt: its keys, numbers, strings or array shapes do not match their SHA-256 digest "
+            f"(the file was damaged after it was written)"
+        )
     return _decode(state)
 
 
@@ -293,6 +321,6 @@ def _check_digests(path: Path, state: dict, digests: Any) -> None:
     for (where, t), digest in zip(tensors, digests, strict=True):
         if _tensor_digest(t) != digest:
             raise CheckpointError(
-                f"{path} is corrupt: the bytes of {_where(where)} do not match their SHA-256 digest "
+                f"{path} is corrupt: the dtype, shape or bytes of {_where(where)} do not match their SHA-256 digest "
                 f"(the file was damaged after it was written)"
             )

@@ -20,6 +20,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from ..io import atomic_path
 from .fold import fold
 
 __all__ = ["ExportReport", "export_onnx"]
@@ -100,13 +101,15 @@ def export_onnx(
     level = registration.level
     registration.setLevel(logging.ERROR)  # "torchvision is not installed" is irrelevant to a CNN without it
     try:
-        with warnings.catch_warnings():
+        # written to a temporary file beside ``path`` and renamed over it (bnlab.io): a link at ``path`` is
+        # replaced, never written through, and a failed export leaves ``path`` as it was
+        with warnings.catch_warnings(), atomic_path(path) as tmp:
             warnings.simplefilter("ignore", FutureWarning)  # deprecations inside torch's exporter
             if dynamo and _HAS_DYNAMO_KWARG:
                 torch.onnx.export(
                     folded,
                     (example_input,),
-                    str(path),
+                    str(tmp),
                     input_names=["input"],
                     dynamic_shapes=({0: torch.export.Dim("batch")},) if dynamic_batch else None,
                     dynamo=True,
@@ -117,7 +120,7 @@ def export_onnx(
                 torch.onnx.export(
                     folded,
                     (example_input,),
-                    str(path),
+                    str(tmp),
                     input_names=["input"],
                     dynamic_axes={"input": {0: "batch"}} if dynamic_batch else None,
                     **({"dynamo": False} if _HAS_DYNAMO_KWARG else {}),

@@ -14,8 +14,6 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import itertools
-import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -25,6 +23,7 @@ import torch
 
 from ..data import load_dataset
 from ..explain import explain
+from ..io import make_dirs, write_json
 from ..models import SmallCNN, bn_layers, count_parameters
 from ..training import TrainConfig, evaluate, fit, seed_everything
 from . import plots, small_batch
@@ -131,7 +130,7 @@ def run_demo(
     log = log or (lambda s: None)
     t_start = time.perf_counter()
     out = Path(out_dir)
-    (out / "figures").mkdir(parents=True, exist_ok=True)
+    make_dirs(out / "figures")
     threads = torch.get_num_threads()
     # Tiny convolutions: a second thread costs more in synchronisation than it saves, and on a shared
     # machine a busy core stalls both.
@@ -245,22 +244,10 @@ def run_demo(
             "total": total,
         }
         results["figures"] = figures
-        text = json.dumps(_finite(results), separators=(",", ":"), allow_nan=False)  # strict JSON
-        (out / "results.json").write_text(text, encoding="utf-8")
+        write_json(out / "results.json", results, separators=(",", ":"))  # strict JSON: NaN and inf become null
         index = write_report(results, out, settings)
     finally:
         torch.set_num_threads(threads)
     log(t["msg_done"].format(path=index.resolve()))
     log(t["msg_open"].format(url=index.resolve().as_uri()))
     return index
-
-
-def _finite(obj):
-    """JSON has no NaN/Infinity: write them as null."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..io import write_text
 from .strings import NORM_NAMES, S, integer, num, pct, secs
 
 CSS = """
@@ -595,5 +596,4 @@ def write_report(results: dict, out_dir: Path, settings) -> Path:
     opened = {"shape": tuple(first["shape"]), "layout": first["layout"]} if first else {}
     write_page(Path(out_dir) / EXPLAINER, lang=results["lang"], **opened)
     path = Path(out_dir) / "index.html"
-    path.write_text(render(results, settings), encoding="utf-8")
-    return path
+    return write_text(path, render(results, settings))

@@ -11,7 +11,6 @@ N(0, 1/fan_in)) are ours. Test accuracy is measured in eval mode (Alg. 2 statist
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,10 +18,10 @@ from pathlib import Path
 import torch
 
 from ..data import load_dataset
+from ..io import make_dirs, write_json
 from ..models import PaperMLP, count_parameters
 from ..training import TrainConfig, fit, seed_everything
 from . import plots
-from .demo import _finite
 from .strings import NORM_NAMES, pct
 
 __all__ = ["run_paper_fig1"]
@@ -72,7 +71,7 @@ def run_paper_fig1(
     log = log or (lambda s: None)
     msg = _MSG[lang]
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dirs(out)
     data = load_dataset("mnist", Path(data_path), seed=seed)
     name = Path(data_path).name
     log(msg["data"].format(path=name, train=len(data.x_train), val=len(data.x_val), test=len(data.x_test)))
@@ -133,6 +132,6 @@ def run_paper_fig1(
         "history": histories,
     }
     json_path = out / "results.json"
-    json_path.write_text(json.dumps(_finite(results), separators=(",", ":"), allow_nan=False), encoding="utf-8")
+    write_json(json_path, results, separators=(",", ":"))  # strict JSON: NaN and inf become null
     log(msg["done"].format(fig=fig_path, json=json_path))
     return {"figure": fig_path, "results": json_path, "summary": summary}

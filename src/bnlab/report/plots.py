@@ -13,6 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..explain import explain
+from ..io import make_dirs, save_figure
 from .strings import NORM_NAMES, S
 
 COLORS = {"none": "#7f7f7f", "activation": "#e6862a", "channel": "#2a6fdb",
@@ -36,7 +37,7 @@ def smoothing_window(steps: int) -> int:
 
 
 def _save(fig: Figure, path: Path) -> None:
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
 
 
 def _finite(values) -> np.ndarray:
@@ -215,6 +216,5 @@ def filter_map_figure(image, lang: str, path: Path, dpi: int = 100) -> Path:
     fig.suptitle(w["title"], fontsize=13)
     fig.text(0.5, 0.03, w["note"], ha="center", fontsize=11, color="#222222")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    return path
+    make_dirs(path.parent)
+    return save_figure(fig, path, dpi=dpi)

@@ -39,6 +39,7 @@ import torch
 
 from ..data import load_mnist
 from ..explain import explain
+from ..io import make_dirs, save_figure, write_json
 from ..models import SmallCNN, bn_layers
 from ..training import TrainConfig, evaluate, fit, seed_everything
 from .strings import NORM_NAMES, pct
@@ -161,7 +162,7 @@ def run_small_batch(
     log = log or (lambda s: None)
     msg = _MSG[lang]
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dirs(out)
     t_start = time.perf_counter()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small convolutions: one thread is as fast, and leaves the other core free
@@ -228,7 +229,7 @@ def run_small_batch(
         figure(results, lang, fig)
         results["seconds"] = time.perf_counter() - t_start
         path = out / "results.json"
-        path.write_text(json.dumps(results, indent=1), encoding="utf-8")
+        write_json(path, results, indent=1)
     finally:
         torch.set_num_threads(threads)
     log(msg["done"].format(fig=fig, json=path))
@@ -268,9 +269,8 @@ def figure(results: dict, lang: str, path: str | Path, dpi: int = 100) -> Path:
     fig.legend(loc="outside lower center", ncol=4, fontsize=10, frameon=False)  # below the axes, never on the data
     fig.suptitle(msg["title"].format(samples=cfg["samples"], n=len(cfg["seeds"])), fontsize=11)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    return path
+    make_dirs(path.parent)
+    return save_figure(fig, path, dpi=dpi)
 
 
 def for_report(demo_dir: str | Path) -> dict | None:
