@@ -46,7 +46,15 @@ from torch.autograd import forward_ad as _forward_ad
 from .. import kernels
 from ..axes import check_eps, check_input, check_momentum
 
-__all__ = ["batch_norm", "update_running_stats", "default_axes", "check_tensors", "check_dtype", "ACTIVATIONS"]
+__all__ = [
+    "batch_norm",
+    "update_running_stats",
+    "default_axes",
+    "check_tensors",
+    "check_dtype",
+    "check_variance_fits",
+    "ACTIVATIONS",
+]
 
 #: values of ``activation=``: None (BN alone) or "relu" (y = max(BN(x), 0), fused where a kernel can)
 ACTIVATIONS = (None, "relu")
@@ -143,8 +151,24 @@ def _train_impl(x, weight, bias, axes: tuple[int, ...], eps: float, relu: bool):
     k = kernels.select(x)
     with torch.no_grad():
         if relu:
-            return k.forward(x, weight, bias, eps, axes, relu=True)
-        return k.forward(x, weight, bias, eps, axes)
+            out = k.forward(x, weight, bias, eps, axes, relu=True)
+        else:
+            out = k.forward(x, weight, bias, eps, axes)
+    check_variance_fits(x, out[1], out[2])
+    return out
+
+
+def check_variance_fits(x: Tensor, mean: Tensor, var: Tensor) -> None:
+    """Refuse a finite input whose σ²_B overflows the statistics' dtype (float32: a std above ~1.8e19):
+    1/√(σ²_B + ε) would be 0 and the output a silent β. Checked on the CPU, where reading C numbers costs
+    microseconds; elsewhere it would be a host synchronization per call (torch gives zeros there too)."""
+    if x.device.type == "cpu" and bool((torch.isinf(var) & torch.isfinite(mean)).any()):
+        raise ValueError(
+            f"the batch variance overflows {var.dtype} (largest {torch.finfo(var.dtype).max:.3g}, a standard "
+            f"deviation above ~{torch.finfo(var.dtype).max ** 0.5:.2g}): the {x.dtype} input cannot be normalized "
+            f"in this precision; divide it by a constant first (x̂ does not change, up to ε) or use float64 "
+            f"(x.double() and layer.double())"
+        )
 
 
 @_train_op.register_fake
@@ -358,6 +382,7 @@ def _route(x: Tensor) -> str:
 
 def _composed_train(x, weight, bias, axes, eps, relu):
     y, mean, var = kernels.composed.forward(x, weight, bias, eps, axes)
+    check_variance_fits(x, mean, var)
     return (torch.relu(y) if relu else y), mean.detach(), var.detach()
 
 
