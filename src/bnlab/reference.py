@@ -21,8 +21,10 @@ Alg. 2 (inference): E[x] = E_B[μ_B], Var[x] = m/(m−1) E_B[σ²_B] over traini
 fixed affine map y = γ/√(Var[x]+ε) · x + (β − γ E[x]/√(Var[x]+ε)) — one per feature map for conv layers.
 
 Arrays of float32 stay float32 (statistics are sums along contiguous rows, with the corrected two-pass
-variance below); float64 stays float64. The code computes each line of the paper once, in place where it
-can, so that this literal reference is also fast (about torch's own CPU kernel, see docs/performance.md).
+variance below); float64 stays float64. A sum of squares that overflows is redone on (x − μ_B)/s (s a
+power of two); a σ²_B beyond the dtype's range is refused with a ValueError, never normalized to 0.
+The code computes each line of the paper once, in place where it can, so that this literal reference is also
+fast (about torch's own CPU kernel, see docs/performance.md).
 
 >>> import numpy as np
 >>> x = np.random.default_rng(0).normal(3.0, 2.0, size=(8, 5, 5, 4))      # NHWC

@@ -21,6 +21,10 @@ to :mod:`.composed` unchanged. The fast paths apply to convolutional BN in torch
 - **backward**: ``aten.native_batch_norm_backward`` given our μ_B and 1/√(σ²_B + ε); its reductions are
   centred on μ_B, so they stay accurate with large offsets.
 
+Range: a row's float32 Σ (x − μ_r)² overflows for a std above ~1.8e19/√m_r although σ²_B may still fit
+float32; a check over the C merged variances sends that rare case (and inputs holding inf/NaN) to a float64
+``var_mean`` of the whole input.
+
 Nothing here is differentiable (the double backward uses :mod:`.composed`).
 """
 

@@ -32,6 +32,11 @@ result rounded and **saturated** at the dtype's largest finite value (65504 for 
 large for float16 is stored as 65504, never as inf. The guard is a ``torch.where`` on the device, so it
 costs no host synchronization.
 
+Range: fp16/bf16 statistics are computed in float32 (σ² of an fp16 input of std 300 would overflow fp16).
+Sums of squares that overflow while σ²_B itself fits are recomputed in float64 on the CPU, so σ²_B is right
+wherever the statistics' dtype holds it; a finite input whose σ²_B does not fit (float32: a std above
+~1.8e19) raises a ValueError on the CPU instead of the silent β that 1/√(inf) gives (and torch gives).
+
 dtypes: the input may be float16/bfloat16 with float32 parameters and buffers (as torch and autocast
 allow); otherwise parameters and buffers must have the input's dtype (torch raises "mixed dtype" on the
 CPU; so do we, on every device, with the fix in the message).

@@ -18,7 +18,8 @@ True
 
 ``per="activation"`` gives the paper's per-activation BN (§3): one mean/variance and one (γ, β) per
 activation, i.e. per (channel, location), with parameters of the feature shape ``(C, *spatial_size)``.
-Without ``spatial_size`` the shapes are taken from the first (valid) input:
+Without ``spatial_size`` the shapes are taken from the first (valid) input — in eval mode too, which then
+normalizes with the initial running statistics (0 and 1), as torch's lazy layers do:
 
 >>> bn = BatchNorm2d(16, per="activation", spatial_size=(28, 28))
 >>> tuple(bn.weight.shape)
