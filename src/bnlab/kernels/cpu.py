@@ -30,6 +30,7 @@ Nothing here is differentiable (the double backward uses :mod:`.composed`).
 
 from __future__ import annotations
 
+import math
 import threading
 
 import torch
@@ -226,7 +227,7 @@ def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         row_mean, row_m2 = _row_moments_cl(x.movedim(1, -1).reshape(n, -1, c))  # a view of channels_last
     total = merge_rows(row_mean, row_m2, x.numel() // (n * c))
     sdt = torch.float64 if x.dtype == torch.float64 else torch.float32
-    if not bool(torch.isfinite(total.variance).all()):
+    if not math.isfinite(float(total.variance.sum())):  # one reduction over C numbers: ~3 µs
         # a row's Σ (x − μ_r)² overflowed float32 (a std above ~1.8e19/√m_r), or x holds inf/NaN: the rare
         # case is recomputed in float64, so σ²_B is right wherever it fits the statistics' dtype
         var, mean = torch.var_mean(x.to(torch.float64), dim=(0, *range(2, x.dim())), correction=0)

@@ -44,6 +44,8 @@ CPU; so do we, on every device, with the fix in the message).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 from torch.autograd import forward_ad as _forward_ad
@@ -167,7 +169,9 @@ def check_variance_fits(x: Tensor, mean: Tensor, var: Tensor) -> None:
     """Refuse a finite input whose σ²_B overflows the statistics' dtype (float32: a std above ~1.8e19):
     1/√(σ²_B + ε) would be 0 and the output a silent β. Checked on the CPU, where reading C numbers costs
     microseconds; elsewhere it would be a host synchronization per call (torch gives zeros there too)."""
-    if x.device.type == "cpu" and bool((torch.isinf(var) & torch.isfinite(mean)).any()):
+    if x.device.type != "cpu" or math.isfinite(float(var.sum())):  # one reduction over C numbers: the common case
+        return
+    if bool((torch.isinf(var) & torch.isfinite(mean)).any()):
         raise ValueError(
             f"the batch variance overflows {var.dtype} (largest {torch.finfo(var.dtype).max:.3g}, a standard "
             f"deviation above ~{torch.finfo(var.dtype).max ** 0.5:.2g}): the {x.dtype} input cannot be normalized "
