@@ -60,6 +60,7 @@ __all__ = [
     "check_tensors",
     "check_dtype",
     "check_variance_fits",
+    "VarianceOverflowError",
     "ACTIVATIONS",
 ]
 
@@ -165,6 +166,11 @@ def _train_impl(x, weight, bias, axes: tuple[int, ...], eps: float, relu: bool):
     return out
 
 
+class VarianceOverflowError(ValueError):
+    """A finite input whose batch variance σ²_B does not fit the statistics' dtype (see :func:`check_variance_fits`);
+    in training this usually means the network diverged."""
+
+
 def check_variance_fits(x: Tensor, mean: Tensor, var: Tensor) -> None:
     """Refuse a finite input whose σ²_B overflows the statistics' dtype (float32: a std above ~1.8e19):
     1/√(σ²_B + ε) would be 0 and the output a silent β. Checked on the CPU, where reading C numbers costs
@@ -172,7 +178,7 @@ def check_variance_fits(x: Tensor, mean: Tensor, var: Tensor) -> None:
     if x.device.type != "cpu" or math.isfinite(float(var.sum())):  # one reduction over C numbers: the common case
         return
     if bool((torch.isinf(var) & torch.isfinite(mean)).any()):
-        raise ValueError(
+        raise VarianceOverflowError(
             f"the batch variance overflows {var.dtype} (largest {torch.finfo(var.dtype).max:.3g}, a standard "
             f"deviation above ~{torch.finfo(var.dtype).max ** 0.5:.2g}): the {x.dtype} input cannot be normalized "
             f"in this precision; divide it by a constant first (x̂ does not change, up to ε) or use float64 "
