@@ -86,7 +86,7 @@ def _eval_relu_pair():
     return ours.eval(), theirs.eval()
 
 
-@pytest.mark.parametrize("door", ["eager", "compile", "export", "vmap"])
+@pytest.mark.parametrize("door", ["eager", pytest.param("compile", marks=pytest.mark.slow), "export", "vmap"])
 def test_fused_relu_in_eval_through_every_door(door):
     ours, theirs = _eval_relu_pair()
     x = torch.randn(4, 6, 3, 5, 5, dtype=F64)  # (vmapped, N, C, H, W)
