@@ -310,13 +310,15 @@ def test_half_layer_running_variance_never_overflows():
 
 
 def test_overflowing_variance_with_a_finite_mean_does_not_poison_running_statistics():
-    """A guard that only looked at the mean would let inf into running_var here."""
+    """A guard that only looked at the mean would let inf into running_var here. (A σ²_B beyond float32 is
+    refused outright, see tests/test_numerics.py; here σ²_B fits but the unbiased m/(m−1)·σ²_B does not.)"""
     torch.manual_seed(0)
-    bn = bnlab.nn.BatchNorm2d(2)
-    x = torch.randn(8, 2, 3, 3)
-    x[:, 1] *= 1e20  # float32: mean finite (~1e19), (x − μ)² overflows, so σ² = inf
+    bn = bnlab.nn.BatchNorm1d(2)
+    x = torch.randn(2, 2)
+    x[:, 1] = torch.tensor([1.5e19, -1.5e19])  # float32: μ = 0, σ² = 2.25e38 fits, 2·σ² = 4.5e38 does not
     before = copy.deepcopy(bn.state_dict())
-    bn(x)
+    y = bn(x)
+    torch.testing.assert_close(y[:, 1], torch.tensor([1.0, -1.0]))  # normalized right all the same
     assert torch.isfinite(bn.running_mean).all() and torch.isfinite(bn.running_var).all()
     assert torch.equal(bn.running_var[1], before["running_var"][1])
     assert torch.equal(bn.running_mean[1], before["running_mean"][1])

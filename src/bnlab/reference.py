@@ -23,8 +23,10 @@ fixed affine map y = γ/√(Var[x]+ε) · x + (β − γ E[x]/√(Var[x]+ε)) �
 Batch Renormalization (Ioffe 2017, Alg. 1): :func:`renorm_forward` / :func:`renorm_backward` below.
 
 Arrays of float32 stay float32 (statistics are sums along contiguous rows, with the corrected two-pass
-variance below); float64 stays float64. The code computes each line of the paper once, in place where it
-can, so that this literal reference is also fast (about torch's own CPU kernel, see docs/performance.md).
+variance below); float64 stays float64. A sum of squares that overflows is redone on (x − μ_B)/s (s a
+power of two); a σ²_B beyond the dtype's range is refused with a ValueError, never normalized to 0.
+The code computes each line of the paper once, in place where it can, so that this literal reference is also
+fast (about torch's own CPU kernel, see docs/performance.md).
 
 >>> import numpy as np
 >>> x = np.random.default_rng(0).normal(3.0, 2.0, size=(8, 5, 5, 4))      # NHWC
@@ -106,6 +108,11 @@ def _sum(a: np.ndarray, axes: tuple[int, ...], b: np.ndarray | None = None) -> n
     return s.reshape(param_shape(a.shape, axes))
 
 
+def _max_abs(a: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """max |a| over ``axes`` (reduced axes kept as size 1), in float64."""
+    return np.abs(a).max(axis=axes, keepdims=True).astype(np.float64)
+
+
 def _per_sample(p: np.ndarray, shape: Sequence[int], axes: tuple[int, ...]) -> np.ndarray:
     """A per-feature array (reduced axes of size 1) spread over one sample: broadcasts on the batch axis only."""
     if 0 not in axes:
@@ -140,7 +147,21 @@ def forward(x, gamma, beta, axes=(0,), eps: float = 1e-5):
     # using Σ (x_i − μ_B − δ)² = Σ (x_i − μ_B)² − m δ².
     delta = _sum(x_hat, axes) / m
     mu_B += delta
-    sigma2_B = np.maximum(_sum(x_hat, axes, x_hat) / m - delta * delta, 0)  # σ²_B = 1/m Σ (x_i − μ_B)²
+    with np.errstate(over="ignore"):  # an overflow is handled here, and refused below if σ²_B itself overflows
+        mean_sq = _sum(x_hat, axes, x_hat) / m  # 1/m Σ (x_i − μ_B)²
+        if not np.all(np.isfinite(mean_sq)) and np.all(np.isfinite(x_hat)):
+            # the sum overflowed (float32 holds up to 3.4e38: a std above ~1.8e19/√m): sum ((x_i − μ_B)/s)²
+            # instead, with s a power of two per feature (dividing by it is exact), and multiply by s² after /m
+            s = 2.0 ** np.ceil(np.log2(np.maximum(_max_abs(x_hat, axes), np.finfo(x.dtype).tiny)))
+            scaled = x_hat / _per_sample(s.astype(x.dtype), x.shape, axes)
+            mean_sq = (_sum(scaled, axes, scaled) / m * (s * s)).astype(x.dtype)
+    sigma2_B = np.maximum(mean_sq - delta * delta, 0)  # σ²_B = 1/m Σ (x_i − μ_B)²
+    if np.any(np.isinf(sigma2_B)) and np.all(np.isfinite(x)):
+        raise ValueError(
+            f"the mini-batch variance σ²_B overflows {x.dtype} (largest {np.finfo(x.dtype).max:.3g}): the input's "
+            f"spread is too large to normalize in this precision; use float64 (x.astype(np.float64)) or "
+            f"divide x by a constant first (x̂ does not change when x is scaled, up to ε)"
+        )
     y = np.empty_like(x)
     delta_, inv_sigma_, gamma_, beta_ = (
         _per_sample(p, x.shape, axes) for p in (delta, 1 / np.sqrt(sigma2_B + eps), gamma, beta)
@@ -184,6 +205,11 @@ def inference(x, gamma, beta, mean, var, axes=(0,), eps: float = 1e-5):
     eps = check_eps(eps)
     shapes = {"gamma": np.shape(gamma), "beta": np.shape(beta), "mean": np.shape(mean), "var": np.shape(var)}
     axes = check_input(x.shape, axes, training=False, params=shapes)
+    if np.any(np.asarray(var) < 0):
+        raise ValueError(
+            "var holds negative values; a population variance Var[x] is never negative (pass the running "
+            "variance, or the Var[x] of population_statistics)"
+        )
     gamma, beta, mean, var = (_broadcast(p, x.shape, axes, x.dtype) for p in (gamma, beta, mean, var))
     scale = gamma / np.sqrt(var + eps)
     shift = beta - scale * mean

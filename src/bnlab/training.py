@@ -43,6 +43,7 @@ from .inference import CheckpointError, load_checkpoint, save_checkpoint
 from .io import finite_json, make_dirs
 from .io import write_json as _write_json
 from .models import ACTIVATIONS, ARCHS, FAMILY_NORMS, NORMS, UnitRecorder, build_model, model_spec
+from .nn.functional import VarianceOverflowError
 from .progress import progress_bar
 
 __all__ = [
@@ -490,7 +491,10 @@ def fit(
                 idx = order[k * config.batch_size : (k + 1) * config.batch_size]
                 xb, yb = x[idx], y[idx]
                 t0 = time.perf_counter()
-                logits = model(xb)
+                try:
+                    logits = model(xb)
+                except VarianceOverflowError:  # activations of ~1e19 and more: BN refuses to normalize them
+                    raise diverged("a normalization layer's batch variance overflows float32", math.nan) from None
                 loss = nn.functional.cross_entropy(logits, yb)
                 # before the step, so the weights stay as they were; in a data-parallel run every replica
                 # computes the same loss from the gathered batch, so all of them stop at the same step

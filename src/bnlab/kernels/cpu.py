@@ -21,11 +21,16 @@ to :mod:`.composed` unchanged. The fast paths apply to convolutional BN in torch
 - **backward**: ``aten.native_batch_norm_backward`` given our μ_B and 1/√(σ²_B + ε); its reductions are
   centred on μ_B, so they stay accurate with large offsets.
 
+Range: a row's float32 Σ (x − μ_r)² overflows for a std above ~1.8e19/√m_r although σ²_B may still fit
+float32; a check over the C merged variances sends that rare case (and inputs holding inf/NaN) to a float64
+``var_mean`` of the whole input.
+
 Nothing here is differentiable (the double backward uses :mod:`.composed`).
 """
 
 from __future__ import annotations
 
+import math
 import threading
 
 import torch
@@ -222,6 +227,11 @@ def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         row_mean, row_m2 = _row_moments_cl(x.movedim(1, -1).reshape(n, -1, c))  # a view of channels_last
     total = merge_rows(row_mean, row_m2, x.numel() // (n * c))
     sdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if not math.isfinite(float(total.variance.sum())):  # one reduction over C numbers: ~3 µs
+        # a row's Σ (x − μ_r)² overflowed float32 (a std above ~1.8e19/√m_r), or x holds inf/NaN: the rare
+        # case is recomputed in float64, so σ²_B is right wherever it fits the statistics' dtype
+        var, mean = torch.var_mean(x.to(torch.float64), dim=(0, *range(2, x.dim())), correction=0)
+        return mean.to(sdt), var.to(sdt)
     return total.mean.to(sdt), total.variance.to(sdt)
 
 

@@ -32,12 +32,19 @@ result rounded and **saturated** at the dtype's largest finite value (65504 for 
 large for float16 is stored as 65504, never as inf. The guard is a ``torch.where`` on the device, so it
 costs no host synchronization.
 
+Range: fp16/bf16 statistics are computed in float32 (σ² of an fp16 input of std 300 would overflow fp16).
+Sums of squares that overflow while σ²_B itself fits are recomputed in float64 on the CPU, so σ²_B is right
+wherever the statistics' dtype holds it; a finite input whose σ²_B does not fit (float32: a std above
+~1.8e19) raises a ValueError on the CPU instead of the silent β that 1/√(inf) gives (and torch gives).
+
 dtypes: the input may be float16/bfloat16 with float32 parameters and buffers (as torch and autocast
 allow); otherwise parameters and buffers must have the input's dtype (torch raises "mixed dtype" on the
 CPU; so do we, on every device, with the fix in the message).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -46,7 +53,16 @@ from torch.autograd import forward_ad as _forward_ad
 from .. import kernels
 from ..axes import check_eps, check_input, check_momentum
 
-__all__ = ["batch_norm", "update_running_stats", "default_axes", "check_tensors", "check_dtype", "ACTIVATIONS"]
+__all__ = [
+    "batch_norm",
+    "update_running_stats",
+    "default_axes",
+    "check_tensors",
+    "check_dtype",
+    "check_variance_fits",
+    "VarianceOverflowError",
+    "ACTIVATIONS",
+]
 
 #: values of ``activation=``: None (BN alone) or "relu" (y = max(BN(x), 0), fused where a kernel can)
 ACTIVATIONS = (None, "relu")
@@ -143,8 +159,31 @@ def _train_impl(x, weight, bias, axes: tuple[int, ...], eps: float, relu: bool):
     k = kernels.select(x)
     with torch.no_grad():
         if relu:
-            return k.forward(x, weight, bias, eps, axes, relu=True)
-        return k.forward(x, weight, bias, eps, axes)
+            out = k.forward(x, weight, bias, eps, axes, relu=True)
+        else:
+            out = k.forward(x, weight, bias, eps, axes)
+    check_variance_fits(x, out[1], out[2])
+    return out
+
+
+class VarianceOverflowError(ValueError):
+    """A finite input whose batch variance σ²_B does not fit the statistics' dtype (see :func:`check_variance_fits`);
+    in training this usually means the network diverged."""
+
+
+def check_variance_fits(x: Tensor, mean: Tensor, var: Tensor) -> None:
+    """Refuse a finite input whose σ²_B overflows the statistics' dtype (float32: a std above ~1.8e19):
+    1/√(σ²_B + ε) would be 0 and the output a silent β. Checked on the CPU, where reading C numbers costs
+    microseconds; elsewhere it would be a host synchronization per call (torch gives zeros there too)."""
+    if x.device.type != "cpu" or math.isfinite(float(var.sum())):  # one reduction over C numbers: the common case
+        return
+    if bool((torch.isinf(var) & torch.isfinite(mean)).any()):
+        raise VarianceOverflowError(
+            f"the batch variance overflows {var.dtype} (largest {torch.finfo(var.dtype).max:.3g}, a standard "
+            f"deviation above ~{torch.finfo(var.dtype).max ** 0.5:.2g}): the {x.dtype} input cannot be normalized "
+            f"in this precision; divide it by a constant first (x̂ does not change, up to ε) or use float64 "
+            f"(x.double() and layer.double())"
+        )
 
 
 @_train_op.register_fake
@@ -358,6 +397,7 @@ def _route(x: Tensor) -> str:
 
 def _composed_train(x, weight, bias, axes, eps, relu):
     y, mean, var = kernels.composed.forward(x, weight, bias, eps, axes)
+    check_variance_fits(x, mean, var)
     return (torch.relu(y) if relu else y), mean.detach(), var.detach()
 
 

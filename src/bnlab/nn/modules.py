@@ -18,7 +18,8 @@ True
 
 ``per="activation"`` gives the paper's per-activation BN (§3): one mean/variance and one (γ, β) per
 activation, i.e. per (channel, location), with parameters of the feature shape ``(C, *spatial_size)``.
-Without ``spatial_size`` the shapes are taken from the first (valid) input:
+Without ``spatial_size`` the shapes are taken from the first (valid) input — in eval mode too, which then
+normalizes with the initial running statistics (0 and 1), as torch's lazy layers do:
 
 >>> bn = BatchNorm2d(16, per="activation", spatial_size=(28, 28))
 >>> tuple(bn.weight.shape)
@@ -200,7 +201,11 @@ class _BatchNorm(_TorchBatchNorm):
         if any(n < 1 for n in x.shape[2:]):
             raise ValueError(f"per-activation BN needs locations with values, got input of shape {tuple(x.shape)}")
         use_batch, update, momentum = self._mode()
-        F.check_tensors(x, (0,), use_batch, None, None, None, None, self.eps, momentum, self.activation)
+        fshape = (x.shape[1], *x.shape[2:])
+        # eval mode normalizes with the initial running statistics (0 and 1, as torch's lazy layers do):
+        # stand-ins of the feature shape let the eval-mode checks run (a batch of one sample is fine there)
+        stats = None if use_batch else x.new_empty(fshape)
+        F.check_tensors(x, (0,), use_batch, stats, stats, None, None, self.eps, momentum, self.activation)
         for name, t in (*self._parameters.items(), *self._buffers.items()):
             if isinstance(t, _UNINITIALIZED):
                 if t.device != x.device:
@@ -209,7 +214,6 @@ class _BatchNorm(_TorchBatchNorm):
                         f".to({str(x.device)!r}) or the input with x.to({str(t.device)!r})"
                     )
                 F.check_dtype(name, t, x)
-        fshape = (x.shape[1], *x.shape[2:])
         self._materialize(fshape)
 
     def reset_running_stats(self) -> None:
@@ -275,7 +279,10 @@ class _BatchNorm(_TorchBatchNorm):
         momentum = 0.0
         if update:
             if self.momentum is None:  # cumulative average: the new batch weighs 1/(number of batches seen)
-                momentum = 1.0 / (self.num_batches_tracked + 1)
+                # in the running statistics' precision (float64 for float64 buffers, else float32): a float32
+                # 1/3 left a float64 running mean 5e-9 off the exact average. A tensor: no host sync.
+                wide = torch.float64 if self.running_mean.dtype == torch.float64 else torch.float32
+                momentum = (self.num_batches_tracked + 1).to(wide).reciprocal()
             else:
                 momentum = self.momentum
         return use_batch, update, momentum
