@@ -190,7 +190,7 @@ def test_the_page_checks_every_argument(kwargs, match):
 
 
 def test_the_page_keeps_a_valid_groups_for_another_norm():
-    assert '"groups": 4' in page_html(norm="layer", groups=4)
+    assert '"groups": "4"' in page_html(norm="layer", groups=4)  # sizes travel as decimal strings (BigInt)
 
 
 # -- the command: a write that fails is exit 2 with a message, never a traceback (issue 20, items 3-5) ---------
