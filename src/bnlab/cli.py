@@ -2,8 +2,9 @@
 
 Help texts are in English and Spanish side by side; messages are in one language, chosen by ``--lang``
 or, by default, from the locale (``LC_ALL``, ``LC_MESSAGES``, ``LANG``: a value starting with ``es`` gives
-Spanish). Exit status: 0 on success, 1 when training diverged (NaN/inf loss), 2 for bad arguments or
-unreadable input, 130 when interrupted.
+Spanish). Exit status: 0 on success, 1 when training diverged (NaN/inf loss) or a replica of ``train --nproc``
+failed, 2 for bad arguments or unreadable input, 130 when interrupted (143 when the launcher of
+``train --nproc`` got SIGTERM).
 
 ``bnlab --help``, ``bnlab --version`` and ``bnlab explain`` (text) do not import torch: every module that
 needs it is imported inside the command that uses it, so the quick commands answer at once.
@@ -25,6 +26,7 @@ __all__ = ["main", "build_parser", "default_lang"]
 
 LANGS = ("en", "es")
 EXIT_DIVERGED = 1
+EXIT_FAILED = 1  # a replica of `train --nproc N` failed or was killed
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # as a process killed by SIGPIPE, e.g. `bnlab explain ... | head`
@@ -54,6 +56,16 @@ MSG = {
         "interrupted_nosave": "Interrupted; nothing was saved.",
         "interrupted_plain": "Interrupted.",
         "interrupted_after_save": "Interrupted after training finished; the checkpoint {ckpt} is complete.",
+        "interrupted_last_step": (
+            "Interrupted during the last step: training had finished, so the run is complete (nothing to "
+            "resume). Checkpoint: {ckpt}; history: {hist}"
+        ),
+        "rank_failed": "Rank {rank} of {nproc} {how}; the other ranks were stopped. {resume}",
+        "rank_killed": "was killed by {sig}",
+        "rank_exit": "failed (exit status {status})",
+        "terminated": "Stopped by {sig}: every rank was ended. {resume}",
+        "resume_hint": "The last checkpoint is {ckpt}; continue with: {cmd}",
+        "nothing_saved": "No checkpoint was written yet.",
         "diverged": (
             "Training stopped: the loss became {loss} at step {step} (NaN or infinite values; the learning rate "
             "--lr {lr:g} is probably too large). {kept}"
@@ -113,6 +125,16 @@ MSG = {
         "interrupted_after_save": (
             "Interrumpido después de terminar el entrenamiento; el punto de control {ckpt} está completo."
         ),
+        "interrupted_last_step": (
+            "Interrumpido durante el último paso: el entrenamiento ya había terminado, así que la ejecución está "
+            "completa (no hay nada que continuar). Punto de control: {ckpt}; historial: {hist}"
+        ),
+        "rank_failed": "El proceso de rango {rank} de {nproc} {how}; se detuvieron los demás. {resume}",
+        "rank_killed": "fue terminado por {sig}",
+        "rank_exit": "falló (código de salida {status})",
+        "terminated": "Detenido por {sig}: se terminaron todos los procesos. {resume}",
+        "resume_hint": "El último punto de control es {ckpt}; para continuar: {cmd}",
+        "nothing_saved": "Aún no se había escrito ningún punto de control.",
         "diverged": (
             "Entrenamiento detenido: la pérdida llegó a {loss} en el paso {step} (valores NaN o infinitos; la tasa "
             "de aprendizaje --lr {lr:g} es probablemente demasiado grande). {kept}"
@@ -572,7 +594,9 @@ def _cmd_train(args, lang: str) -> int:
         raise UsageError(m["exists"].format(ckpt=ckpt))
     _writable_dir(args.out, "--out", lang)
     if args.nproc > 1 and replica is None:  # every process runs this command as one replica
-        return parallel.spawn(args.nproc, main, args.argv)
+        if args.resume and ckpt.exists():  # a damaged checkpoint is said at once, before N processes start
+            _read_training_checkpoint(ckpt, lang)
+        return _launch_train(args, ckpt, lang)
     saved = None
     if args.resume and (replica is None or replica.is_main):
         if ckpt.exists():
@@ -602,7 +626,7 @@ def _cmd_train(args, lang: str) -> int:
         if stop.checkpoint is None:
             print(m["interrupted_nosave"], file=sys.stderr)
         else:
-            cmd = " ".join(["bnlab", *[a for a in args.argv if a != "--resume"], "--resume"])
+            cmd = _resume_cmd(args)
             print(m["interrupted"].format(step=stop.step, total=total, ckpt=stop.checkpoint, cmd=cmd), file=sys.stderr)
         return EXIT_INTERRUPTED
     except TrainingDiverged as stop:
@@ -615,11 +639,14 @@ def _cmd_train(args, lang: str) -> int:
     except OSError as err:  # the checkpoint could not be written: a full disk, no permission, ...
         raise _unwritable("--out", args.out, err, lang) from None
     if replica is not None and not replica.is_main:
-        return 0
+        return EXIT_INTERRUPTED if result.interrupted else 0
     try:
         test = evaluate(result.model, data.x_test, data.y_test)
         record = {"config": config.to_dict(), "meta": meta, "test": test, "history": result.history}
         hist = write_json(args.out / "history.json", record)
+        if result.interrupted:  # Ctrl-C during the last step: the run is complete; stop before the figure
+            print(m["interrupted_last_step"].format(ckpt=ckpt, hist=hist), file=sys.stderr)
+            return EXIT_INTERRUPTED
         fig = args.out / "curves.png"
         from .report.plots import curves_figure
         from .report.strings import num, pct
@@ -634,6 +661,33 @@ def _cmd_train(args, lang: str) -> int:
     print(m["trained"].format(acc=pct(test["accuracy"], lang), loss=num(test["loss"], lang, 4), n=len(data.x_test)))
     print(m["saved"].format(ckpt=ckpt, hist=hist, fig=fig))
     return 0
+
+
+def _resume_cmd(args) -> str:
+    return " ".join(["bnlab", *[a for a in args.argv if a != "--resume"], "--resume"])
+
+
+def _launch_train(args, ckpt: Path, lang: str) -> int:
+    """``train --nproc N``: run the command in N replicas; say what rank 0 could not (see parallel.launch)."""
+    from . import parallel
+
+    m = MSG[lang]
+    run = parallel.launch(args.nproc, main, args.argv)
+    resume = m["resume_hint"].format(ckpt=ckpt, cmd=_resume_cmd(args)) if ckpt.exists() else m["nothing_saved"]
+    if run.how == "interrupted":
+        if not run.told:  # stopped before rank 0 could say anything (start-up, or killed)
+            print(m["interrupted_plain"], file=sys.stderr)
+        elif run.statuses and run.statuses[0] == 0:  # rank 0 had finished and printed its results
+            print(m["interrupted_after_save"].format(ckpt=ckpt), file=sys.stderr)
+    elif run.how == "terminated":
+        print(m["terminated"].format(sig=signal.Signals(run.signal).name, resume=resume), file=sys.stderr)
+    elif run.how == "failed":
+        status = run.status
+        how = m["rank_killed"].format(sig=signal.Signals(-status).name) if status < 0 else m["rank_exit"].format(
+            status=status)  # fmt: skip
+        print(m["rank_failed"].format(rank=run.rank, nproc=args.nproc, how=how, resume=resume), file=sys.stderr)
+        return EXIT_FAILED
+    return run.code
 
 
 def _cmd_evaluate(args, lang: str) -> int:
@@ -779,7 +833,19 @@ def _cmd_bench(args, lang: str) -> int:
         return 1
     print(MSG[lang]["bench_running"].format(path=path), file=sys.stderr)
     passthrough = args.args[1:] if args.args[:1] == ["--"] else args.args
-    return subprocess.call([sys.executable, str(path), *passthrough, *args.extra])
+    from ._lifeline import die_with_parent
+
+    # its own process group: a Ctrl-C in the terminal reaches bnlab alone, which ends the benchmark
+    # (one "Interrupted." message, no traceback of the child's); it dies with bnlab even if bnlab is killed
+    parent = os.getpid()
+    child = subprocess.Popen([sys.executable, str(path), *passthrough, *args.extra], process_group=0,
+                             preexec_fn=lambda: die_with_parent(parent))  # fmt: skip
+    try:
+        return child.wait()
+    finally:
+        if child.poll() is None:  # Ctrl-C (KeyboardInterrupt) or another error here
+            child.kill()
+            child.wait()
 
 
 COMMANDS = {
@@ -801,7 +867,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return _main(argv, lang)
         except KeyboardInterrupt:  # at any moment, start-up included
-            print(MSG[lang]["interrupted_plain"], file=sys.stderr)
+            if _speaks():
+                print(MSG[lang]["interrupted_plain"], file=sys.stderr)
             return EXIT_INTERRUPTED
         except BrokenPipeError:
             return _quiet_broken_pipe()
@@ -810,8 +877,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise
             # an error that follows Ctrl-C is the interrupt's doing (e.g. a library that was stopped half-way
             # in code of its own that imports lazily): report the interrupt
-            print(MSG[lang]["interrupted_plain"], file=sys.stderr)
+            if _speaks():
+                print(MSG[lang]["interrupted_plain"], file=sys.stderr)
             return EXIT_INTERRUPTED
+
+
+def _speaks() -> bool:
+    """False in a replica other than rank 0 of a data-parallel run (``--nproc``, torchrun): rank 0 speaks."""
+    try:
+        return not (int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) != 0)
+    except ValueError:
+        return True
 
 
 class _SigintWatch:
@@ -897,7 +973,8 @@ def _main(argv: list[str], lang: str) -> int:
         return code
     except UsageError as err:
         m = MSG[lang]
-        print(f"{prog}: {m['error']}: {err}\n{m['try_help'].format(prog=prog)}", file=sys.stderr)
+        if _speaks():
+            print(f"{prog}: {m['error']}: {err}\n{m['try_help'].format(prog=prog)}", file=sys.stderr)
         return EXIT_USAGE
 
 

@@ -9,6 +9,11 @@ global batch size, up to float rounding. Only rank 0 shows progress, prints and 
 (atomically, as in one process); ``--resume`` works the same; on Ctrl-C all ranks stop after the same
 step.
 
+The launcher (:func:`launch`, behind ``--nproc``) owns the run: Ctrl-C reaches it alone (the replicas
+leave its process group) and it forwards it once to every replica; SIGTERM ends every replica; the
+replicas die with it even if it is killed (:mod:`bnlab._lifeline`); a replica that dies or fails ends the
+others, and the launcher says which rank it was.
+
 Launching: :func:`spawn` starts N local processes (gloo: ``bnlab train`` runs on the CPU); under ``torchrun``
 (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT`` set) :func:`current` joins the process group
 from those variables — which is how a run goes to several machines::
@@ -24,6 +29,7 @@ import datetime
 import gc
 import inspect
 import multiprocessing as mp
+import multiprocessing.connection
 import os
 import signal
 import socket
@@ -32,6 +38,8 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing import resource_tracker
 from typing import NoReturn
 
 import torch
@@ -39,9 +47,12 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from . import _lifeline
 from .distributed import _all_gather, convert_sync
 
-__all__ = ["Replica", "ShardedModel", "current", "exit_process", "spawn", "TIMEOUT_S"]
+__all__ = [
+    "Launch", "Replica", "ShardedModel", "current", "exit_process", "launch", "run_replica", "spawn", "TIMEOUT_S",
+]  # fmt: skip
 
 #: seconds any collective may wait for the other ranks before the run stops with an error
 TIMEOUT_S = float(os.environ.get("BNLAB_DIST_TIMEOUT", "300"))
@@ -206,43 +217,186 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _child(rank: int, world: int, port: int, fn: Callable[..., int], args: tuple) -> None:
+def run_replica(rank: int, world: int, port: int, flags, fn: Callable[..., int], args: tuple) -> NoReturn:
+    """Body of one replica process started by :func:`launch` (through :func:`bnlab._lifeline.bootstrap`).
+
+    Joins the process group, runs ``fn(*args)`` and ends the process with its status. An error is printed
+    with its traceback, unless the launcher has asked every replica to stop (Ctrl-C: status 130) or is
+    ending them because another rank failed: then it is only the echo of that (e.g. gloo's "Connection
+    closed by peer") and nothing is printed.
+    """
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})  # fmt: skip
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
-    _init(rank, world, f"tcp://127.0.0.1:{port}")
     code = 1
     try:
+        if not flags[_lifeline.STOP]:  # interrupted while starting: no need to meet the others
+            _init(rank, world, f"tcp://127.0.0.1:{port}")
+        # from here Ctrl-C (forwarded by the launcher) is fn's to handle; one that came before is in STOP
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if flags[_lifeline.STOP]:
+            raise KeyboardInterrupt
+        flags[_lifeline.READY + rank] = 1
         code = int(fn(*args) or 0)
+        if rank == 0:
+            flags[_lifeline.TOLD] = 1
     except BaseException:  # noqa: BLE001 - reported here, the exit status tells the launcher
-        traceback.print_exc()
+        deadline = time.monotonic() + _ECHO_WAIT_S
+        while not (flags[_lifeline.STOP] or flags[_lifeline.ABORT]) and time.monotonic() < deadline:
+            time.sleep(0.05)  # a peer that died is noticed by the launcher, which then sets ABORT
+        if flags[_lifeline.STOP]:
+            code = 130
+        elif not flags[_lifeline.ABORT]:
+            traceback.print_exc()
     exit_process(code)
 
 
-def spawn(nproc: int, fn: Callable[..., int], *args) -> int:
-    """Run ``fn(*args)`` in ``nproc`` new local processes, each a :class:`Replica` (see :func:`current`).
+#: seconds a failing replica waits to learn from the launcher whether its error is the echo of another's
+_ECHO_WAIT_S = 3.0
+#: seconds the others get to end on their own after a rank other than 0 ended with an error status (rank 0
+#: may be about to report the same error, e.g. an unreadable --data)
+_FAILURE_GRACE_S = 1.5
+#: after Ctrl-C: seconds to wait for the replicas to stop after their step (then they are killed), and
+#: seconds the others get once one of them has ended
+_STOP_WAIT_S = 120.0
+_STOP_GRACE_S = 5.0
 
-    Returns rank 0's exit status (or the first failing rank's). Ctrl-C reaches every process: each
-    finishes its step and rank 0 saves; this process waits for them. If a rank fails, the others stop
-    with an error within :data:`TIMEOUT_S` seconds, and any still running after that are ended.
+
+@dataclass
+class Launch:
+    """How a :func:`launch` ended.
+
+    ``code``: the exit status to return (0; rank 0's own status when it reported its outcome itself; the
+    first failing rank's status, 128 + N for a rank killed by signal N; 130 after Ctrl-C; 128 + N when the
+    launcher got signal N, e.g. 143 for SIGTERM). ``how``: ``"ok"``, ``"reported"`` (rank 0 returned a
+    non-zero status and said why), ``"failed"`` (``rank`` ended with ``status``: an exit status, or -N for
+    signal N, as :attr:`multiprocessing.Process.exitcode`), ``"interrupted"`` or ``"terminated"``
+    (``signal``). ``told``: rank 0's function returned, so it printed its own outcome.
+    """
+
+    code: int
+    how: str
+    told: bool = False
+    rank: int | None = None
+    status: int | None = None
+    signal: int | None = None
+    statuses: list = field(default_factory=list)
+
+
+def launch(nproc: int, fn: Callable[..., int], *args) -> Launch:
+    """Run ``fn(*args)`` in ``nproc`` new local processes, each a :class:`Replica`; say how it ended.
+
+    The replicas die with this process, even when it is killed with SIGKILL (see :mod:`bnlab._lifeline`).
+    While they run, this process handles the signals: Ctrl-C (SIGINT, to this process or its whole process
+    group) is forwarded once to every replica, which stop after the same step (rank 0 saves); a second one
+    is forwarded again (they stop at once), a third kills them; so does the first while a replica is still
+    starting (no step can have been done yet: there is nothing to save). SIGTERM (or SIGHUP) kills every replica.
+    When a replica dies or fails, the others are killed at once (after a short grace when a rank other
+    than 0 ended with an error status, so that rank 0 can report an error they share).
     """
     ctx = mp.get_context("spawn")
+    flags = ctx.RawArray("b", _lifeline.READY + nproc)
     port = _free_port()
-    procs = [ctx.Process(target=_child, args=(r, nproc, port, fn, args)) for r in range(nproc)]
-    for p in procs:
-        p.start()
-    failed_at = None
-    while any(p.is_alive() for p in procs):
+    procs: list = []
+    killed: set[int] = set()
+    state = {"interrupts": 0, "stop_at": None, "signal": None}
+
+    def kill(reason: int) -> None:
+        flags[reason] = 1
+        for r, p in enumerate(procs):
+            if p.exitcode is None:
+                killed.add(r)
+                _signal(p, signal.SIGKILL)
+
+    def on_signal(signum, frame) -> None:
+        if signum == signal.SIGINT:
+            state["interrupts"] += 1
+            state["stop_at"] = state["stop_at"] or time.monotonic()
+            flags[_lifeline.STOP] = 1
+            if state["interrupts"] > 2 or len(procs) < nproc or not all(flags[_lifeline.READY :]):
+                kill(_lifeline.ABORT)  # a third Ctrl-C, or still starting: no training step to finish yet
+            for p in procs:
+                _signal(p, signal.SIGINT)
+        else:
+            state["signal"] = signum
+            kill(_lifeline.ABORT)
+
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, on_signal) for s in handled} if main_thread else {}
+    failure: tuple[int, int] | None = None  # (rank, status) of the first rank that failed on its own
+    failed_at = first_end = None
+    try:
+        # the tracker's start unblocks SIGINT in this thread (bpo-33613): start it before blocking
+        resource_tracker.ensure_running()
+        for rank in range(nproc):
+            if flags[_lifeline.STOP] or state["signal"]:
+                break
+            # a replica is born with SIGINT blocked, so a Ctrl-C that lands before it left our process group
+            # waits until it has a handler (see bnlab._lifeline.bootstrap)
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            try:
+                entry = (os.getpid(), "bnlab.parallel:run_replica", rank, nproc, port, flags, fn, args)
+                p = ctx.Process(target=_lifeline.bootstrap, name=f"bnlab-rank-{rank}", args=entry)
+                p.start()
+                procs.append(p)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        while True:
+            running = [p for p in procs if p.exitcode is None]  # before the statuses below: none is missed
+            now = time.monotonic()
+            for r, p in enumerate(procs):
+                if p.exitcode is not None and first_end is None:
+                    first_end = now
+                if failure is None and p.exitcode not in (None, 0) and r not in killed and not state["stop_at"]:
+                    failure, failed_at = (r, p.exitcode), now
+            if not running:
+                break
+            mp.connection.wait([p.sentinel for p in running], timeout=0.1)
+            if flags[_lifeline.ABORT]:
+                kill(_lifeline.ABORT)  # again: a replica started while the signal was handled
+                continue
+            if state["stop_at"]:  # Ctrl-C: they stop after the same step; do not wait forever
+                if now - state["stop_at"] > _STOP_WAIT_S or (first_end is not None and now - first_end > _STOP_GRACE_S):
+                    kill(_lifeline.ABORT)
+            elif failure is not None:
+                rank, status = failure
+                if status < 0 or rank == 0 or now - failed_at > _FAILURE_GRACE_S:
+                    kill(_lifeline.ABORT)
+    finally:
+        if any(p.exitcode is None for p in procs):  # an error in this function: leave no replica behind
+            kill(_lifeline.ABORT)
+        for p in procs:
+            p.join()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    statuses = [p.exitcode for p in procs]
+    told = bool(flags[_lifeline.TOLD])
+    if state["signal"]:
+        return Launch(128 + state["signal"], "terminated", told, signal=state["signal"], statuses=statuses)
+    if state["stop_at"] or len(procs) < nproc:
+        return Launch(130, "interrupted", told, statuses=statuses)
+    if told and statuses[0] != 0:
+        return Launch(statuses[0], "reported", told, rank=0, status=statuses[0], statuses=statuses)
+    if failure is not None:
+        rank, status = failure
+        code = status if status > 0 else 128 - status
+        return Launch(code, "failed", told, rank=rank, status=status, statuses=statuses)
+    return Launch(0, "ok", told, statuses=statuses)
+
+
+def _signal(p, signum: int) -> None:
+    if p.exitcode is None:
         try:
-            for p in procs:
-                p.join(0.2)
-        except KeyboardInterrupt:  # the children got the same Ctrl-C: they save and stop
-            continue
-        if failed_at is None and any(p.exitcode not in (None, 0) for p in procs):
-            failed_at = time.monotonic()
-        if failed_at is not None and time.monotonic() - failed_at > TIMEOUT_S + 10:
-            for p in procs:
-                if p.is_alive():
-                    os.kill(p.pid, signal.SIGKILL)
-    codes = [p.exitcode for p in procs]
-    return next((c for c in codes if c), 0)
+            os.kill(p.pid, signum)
+        except ProcessLookupError:  # ended meanwhile
+            pass
+
+
+def spawn(nproc: int, fn: Callable[..., int], *args) -> int:
+    """Run ``fn(*args)`` in ``nproc`` new local processes; return the exit status (see :func:`launch`).
+
+    0 only when every rank's ``fn`` returned 0: a rank that fails (returns non-zero, raises, or is killed)
+    fails the whole run, and the other ranks are stopped.
+    """
+    return launch(nproc, fn, *args).code

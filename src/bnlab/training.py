@@ -14,7 +14,8 @@ same weights as a run that never stopped.
 
 Ctrl-C (SIGINT) during :func:`fit` finishes the current step, saves the checkpoint and raises
 :class:`TrainingInterrupted` (a ``KeyboardInterrupt``) whose message says where it was saved. A second
-Ctrl-C stops at once, without saving.
+Ctrl-C stops at once, without saving. Ctrl-C during the last step raises nothing: that step ends the run,
+whose checkpoint is already written; :func:`fit` returns with ``interrupted=True`` in its result.
 
 A loss that is NaN or infinite (e.g. a learning rate far too large), or weights that became so, stop
 :func:`fit` with :class:`TrainingDiverged` *before* the optimizer step and before any checkpoint is
@@ -113,7 +114,8 @@ class TrainResult:
 
     ``history`` holds lists: per step ``step, epoch, loss, accuracy, p15, p50, p85`` (the percentiles of
     the watched unit; NaN without one); per evaluation ``eval_step, eval_loss, eval_accuracy``;
-    ``train_seconds`` (time spent in training steps, summed over resumes).
+    ``train_seconds`` (time spent in training steps, summed over resumes). ``interrupted``: Ctrl-C came
+    during the last step; the run is complete all the same (its checkpoint is the finished run's).
     """
 
     model: nn.Module
@@ -123,6 +125,7 @@ class TrainResult:
     recorded: str = ""
     completed: bool = True
     meta: dict = field(default_factory=dict)
+    interrupted: bool = False
 
     @property
     def final_eval(self) -> dict:
@@ -479,6 +482,7 @@ def fit(
     main = replica is None or replica.is_main  # only the main replica shows progress and writes files
     bar = progress_bar(total_steps, step, desc, enabled=progress and main, lang=lang)
     model.train()
+    interrupted = False
     try:
         with _SigintFlag() as sigint:
             if step == 0 and config.eval_every:
@@ -524,14 +528,18 @@ def fit(
                 if on_step is not None:
                     on_step(step)
                 if sigint.raised if replica is None else replica.agree(sigint.raised):
+                    if step == total_steps:  # the last step: the run is complete and saved, nothing to resume
+                        interrupted = True
+                        break
                     saved_to = save() if ckpt is not None and main else ckpt
                     where = f"checkpoint saved to {saved_to}" if saved_to else "nothing saved (no out_dir)"
                     raise TrainingInterrupted(f"interrupted at step {step}/{total_steps}: {where}", saved_to, step)
+            interrupted = interrupted or sigint.raised  # Ctrl-C after the last check: the run is complete
     finally:
         bar.close()
         recorder.close()
     model.eval()
-    return TrainResult(model, config, history, ckpt, recorder.layer, True, meta)
+    return TrainResult(model, config, history, ckpt, recorder.layer, True, meta, interrupted)
 
 
 def load_trained(path: str | Path, *, allow_legacy: bool = False) -> tuple[nn.Module, dict]:
