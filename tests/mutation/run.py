@@ -45,14 +45,19 @@ def catalog() -> list[dict]:
     return bugs
 
 
+def stale(root: Path, bug: dict) -> str | None:
+    """Why ``bug`` cannot be planted in the tree at ``root`` (its text must occur exactly once), or None."""
+    target = root / bug["path"]
+    if not target.is_file():
+        return f"{bug['path']} does not exist"
+    count = target.read_text(encoding="utf-8").count(bug["old"])
+    return None if count == 1 else f"its text occurs {count} times in {bug['path']} (needs exactly 1)"
+
+
 def plant(copy: Path, bug: dict) -> None:
-    """Replace ``old`` by ``new`` in the copy; the text must occur exactly once."""
+    """Replace ``old`` by ``new`` in the copy."""
     target = copy / bug["path"]
-    text = target.read_text(encoding="utf-8")
-    count = text.count(bug["old"])
-    if count != 1:
-        raise SystemExit(f"{bug['name']}: {bug['old']!r} occurs {count} times in {bug['path']} (needs exactly 1)")
-    target.write_text(text.replace(bug["old"], bug["new"]), encoding="utf-8")
+    target.write_text(target.read_text(encoding="utf-8").replace(bug["old"], bug["new"]), encoding="utf-8")
 
 
 def run_tests(copy: Path, tests: list[str], timeout: float) -> tuple[int, str]:
@@ -84,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     caught, survived, broken = [], [], []
     with tempfile.TemporaryDirectory(prefix="bnlab-mutation-") as tmp:
         for b in bugs:
+            why = stale(ROOT, b)
+            if why:
+                broken.append(b["name"])
+                print(f"STALE     {b['name']:<44} {why}", flush=True)
+                continue
             copy = Path(tmp) / b["name"]
             shutil.copytree(ROOT / "src", copy / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
             start = time.monotonic()
