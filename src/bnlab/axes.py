@@ -27,6 +27,8 @@ __all__ = [
     "PER",
     "channel_axis",
     "reduce_axes",
+    "TORCH_CHANNEL_AXIS",
+    "torch_reduce_axes",
     "normalize_axes",
     "feature_shape",
     "param_shape",
@@ -84,6 +86,19 @@ def reduce_axes(layout: str, per: str = "channel") -> tuple[int, ...]:
         return (0,)
     c = LAYOUTS[layout]
     return tuple(a for a in range(len(layout)) if a != c)
+
+
+#: torch's tensors are logically NCHW whatever their memory format: the channels are axis 1.
+TORCH_CHANNEL_AXIS = 1
+
+
+def torch_reduce_axes(ndim: int) -> tuple[int, ...]:
+    """Per-channel reduce axes of a torch tensor of ``ndim`` dims: every axis but 1 (``torch.nn.BatchNorm``).
+
+    >>> torch_reduce_axes(4), torch_reduce_axes(2)
+    ((0, 2, 3), (0,))
+    """
+    return tuple(a for a in range(ndim) if a != TORCH_CHANNEL_AXIS)
 
 
 def normalize_axes(axes: Sequence[int] | int, ndim: int) -> tuple[int, ...]:

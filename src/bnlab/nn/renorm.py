@@ -300,3 +300,7 @@ class BatchRenorm2d(_BatchRenorm, BatchNorm2d):
 
 class BatchRenorm3d(_BatchRenorm, BatchNorm3d):
     """Batch Renorm for input (N, C, D, H, W); a ``bnlab.nn.BatchNorm3d`` (and torch's) by class."""
+
+
+#: The public name of the base class of BatchRenorm1d/2d/3d (``_BatchRenorm`` is kept for old importers).
+BatchRenormBase = _BatchRenorm
