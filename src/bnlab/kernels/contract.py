@@ -19,6 +19,7 @@ closed-form backward) are the definitions; every fast family is tested against t
 from __future__ import annotations
 
 import importlib
+import types
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
@@ -148,6 +149,18 @@ def chain(device: str, start: str | None = None) -> tuple:
     return tuple(m for m in map(family, names) if m is not None)
 
 
+def _chain_of(head) -> tuple:
+    """``head`` (a family module) and the families after it in its chain."""
+    key = (head.NAME, id(head))
+    found = _chains_from.get(key)
+    if found is None:
+        found = _chains_from[key] = (head, *chain("", head.NAME)[1:])
+    return found
+
+
+_chains_from: dict = {}
+
+
 def _call_args(op: str, args: tuple, kwargs: dict):
     """(x, axes, other tensors) of a call of ``op`` (the contract's argument order)."""
     return _EXTRACT[op](*args, **kwargs)
@@ -185,10 +198,11 @@ def first_covering(families, op: str, x: torch.Tensor, axes, tensors=()):
     raise RuntimeError(f"no kernel family covers {op} for {x.device.type} (the chain must end with composed)")
 
 
-def run(start: str, op: str, args: tuple, kwargs: dict):
-    """Walk ``start``'s chain for one call of ``op``: the first family that covers it runs its implementation."""
+def run(head, op: str, args: tuple, kwargs: dict):
+    """Walk the chain from ``head`` (a family module) for one call of ``op``: the first family that covers it
+    runs its implementation."""
     x, axes, tensors = _call_args(op, args, kwargs)
-    families = chain(x.device.type, start)
+    families = _chain_of(head)
     while True:
         fam = first_covering(families, op, x, axes, tensors)
         try:
@@ -197,21 +211,23 @@ def run(start: str, op: str, args: tuple, kwargs: dict):
             families = families[families.index(fam) + 1 :]
 
 
-def entry_points(name: str):
-    """The public ``(batch_stats, normalize, forward, backward)`` of family ``name``: each walks the chain
-    from ``name`` on (see :func:`run`), so that a family's functions accept any input."""
+def entry_points(name: str, covers, implementation: dict):
+    """The public ``(batch_stats, normalize, forward, backward)`` of family ``name`` (its ``covers`` and
+    ``implementation``): each walks the chain from this family on (see :func:`run`), so that a family's
+    functions accept any input."""
+    head = types.SimpleNamespace(NAME=name, covers=covers, IMPLEMENTATION=implementation)
 
     def batch_stats(x, axes):
-        return run(name, "batch_stats", (x, axes), {})
+        return run(head, "batch_stats", (x, axes), {})
 
     def normalize(x, mean, var, weight, bias, eps, axes):
-        return run(name, "normalize", (x, mean, var, weight, bias, eps, axes), {})
+        return run(head, "normalize", (x, mean, var, weight, bias, eps, axes), {})
 
     def forward(x, weight, bias, eps, axes, relu=False):
-        return run(name, "forward", (x, weight, bias, eps, axes, relu), {})
+        return run(head, "forward", (x, weight, bias, eps, axes, relu), {})
 
     def backward(dy, x, mean, var, weight, eps, axes, needs=(True, True, True), y=None, sums=None):
-        return run(name, "backward", (dy, x, mean, var, weight, eps, axes, needs, y, sums), {})
+        return run(head, "backward", (dy, x, mean, var, weight, eps, axes, needs, y, sums), {})
 
     fns = (batch_stats, normalize, forward, backward)
     for fn in fns:

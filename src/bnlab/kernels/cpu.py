@@ -329,4 +329,4 @@ def _global_dx(dy, x, mean, var, weight, eps, sums):
 
 #: The contract's implementations, run by :func:`.contract.run` once :func:`covers` said yes.
 IMPLEMENTATION = {"batch_stats": _batch_stats, "normalize": _normalize, "forward": _forward, "backward": _backward}
-batch_stats, normalize, forward, backward = contract.entry_points(NAME)
+batch_stats, normalize, forward, backward = contract.entry_points(NAME, covers, IMPLEMENTATION)

@@ -101,4 +101,4 @@ def _backward(dy, x, mean, var, weight, eps: float, axes: tuple[int, ...], needs
 
 #: The contract's implementations, run by :func:`.contract.run` once :func:`covers` said yes.
 IMPLEMENTATION = {"batch_stats": _batch_stats, "normalize": _normalize, "forward": _forward, "backward": _backward}
-batch_stats, normalize, forward, backward = contract.entry_points(NAME)
+batch_stats, normalize, forward, backward = contract.entry_points(NAME, covers, IMPLEMENTATION)

@@ -663,4 +663,4 @@ def _backward_impl(dy, x, mean, var, weight, eps, axes, needs, y):
 
 #: The contract's implementations, run by :func:`.contract.run` once :func:`covers` said yes.
 IMPLEMENTATION = {"batch_stats": _batch_stats, "normalize": _normalize_call, "forward": _forward, "backward": _backward}
-batch_stats, normalize, forward, backward = contract.entry_points(NAME)
+batch_stats, normalize, forward, backward = contract.entry_points(NAME, covers, IMPLEMENTATION)
