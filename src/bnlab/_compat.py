@@ -22,6 +22,7 @@ __all__ = [
     "only_vmap_active",
     "process_group_timeout",
     "TorchBatchNormBase",
+    "TorchNormBase",
 ]
 
 #: Every private name of torch that bnlab uses: (module, attribute path).
@@ -34,8 +35,11 @@ PRIVATE_APIS = (
     ("torch.distributed.distributed_c10d", "_get_default_group"),
     ("torch.distributed", "ProcessGroup._get_backend"),
     ("torch.nn.modules.batchnorm", "_BatchNorm"),
+    ("torch.nn.modules.batchnorm", "_NormBase"),
 )
 
+#: torch's base class of every normalization layer with running statistics (BN and InstanceNorm).
+TorchNormBase = torch.nn.modules.batchnorm._NormBase
 #: torch's base class of BatchNorm1d/2d/3d, SyncBatchNorm and the lazy ones (a private name in torch).
 TorchBatchNormBase = torch.nn.modules.batchnorm._BatchNorm
 

@@ -27,6 +27,7 @@ import warnings
 from torch import nn
 
 from .. import nn as bnn
+from .._compat import TorchNormBase
 from ..nn.surgery import adopt_state, replace_module
 from .layers import describe
 
@@ -35,7 +36,7 @@ __all__ = ["convert", "adopt_state"]  # adopt_state lives in bnlab.nn.surgery (r
 _TO_BNLAB = {nn.BatchNorm1d: bnn.BatchNorm1d, nn.BatchNorm2d: bnn.BatchNorm2d, nn.BatchNorm3d: bnn.BatchNorm3d}
 _TO_TORCH = {v: k for k, v in _TO_BNLAB.items()}
 _NORM_TYPES = (
-    nn.modules.batchnorm._NormBase,
+    TorchNormBase,
     bnn.BatchNormBase,
     nn.GroupNorm,
     nn.LayerNorm,
