@@ -510,3 +510,103 @@ def test_small_inputs_take_one_var_mean_as_accurate_as_float64(monkeypatch, dtyp
         assert got[0].dtype == got[1].dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
         torch.testing.assert_close(got[0].double(), mean64, rtol=1e-7, atol=1e-6)
         torch.testing.assert_close(got[1].double(), var64, rtol=1e-5, atol=1e-9)
+
+
+# ---- the written contract and the one chain per device (issue 15, item 2) -------------------------------------
+
+
+def test_every_family_satisfies_the_contract_with_its_argument_order():
+    """Each family has covers/batch_stats/normalize/forward/backward with the Protocol's parameter names."""
+    import inspect
+
+    from bnlab.kernels import contract
+
+    proto = contract.KernelFamily
+    for fam in (composed, cpu, kernels.cuda):
+        assert isinstance(fam, proto), fam.NAME
+        for op in contract.OPS:
+            want = [p for p in inspect.signature(getattr(proto, op)).parameters if p != "self"]
+            assert list(inspect.signature(getattr(fam, op)).parameters) == want, (fam.NAME, op)
+
+
+def test_select_walks_one_chain_per_device():
+    """cpu → composed on the CPU, triton → cuda → composed on CUDA; the first family that covers a call runs."""
+    x = _input((4, 3, 5, 6), None)
+    assert kernels.chain("cpu") == (cpu, composed)
+    assert kernels.chain("meta") == (composed,)
+    assert [f.NAME for f in kernels.chain("cuda")][-2:] == ["cuda", "composed"]
+    w, b = _params((3,))
+    for op, tensors in (("batch_stats", ()), ("forward", (w, b))):
+        assert kernels.select(x, (0, 2, 3), *tensors, op=op) is cpu
+        assert kernels.select(x, (0,), *tensors, op=op) is composed  # per-activation: not covered by cpu
+    wg = w.clone().requires_grad_()
+    assert kernels.select(x, (0, 2, 3), wg, b, op="forward") is composed  # autograd records: composed
+    with torch.no_grad():
+        assert kernels.select(x, (0, 2, 3), wg, b, op="forward") is cpu
+    mean, var = composed.batch_stats(x, (0, 2, 3))
+    assert kernels.select(x, (0, 2, 3), mean, var, w, b, op="normalize") is cpu
+    assert kernels.select(x, (0, 2, 3), mean.double(), var, w, b, op="normalize") is composed  # dtypes torch refuses
+    with pytest.raises(ValueError, match="unknown kernel operation"):
+        kernels.select(x, (0, 2, 3), op="fold")
+
+
+@pytest.mark.parametrize("name, shape, axes, fmt", [c for c in CASES if c[0] not in ROUTED])
+def test_cpu_covers_nothing_it_cannot_compute(name, shape, axes, fmt):
+    """Uncovered calls (per-activation, other axes, strided) are refused by covers() for every operation."""
+    x = _input(shape, fmt)
+    w, b = _params(_feature_shape(shape, axes))
+    mean, var = composed.batch_stats(x, axes)
+    calls = {"batch_stats": (), "forward": (w, b), "normalize": (mean, var, w, b),
+             "backward": (x, mean, var, w, None)}  # fmt: skip
+    for op, tensors in calls.items():
+        assert not cpu.covers(x, axes, *tensors, op=op), (name, op)
+
+
+def test_global_sums_backward_matches_local_and_float64():
+    """backward(..., sums=(Σdy, Σdy·x̂, m)) — synchronized BN's form — equals the local closed form when the sums
+    are this tensor's own, on every family, and equals float64 autograd over a batch split in two."""
+    x = _input((6, 3, 5, 4), None)
+    w, _ = _params((3,))
+    dy = torch.randn_like(x)
+    mean, var = composed.batch_stats(x, (0, 2, 3))
+    _, sdx, sdy = composed.backward(dy, x, mean, var, torch.ones_like(w), EPS, (0, 2, 3), (False, True, True))
+    want = composed.backward(dy, x, mean, var, w, EPS, (0, 2, 3))[0]
+    for fam in (composed, cpu):
+        got = fam.backward(dy, x, mean, var, w, EPS, (0, 2, 3), (True, False, False), sums=(sdy, sdx, 6 * 20))[0]
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    # two shards: each shard's dx with the global sums equals the whole batch's dx (float64 autograd)
+    xd = x.double().requires_grad_()
+    y64, _, _ = bn64(xd, w, None, (0, 2, 3))
+    (y64 * dy.double()).sum().backward()
+    parts = []
+    for sl in (slice(0, 2), slice(2, 6)):
+        xs, dys = x[sl], dy[sl]
+        parts.append(composed.backward(dys, xs, mean, var, torch.ones_like(w), EPS, (0, 2, 3), (False, True, True)))
+    sums = (parts[0][2] + parts[1][2], parts[0][1] + parts[1][1], 6 * 20)
+    for fam in (composed, cpu):
+        dx = torch.cat([fam.backward(dy[sl], x[sl], mean, var, w, EPS, (0, 2, 3), (True, False, False), sums=sums)[0]
+                        for sl in (slice(0, 2), slice(2, 6))])  # fmt: skip
+        torch.testing.assert_close(dx.double(), xd.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_moments_corrected_two_pass_and_group_merge():
+    """moments.moments is the corrected two-pass (float32 data at 1e6 + N(0, 1) keeps σ²), and merge_groups
+    equals the pairwise merge of the same groups."""
+    from bnlab import moments as mo
+
+    g = torch.Generator().manual_seed(3)
+    x64 = torch.randn(4096, 3, generator=g, dtype=torch.float64) + 1e6
+    x = x64.float()
+    got = mo.moments(x, axes=(0,))
+    want = x.double().var(0, unbiased=False)
+    torch.testing.assert_close(got.variance.double(), want, rtol=2e-3, atol=0)
+    # correct(): a mean that is off by 0.5 on x = [1, 3] (M2 about it = 2.5, Σd = 1) comes back exact
+    fixed = mo.correct(mo.Moments(2, np.float64(1.5), np.float64(2.5)), np.float64(1.0))
+    assert (fixed.mean, fixed.m2) == (2.0, 2.0)
+    groups = x64.reshape(8, 512, 3)
+    parts = [mo.moments(gr, axes=(0,)) for gr in groups]
+    pairwise = mo.merge_all(parts)
+    k = mo.merge_groups(torch.stack([p.mean for p in parts]), torch.stack([p.m2 for p in parts]), 512)
+    assert k.count == pairwise.count == 4096
+    torch.testing.assert_close(k.mean, pairwise.mean, rtol=1e-15, atol=0)
+    torch.testing.assert_close(k.m2, pairwise.m2, rtol=1e-10, atol=0)

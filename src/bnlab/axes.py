@@ -27,6 +27,8 @@ __all__ = [
     "PER",
     "channel_axis",
     "reduce_axes",
+    "TORCH_CHANNEL_AXIS",
+    "torch_reduce_axes",
     "normalize_axes",
     "feature_shape",
     "param_shape",
@@ -84,6 +86,19 @@ def reduce_axes(layout: str, per: str = "channel") -> tuple[int, ...]:
         return (0,)
     c = LAYOUTS[layout]
     return tuple(a for a in range(len(layout)) if a != c)
+
+
+#: torch's tensors are logically NCHW whatever their memory format: the channels are axis 1.
+TORCH_CHANNEL_AXIS = 1
+
+
+def torch_reduce_axes(ndim: int) -> tuple[int, ...]:
+    """Per-channel reduce axes of a torch tensor of ``ndim`` dims: every axis but 1 (``torch.nn.BatchNorm``).
+
+    >>> torch_reduce_axes(4), torch_reduce_axes(2)
+    ((0, 2, 3), (0,))
+    """
+    return tuple(a for a in range(ndim) if a != TORCH_CHANNEL_AXIS)
 
 
 def normalize_axes(axes: Sequence[int] | int, ndim: int) -> tuple[int, ...]:
@@ -218,7 +233,7 @@ from typing import NamedTuple  # noqa: E402  (kept with the family, so the addit
 # locations. A set within one sample is written as batch norm on a *batch of one*: a leading axis of size 1
 # in front, so the one statistics function (which always pools over axis 0) serves every member.
 
-__all__ += ["FAMILY", "NormSet", "norm_set", "check_norm", "check_groups"]
+__all__ += ["FAMILY", "NormSet", "norm_set", "check_norm", "check_groups", "check_virtual_batch"]
 
 #: The members of the family, by the set B each one normalizes over.
 FAMILY = ("batch", "layer", "instance", "group")
@@ -233,6 +248,10 @@ class NormSet(NamedTuple):
     one sample, and adjacent axes merged), so ``view_axes`` always include 0. ``stats_shape`` is the shape
     of the means and variances, ``param_shape`` that of γ and β (one per feature map for instance and group
     norm; one per value of a sample for layer norm, as ``torch.nn.LayerNorm``).
+
+    Ghost BN (``virtual_batch=k``, Hoffer et al. 2017) is batch norm whose set B is k consecutive samples:
+    ``split_shape`` splits the batch axis into (N/k, k) and ``axes`` reduce the k (and, per channel, the
+    locations); the statistics get a leading axis of N/k runs, γ and β stay one per feature.
     """
 
     norm: str
@@ -249,6 +268,7 @@ class NormSet(NamedTuple):
     num_sets: int
     set_size: int
     depends_on_batch: bool
+    virtual_batch: int | None = None
 
 
 def check_norm(norm: str) -> str:
@@ -269,6 +289,24 @@ def check_groups(groups, channels: int) -> int:
         among = f"pick G among {', '.join(map(str, divisors))}" if divisors else "pick a divisor of C"
         raise ValueError(f"groups={groups} does not divide the {channels} channels; {among}")
     return groups
+
+
+def check_virtual_batch(k, batch: int | None = None) -> int | None:
+    """``virtual_batch`` (ghost BN): None, or the number k ≥ 2 of consecutive samples that share one set B;
+    with ``batch`` (N), k must divide it."""
+    if k is None:
+        return None
+    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+        raise ValueError(
+            f"virtual_batch must be an int ≥ 2 (the number of consecutive samples that share one set of "
+            f"statistics) or None, got {k!r}"
+        )
+    if batch is not None and batch % k:
+        raise ValueError(
+            f"virtual_batch={k} needs a batch size that is a multiple of {k}, got {batch} samples; "
+            f"pick k among the divisors of {batch} or change the batch size"
+        )
+    return k
 
 
 def _divisors(n: int, limit: int = 10**6) -> list[int] | None:
@@ -297,7 +335,12 @@ def _merge_runs(shape: tuple[int, ...], axes: tuple[int, ...]) -> tuple[tuple[in
 
 
 def norm_set(
-    shape: Sequence[int], layout: str, norm: str = "batch", per: str = "channel", groups: int | None = None
+    shape: Sequence[int],
+    layout: str,
+    norm: str = "batch",
+    per: str = "channel",
+    groups: int | None = None,
+    virtual_batch: int | None = None,
 ) -> NormSet:
     """The set B of one member of the family for an input ``shape`` in ``layout``.
 
@@ -310,6 +353,9 @@ def norm_set(
     (1, 2, 3)
     >>> norm_set((8, 4, 4, 32), "NHWC", "instance").axes, norm_set((8, 4, 4, 32), "NHWC", "batch").axes
     ((1, 2), (0, 1, 2))
+    >>> g = norm_set((8, 32, 4, 4), "NCHW", "batch", virtual_batch=2)   # ghost BN: runs of 2 samples
+    >>> g.split_shape, g.axes, g.stats_shape, g.set_size, g.num_sets, g.param_shape
+    ((4, 2, 32, 4, 4), (1, 3, 4), (4, 32), 32, 128, (32,))
     """
     layout = _check_layout(layout)
     norm = check_norm(norm)
@@ -319,6 +365,12 @@ def norm_set(
     c = LAYOUTS[layout]
     channels = shape[c]
     split = shape
+    if virtual_batch is not None and norm != "batch":
+        raise ValueError(
+            f"virtual_batch (ghost BN) only applies to norm='batch' (got norm={norm!r}); drop virtual_batch"
+        )
+    if norm == "batch" and check_virtual_batch(virtual_batch, shape[0]):
+        return _ghost_set(shape, layout, check_per(per), virtual_batch)
     if norm == "batch":
         axes = reduce_axes(layout, per=per)
         stats = feature_shape(shape, axes)
@@ -344,4 +396,18 @@ def norm_set(
     size = math.prod([split[a] for a in axes])  # a list: torch.compile traces math.prod of a list, not of a generator
     return NormSet(
         norm, None, g, shape, layout, split, axes, view, view_axes, stats, params, math.prod(stats), size, False
+    )
+
+
+def _ghost_set(shape: tuple[int, ...], layout: str, per: str, k: int) -> NormSet:
+    """Ghost BN's set B: batch norm's, within each run of k consecutive samples (see :class:`NormSet`)."""
+    base = reduce_axes(layout, per=per)
+    split = (shape[0] // k, k, *shape[1:])
+    axes = (1, *(a + 1 for a in base if a != 0))  # the k samples of one run (and the locations, per channel)
+    view, view_axes = _merge_runs((1, *split), (0, *(a + 1 for a in axes)))
+    stats = tuple(n for i, n in enumerate(split) if i not in axes)
+    params = feature_shape(shape, base)
+    size = math.prod([split[a] for a in axes])
+    return NormSet(
+        "batch", per, None, shape, layout, split, axes, view, view_axes, stats, params, math.prod(stats), size, True, k
     )

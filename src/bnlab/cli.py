@@ -429,6 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also draw one set B for both variants into this file / dibuja además un conjunto B de "
                    "ambas variantes en este archivo")  # fmt: skip
     _add_family_options(p)
+    p.add_argument("--virtual-batch", metavar="K", type=int, default=None,
+                   help="ghost BN: statistics per run of K examples / BN fantasma: estadísticas por tanda de K")
     _add_lang(p)
 
     # experiment
@@ -783,7 +785,8 @@ def _cmd_explain(args, lang: str) -> int:
         except OSError as err:  # e.g. a name too long for the file system
             raise _unwritable("--figure", args.figure, err, lang) from None
     try:
-        e = explain(shape, layout=args.layout, per=args.per, lang=lang, norm=args.norm, groups=args.groups)
+        e = explain(shape, layout=args.layout, per=args.per, lang=lang, norm=args.norm, groups=args.groups,
+                    virtual_batch=args.virtual_batch)  # fmt: skip
     except ValueError as err:
         raise UsageError(str(err)) from None
     print(e.text)

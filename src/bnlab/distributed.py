@@ -45,16 +45,14 @@ import torch.distributed as dist
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from . import kernels
-from .axes import param_shape
-from .inference._layers import replace_module
-from .inference.convert import adopt_state
+from . import _compat, kernels
 from .moments import Moments, merge_all
+from .nn import BatchNormBase, BatchRenormBase
 from .nn import functional as F
-from .nn.modules import _BatchNorm, check_input_dim
-from .nn.renorm import _BatchRenorm
+from .nn.modules import check_input_dim
+from .nn.surgery import adopt_state, replace_module
 
-__all__ = ["SyncBatchNorm", "SyncBatchNormError", "convert_sync", "sync_batch_norm", "collective_count"]
+__all__ = ["SyncBatchNorm", "SyncBatchNormError", "convert_sync", "sync_batch_norm", "collective_count", "all_gather"]
 
 # header: [magic, layer id, count, dtype, input ndim, reduce-axes bitmask, feature numel, feature shape[:5],
 #          eps (float64 bits), momentum (float64 bits; -1: cumulative average)]
@@ -106,7 +104,10 @@ def _wait(work, timeout: float | None, what: str, group, shown: float | None = N
         ) from err
 
 
-def _all_gather(t: torch.Tensor, group, timeout, what: str, shown: float | None = None) -> torch.Tensor:
+def all_gather(t: torch.Tensor, group, timeout, what: str, shown: float | None = None) -> torch.Tensor:
+    """All-gather ``t`` from every rank of ``group`` into a (world, *t.shape) tensor, waiting at most ``timeout``
+    seconds (:class:`SyncBatchNormError` naming ``what`` and ``shown`` seconds otherwise); counted by
+    :func:`collective_count`."""
     world = dist.get_world_size(group)
     out = t.new_empty(world * t.numel())
     gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
@@ -116,14 +117,12 @@ def _all_gather(t: torch.Tensor, group, timeout, what: str, shown: float | None 
     return out.reshape(world, *t.shape)
 
 
+_all_gather = all_gather  # old private name (bnlab.parallel imports it; use all_gather)
+
+
 def _group_timeout(group) -> float | None:
     """The process group's own timeout in seconds (the backend abandons a collective after it), or None."""
-    try:
-        pg = group if group is not None else dist.distributed_c10d._get_default_group()
-        backend = pg._get_backend(torch.device("cpu" if dist.get_backend(pg) == "gloo" else "cuda"))
-        return backend.options._timeout.total_seconds()
-    except Exception:  # noqa: BLE001 - private API of torch: without it only the layer's timeout is known
-        return None
+    return _compat.process_group_timeout(group)
 
 
 _limits_cache: dict = {}
@@ -169,7 +168,7 @@ def _exchange(parts: list, group, timeout, what: str, like: torch.Tensor) -> tor
         row = torch.cat((torch.tensor([start, deadline], dtype=parts[0].dtype, device=like.device), *parts))
     else:
         row = torch.tensor([start, deadline, *parts], dtype=torch.int64, device=like.device)
-    rows = _all_gather(row, group, wait, what, limit)
+    rows = all_gather(row, group, wait, what, limit)
     starts, deadlines = zip(*rows[:, :2].tolist(), strict=True)
     first = min(range(len(deadlines)), key=deadlines.__getitem__)
     late = [r for r, t in enumerate(starts) if t > deadlines[first]]
@@ -336,26 +335,9 @@ def _exchange_statistics(x, axes, group, timeout, error: Exception | None, name:
     return m, total.mean, total.variance
 
 
-def _input_grad(dy, x, mean, invstd, weight, sum_dy, sum_dy_xhat, m: int, axes):
-    """∂ℓ/∂x = γ·invstd/m·(m·dy − Σdy − x̂·Σdy·x̂) with the global sums and count, as dx = c·dy + (d·x + e).
-
-    d·x + e is one affine pass over x: the kernels' ``normalize`` with mean 0, variance 1, ε = 0, γ = d,
-    β = e (on the CPU fast path torch's vectorized kernel); then ``addcmul_`` adds c·dy in place.
-    """
-    c = invstd if weight is None else weight.to(invstd.dtype) * invstd
-    d = -c * invstd * sum_dy_xhat / m
-    e = -c * sum_dy / m - d * mean
-    dt = torch.float64 if x.dtype == torch.float64 else torch.float32
-    c, d, e = (v.to(dt) for v in (c, d, e))
-    xs = x if x.dtype == dt else x.to(dt)
-    k = kernels.select(x)
-    dx = k.normalize(xs, torch.zeros_like(d), torch.ones_like(d), d, e, 0.0, axes)
-    dx.addcmul_(dy if dy.dtype == dt else dy.to(dt), c.reshape(param_shape(x.shape, axes)))
-    return dx.to(x.dtype)
-
-
 class _SyncBatchNormFunction(torch.autograd.Function):
-    """y = γ x̂ + β with the merged statistics; backward all-reduces Σdy and Σdy·x̂, uses the global count."""
+    """y = γ x̂ + β with the merged statistics; backward all-gathers Σdy and Σdy·x̂ and hands their global sums
+    and count to the kernels' closed-form backward (``sums=``, :class:`bnlab.kernels.contract.KernelFamily`)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, mean, var, m, axes, eps, group, timeout):
@@ -394,9 +376,9 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         total = rows.sum(0).reshape(2, *mean.shape)
         dx = None
         if ctx.needs_input_grad[0]:
-            invstd = torch.rsqrt(var.double() + ctx.eps)
-            w = weight.double() if weight is not None else None
-            dx = _input_grad(dy, x, mean.double(), invstd, w, total[0], total[1], ctx.m, axes)
+            w = None if weight is None else weight.to(mean.dtype)
+            sums = (total[0], total[1], ctx.m)
+            dx = kernels.select(x).backward(dy, x, mean, var, w, ctx.eps, axes, (True, False, False), sums=sums)[0]
         return dx, dw, db, None, None, None, None, None, None, None
 
 
@@ -464,7 +446,7 @@ def _sync(x, running_mean, running_var, weight, bias, momentum, eps, axes, group
     return y
 
 
-class SyncBatchNorm(_BatchNorm):
+class SyncBatchNorm(BatchNormBase):
     """Batch norm whose set B spans the shards of every process: drop-in for ``torch.nn.SyncBatchNorm``.
 
     It is an instance of torch's ``_BatchNorm`` (as every bnlab layer) but deliberately not of
@@ -588,15 +570,14 @@ def convert_sync(model: nn.Module, process_group=None, timeout: float | None = N
     learns its name in ``model`` (``layer_name``): the ranks compare it on each call, so a rank that
     skipped a layer fails with a clear error instead of pairing its statistics with another layer's.
     """
-    from torch.nn.modules.batchnorm import _BatchNorm as _TorchBatchNorm
     from torch.nn.modules.lazy import LazyModuleMixin
 
     todo = []
     for name, m in model.named_modules():
         if isinstance(m, SyncBatchNorm):
             m.process_group, m.timeout, m.layer_name = process_group, timeout, name
-        elif isinstance(m, (_TorchBatchNorm, _BatchNorm)):
-            if isinstance(m, _BatchRenorm):  # checked before any layer is swapped
+        elif isinstance(m, (_compat.TorchBatchNormBase, BatchNormBase)):
+            if isinstance(m, BatchRenormBase):  # checked before any layer is swapped
                 raise ValueError(
                     f"cannot synchronize layer {name or type(m).__name__} ({type(m).__name__}): it is Batch Renorm, "
                     f"whose r and d synchronized BN would silently drop; keep it per process (leave it out of "

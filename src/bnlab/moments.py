@@ -6,9 +6,19 @@ summaries merge exactly, without revisiting the values (Chan, Golub & LeVeque 19
 
     m = m_a + m_b,  δ = μ_b − μ_a,  μ = μ_a + δ·m_b/m,  M2 = M2_a + M2_b + δ²·m_a·m_b/m
 
-This is the one merge in bnlab: the NumPy reference, recalibration (Alg. 2 over many batches) and
-synchronized BN (over processes) all use it. Every function here uses only arithmetic operators, so it
-works on NumPy arrays and torch tensors alike (and is differentiable in torch).
+This module is the one home of the statistics every fast path uses (docs/design.md):
+
+- :func:`moments`: the corrected two-pass (count, mean, M2) of a set B, with :func:`correct` the
+  correction itself (the mean of x − μ undoes the rounding of μ);
+- :func:`merge` (pairwise, Chan) and :func:`merge_groups` (k groups of equal size), :func:`merge_all`;
+- :func:`statistics_dtype` (the dtype rule: statistics in float32, or float64 for float64 data) and
+  :func:`batch_stats` (μ_B and the biased σ²_B of a torch tensor by that rule, the definition the kernels
+  are checked against).
+
+The NumPy reference keeps its literal paper lines; recalibration (Alg. 2 over many batches), synchronized BN
+(over processes) and the kernels (:mod:`bnlab.kernels`) use the functions here. Everything but
+:func:`statistics_dtype`/:func:`batch_stats` uses only arithmetic operators, so it works on NumPy arrays and
+torch tensors alike (and is differentiable in torch).
 
 >>> import numpy as np
 >>> x = np.arange(10.0)
@@ -23,7 +33,18 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
-__all__ = ["Moments", "moments", "merge", "merge_all", "Population", "population_statistics"]
+__all__ = [
+    "Moments",
+    "moments",
+    "correct",
+    "merge",
+    "merge_groups",
+    "merge_all",
+    "statistics_dtype",
+    "batch_stats",
+    "Population",
+    "population_statistics",
+]
 
 
 class Moments(NamedTuple):
@@ -45,23 +66,38 @@ class Moments(NamedTuple):
 
 
 def moments(x, axes: tuple[int, ...]) -> Moments:
-    """Two-pass moments of ``x`` over ``axes`` (never the unshifted E[x²] − E[x]²).
+    """Corrected two-pass moments of ``x`` over ``axes`` (never the unshifted E[x²] − E[x]²).
 
-    Works for NumPy arrays (``axis=``) and torch tensors (``dim=``) through their ``mean``/``sum``
-    methods; the result has the feature shape (reduced axes removed).
+    Pass 1: μ = mean(x). Pass 2: d = x − μ, M2 = Σ d², corrected by :func:`correct` with Σ d (what the
+    rounding of μ left over). Works for NumPy arrays (``axis=``) and torch tensors (``dim=``) through their
+    ``mean``/``sum`` methods; the result has the feature shape (reduced axes removed).
     """
     count = 1
     for a in axes:
         count *= x.shape[a]
     try:
         mean = x.mean(axis=axes, keepdims=True)
-        m2 = ((x - mean) ** 2).sum(axis=axes)
+        d = x - mean
+        m2, d_sum = (d * d).sum(axis=axes), d.sum(axis=axes)
         mean = mean.squeeze(axis=axes)
     except TypeError:  # torch
         mean = x.mean(dim=axes, keepdim=True)
-        m2 = ((x - mean) ** 2).sum(dim=axes)
+        d = x - mean
+        m2, d_sum = (d * d).sum(dim=axes), d.sum(dim=axes)
         mean = mean.squeeze(axes) if len(axes) else mean
-    return Moments(count, mean, m2)
+    return correct(Moments(count, mean, m2), d_sum)
+
+
+def correct(rough: Moments, d_sum) -> Moments:
+    """The corrected two-pass step: ``rough`` = (m, μ̃, Σ (x − μ̃)²) with μ̃ a rounded mean, ``d_sum`` =
+    Σ (x − μ̃). With δ = d_sum/m: μ = μ̃ + δ and M2 = Σ (x − μ̃)² − m·δ² (clipped at 0), exact in exact
+    arithmetic and accurate to the data's rounding when |μ| ≫ σ (Chan, Golub & LeVeque 1983, eq. 1.7).
+
+    The CPU rows (:mod:`bnlab.kernels.cpu`) use it as is; the Triton tiles write the same two lines.
+    """
+    delta = d_sum / rough.count
+    m2 = rough.m2 - delta * d_sum
+    return Moments(rough.count, rough.mean + delta, m2 * (m2 > 0))
 
 
 def merge(a: Moments, b: Moments) -> Moments:
@@ -126,6 +162,40 @@ def merge_all(parts: Iterable[Moments]) -> Moments:
     if total is None:
         raise ValueError("no statistics to merge: got an empty sequence of batches")
     return total
+
+
+def merge_groups(means, m2s, count_each) -> Moments:
+    """Chan's merge of k summaries of equal size in one step (axis 0 of ``means``/``m2s`` indexes them).
+
+    For k groups of ``count_each`` values each the pairwise :func:`merge` folds into
+        μ = mean_r μ_r,   M2 = Σ_r M2_r + m_r · Σ_r (μ_r − μ)²
+    (within-group plus between-group sums of squares); the between-group part is itself the corrected
+    two-pass :func:`moments` of the group means. Used by the CPU rows and written once more in the Triton
+    merge of partials.
+    """
+    between = moments(means, axes=(0,))
+    return Moments(between.count * count_each, between.mean, m2s.sum(0) + count_each * between.m2)
+
+
+def statistics_dtype(dtype):
+    """The dtype rule: statistics (and their accumulation) in float32, or float64 for float64 data —
+    never in float16/bfloat16. ``dtype``: a torch dtype."""
+    import torch
+
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def batch_stats(x, axes: tuple[int, ...]):
+    """μ_B and the biased σ²_B of a torch tensor over ``axes`` (feature-shaped, :func:`statistics_dtype`).
+
+    ``torch.var_mean`` in the statistics dtype: a Welford reduction (the one-value-at-a-time form of
+    Chan's merge) on every device and under Inductor, never E[x²] − E[x]²; differentiable. This is the
+    definition :mod:`bnlab.kernels.composed` computes and every fast family is checked against.
+    """
+    import torch
+
+    var, mean = torch.var_mean(x.to(statistics_dtype(x.dtype)), dim=axes, correction=0)
+    return mean, var
 
 
 class Population:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from ..axes import LAYOUTS, PER, check_norm, effective_batch_size, feature_shape, norm_set, reduce_axes
 from .family import family_counts, render_family_text
-from .text import render_text
+from .text import render_ghost_text, render_text
 from .words import LANGS
 
 __all__ = ["Explanation", "explain", "explain_family", "LANGS"]
@@ -62,10 +62,15 @@ class Explanation:
     groups: int | None = None
     depends_on_batch: bool = True
     split_shape: tuple[int, ...] | None = None
+    # ghost BN (explain(..., virtual_batch=k)): batch norm within runs of k examples; axes are then those of
+    # split_shape, the batch axis split into (N/k, k)
+    virtual_batch: int | None = None
 
     @property
     def text(self) -> str:
         """The explanation, several lines, in ``self.lang``."""
+        if self.virtual_batch is not None:
+            return render_ghost_text(self)
         return render_text(self) if self.norm == "batch" else render_family_text(self)
 
     def __str__(self) -> str:
@@ -73,6 +78,11 @@ class Explanation:
 
     def save_figure(self, path: str | Path, dpi: int = 100) -> Path:
         """Draw one set B for both variants side by side and save it (PNG, SVG, PDF: by suffix)."""
+        if self.virtual_batch is not None:
+            raise ValueError(
+                "the figure draws batch norm's set B over the whole mini-batch, not ghost BN's runs; drop the "
+                "figure or virtual_batch"
+            )
         from .figure import save_figure  # matplotlib loads only when a figure is drawn
 
         return save_figure(self, Path(path), dpi=dpi)
@@ -85,16 +95,34 @@ def explain(
     lang: str = "en",
     norm: str = "batch",
     groups: int | None = None,
+    virtual_batch: int | None = None,
 ) -> Explanation:
     """Explain which values form one set B for a tensor of ``shape`` in ``layout``.
 
     ``per="channel"`` is convolutional BN (one statistic and one (γ, β) per feature map, pooled over the
     mini-batch and every spatial location); ``per="activation"`` pools over the mini-batch only.
     ``norm`` picks the member of the family: ``"batch"`` (the default, with ``per``), ``"layer"``,
-    ``"instance"`` or ``"group"`` (with ``groups=G``); see :func:`explain_family`.
+    ``"instance"`` or ``"group"`` (with ``groups=G``); see :func:`explain_family`. ``virtual_batch=k``: ghost
+    BN, batch norm within each run of k consecutive examples (:func:`bnlab.axes.norm_set`).
+
+    >>> e = explain((8, 4, 4, 16), virtual_batch=2)
+    >>> e.split_shape, e.axes, e.num_sets, e.set_size, e.num_params
+    ((4, 2, 4, 4, 16), (1, 2, 3), 64, 32, 32)
     """
     layout, shape = _check_shape(shape, layout)
     lang = _check_lang(lang)
+    if virtual_batch is not None:
+        if check_norm(norm) != "batch" or groups is not None:
+            raise ValueError(f"virtual_batch (ghost BN) only applies to norm='batch', got norm={norm!r}")
+        if per not in PER:
+            raise ValueError(f"unknown per {per!r}; use per='channel' or per='activation'")
+        s = norm_set(shape, layout, "batch", per=per, virtual_batch=virtual_batch)
+        counts = {p: 2 * math.prod(feature_shape(shape, reduce_axes(layout, per=p))) for p in PER}
+        return Explanation(
+            shape=shape, layout=layout, per=per, lang=lang, axes=s.axes, num_sets=s.num_sets, set_size=s.set_size,
+            feature_shape=s.stats_shape, num_params=counts[per], params_side_by_side=counts,
+            split_shape=s.split_shape, virtual_batch=s.virtual_batch,
+        )  # fmt: skip
     if check_norm(norm) != "batch" or groups is not None:
         return explain_family(shape, layout, norm, per=per, groups=groups, lang=lang)
     if per not in PER:

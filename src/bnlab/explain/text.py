@@ -314,3 +314,56 @@ def _table(e: Explanation) -> list[str]:
         rows.append([t[name], *(cells[p][i] for p in PER)])
     widths = [max(len(r[j]) for r in rows) for j in range(3)]
     return ["  " + "   ".join(r[j].ljust(widths[j]) for j in range(3)).rstrip() for r in rows]
+
+
+# Ghost BN (virtual_batch=k): batch norm's set B within each run of k consecutive examples.
+GHOST_TEXT = {
+    "en": {
+        "header": "x has shape {shape} in layout {layout}; per {per}.",
+        "ghost": "Ghost BN (Hoffer et al. 2017), virtual_batch = {k}: in training the mini-batch of {n:example} is "
+        "split into {runs:run} of {k:example} each (consecutive examples), and each run is normalized with its "
+        "own mean and variance. At inference the running statistics serve, as in plain BN.",
+        "set_channel": "One set B = every value {idx} of ONE channel c in the {k} examples of ONE run, at "
+        "{nloc:all location}: {size:value}.",
+        "set_activation": "One set B = the values {idx} of ONE activation in the {k} examples of ONE run: "
+        "{size:value}.",
+        "count": "{sets:set_B} = {runs:run} × {feats:feature}; the statistics have shape {stats} (in split shape "
+        "{split}, reduce axes {axes}). γ and β stay one pair per feature ({feats:pair}), shared by every run.",
+        "numpy": "In NumPy: t.reshape({split}).mean(axis={axes})",
+    },
+    "es": {
+        "header": "x tiene forma {shape} en la disposición {layout}; por {per}.",
+        "ghost": "BN fantasma (Hoffer et al. 2017), virtual_batch = {k}: en entrenamiento el minilote de "
+        "{n:example} se divide en {runs:run} de {k:example} cada una (ejemplos consecutivos), y cada tanda se "
+        "normaliza con su propia media y varianza. En inferencia se usan las estadísticas acumuladas, como en "
+        "la BN normal.",
+        "set_channel": "Un conjunto B = todos los valores {idx} de UN canal c en los {k} ejemplos de UNA tanda, en "
+        "{nloc:the location}: {size:value}.",
+        "set_activation": "Un conjunto B = los valores {idx} de UNA activación en los {k} ejemplos de UNA tanda: "
+        "{size:value}.",
+        "count": "{sets:set_B} = {runs:run} × {feats:feature}; las estadísticas tienen forma {stats} (en la forma "
+        "dividida {split}, ejes reducidos {axes}). γ y β siguen siendo un par por característica "
+        "({feats:pair}), compartido por todas las tandas.",
+        "numpy": "En NumPy: t.reshape({split}).mean(axis={axes})",
+    },
+}
+_PER_WORD = {
+    "en": {"channel": "channel", "activation": "activation"},
+    "es": {"channel": "canal", "activation": "activación"},
+}
+
+
+def render_ghost_text(e: Explanation) -> str:
+    """The text of ghost BN (``e.virtual_batch`` = k): batch norm's set B within each run of k examples."""
+    t, lang = GHOST_TEXT[e.lang], e.lang
+    k, n = e.virtual_batch, e.shape[0]
+    runs = n // k
+    nloc = math.prod(e.shape[a] for a in spatial_axes(e.layout))
+    feats = math.prod(e.feature_shape) // runs
+    idx = "x[" + ", ".join(letter.lower() for letter in e.layout) + "]"
+    values = dict(
+        shape=e.shape, layout=e.layout, per=_PER_WORD[lang][e.per], k=k, n=n, runs=runs, idx=idx, nloc=nloc,
+        size=e.set_size, sets=e.num_sets, feats=feats, stats=e.feature_shape, split=e.split_shape, axes=e.axes,
+    )  # fmt: skip
+    keys = ["header", "ghost", f"set_{e.per}", "count", "numpy"]
+    return "\n".join(wrap(say(lang, t[key], **values)) for key in keys)

@@ -41,7 +41,7 @@ _NOUNS = {
         "feature_map": ("feature map", "feature maps"), "location": ("location", "locations"),
         "value": ("value", "values"), "set": ("set", "sets"), "set_B": ("set B", "sets B"),
         "mean": ("mean", "means"), "variance": ("variance", "variances"), "pair": ("pair", "pairs"),
-        "group": ("group", "groups"),
+        "group": ("group", "groups"), "run": ("run", "runs"),
     },
     "es": {
         "example": ("ejemplo", "ejemplos", "m"), "sample": ("ejemplo", "ejemplos", "m"),
@@ -51,7 +51,7 @@ _NOUNS = {
         "location": ("ubicación", "ubicaciones", "f"), "value": ("valor", "valores", "m"),
         "set": ("conjunto", "conjuntos", "m"), "set_B": ("conjunto B", "conjuntos B", "m"),
         "mean": ("media", "medias", "f"), "variance": ("varianza", "varianzas", "f"), "pair": ("par", "pares", "m"),
-        "group": ("grupo", "grupos", "m"),
+        "group": ("grupo", "grupos", "m"), "run": ("tanda", "tandas", "f"),
     },
 }  # fmt: skip
 # How a count reads, one form for 1 and one for any other number: kind -> (one, many). {n} is the number,

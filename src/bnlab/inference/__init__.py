@@ -12,12 +12,12 @@ Every function accepts models built with torch.nn BN layers as well as with bnla
 
 from __future__ import annotations
 
-from ._layers import Affine
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .convert import convert
 from .export import ExportReport, export_onnx
 from .fold import fold
 from .freeze import freeze, is_frozen, unfreeze
+from .layers import Affine
 from .recalibrate import recalibrate
 
 __all__ = [

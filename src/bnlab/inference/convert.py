@@ -27,16 +27,17 @@ import warnings
 from torch import nn
 
 from .. import nn as bnn
-from ._layers import describe, replace_module
-from .freeze import _SAVED_GRAD, freeze_layer, is_frozen
+from .._compat import TorchNormBase
+from ..nn.surgery import adopt_state, replace_module
+from .layers import describe
 
-__all__ = ["convert"]
+__all__ = ["convert", "adopt_state"]  # adopt_state lives in bnlab.nn.surgery (re-exported for old importers)
 
 _TO_BNLAB = {nn.BatchNorm1d: bnn.BatchNorm1d, nn.BatchNorm2d: bnn.BatchNorm2d, nn.BatchNorm3d: bnn.BatchNorm3d}
 _TO_TORCH = {v: k for k, v in _TO_BNLAB.items()}
 _NORM_TYPES = (
-    nn.modules.batchnorm._NormBase,
-    bnn._BatchNorm,
+    TorchNormBase,
+    bnn.BatchNormBase,
     nn.GroupNorm,
     nn.LayerNorm,
     nn.LocalResponseNorm,
@@ -59,26 +60,6 @@ def _swap(old: nn.Module, cls: type) -> nn.Module:
         device="meta",
     )
     return adopt_state(old, new)
-
-
-def adopt_state(old: nn.Module, new: nn.Module) -> nn.Module:
-    """Give ``new`` (a BN layer built on the meta device) the very tensors, mode and frozen state of ``old``.
-
-    The same Parameter and buffer objects, so an optimizer built on the old model keeps working.
-    """
-    for pname in ("weight", "bias"):
-        new._parameters[pname] = old._parameters.get(pname)
-    for bname in ("running_mean", "running_var", "num_batches_tracked"):
-        new._buffers[bname] = old._buffers.get(bname)
-        if bname in old._non_persistent_buffers_set:
-            new._non_persistent_buffers_set.add(bname)
-    new.training = old.training
-    if is_frozen(old):
-        saved = old.__dict__.get(_SAVED_GRAD)
-        freeze_layer(new)
-        if saved is not None:
-            new.__dict__[_SAVED_GRAD] = dict(saved)
-    return new
 
 
 def convert(model: nn.Module, to: str = "bnlab") -> nn.Module:

@@ -28,7 +28,7 @@ import warnings
 import torch
 from torch import nn
 
-from ._layers import (
+from .layers import (
     Affine,
     accumulation_dtype,
     bn_layers,

@@ -28,74 +28,13 @@ from __future__ import annotations
 
 from torch import nn
 
-from .. import nn as bnn
-from ._layers import bn_layers, describe, is_uninitialized
+from ..nn.surgery import SAVED_GRAD, freeze_layer, has_freeze_hooks, is_frozen, unfreeze_layer
+from .layers import bn_layers, describe, is_uninitialized
 
-__all__ = ["freeze", "unfreeze", "is_frozen"]
+__all__ = ["freeze", "unfreeze", "is_frozen", "freeze_layer", "unfreeze_layer", "SAVED_GRAD"]
 
-_SAVED_GRAD = "_bnlab_frozen_requires_grad"  # {"weight": bool, "bias": bool} while affine is frozen
-_SWITCHED = "_bnlab_frozen_switched"  # set by the pre-hook while a frozen torch layer runs in eval mode
-
-
-def _frozen_pre_hook(module, args):
-    if getattr(module, "frozen", False) and module.training:
-        module.training = False
-        module.__dict__[_SWITCHED] = True
-
-
-def _frozen_post_hook(module, args, output):
-    if module.__dict__.pop(_SWITCHED, False):
-        module.training = True
-
-
-def _has_hooks(module: nn.Module) -> bool:
-    return any(h is _frozen_pre_hook for h in module._forward_pre_hooks.values())
-
-
-def _install_hooks(module: nn.Module) -> None:
-    if not _has_hooks(module):
-        module.register_forward_pre_hook(_frozen_pre_hook)
-        module.register_forward_hook(_frozen_post_hook, always_call=True)
-
-
-def _remove_hooks(module: nn.Module) -> None:
-    for hooks, fn in ((module._forward_pre_hooks, _frozen_pre_hook), (module._forward_hooks, _frozen_post_hook)):
-        for key in [k for k, h in hooks.items() if h is fn]:
-            del hooks[key]
-            module._forward_hooks_always_called.pop(key, None)
-
-
-def is_frozen(module: nn.Module) -> bool:
-    """Whether a BN layer is frozen (by :func:`freeze`, or ``frozen=True`` on a bnlab.nn layer)."""
-    return bool(getattr(module, "frozen", False))
-
-
-def freeze_layer(module: nn.Module, affine: bool = False) -> None:
-    """Freeze one BN layer (no checks; see :func:`freeze`)."""
-    if not isinstance(module, bnn._BatchNorm):
-        _install_hooks(module)
-    module.frozen = True
-    if affine and _SAVED_GRAD not in module.__dict__:
-        saved = {}
-        for pname in ("weight", "bias"):
-            p = getattr(module, pname, None)
-            if p is not None:
-                saved[pname] = p.requires_grad
-                p.requires_grad_(False)
-        module.__dict__[_SAVED_GRAD] = saved
-
-
-def unfreeze_layer(module: nn.Module) -> None:
-    for pname, flag in module.__dict__.pop(_SAVED_GRAD, {}).items():
-        p = getattr(module, pname, None)
-        if p is not None:
-            p.requires_grad_(flag)
-    if isinstance(module, bnn._BatchNorm):
-        module.frozen = False
-    else:
-        _remove_hooks(module)
-        module.__dict__.pop("frozen", None)
-        module.__dict__.pop(_SWITCHED, None)
+_SAVED_GRAD = SAVED_GRAD  # old private name (kept for importers outside this package)
+_has_hooks = has_freeze_hooks
 
 
 def freeze(model: nn.Module, *, affine: bool = False) -> nn.Module:
@@ -120,6 +59,6 @@ def freeze(model: nn.Module, *, affine: bool = False) -> nn.Module:
 def unfreeze(model: nn.Module) -> nn.Module:
     """Undo :func:`freeze` on every BN layer of ``model`` (in place; layers not frozen are untouched)."""
     for _, m in bn_layers(model):
-        if is_frozen(m) or _SAVED_GRAD in m.__dict__ or _has_hooks(m):
+        if is_frozen(m) or SAVED_GRAD in m.__dict__ or has_freeze_hooks(m):
             unfreeze_layer(m)
     return model

@@ -55,7 +55,7 @@ from torch import nn
 
 from ..moments import Moments, Population, merge_all, moments
 from ..progress import progress_bar
-from ._layers import accumulation_dtype, bn_layers, describe, is_uninitialized, per_activation, reduce_axes
+from .layers import accumulation_dtype, bn_layers, describe, is_uninitialized, per_activation, reduce_axes
 
 __all__ = ["recalibrate"]
 

@@ -1,21 +1,25 @@
-"""Fast paths for the batch-norm transform.
+"""Fast paths for the batch-norm transform, behind one written contract and one chain per device.
 
-Each kernel family offers the same functions (``batch_stats``, ``normalize``, ``forward``, ``backward``;
-see :mod:`.composed` for their contracts, including the fused-ReLU arguments ``forward(..., relu=False)``
-and ``backward(..., needs, y=None)``) and is checked against the same float64 computations by
-``tests/test_kernels.py`` (and ``tests/test_triton.py``). :func:`select` picks one for a tensor:
+Every family (:mod:`.composed`, :mod:`.cpu`, :mod:`.cuda`, :mod:`.triton`) satisfies
+:class:`.contract.KernelFamily` — ``batch_stats``, ``normalize``, ``forward``, ``backward`` with the argument
+order stated there once, and ``covers(x, axes, *tensors, op)`` — and is checked against the same float64
+computations by ``tests/test_kernels.py`` (and ``tests/test_triton.py``). :func:`select` walks one ordered
+chain per device, and the first family whose ``covers`` is true runs:
 
-- :mod:`.cpu` for CPU tensors: routes per-channel BN on dense NCHW / channels_last inputs to
-  cache-friendly row statistics and torch's native normalize/backward kernels, everything else to
-  :mod:`.composed` (see ``docs/performance.md`` for what is routed where and why);
-- on CUDA, :mod:`.triton` (bnlab's Triton kernels: split reductions, ≤ 2 launches per direction) when
-  triton is importable, else :mod:`.cuda` (torch's own fused kernels for per-channel BN in torch's
-  layout); each sends what it does not cover to the next (triton → cuda → composed);
-- :mod:`.composed` elsewhere: stock torch ops, device-agnostic and differentiable (the double backward
-  always uses it).
+    cpu:  cpu → composed         cuda: triton → cuda → composed         other devices: composed
 
-``BNLAB_CUDA_KERNELS=cuda`` (or ``composed``) in the environment, or :func:`use_cuda_family`, makes CUDA
-tensors skip the Triton kernels (for comparisons; the default is ``triton``).
+- :mod:`.cpu`: per-channel BN on dense NCHW / channels_last inputs by cache-friendly row statistics and
+  torch's native normalize/backward kernels (see ``docs/performance.md``);
+- :mod:`.triton`: bnlab's Triton kernels (split reductions, ≤ 2 launches per direction), when triton is
+  importable; :mod:`.cuda`: torch's own fused kernels for per-channel BN in torch's layout;
+- :mod:`.composed`: stock torch ops, device-agnostic and differentiable — the definition every fast family
+  is tested against (the double backward always uses it).
+
+Where to change the forward math: :func:`bnlab.moments.batch_stats` (μ_B, σ²_B) and
+:func:`.composed.normalize` / :func:`.composed.backward`; docs/design.md lists every formula's home.
+
+``BNLAB_CUDA_KERNELS=cuda`` (or ``composed``) in the environment, or :func:`use_cuda_family`, starts the CUDA
+chain further down (for comparisons; the default is ``triton``).
 """
 
 from __future__ import annotations
@@ -23,11 +27,11 @@ from __future__ import annotations
 import os
 import warnings
 
-from . import composed, cpu, cuda
+from . import composed, contract, cpu, cuda
 
-__all__ = ["composed", "cpu", "cuda", "select", "use_cuda_family", "triton_family"]
+__all__ = ["composed", "contract", "cpu", "cuda", "select", "chain", "use_cuda_family", "triton_family"]
 
-_FAMILIES = ("triton", "cuda", "composed")
+_FAMILIES = contract.CHAINS["cuda"]
 _cuda_choice = os.environ.get("BNLAB_CUDA_KERNELS", "triton")
 if _cuda_choice not in _FAMILIES:
     warnings.warn(
@@ -37,7 +41,6 @@ if _cuda_choice not in _FAMILIES:
         stacklevel=2,
     )
     _cuda_choice = "triton"
-_triton_module = None  # imported on first use (importing triton costs ~1 s, and only CUDA needs it)
 
 
 def use_cuda_family(name: str) -> None:
@@ -52,25 +55,29 @@ def use_cuda_family(name: str) -> None:
 
 
 def triton_family():
-    """The :mod:`.triton` module, or None where triton cannot be imported (it then falls back to :mod:`.cuda`)."""
-    global _triton_module
-    if _triton_module is None:
-        try:
-            from . import triton as module
-        except ImportError:
-            module = False
-        _triton_module = module
-    return _triton_module or None
+    """The :mod:`.triton` module, or None where triton cannot be imported (the CUDA chain then starts at :mod:`.cuda`).
+
+    Imported on first use: importing triton costs ~1 s, and only CUDA needs it."""
+    return contract.family("triton")
 
 
-def select(x):
-    """Kernel module for ``x``: :mod:`.cpu` on the CPU; on CUDA :mod:`.triton` (or :mod:`.cuda` without
-    triton, or as :func:`use_cuda_family` says); :mod:`.composed` on other devices."""
-    device = x.device.type
-    if device == "cpu":
-        return cpu
-    if device == "cuda":
-        if _cuda_choice == "triton":
-            return triton_family() or cuda
-        return cuda if _cuda_choice == "cuda" else composed
-    return composed
+def chain(device: str) -> tuple:
+    """The families :func:`select` walks for tensors on ``device`` (a device type such as ``"cpu"``), in order."""
+    return contract.chain(device, _cuda_choice if device == "cuda" else None)
+
+
+def select(x, axes=None, *tensors, op: str | None = None):
+    """The kernels for ``x``.
+
+    ``select(x)``: the head of x's chain (:mod:`.cpu` on the CPU; on CUDA :mod:`.triton`, or :mod:`.cuda`
+    without triton or as :func:`use_cuda_family` says; :mod:`.composed` elsewhere) — its functions walk the
+    chain call by call. ``select(x, axes, *tensors, op=...)``: the family that runs that call, the first of
+    the chain whose ``covers(x, axes, *tensors, op=op)`` is true (tensors in the order of
+    :class:`.contract.KernelFamily`).
+    """
+    families = chain(x.device.type)
+    if op is None:
+        return families[0]
+    if op not in contract.OPS:
+        raise ValueError(f"unknown kernel operation {op!r}; expected one of {', '.join(contract.OPS)}")
+    return contract.first_covering(families, op, x, axes, tensors)

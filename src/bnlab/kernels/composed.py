@@ -1,13 +1,15 @@
-"""Batch-norm kernels composed of stock torch ops: device-agnostic, and differentiable.
+"""Batch-norm kernels composed of stock torch ops: device-agnostic, differentiable, and the definition.
 
-The pieces, each used by :mod:`bnlab.nn.functional`:
+This family covers every call (it ends every chain of :mod:`.contract`) and is the one differentiable
+definition the fast families are tested against. The pieces (the contract of :class:`.contract.KernelFamily`):
 
-- :func:`batch_stats`: μ_B and the biased σ²_B over the reduce axes, in at least float32, by a stable
-  one-pass (Welford) or two-pass method — never the unshifted E[x²] − E[x]²;
+- :func:`batch_stats`: μ_B and the biased σ²_B over the reduce axes: :func:`bnlab.moments.batch_stats`
+  (statistics dtype float32 or float64, a stable method — never the unshifted E[x²] − E[x]²);
 - :func:`normalize`: y = a·x + b with the per-feature a = γ/√(σ²+ε), b = β − a·μ (one pass over x,
   and the output keeps x's memory format) — or, where |μ|/σ is large, y = (x − μ)·a + β (see below);
 - :func:`forward`: the two above, in training mode (``relu=True``: y = max(BN(x), 0));
-- :func:`backward`: the closed-form gradients of Alg. 1 (given the ReLU output ``y``, through the ReLU).
+- :func:`backward`: the closed-form gradients of Alg. 1 (given the ReLU output ``y``, through the ReLU),
+  with per-feature coefficients from :func:`grad_coefficients` (also with the global sums of synchronized BN).
 
 Accuracy of the output (issue 7, item 3): a·x + b rounds a·x, whose size is about |γ|·|μ|/σ, so with
 |μ| ≫ σ (x = 1e6 + noise, or a constant channel where σ² = 0 and a = γ/√ε) the output loses what the
@@ -29,7 +31,13 @@ from __future__ import annotations
 
 import torch
 
+from .. import _compat, moments
+from .contract import dense_format, stat_dtype, view
+
 __all__ = [
+    "NAME",
+    "covers",
+    "grad_coefficients",
     "batch_stats",
     "normalize",
     "forward",
@@ -46,23 +54,20 @@ __all__ = [
 SHIFT_RATIO = 16.0
 
 
-def _stat_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+NAME = "composed"
+_stat_dtype = stat_dtype  # old private name (kept for callers outside kernels/)
+_view = view  # old private name (kept for callers outside kernels/)
+
+
+def covers(x: torch.Tensor, axes: tuple[int, ...], *tensors, op: str) -> bool:
+    """Always true: stock torch ops compute every call, on every device, differentiably."""
+    return True
 
 
 def needs_shift(mean: torch.Tensor, var: torch.Tensor, eps: float) -> torch.Tensor:
     """Per feature: True where |μ|·(σ²+ε)^(-1/2) > :data:`SHIFT_RATIO` (a on-device bool tensor)."""
-    sdt = torch.float64 if mean.dtype == torch.float64 else torch.float32
+    sdt = moments.statistics_dtype(mean.dtype)
     return mean.to(sdt).abs() * torch.rsqrt(var.to(sdt) + eps) > SHIFT_RATIO
-
-
-def _view(v: torch.Tensor, ndim: int, axes: tuple[int, ...]) -> torch.Tensor:
-    """A feature-shaped tensor viewed to broadcast against an input of ``ndim`` dims."""
-    shape = []
-    it = iter(v.shape)
-    for i in range(ndim):
-        shape.append(1 if i in axes else next(it))
-    return v.reshape(shape)
 
 
 def _traced(t: torch.Tensor) -> bool:
@@ -73,21 +78,19 @@ def _traced(t: torch.Tensor) -> bool:
         type(t) is not torch.Tensor
         or torch.compiler.is_compiling()
         or torch.jit.is_tracing()
-        or torch._C._are_functorch_transforms_active()
-        or bool(torch._C._len_torch_dispatch_stack())
+        or _compat.functorch_transforms_active()
+        or _compat.torch_dispatch_mode_active()
     )
 
 
 def batch_stats(x: torch.Tensor, axes: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mini-batch mean and biased variance over ``axes`` (feature-shaped, float32 or float64)."""
-    xs = x.to(_stat_dtype(x))
-    var, mean = torch.var_mean(xs, dim=axes, correction=0)
-    return mean, var
+    """Mini-batch mean and biased variance over ``axes``: :func:`bnlab.moments.batch_stats`."""
+    return moments.batch_stats(x, axes)
 
 
 def affine_coefficients(mean, var, weight, bias, eps: float):
     """Per-feature (a, b) with γ x̂ + β = a·x + b: a = γ/√(σ²+ε), b = β − a·μ, in at least float32."""
-    sdt = torch.float64 if mean.dtype == torch.float64 else torch.float32
+    sdt = moments.statistics_dtype(mean.dtype)
     mean, var = mean.to(sdt), var.to(sdt)
     invstd = torch.rsqrt(var + eps)
     a = invstd if weight is None else weight.to(sdt) * invstd
@@ -111,9 +114,9 @@ def normalize(x, mean, var, weight, bias, eps: float, axes: tuple[int, ...]) -> 
         offset = -(mean.to(a.dtype) - shift) * a
         if bias is not None:
             offset = offset + bias.to(a.dtype)
-        xc = xc - _view(shift.to(cdt), nd, axes)
+        xc = xc - view(shift.to(cdt), nd, axes)
         b = offset
-    return torch.addcmul(_view(b.to(cdt), nd, axes), xc, _view(a.to(cdt), nd, axes)).to(x.dtype)
+    return torch.addcmul(view(b.to(cdt), nd, axes), xc, view(a.to(cdt), nd, axes)).to(x.dtype)
 
 
 def forward(x, weight, bias, eps: float, axes: tuple[int, ...], relu: bool = False):
@@ -131,38 +134,55 @@ def relu_mask(dy: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
     return dy if y is None else torch.where(y > 0, dy, torch.zeros((), dtype=dy.dtype, device=dy.device))
 
 
-def backward(dy, x, mean, var, weight, eps: float, axes: tuple[int, ...], needs=(True, True, True), y=None):
+def grad_coefficients(invstd, weight, sum_dy, sum_dy_xhat, m):
+    """Per-feature (c, d, e) of the closed-form input gradient dx = c·dy + d·(x − μ) + e of Alg. 1:
+
+        ∂ℓ/∂x = γ·invstd/m · (m·dy − Σdy − x̂·Σdy·x̂)   ⇒   c = γ·invstd,  d = −c·invstd·Σdy·x̂/m,  e = −c·Σdy/m
+
+    ``m`` values per statistic (the global count in synchronized BN); ``weight`` None means γ = 1."""
+    c = invstd if weight is None else weight.to(invstd.dtype) * invstd
+    return c, -c * invstd * sum_dy_xhat / m, -c * sum_dy / m
+
+
+def backward(
+    dy, x, mean, var, weight, eps: float, axes: tuple[int, ...], needs=(True, True, True), y=None, sums=None
+):
     """Closed-form gradients of Alg. 1 (see :mod:`bnlab.reference`).
 
     ``y``: the output of a ``forward(..., relu=True)``; the gradient then flows only where y > 0.
+    ``sums = (Σdy, Σdy·x̂, m)``: the reductions over a larger set B (synchronized BN: all ranks) to use for
+    dx instead of this tensor's own; dweight/dbias stay local.
 
     With x̂ = (x − μ)·invstd, m values per statistic:
         ∂ℓ/∂β = Σ dy,  ∂ℓ/∂γ = Σ dy·x̂,  ∂ℓ/∂x = γ·invstd/m · (m·dy − ∂ℓ/∂β − x̂·∂ℓ/∂γ)
-    The last is evaluated as dx = c·dy + d·(x − μ) + e with per-feature c, d, e (x − μ is the centred
-    tensor of Σ dy·x̂ reused, so large offsets cancel exactly and x̂ is never materialized).
+    The last is evaluated as dx = c·dy + d·(x − μ) + e with per-feature c, d, e (:func:`grad_coefficients`;
+    x − μ is the centred tensor of Σ dy·x̂ reused, so large offsets cancel exactly and x̂ is never materialized).
     Returns ``(dx, dweight, dbias)``, each None where not needed (dweight/dbias also None without γ).
     """
     need_x, need_w, need_b = needs
     dy = relu_mask(dy, y)
-    sdt = _stat_dtype(x)
-    m = 1
-    for a in axes:
-        m *= x.shape[a]
+    sdt = stat_dtype(x)
     invstd = torch.rsqrt(var + eps)
     dys = dy.to(sdt)
     xs = x.to(sdt)
-    dbeta = dys.sum(dim=axes)
+    nd = x.dim()
     # Σ dy·x̂ = invstd · Σ dy·(x − μ): the centred product keeps float32 exact when |μ| ≫ σ
-    centred = xs - _view(mean.to(sdt), x.dim(), axes)
-    dgamma = (dys * centred).sum(dim=axes) * invstd
+    centred = xs - view(mean.to(sdt), nd, axes)
+    dbeta = dgamma = None
+    if sums is None or need_w or need_b:
+        dbeta = dys.sum(dim=axes)
+        dgamma = (dys * centred).sum(dim=axes) * invstd
     dx = None
     if need_x:
-        g = invstd if weight is None else weight.to(sdt) * invstd
-        c = g
-        d = -g * invstd * dgamma / m
-        e = -g * dbeta / m
-        nd = x.dim()
-        dx = torch.addcmul(_view(e, nd, axes) + _view(d, nd, axes) * centred, dys, _view(c, nd, axes))
+        if sums is None:
+            m = 1
+            for a in axes:
+                m *= x.shape[a]
+            sum_dy, sum_dy_xhat = dbeta, dgamma
+        else:
+            sum_dy, sum_dy_xhat, m = sums[0].to(sdt), sums[1].to(sdt), sums[2]
+        c, d, e = grad_coefficients(invstd, weight, sum_dy, sum_dy_xhat, m)
+        dx = torch.addcmul(view(e, nd, axes) + view(d, nd, axes) * centred, dys, view(c, nd, axes))
         dx = dx.to(x.dtype)
     dweight = dgamma if (need_w and weight is not None) else None
     dbias = dbeta if need_b else None
@@ -177,14 +197,14 @@ def native_backward(dy, x, mean, var, weight, eps: float, needs=(True, True, Tru
     """
     need_x, need_w, need_b = needs
     dy = relu_mask(dy, y)
-    if x.is_contiguous():
-        fmt = torch.contiguous_format
-    else:
-        fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
-    dy = dy.to(x.dtype).contiguous(memory_format=fmt)
+    dy = dy.to(x.dtype).contiguous(memory_format=dense_format(x) or torch.contiguous_format)
     invstd = torch.rsqrt(var + eps)
     mask = [bool(need_x), bool(need_w and weight is not None), bool(need_b)]
     dx, dweight, dbias = torch.ops.aten.native_batch_norm_backward(
         dy, x, weight, None, None, mean, invstd, True, float(eps), mask
     )
     return (dx if need_x else None), (dweight if mask[1] else None), (dbias if need_b else None)
+
+
+#: The contract's implementations (:func:`.contract.run` calls these once ``covers`` said yes).
+IMPLEMENTATION = {"batch_stats": batch_stats, "normalize": normalize, "forward": forward, "backward": backward}

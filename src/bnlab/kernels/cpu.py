@@ -1,15 +1,15 @@
-"""CPU fast paths for the batch-norm transform, with the contracts of :mod:`.composed`.
+"""CPU fast paths for the batch-norm transform (the contract of :mod:`.contract`; chain: cpu → composed).
 
-:func:`bnlab.kernels.select` picks this module for CPU tensors. Every function here takes the same
-arguments as its namesake in :mod:`.composed` and routes each call to the fastest path that keeps the
-numerical policy (statistics in at least float32 by a stable method); whatever it does not cover goes
-to :mod:`.composed` unchanged. The fast paths apply to convolutional BN in torch's convention — a dense
-(contiguous or channels_last) input of 3 or more dimensions, reduce axes = every axis but 1:
+:func:`bnlab.kernels.select` gives this family for CPU tensors. :func:`covers` says what it computes exactly
+(statistics in at least float32 by a stable method); the chain walk of :mod:`.contract` sends whatever it
+does not cover to :mod:`.composed` unchanged. The fast paths apply to convolutional BN in torch's
+convention — a dense (contiguous or channels_last) input of 3 or more dimensions, reduce axes = every axis
+but 1 — without autograd recording the call:
 
 - **statistics** (training forward): the set B of channel c is split into its N rows x[n, c, ...]
   (m_r = p·q values each). Each row gets a two-pass mean and M2 = Σ (x − μ_r)² from stock reductions
   over the row axis (contiguous in NCHW, so the row stays in cache between passes), then the rows are
-  merged across the batch with Chan's formula (:func:`merge_rows`). torch's own CPU statistics loop is
+  merged across the batch with Chan's formula (:func:`bnlab.moments.merge_groups`). torch's own CPU statistics loop is
   scalar in NCHW, and in channels_last it sums each channel sequentially in float32, which is fast but
   off by 1e-5 to 4e-4 relative on ordinary data (ReLU outputs the worst) and by orders of magnitude with
   a 1e6 offset — so statistics are never routed to it;
@@ -19,7 +19,8 @@ to :mod:`.composed` unchanged. The fast paths apply to convolutional BN in torch
   :data:`.composed.SHIFT_RATIO` (a check over C numbers), :func:`.composed.normalize`'s
   (x − μ)·a + β instead, so that the output is as accurate as the statistics;
 - **backward**: ``aten.native_batch_norm_backward`` given our μ_B and 1/√(σ²_B + ε); its reductions are
-  centred on μ_B, so they stay accurate with large offsets.
+  centred on μ_B, so they stay accurate with large offsets. With the global sums of synchronized BN, dx =
+  c·dy + d·(x − μ) + e (:func:`.composed.grad_coefficients`) as one native affine pass and one ``addcmul_``.
 
 Range: a row's float32 Σ (x − μ_r)² overflows for a std above ~1.8e19/√m_r although σ²_B may still fit
 float32; a check over the C merged variances sends that rare case (and inputs holding inf/NaN) to a float64
@@ -35,10 +36,14 @@ import threading
 
 import torch
 
-from ..moments import Moments, moments
-from . import composed
+from .. import moments
+from ..axes import torch_reduce_axes
+from ..moments import Moments
+from . import composed, contract
 
-__all__ = ["batch_stats", "normalize", "forward", "backward", "fast_path", "merge_rows"]
+__all__ = ["NAME", "covers", "batch_stats", "normalize", "forward", "backward", "fast_path", "merge_rows"]
+
+NAME = "cpu"
 
 _HALF = (torch.float16, torch.bfloat16)
 _FLOAT = (torch.float32, torch.float64)
@@ -58,14 +63,11 @@ _SMALL_NUMEL = 1 << 14
 
 def fast_path(x: torch.Tensor, axes: tuple[int, ...]) -> bool:
     """True where the routed paths apply: CPU, per-channel axes of a dense input with ≥ 3 dims."""
-    if x.device.type != "cpu" or x.dim() < 3 or x.numel() == 0 or tuple(axes) != (0, *range(2, x.dim())):
+    if x.device.type != "cpu" or x.dim() < 3 or x.numel() == 0 or not contract.is_channel_axes(x, axes):
         return False
     if x.dtype not in _FLOAT and x.dtype not in _HALF:
         return False
-    if x.is_contiguous():
-        return True
-    fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.dim())
-    return fmt is not None and x.is_contiguous(memory_format=fmt)
+    return contract.dense_format(x) is not None
 
 
 def _any_requires_grad(*tensors) -> bool:
@@ -76,17 +78,30 @@ def _same_dtype(dtype: torch.dtype, *tensors) -> bool:
     return all(t is None or t.dtype == dtype for t in tensors)
 
 
-def merge_rows(row_mean: torch.Tensor, row_m2: torch.Tensor, row_count: int) -> Moments:
-    """Chan's merge of N row summaries of equal size into one per channel.
+def covers(x: torch.Tensor, axes: tuple[int, ...], *tensors, op: str) -> bool:
+    """Whether this family computes ``op`` for this call (:class:`.contract.KernelFamily`): :func:`fast_path`,
+    and where it calls torch's kernels (not ``batch_stats``), no autograd recording and parameters/statistics
+    in the dtype those kernels take (:func:`_native_params`)."""
+    if not fast_path(x, axes):
+        return False
+    if op == "batch_stats":
+        return True
+    if torch.is_grad_enabled() and _any_requires_grad(x, *tensors):
+        return False
+    if op == "forward":
+        return True
+    if op == "normalize":
+        mean, var, weight, bias = tensors
+        return _native_params(x, mean, var, weight, bias)
+    dy, mean, var, weight, *_ = tensors  # backward
+    return _native_params(x, mean, var, weight)
 
-    ``row_mean``, ``row_m2``: shape (N, C), each row holding ``row_count`` values. For k groups of equal
-    count m_r the pairwise formula of :mod:`bnlab.moments` folds into
-        μ = mean_r μ_r,   M2 = Σ_r M2_r + m_r · Σ_r (μ_r − μ)²
-    (within-row plus between-row sums of squares); the between-row part is itself the two-pass
-    :func:`bnlab.moments.moments` of the row means. Computed in float64: these are (N, C) tensors.
-    """
-    between = moments(row_mean.double(), axes=(0,))
-    return Moments(between.count * row_count, between.mean, row_m2.double().sum(0) + row_count * between.m2)
+
+def merge_rows(row_mean: torch.Tensor, row_m2: torch.Tensor, row_count: int) -> Moments:
+    """Chan's merge of N row summaries of equal size into one per channel (``row_mean``, ``row_m2``: (N, C),
+    each row holding ``row_count`` values): :func:`bnlab.moments.merge_groups`, in float64 (these are
+    (N, C) tensors)."""
+    return moments.merge_groups(row_mean.double(), row_m2.double(), row_count)
 
 
 def _row_moments(x3: torch.Tensor, scratch3: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,10 +115,9 @@ def _row_moments(x3: torch.Tensor, scratch3: torch.Tensor) -> tuple[torch.Tensor
     torch.sub(x3, shift, out=scratch3)
     row_m2 = torch.linalg.vector_norm(scratch3, dim=2).square_()
     if _needs_correction(row_mean, row_m2, n_row):
-        # corrected two-pass: with d = x − μ_r exact, the rounding of μ_r is δ = mean(d)
-        delta = scratch3.sum(2).double().div_(n_row)
-        row_m2 = (row_m2.double() - n_row * delta * delta).clamp_(min=0)
-        return row_mean.double() + delta, row_m2
+        # corrected two-pass (bnlab.moments.correct): with d = x − μ_r exact, Σd is what rounding moved μ_r by
+        fixed = moments.correct(Moments(n_row, row_mean.double(), row_m2.double()), scratch3.sum(2).double())
+        return fixed.mean, fixed.m2
     return row_mean.double(), row_m2.double()
 
 
@@ -116,7 +130,7 @@ def _row_moments_nchw(x3: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """
     n, c, n_row = x3.shape
     k = _chunk_rows(n, c * n_row * 4)
-    sdt = torch.float64 if x3.dtype == torch.float64 else torch.float32
+    sdt = moments.statistics_dtype(x3.dtype)
     scratch = _scratch((k, c, n_row), sdt)
     means, m2s = [], []
     for n0 in range(0, n, k):
@@ -177,7 +191,7 @@ def _row_moments_cl(xt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     second and third pass run in cache. fp16/bf16 chunks are converted to float32 one at a time.
     """
     n, n_row, c = xt.shape
-    sdt = torch.float64 if xt.dtype == torch.float64 else torch.float32
+    sdt = moments.statistics_dtype(xt.dtype)
     k = _chunk_rows(n, n_row * c * 4)
     row_mean = xt.new_empty((n, c), dtype=sdt)
     row_m2 = xt.new_empty((n, c), dtype=sdt)
@@ -196,17 +210,17 @@ def _row_moments_cl(xt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         torch.sum(sq, 1, out=row_m2[n0:n1])
     if not _needs_correction(row_mean, row_m2, n_row):
         return row_mean.double(), row_m2
-    # corrected two-pass, chunk by chunk: with d = x − μ_r exact, the rounding of μ_r is δ = mean(d)
-    delta = row_mean.new_empty(n, c)
+    # corrected two-pass (bnlab.moments.correct), chunk by chunk: with d = x − μ_r exact, Σd is what rounding
+    # moved μ_r by
+    d_sum = row_mean.new_empty(n, c)
     for n0 in range(0, n, k):
         n1 = min(n, n0 + k)
         chunk, sq = chunk_of(n0, n1), scratch[: n1 - n0]
         torch.sub(chunk, row_mean[n0:n1].unsqueeze(1), out=sq)
-        torch.sum(sq, 1, out=delta[n0:n1])
+        torch.sum(sq, 1, out=d_sum[n0:n1])
         torch.sum(sq.square_(), 1, out=row_m2[n0:n1])
-    delta = delta.double().div_(n_row)
-    row_m2 = (row_m2.double() - n_row * delta * delta).clamp_(min=0)
-    return row_mean.double() + delta, row_m2
+    fixed = moments.correct(Moments(n_row, row_mean.double(), row_m2.double()), d_sum.double())
+    return fixed.mean, fixed.m2
 
 
 def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -217,28 +231,24 @@ def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     Inputs of at most :data:`_SMALL_NUMEL` values take one ``torch.var_mean`` instead (see there).
     """
     if x.numel() <= _SMALL_NUMEL:
-        xs = x if x.dtype in _FLOAT else x.float()
-        var, mean = torch.var_mean(xs, dim=(0, *range(2, x.dim())), correction=0)
-        return mean, var
+        return moments.batch_stats(x, torch_reduce_axes(x.dim()))
     n, c = x.shape[:2]
     if x.is_contiguous():
         row_mean, row_m2 = _row_moments_nchw(x.view(n, c, -1))
     else:
         row_mean, row_m2 = _row_moments_cl(x.movedim(1, -1).reshape(n, -1, c))  # a view of channels_last
     total = merge_rows(row_mean, row_m2, x.numel() // (n * c))
-    sdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    sdt = contract.stat_dtype(x)
     if not math.isfinite(float(total.variance.sum())):  # one reduction over C numbers: ~3 µs
         # a row's Σ (x − μ_r)² overflowed float32 (a std above ~1.8e19/√m_r), or x holds inf/NaN: the rare
         # case is recomputed in float64, so σ²_B is right wherever it fits the statistics' dtype
-        var, mean = torch.var_mean(x.to(torch.float64), dim=(0, *range(2, x.dim())), correction=0)
+        mean, var = moments.batch_stats(x.to(torch.float64), torch_reduce_axes(x.dim()))
         return mean.to(sdt), var.to(sdt)
     return total.mean.to(sdt), total.variance.to(sdt)
 
 
-def batch_stats(x: torch.Tensor, axes: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mini-batch mean and biased variance over ``axes`` (feature-shaped, float32 or float64)."""
-    if not fast_path(x, axes):
-        return composed.batch_stats(x, axes)
+def _batch_stats(x: torch.Tensor, axes: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mini-batch mean and biased variance per channel (float32, or float64 for float64 input)."""
     return _stats(x)
 
 
@@ -258,21 +268,19 @@ def _shift_needed(mean, var, eps: float) -> bool:
     return bool(composed.needs_shift(mean, var, eps).any())
 
 
-def normalize(x, mean, var, weight, bias, eps: float, axes: tuple[int, ...]) -> torch.Tensor:
-    """y = γ (x − μ)/√(σ² + ε) + β in x's dtype (and memory format): torch's vectorized kernel."""
-    if fast_path(x, axes) and _native_params(x, mean, var, weight, bias) and not _shift_needed(mean, var, eps):
-        return _native_normalize(x, mean, var, weight, bias, float(eps))
-    return composed.normalize(x, mean, var, weight, bias, eps, axes)
+def _normalize(x, mean, var, weight, bias, eps: float, axes: tuple[int, ...]) -> torch.Tensor:
+    """y = γ (x − μ)/√(σ² + ε) + β in x's dtype (and memory format): torch's vectorized kernel, or the
+    definition's shifted form (:func:`.composed.normalize`) where some channel has a large |μ|/σ."""
+    if _shift_needed(mean, var, eps):
+        return composed.normalize(x, mean, var, weight, bias, eps, axes)
+    return _native_normalize(x, mean, var, weight, bias, float(eps))
 
 
-def forward(x, weight, bias, eps: float, axes: tuple[int, ...], relu: bool = False):
+def _forward(x, weight, bias, eps: float, axes: tuple[int, ...], relu: bool = False):
     """Training forward of Alg. 1: returns ``(y, mean, var)`` (batch mean and biased variance).
 
-    ``relu=True``: y = max(BN(x), 0), applied in place. Not differentiable on the fast path: where
-    autograd would record it, the composed ops run instead.
+    ``relu=True``: y = max(BN(x), 0), applied in place. Not differentiable (covers() refuses recorded calls).
     """
-    if not fast_path(x, axes) or (torch.is_grad_enabled() and _any_requires_grad(x, weight, bias)):
-        return composed.forward(x, weight, bias, eps, axes, relu)
     # statistics in float32 (fp16/bf16 converted chunk by chunk); the output is the one large allocation
     mean, var = _stats(x)
     if weight is not None:
@@ -286,13 +294,39 @@ def forward(x, weight, bias, eps: float, axes: tuple[int, ...], relu: bool = Fal
     return (y.relu_() if relu else y), mean, var
 
 
-def backward(dy, x, mean, var, weight, eps: float, axes: tuple[int, ...], needs=(True, True, True), y=None):
-    """Closed-form gradients of Alg. 1: ``(dx, dweight, dbias)``; torch's kernel on the fast path.
+def _backward(dy, x, mean, var, weight, eps: float, axes: tuple[int, ...], needs=(True, True, True), y=None,
+              sums=None):  # fmt: skip
+    """Closed-form gradients of Alg. 1: ``(dx, dweight, dbias)`` by torch's kernels.
 
     ``aten.native_batch_norm_backward`` with save_mean = μ_B and save_invstd = 1/√(σ²_B + ε) computes
     the same closed form as :func:`.composed.backward`, with its reductions centred on μ_B. ``y``: the
-    output of ``forward(..., relu=True)``; dy is masked to where y > 0 first.
+    output of ``forward(..., relu=True)``; dy is masked to where y > 0 first. ``sums``: see :func:`_global_dx`.
     """
-    if not (fast_path(x, axes) and _native_params(x, mean, var, weight)):
-        return composed.backward(dy, x, mean, var, weight, eps, axes, needs, y)
-    return composed.native_backward(dy, x, mean, var, weight, eps, needs, y)
+    if sums is None:
+        return composed.native_backward(dy, x, mean, var, weight, eps, needs, y)
+    need_x, need_w, need_b = needs
+    _, dw, db = (None, None, None)
+    if need_w or need_b:
+        _, dw, db = composed.native_backward(dy, x, mean, var, weight, eps, (False, need_w, need_b), y)
+    dx = _global_dx(composed.relu_mask(dy, y), x, mean, var, weight, eps, sums) if need_x else None
+    return dx, dw, db
+
+
+def _global_dx(dy, x, mean, var, weight, eps, sums):
+    """dx = c·dy + d·(x − μ) + e with the given (Σdy, Σdy·x̂, m) (:func:`.composed.grad_coefficients`):
+    d·x + (e − d·μ) is one pass of torch's affine kernel (mean 0, variance 1, ε = 0), then ``addcmul_``."""
+    sdt = contract.stat_dtype(x)
+    invstd = torch.rsqrt(var.double() + eps)
+    w = None if weight is None else weight.double()
+    c, d, e = composed.grad_coefficients(invstd, w, sums[0].double(), sums[1].double(), sums[2])
+    e = e - d * mean.double()
+    c, d, e = (v.to(sdt) for v in (c, d, e))
+    xs = x if x.dtype == sdt else x.to(sdt)
+    dx = _native_normalize(xs, torch.zeros_like(d), torch.ones_like(d), d, e, 0.0)
+    dx.addcmul_(dy if dy.dtype == sdt else dy.to(sdt), contract.view(c, x.dim(), torch_reduce_axes(x.dim())))
+    return dx.to(x.dtype)
+
+
+#: The contract's implementations, run by :func:`.contract.run` once :func:`covers` said yes.
+IMPLEMENTATION = {"batch_stats": _batch_stats, "normalize": _normalize, "forward": _forward, "backward": _backward}
+batch_stats, normalize, forward, backward = contract.entry_points(NAME, covers, IMPLEMENTATION)

@@ -1,11 +1,13 @@
 """Triton kernels for batch norm: split reductions, ≤ 2 launches per direction, no host synchronization.
 
-Same contracts as :mod:`.composed` (``batch_stats``, ``normalize``, ``forward``, ``backward``, with the
-fused-ReLU arguments). :func:`bnlab.kernels.select` picks this module for CUDA tensors when triton is
-importable; on CPU tensors the kernels run under triton's interpreter when ``TRITON_INTERPRET=1`` was
-set before this module was imported (how ``tests/test_triton.py`` checks them without a GPU). Whatever
-:func:`covered` refuses goes to :mod:`.cuda` (torch's fused kernels, then :mod:`.composed`): never a
-wrong answer.
+The contract of :mod:`.contract`, with the fused-ReLU arguments; this family heads the CUDA chain
+(triton → cuda → composed) when triton is importable; on CPU tensors the kernels run under triton's
+interpreter when ``TRITON_INTERPRET=1`` was set before this module was imported (how
+``tests/test_triton.py`` checks them without a GPU). Whatever :func:`covers` refuses, the chain walk sends
+on to :mod:`.cuda` (torch's fused kernels, then :mod:`.composed`): never a wrong answer.
+
+Triton code cannot call Python, so each kernel writes its formula once and names, in a comment, the
+definition it implements (:mod:`bnlab.moments`, :mod:`.composed`).
 
 The input is seen as a 3-D array (A, F, B) with strides (sA, sF, sB): F features, each reduced over the
 A·B values of its set B (Ioffe & Szegedy's m). Per-channel NCHW: (N, C, H·W); per-channel channels_last
@@ -46,9 +48,11 @@ import torch
 import triton
 import triton.language as tl
 
-from . import cuda
+from . import contract
 
-__all__ = ["batch_stats", "normalize", "forward", "backward", "covered", "INTERPRETED"]
+__all__ = ["NAME", "covers", "batch_stats", "normalize", "forward", "backward", "covered", "INTERPRETED"]
+
+NAME = "triton"
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _MAX_SPLITS = 128  # the merge in the second kernel reads P·F partials per program: keep P bounded
@@ -96,12 +100,13 @@ def _partial_moments(
         cnt = tl.sum(mask.to(tl.float32), axis=0)
         safe = tl.maximum(cnt, 1.0)
         tile_mean = tl.sum(x, axis=0) / safe
-        # corrected two-pass: d = x − mean is exact near the mean, Σd is what rounding moved the mean by
+        # implements bnlab.moments.correct (corrected two-pass): d = x − mean is exact near the mean, Σd is
+        # what rounding moved the mean by
         d = tl.where(mask, x - tile_mean[None, :], 0.0)
         d_sum = tl.sum(d, axis=0)
         tile_m2 = tl.maximum(tl.sum(d * d, axis=0) - d_sum * d_sum / safe, 0.0)
         tile_mean = tile_mean + d_sum / safe
-        # Chan's merge of (n, mean, m2) with the tile's (cnt, tile_mean, tile_m2)
+        # implements bnlab.moments.merge (Chan's pairwise merge) of (n, mean, m2) with the tile's summary
         total = n + cnt
         frac = cnt / tl.maximum(total, 1.0)
         delta = tile_mean - mean
@@ -116,7 +121,10 @@ def _partial_moments(
 
 @triton.jit
 def _merge_partials(PCOUNT, PMEAN, PM2, P, F, f, fmask, BLOCK_P: tl.constexpr, BLOCK_F: tl.constexpr):
-    """(mean, M2/n) of P partial summaries per feature: two passes over the partials."""
+    """(mean, M2/n) of P partial summaries per feature: two passes over the partials.
+
+    Implements bnlab.moments.merge_groups (the k-group Chan merge: within plus between sums of squares),
+    for groups of unequal counts, corrected as bnlab.moments.correct."""
     total = tl.zeros([BLOCK_F], dtype=tl.float32)
     weighted = tl.zeros([BLOCK_F], dtype=tl.float32)
     for p0 in range(0, P, BLOCK_P):
@@ -199,6 +207,7 @@ def _normalize(
         mask = rmask[:, None] & fmask[None, :]
         offs = roffs[:, None] + f[None, :] * sF
         x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+        # implements bnlab.kernels.composed.normalize, shifted form: y = (x − μ)·γ/√(σ²+ε) + β
         y = ((x - k[None, :]) - mean[None, :]) * scale[None, :] + shift[None, :]
         if RELU:
             y = tl.maximum(y, 0.0)
@@ -240,6 +249,7 @@ def _partial_grads(
             dy = tl.where(tl.load(Y + offs, mask=mask, other=0.0).to(tl.float32) > 0.0, dy, 0.0)
         x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
         s += tl.sum(dy, axis=0)
+        # the reductions of bnlab.kernels.composed.backward: Σdy and Σdy·(x − μ), centred
         dot += tl.sum(dy * tl.where(mask, x - mean[None, :], 0.0), axis=0)
     out = split * F + f
     tl.store(PSUM + out, s, mask=fmask)
@@ -297,6 +307,7 @@ def _grad_input(
         g = invstd
         if HAS_W:
             g = g * tl.load(W + f, mask=fmask, other=1.0).to(tl.float32)
+        # implements bnlab.kernels.composed.grad_coefficients: dx = c·dy + d·(x − μ) + e
         m = R * 1.0
         k_dy = g
         k_x = -g * invstd * dgamma / m
@@ -359,6 +370,16 @@ def covered(x: torch.Tensor, axes: tuple[int, ...], *params) -> bool:
         if p is not None and (p.dtype not in (x.dtype, torch.float32) or p.device != x.device):
             return False
     return _plan(x, axes) is not None
+
+
+def covers(x: torch.Tensor, axes: tuple[int, ...], *tensors, op: str) -> bool:
+    """:func:`covered` for every operation (:class:`.contract.KernelFamily`); the backward also needs float32
+    statistics, and the global sums of synchronized BN are not covered."""
+    if op != "backward":
+        return covered(x, axes, *tensors)
+    dy, mean, var, weight, y, *sums = tensors
+    f32 = mean.dtype == torch.float32 and var.dtype == torch.float32
+    return not sums and f32 and covered(x, axes, weight, dy, mean, var, y)
 
 
 # under the interpreter (tests): small tiles and a few splits, so that every loop runs more than once
@@ -441,11 +462,11 @@ def _flat(t: torch.Tensor | None, dummy: torch.Tensor) -> torch.Tensor:
 disabled: str | None = None  # why the kernels were switched off in this process (see _guarded), or None
 
 
-def _guarded(impl, fallback, *args):
+def _guarded(impl, *args):
     """``impl(*args)``; on a GPU, if it fails (a triton version that cannot compile these kernels, a
-    card without resources for them), warn once, switch the kernels off and use ``fallback`` — the
-    outputs are fresh tensors, so nothing half-written reaches the caller. Under the interpreter
-    errors are raised (tests must see them)."""
+    card without resources for them), warn once, switch the kernels off and decline the call
+    (:class:`.contract.Declined`: the chain walk goes on to the next family) — the outputs are fresh tensors,
+    so nothing half-written reaches the caller. Under the interpreter errors are raised (tests must see them)."""
     global disabled
     if INTERPRETED:
         return impl(*args)
@@ -460,9 +481,9 @@ def _guarded(impl, fallback, *args):
             f"({disabled[:300]}) / bnlab: los kernels Triton de batch norm fallaron y se desactivan; se usan "
             "los de torch",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=5,
         )
-        return fallback(*args)
+        raise contract.Declined(disabled) from exc
 
 
 def _stats_into(x, plan, launch):
@@ -475,19 +496,17 @@ def _stats_into(x, plan, launch):
     return part
 
 
-def batch_stats(x: torch.Tensor, axes: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+def _batch_stats(x: torch.Tensor, axes: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """Mini-batch mean and biased variance over ``axes`` (float32): partial moments + Chan's merge."""
-    if not covered(x, axes):
-        return cuda.batch_stats(x, axes)
-    return _guarded(_batch_stats, cuda.batch_stats, x, axes)
+    return _guarded(_batch_stats_impl, x, axes)
 
 
-def _batch_stats(x, axes):
-    _, mean, var = _forward(x, None, None, 1e-5, axes, False, write_y=False)
+def _batch_stats_impl(x, axes):
+    _, mean, var = _forward_impl(x, None, None, 1e-5, axes, False, write_y=False)
     return mean, var
 
 
-def _forward(x, weight, bias, eps, axes, relu, write_y=True):
+def _forward_impl(x, weight, bias, eps, axes, relu, write_y=True):
     plan = _plan(x, axes)
     a, f, b, sa, sf, sb = plan
     launch = _launch_shape(x, a, f, b)
@@ -527,18 +546,14 @@ def _forward(x, weight, bias, eps, axes, relu, write_y=True):
     return y, stats[0].view(fshape), stats[1].view(fshape)
 
 
-def forward(x, weight, bias, eps: float, axes: tuple[int, ...], relu: bool = False):
+def _forward(x, weight, bias, eps: float, axes: tuple[int, ...], relu: bool = False):
     """Training forward: ``(y, mean, var)`` in two launches (partial moments; merge + normalize)."""
-    if not covered(x, axes, weight, bias):
-        return cuda.forward(x, weight, bias, eps, axes, relu)
-    return _guarded(_forward, cuda.forward, x, weight, bias, eps, axes, relu)
+    return _guarded(_forward_impl, x, weight, bias, eps, axes, relu)
 
 
-def normalize(x, mean, var, weight, bias, eps: float, axes: tuple[int, ...]) -> torch.Tensor:
+def _normalize_call(x, mean, var, weight, bias, eps: float, axes: tuple[int, ...]) -> torch.Tensor:
     """y = (x − μ)·γ/√(σ²+ε) + β in one launch (eval), coefficients in float32."""
-    if not covered(x, axes, mean, var, weight, bias):
-        return cuda.normalize(x, mean, var, weight, bias, eps, axes)
-    return _guarded(_normalize_eval, cuda.normalize, x, mean, var, weight, bias, eps, axes)
+    return _guarded(_normalize_eval, x, mean, var, weight, bias, eps, axes)
 
 
 def _normalize_eval(x, mean, var, weight, bias, eps, axes):
@@ -576,14 +591,13 @@ def _normalize_eval(x, mean, var, weight, bias, eps, axes):
     return y
 
 
-def backward(dy, x, mean, var, weight, eps: float, axes: tuple[int, ...], needs=(True, True, True), y=None):
+def _backward(dy, x, mean, var, weight, eps: float, axes: tuple[int, ...], needs=(True, True, True), y=None,
+              sums=None):  # fmt: skip
     """Closed-form gradients ``(dx, dweight, dbias)`` in two launches; ``y`` = the ReLU output, if fused."""
-    if not covered(x, axes, weight, dy, mean, var, y) or mean.dtype != torch.float32 or var.dtype != torch.float32:
-        return cuda.backward(dy, x, mean, var, weight, eps, axes, needs, y)
-    return _guarded(_backward, cuda.backward, dy, x, mean, var, weight, eps, axes, needs, y)
+    return _guarded(_backward_impl, dy, x, mean, var, weight, eps, axes, needs, y)
 
 
-def _backward(dy, x, mean, var, weight, eps, axes, needs, y):
+def _backward_impl(dy, x, mean, var, weight, eps, axes, needs, y):
     need_x, need_w, need_b = needs
     a, f, b, sa, sf, sb = _plan(x, axes)
     block_r, block_f, f_blocks, splits, tiles, block_p, rows = _launch_shape(x, a, f, b)
@@ -645,3 +659,8 @@ def _backward(dy, x, mean, var, weight, eps, axes, needs, y):
     dweight = grads[0].view(fshape) if (need_w and weight is not None) else None
     dbias = grads[1].view(fshape) if need_b else None
     return dx, dweight, dbias
+
+
+#: The contract's implementations, run by :func:`.contract.run` once :func:`covers` said yes.
+IMPLEMENTATION = {"batch_stats": _batch_stats, "normalize": _normalize_call, "forward": _forward, "backward": _backward}
+batch_stats, normalize, forward, backward = contract.entry_points(NAME, covers, IMPLEMENTATION)

@@ -3,8 +3,11 @@ normalization family (``GroupNorm``, ``LayerNorm``, ``InstanceNorm1d/2d/3d``), a
 
 from . import functional
 from .family import GroupNorm, InstanceNorm1d, InstanceNorm2d, InstanceNorm3d, LayerNorm
-from .modules import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm
-from .renorm import BatchRenorm1d, BatchRenorm2d, BatchRenorm3d, _BatchRenorm, paper_relaxation
+from .modules import BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormBase
+from .renorm import BatchRenorm1d, BatchRenorm2d, BatchRenorm3d, BatchRenormBase, paper_relaxation
+
+_BatchNorm = BatchNormBase  # old names, kept for importers (use the public ones)
+_BatchRenorm = BatchRenormBase
 
 __all__ = [
     "functional",
@@ -17,10 +20,12 @@ __all__ = [
     "InstanceNorm1d",
     "InstanceNorm2d",
     "InstanceNorm3d",
+    "BatchNormBase",
     "_BatchNorm",
     "BatchRenorm1d",
     "BatchRenorm2d",
     "BatchRenorm3d",
+    "BatchRenormBase",
     "_BatchRenorm",
     "paper_relaxation",
 ]

@@ -330,3 +330,7 @@ class BatchNorm3d(_BatchNorm, nn.BatchNorm3d):
 
     _input_dims = (5,)
     _spatial_dims = 3
+
+
+#: The public name of the base class of bnlab's BN layers (``_BatchNorm`` is kept for old importers).
+BatchNormBase = _BatchNorm

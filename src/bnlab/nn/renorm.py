@@ -62,9 +62,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .. import kernels
+from .. import _compat, kernels
 from .functional import batch_norm, check_tensors
-from .modules import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm
+from .modules import BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormBase
 
 __all__ = [
     "batch_renorm",
@@ -226,11 +226,11 @@ def batch_renorm(
 
 def _batch_stats(x: Tensor, axes: tuple[int, ...]):
     """μ_B, σ²_B by the device's kernels (as the BN op computes them); by stock ops when traced/transformed."""
-    plain = type(x) is Tensor and not torch.compiler.is_compiling() and not torch._C._are_functorch_transforms_active()
+    plain = type(x) is Tensor and not torch.compiler.is_compiling() and not _compat.functorch_transforms_active()
     return (kernels.select(x) if plain else kernels.composed).batch_stats(x, axes)
 
 
-class _BatchRenorm(_BatchNorm):
+class _BatchRenorm(BatchNormBase):
     """Shared state and forward of BatchRenorm1d/2d/3d (the BN layer's state, plus rmax, dmax, warm-up)."""
 
     def __init__(
@@ -300,3 +300,7 @@ class BatchRenorm2d(_BatchRenorm, BatchNorm2d):
 
 class BatchRenorm3d(_BatchRenorm, BatchNorm3d):
     """Batch Renorm for input (N, C, D, H, W); a ``bnlab.nn.BatchNorm3d`` (and torch's) by class."""
+
+
+#: The public name of the base class of BatchRenorm1d/2d/3d (``_BatchRenorm`` is kept for old importers).
+BatchRenormBase = _BatchRenorm
