@@ -71,7 +71,7 @@ BUGS = [
     dict(
         name="convert-sync-swaps-batch-renorm",
         path="src/bnlab/distributed.py",
-        old="if isinstance(m, _BatchRenorm):  # checked before any layer is swapped",
+        old="if isinstance(m, BatchRenormBase):  # checked before any layer is swapped",
         new="if False:  # checked before any layer is swapped",
         tests=[T + "test_convert_leaves_it_as_it_is_and_convert_sync_refuses_it"],
     ),
