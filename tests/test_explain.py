@@ -409,7 +409,8 @@ def test_tutorial_shows_what_explain_prints(lang, capsys):
     for per in ("channel", "activation"):
         e = explain((8, 64, 14, 14), layout="NCHW", per=per, lang=lang)  # the exercise's answers
         n = f"{e.num_sets:,}" if lang == "en" else str(e.num_sets)
-        assert f"{n} sets of {e.set_size:,} values" in out if lang == "en" else f"{n} conjuntos de {e.set_size} valores" in out
+        want = f"{n} sets of {e.set_size:,} values" if lang == "en" else f"{n} conjuntos de {e.set_size} valores"
+        assert want in out
         assert f"{n} γ" in out
     assert "True" in out  # the folded affine map equals normalize-then-scale
 

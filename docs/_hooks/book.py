@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -280,3 +281,275 @@ def fig1_facts(lr: str) -> dict:
     facts["test_images"] = r["data"]["test"]
     facts["train_images"] = r["data"]["train"]
     return facts
+
+
+# ---------------------------------------------------------------------------------------------- demo tables
+
+_SETTING_KEYS = {"adam": "relu-adam", "high_lr": "relu-sgd", "sigmoid": "sigmoid-sgd"}
+
+
+def demo_runs(setting: str, norm: str) -> list[dict]:
+    """The demo's runs of one setting and norm, by seed."""
+    return sorted((r for r in demo()["runs"] if r["setting"] == setting and r["norm"] == norm), key=lambda r: r["seed"])
+
+
+def demo_accuracy_table(lang: str = "en") -> str:
+    """Test accuracy in eval mode per setting and norm, seed by seed, with the mistakes out of the test images."""
+    d = demo()
+    head = {"en": "setting", "es": "configuración"}[lang]
+    rows = []
+    for s in d["settings"]:
+        cells = []
+        for norm in ("none", "activation", "channel"):
+            cells.append(
+                " / ".join(f"{pct(r['test_accuracy'], lang)} ({r['errors']})" for r in demo_runs(s["key"], norm))
+            )
+        rows.append([_SETTINGS[lang][_SETTING_KEYS[s["key"]]], *cells])
+    return table([head, *(_NORMS[lang][n] for n in ("none", "activation", "channel"))], rows)
+
+
+def demo_traineval_table(lang: str = "en") -> str:
+    """Train mode (mini-batch statistics) / eval mode with the EMA / eval mode with recalibrated statistics."""
+    d = demo()
+    head = {"en": ["setting", "run"], "es": ["configuración", "ejecución"]}[lang]
+    seeds = [({"en": "seed ", "es": "semilla "}[lang]) + str(s) for s in d["seeds"]]
+    rows = []
+    for s in d["settings"]:
+        for norm in ("activation", "channel"):
+            cells = [
+                " / ".join(num(100 * r["traineval"][m], lang, 1) for m in ("batch", "ema", "recal"))
+                for r in demo_runs(s["key"], norm)
+            ]
+            rows.append([_SETTINGS[lang][_SETTING_KEYS[s["key"]]], _NORMS[lang][norm], *cells])
+    return table([*head, *seeds], rows)
+
+
+def demo_layers_table(lang: str = "en") -> str:
+    d = demo()
+    if lang == "en":
+        head = [
+            "BN layer",
+            "input shape",
+            "per channel: sets B × values",
+            "per activation: sets B × values",
+            "γ + β per channel",
+            "γ + β per activation",
+        ]
+    else:
+        head = [
+            "capa BN",
+            "forma de la entrada",
+            "por canal: conjuntos B × valores",
+            "por activación: conjuntos B × valores",
+            "γ + β por canal",
+            "γ + β por activación",
+        ]
+    rows = []
+    for layer in d["layers"]:
+        c, a = layer["channel"], layer["activation"]
+        rows.append(
+            [
+                f"`{layer['name']}`",
+                str(tuple(layer["shape"])),
+                f"{num(c['sets'], lang)} × {num(c['size'], lang)}",
+                f"{num(a['sets'], lang)} × {num(a['size'], lang)}",
+                f"{num(c['params'] // 2, lang)} + {num(c['params'] // 2, lang)}",
+                f"{num(a['params'] // 2, lang)} + {num(a['params'] // 2, lang)}",
+            ]
+        )
+    return table(head, rows)
+
+
+def demo_facts() -> dict:
+    """The numbers the demo page's sentences state, from the committed run."""
+    d = demo()
+    acc = {(r["setting"], r["norm"], r["seed"]): r for r in d["runs"]}
+    test = d["data"]["test"]
+    f: dict = {"test": test, "point_per_image": 100 / test, "runs": len(d["runs"]), "seeds": d["seeds"]}
+    bn = [r for r in d["runs"] if r["norm"] != "none"]
+    f["params"] = {n: next(r["params"] for r in d["runs"] if r["norm"] == n) for n in ("none", "activation", "channel")}
+    for key in ("adam", "high_lr", "sigmoid"):
+        none = [acc[(key, "none", s)]["test_accuracy"] for s in d["seeds"]]
+        with_bn = [r["test_accuracy"] for r in bn if r["setting"] == key]
+        f[key] = {
+            "none": none,
+            "bn_min": min(with_bn),
+            "bn_max": max(with_bn),
+            "bn_beats_all": min(with_bn) > max(none),
+        }
+        # images between the worst BN run and the best run without BN, and between the two runs without BN
+        f[key]["margin_images"] = round((min(with_bn) - max(none)) * test)
+        f[key]["none_spread_images"] = round((max(none) - min(none)) * test)
+    # per activation vs per channel, averaged over the seeds, in test images: eval with EMA and recalibrated
+    gaps_ema, gaps_recal = [], []
+    for key in ("adam", "high_lr", "sigmoid"):
+        for mode, gaps in (("ema", gaps_ema), ("recal", gaps_recal)):
+            mean = {
+                n: sum(acc[(key, n, s)]["traineval"][mode] for s in d["seeds"]) / len(d["seeds"])
+                for n in ("activation", "channel")
+            }
+            gaps.append(abs(mean["activation"] - mean["channel"]) * test)
+    f["gap_ema_images"], f["gap_recal_images"] = max(gaps_ema), max(gaps_recal)
+    worst = min(bn, key=lambda r: r["traineval"]["ema"])
+    f["worst_ema"] = worst
+    diffs = [(r["traineval"]["recal"] - r["traineval"]["ema"]) * test for r in bn]
+    f["recal_worse_max_images"] = max(0, -min(diffs))
+    f["recal_gain_max_images"] = max(diffs)
+    f["recal_better"] = sum(x > 0.5 for x in diffs)
+    f["recal_worse"] = sum(x < -0.5 for x in diffs)
+    f["bn_runs"] = len(bn)
+    f["wall"] = d["wall"]
+    f["timings"] = d["timings"]
+    f["date"] = d["date"]
+    return f
+
+
+def setting_name(key: str, lang: str = "en") -> str:
+    """The demo setting ``key`` (adam, high_lr, sigmoid) in words."""
+    return _SETTINGS[lang][_SETTING_KEYS[key]]
+
+
+def norm_name(norm: str, lang: str = "en") -> str:
+    return _NORMS[lang][norm]
+
+
+# ------------------------------------------------------------------------------------------ benchmark tables
+
+
+def bench_machine(meta: dict, lang: str = "en") -> str:
+    """Where and when a benchmark JSON was measured, and whether the machine was busy (load average vs CPUs)."""
+    load = meta.get("loadavg") or [0.0]
+    cpus = meta.get("cpus") or 1
+    busy = load[0] > 0.5 * cpus
+    if lang == "en":
+        s = (
+            f"Measured {meta['date']} on {meta['cpu_model'] or 'an unnamed CPU'} ({cpus} CPUs), torch {meta['torch']}; "
+            f"load average {load[0]:.1f} when the run ended"
+        )
+        return s + (
+            f": **the machine was shared** with other work ({cpus} CPUs), so every time is longer than on an idle "
+            "machine and the ratios are pulled toward 1 by the waiting both sides share. Re-run before quoting."
+            if busy
+            else " (an idle machine)."
+        )
+    s = (
+        f"Medido el {meta['date']} en {meta['cpu_model'] or 'una CPU sin nombre'} ({cpus} CPU), torch {meta['torch']}; "
+        f"carga media de {num(load[0], 'es', 1)} al terminar"
+    )
+    return s + (
+        f": **la máquina estaba compartida** con otro trabajo ({cpus} CPU), así que todos los tiempos son más largos "
+        "que en una máquina libre y las razones se acercan a 1 por las esperas que comparten los dos lados. Vuelve a "
+        "medir antes de citarlas."
+        if busy
+        else " (una máquina libre)."
+    )
+
+
+def cpu_table(lang: str = "en") -> str:
+    """benchmarks/cpu.py --json: one row per case and shape."""
+    d = load("cpu.json")
+    if lang == "en":
+        head = [
+            "case",
+            "shape",
+            "threads",
+            "torch ms",
+            "bnlab ms",
+            "bnlab ÷ torch",
+            "page faults per call (torch, bnlab)",
+            "torch.compile ms",
+            "compile s",
+        ]
+    else:
+        head = [
+            "caso",
+            "forma",
+            "hilos",
+            "torch ms",
+            "bnlab ms",
+            "bnlab ÷ torch",
+            "fallos de página por llamada (torch, bnlab)",
+            "torch.compile ms",
+            "compilación s",
+        ]
+    rows = []
+    for r in d["rows"]:
+        comp = r.get("compiled_ms")
+        rows.append(
+            [
+                r["case"],
+                "×".join(map(str, r["shape"])),
+                str(r["threads"]),
+                num(r["native_ms"], lang, 2),
+                num(r["bnlab_ms"], lang, 2),
+                f"**{num(r['ratio'], lang, 2)}**",
+                ", ".join(num(x, lang) for x in r["faults_per_call"]),
+                num(comp, lang, 2) if comp is not None else "",
+                num(r["compile_s"], lang, 1) if comp else "",
+            ]
+        )
+    return table(head, rows)
+
+
+def cpu_meta() -> dict:
+    return load("cpu.json")
+
+
+def compiled_table(lang: str = "en") -> str:
+    """benchmarks/compiled.py --json: median step time of each variant, ratio to torch compiled, first step."""
+    d = load("compiled.json")
+    names = {
+        "en": {"nchw": "NCHW", "channels_last": "channels_last"},
+        "es": {"nchw": "NCHW", "channels_last": "channels_last"},
+    }
+    if lang == "en":
+        head = ["layout", "variant", "median step ms", "÷ torch compiled", "first step s (compiles)"]
+    else:
+        head = ["disposición", "variante", "mediana del paso ms", "÷ torch compilado", "primer paso s (compila)"]
+    rows = []
+    for layout, res in d["results"].items():
+        for variant, r in res.items():
+            rows.append(
+                [
+                    names[lang].get(layout, layout),
+                    variant,
+                    num(r["median_ms"], lang, 1),
+                    f"**{num(r['ratio'], lang, 2)}**",
+                    num(r["first_step_s"], lang, 1),
+                ]
+            )
+    return table(head, rows)
+
+
+def compiled_meta() -> dict:
+    return load("compiled.json")
+
+
+# ------------------------------------------------------------------------------------ pages opened from disk
+
+_ALTERNATE = re.compile(r'\s*<link rel="alternate" href="[^"]*" hreflang="[^"]*">')
+
+
+def on_post_page(output: str, **kwargs) -> str:
+    """MkDocs hook: no ``<link rel="alternate" hreflang>`` in the head. Material's script fetches the other
+    language's sitemap.xml for each of them, which a page opened from disk (file://) is not allowed to do (a
+    console error on every page); the language switch in the header links to the other language all the same."""
+    return _ALTERNATE.sub("", output)
+
+
+# ---------------------------------------------------------------------------------------------- changelog
+
+CHANGELOG_MARK = "<!-- CHANGELOG.md -->"
+
+
+def on_page_markdown(markdown: str, page, **kwargs) -> str:
+    """MkDocs hook: the changelog pages show the repository's CHANGELOG.md (one file, never copied).
+
+    Its links into docs/ are made relative to the site's pages; a page that has its own title drops the
+    file's first heading."""
+    if CHANGELOG_MARK not in markdown:
+        return markdown
+    text = (HERE.parents[1] / "CHANGELOG.md").read_text(encoding="utf-8").replace("](docs/", "](")
+    if markdown.lstrip().startswith("# "):
+        text = text.split("\n", 1)[1]
+    return markdown.replace(CHANGELOG_MARK, text)
