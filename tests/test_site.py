@@ -71,12 +71,19 @@ def site(tmp_path_factory) -> Path:
     missing = [m for m in _TOOLS if importlib.util.find_spec(m) is None]
     if missing:
         pytest.skip(f"the docs tools are not installed ({', '.join(missing)}): pip install -e '.[docs]'")
+    if "failed" in _BUILD:  # one failed build fails every test of the module, without building again
+        pytest.fail(_BUILD["failed"])
     out = tmp_path_factory.mktemp("book") / "site"
     start = time.perf_counter()
     done = build_site(out)
-    assert done.returncode == 0, f"mkdocs build --strict failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+    if done.returncode != 0:
+        _BUILD["failed"] = f"mkdocs build --strict failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+        pytest.fail(_BUILD["failed"])
     assert time.perf_counter() - start < 600
     return out
+
+
+_BUILD: dict[str, str] = {}
 
 
 def page_text(path: Path) -> str:
