@@ -452,7 +452,6 @@ def cpu_table(lang: str = "en") -> str:
         head = [
             "case",
             "shape",
-            "threads",
             "torch ms",
             "bnlab ms",
             "bnlab ÷ torch",
@@ -464,7 +463,6 @@ def cpu_table(lang: str = "en") -> str:
         head = [
             "caso",
             "forma",
-            "hilos",
             "torch ms",
             "bnlab ms",
             "bnlab ÷ torch",
@@ -478,8 +476,7 @@ def cpu_table(lang: str = "en") -> str:
         rows.append(
             [
                 r["case"],
-                "×".join(map(str, r["shape"])),
-                str(r["threads"]),
+                "×".join(map(str, r["shape"])) + ("" if r["threads"] == 1 else f" ({r['threads']} threads)"),
                 num(r["native_ms"], lang, 2),
                 num(r["bnlab_ms"], lang, 2),
                 f"**{num(r['ratio'], lang, 2)}**",
