@@ -26,6 +26,7 @@ import statistics
 import time
 
 import torch
+from cpu import machine  # the date, CPU and load average, as benchmarks/cpu.py records them
 from torch import nn
 
 import bnlab.nn
@@ -142,7 +143,8 @@ def main(argv=None) -> None:
             print(f"{name:<16} {r['median_ms']:10.1f} {r['ratio']:17.2f} {r['first_step_s']:13.1f}")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"torch": torch.__version__, "threads": args.threads, "results": results}, f, indent=2)
+            meta = {"torch": torch.__version__, "threads": args.threads, "batch": args.batch, "steps": args.steps}
+            json.dump({**meta, **machine(), "results": results}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     python benchmarks/cpu.py                      # the five issue shapes, 1 thread, torch.compile peer
     python benchmarks/cpu.py --quick --no-compile # two shapes, fewer repeats, no compile
     python benchmarks/cpu.py --shapes 32x64x56x56 --threads 1,2 --repeats 31
+    python benchmarks/cpu.py --quick --json docs/data/cpu.json   # also write the rows as JSON
 
 Measured as a user's process runs: the default allocator (no ``mallopt`` or other tuning), every call's
 result dropped at once, as a training loop drops last step's activations. Every case times its
@@ -28,6 +29,7 @@ Cases (native = what a torch user runs today):
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import statistics
@@ -237,6 +239,7 @@ def main(argv=None) -> int:
     )
     p.add_argument("--stat", choices=("median", "min"), default="median", help="statistic of the timed calls")
     p.add_argument("--cases", help=f"comma-separated subset of: {', '.join(CASES)}")
+    p.add_argument("--json", metavar="PATH", help="also write the rows to this JSON file (times in ms)")
     args = p.parse_args(argv)
 
     shapes = (
@@ -256,6 +259,7 @@ def main(argv=None) -> int:
         f"float32, {args.stat} over {repeats} turns of blocks of {args.block} calls, default allocator, "
         "results dropped each call; ratio < 1: bnlab faster"
     )
+    measured = []
     for threads in (int(s) for s in args.threads.split(",")):
         torch.set_num_threads(threads)
         rows = []
@@ -263,7 +267,38 @@ def main(argv=None) -> int:
             rows += run_shape(shape, repeats, args.block, args.compile, cases)
         print()
         print(format_table(rows, threads), flush=True)
+        measured += [{"threads": threads, **r} for r in rows]
+    if args.json:
+        write_json(args.json, measured, repeats=repeats, stat=args.stat, block=args.block)
     return 0
+
+
+def machine() -> dict:
+    """Where and when: the date, the CPU model, the CPU count and the load average when the run ended."""
+    model = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu_model": model, "cpus": os.cpu_count(),
+            "loadavg": [round(x, 2) for x in os.getloadavg()]}  # fmt: skip
+
+
+def write_json(path: str, rows: list[dict], **settings) -> None:
+    """The measured rows as JSON: times in ms, ``ratio`` = bnlab ÷ native, as the printed table."""
+    out = []
+    for r in rows:
+        row = {"threads": r["threads"], "case": r["case"], "shape": list(r["shape"]),
+               "native_ms": r["native"] * 1e3, "bnlab_ms": r["ours"] * 1e3, "ratio": r["ours"] / r["native"],
+               "faults_per_call": list(r["faults"])}  # fmt: skip
+        if r.get("compiled") is not None:
+            row.update(compiled_ms=r["compiled"] * 1e3, compile_s=r.get("compile_s"))
+        out.append(row)
+    meta = {"torch": torch.__version__, "numpy": np.__version__, **machine(), **settings}
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({**meta, "rows": out}, f, indent=1)
+        f.write("\n")
 
 
 if __name__ == "__main__":

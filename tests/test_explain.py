@@ -383,20 +383,36 @@ def test_spanish_groups_from_five_digits_on():
 
 
 @pytest.mark.parametrize("lang", ["en", "es"])
-def test_tutorial_shows_what_explain_prints(lang):
-    """The tutorial's printed output is explain's current text, so the docs cannot drift from the code."""
+def test_tutorial_shows_what_explain_prints(lang, capsys):
+    """The tutorial prints explain's text by running it when the site is built (markdown-exec blocks), so the
+    docs cannot drift from the code: its executed blocks, run in order, print that text and the exercise's answers."""
+    import textwrap
     from pathlib import Path
 
-    doc = (Path(__file__).resolve().parents[1] / "docs" / f"tutorial.{lang}.md").read_text(encoding="utf-8")
-    blocks = re.findall(r"```text\n(.*?)```", doc, flags=re.S)
-    assert blocks[0].rstrip() == explain((32, 28, 28, 12), layout="NHWC", per="channel", lang=lang).text.rstrip()
-    assert blocks[1].rstrip() in explain((32, 28, 28, 12), layout="NHWC", per="activation", lang=lang).text
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    doc = (docs / {"en": "tutorial.md", "es": "tutorial.es.md"}[lang]).read_text(encoding="utf-8")
+    blocks = re.findall(r"^( *)```python exec=\"on\"[^\n]*\n(.*?)^\1```", doc, flags=re.S | re.M)
+    assert len(blocks) >= 6
+    sys.path.insert(0, str(docs / "_hooks"))  # the blocks import the book's helpers, as the build does
+    try:
+        namespace: dict = {}
+        for _, code in blocks:
+            exec(compile(textwrap.dedent(code), "tutorial", "exec"), namespace)
+    finally:
+        sys.path.remove(str(docs / "_hooks"))
+    out = capsys.readouterr().out
+    assert explain((32, 28, 28, 12), layout="NHWC", per="channel", lang=lang).text.rstrip() in out
+    one_set = "One set B" if lang == "en" else "Un conjunto B"
+    act = explain((32, 28, 28, 12), layout="NHWC", per="activation", lang=lang).text
+    assert next(p for p in act.split("\n\n") if p.startswith(one_set)) in out
     assert PAPER_Q3 in " ".join(doc.split())
-    for shape, per in (((8, 64, 14, 14), "channel"), ((8, 64, 14, 14), "activation")):
-        e = explain(shape, layout="NCHW", per=per, lang=lang)  # the exercise's answers
-        sep = "," if lang == "en" else " "
-        n = f"{e.num_sets:,}".replace(",", sep) if e.num_sets >= 10_000 or lang == "en" else str(e.num_sets)
-        assert f"{n} γ" in doc
+    for per in ("channel", "activation"):
+        e = explain((8, 64, 14, 14), layout="NCHW", per=per, lang=lang)  # the exercise's answers
+        n = f"{e.num_sets:,}" if lang == "en" else str(e.num_sets)
+        want = f"{n} sets of {e.set_size:,} values" if lang == "en" else f"{n} conjuntos de {e.set_size} valores"
+        assert want in out
+        assert f"{n} γ" in out
+    assert "True" in out  # the folded affine map equals normalize-then-scale
 
 
 # ------------------------------------------------------------------------- grammatical number (counts of 1)
