@@ -43,15 +43,14 @@ Modes: ``module.training`` chooses batch statistics (train) or running statistic
 ``module.frozen = True`` (see :func:`bnlab.freeze`) makes the layer use and keep its running statistics
 even in training mode.
 
-``torch.fx.symbolic_trace`` traces through these layers into one call of
-:func:`bnlab.nn.functional.batch_norm` (the train/eval choice is fixed at trace time, as for any traced
-functional call); ``bnlab.fold``'s own tracer still sees them as layers.
+``torch.fx.symbolic_trace`` sees each layer as one ``call_module`` node, as it sees torch's own layers (see
+:mod:`bnlab.nn.tracing`): the traced model calls the layer itself, so it counts batches, follows
+``train()``/``eval()`` and keeps ``num_batches_tracked`` in its ``state_dict`` as eager does.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.fx
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm as _TorchBatchNorm
 from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
@@ -59,6 +58,7 @@ from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
 from ..axes import check_eps, check_momentum, check_per
 from . import functional as F
 from .functional import batch_norm
+from .tracing import leaf_forward
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
@@ -84,11 +84,6 @@ def check_input_dim(x: torch.Tensor, input_dims: tuple[int, ...], num_features: 
         )
 
 
-# torch.fx.symbolic_trace records these two calls as graph nodes instead of tracing into them (their
-# checks read the input's shape, which a traced value does not have)
-torch.fx.wrap("check_input_dim")
-torch.fx.wrap("batch_norm")
-
 
 class _BatchNorm(_TorchBatchNorm):
     """Shared state and forward of BatchNorm1d/2d/3d; subclasses set the accepted input ranks."""
@@ -96,6 +91,11 @@ class _BatchNorm(_TorchBatchNorm):
     _version = 2
     _input_dims: tuple[int, ...] = ()
     _spatial_dims: int = 0
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "forward" in cls.__dict__:  # a subclass's own forward is a leaf for torch.fx too (bnlab.nn.tracing)
+            cls.forward = leaf_forward(cls.__dict__["forward"])
 
     def __init__(
         self,
@@ -192,11 +192,6 @@ class _BatchNorm(_TorchBatchNorm):
 
     def _materialize_from(self, x: torch.Tensor) -> None:
         """Shapes of a lazy per-activation layer from its first input — only once every check has passed."""
-        if isinstance(x, torch.fx.Proxy):
-            raise RuntimeError(
-                "a lazy per-activation layer has no shapes yet, so it cannot be traced: run one batch through "
-                "the model first, or build the layer with spatial_size="
-            )
         check_input_dim(x, self._input_dims, self.num_features)
         if any(n < 1 for n in x.shape[2:]):
             raise ValueError(f"per-activation BN needs locations with values, got input of shape {tuple(x.shape)}")
@@ -287,6 +282,7 @@ class _BatchNorm(_TorchBatchNorm):
                 momentum = self.momentum
         return use_batch, update, momentum
 
+    @leaf_forward
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if self._is_lazy():  # per-activation without spatial_size: shapes from the first (valid) input
             self._materialize_from(input)
