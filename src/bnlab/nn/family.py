@@ -48,7 +48,7 @@ def _check(input, what: str, max_dim: int | None = 5) -> None:
 _CHANNELS_LAST = {4: (torch.channels_last, "NHWC"), 5: (torch.channels_last_3d, "NDHWC")}
 
 
-def _normalize(input: torch.Tensor, norm: str, groups: int | None, eps: float, keep_format: bool = False) -> torch.Tensor:
+def _normalize(input: torch.Tensor, norm: str, groups: int | None, eps: float, keep_format: bool = False):
     """x̂ of ``norm`` for an (N, C, ...) input: batch_norm over the member's set, on a reshape of x.
 
     A set of one value gives x̂ = 0 (x − μ = 0 exactly), as torch does: the output is then β. With
