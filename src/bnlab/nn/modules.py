@@ -50,10 +50,14 @@ even in training mode.
 
 from __future__ import annotations
 
+import inspect
+import sys
+
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm as _TorchBatchNorm
 from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
+from torch.nn.utils import fusion
 
 from ..axes import check_eps, check_momentum, check_per
 from . import functional as F
@@ -63,6 +67,21 @@ from .tracing import leaf_forward
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
 _UNINITIALIZED = (UninitializedParameter, UninitializedBuffer)
+
+
+def _code(f) -> int:
+    # keyed by id: hashing a code object hashes its constants and names on every lookup (~1 µs)
+    return id(inspect.unwrap(getattr(f, "__func__", f)).__code__)
+
+
+# torch's tools that rebuild or fold a BN layer from the attributes torch's classes have, so they would drop
+# what bnlab adds. Each reads the layer's ``eps``: that read (from these functions' own frames) is where a
+# layer whose function would change refuses (see _BatchNorm.eps and _BatchNorm._lost_by).
+_TORCH_TOOLS = {
+    _code(fusion.fuse_conv_bn_eval): "torch.nn.utils.fusion.fuse_conv_bn_eval",
+    _code(fusion.fuse_linear_bn_eval): "torch.nn.utils.fusion.fuse_linear_bn_eval",
+    _code(nn.SyncBatchNorm.convert_sync_batchnorm): "torch.nn.SyncBatchNorm.convert_sync_batchnorm",
+}
 
 
 def check_input_dim(x: torch.Tensor, input_dims: tuple[int, ...], num_features: int, spatial_size=None) -> None:
@@ -174,6 +193,52 @@ class _BatchNorm(_TorchBatchNorm):
             )
         return size
 
+    # -- torch's tools -----------------------------------------------------------------------------------
+    @property
+    def eps(self) -> float:
+        """ε of Alg. 1. Reading it is also where torch's fusers and ``convert_sync_batchnorm`` refuse a layer
+        whose function they would change (they build torch's layers from torch's attributes only)."""
+        if not torch.compiler.is_compiling():
+            tool = _TORCH_TOOLS.get(id(sys._getframe(1).f_code))
+            if tool is not None:
+                self._refuse(tool)
+        return self.__dict__["eps"]
+
+    @eps.setter
+    def eps(self, value: float) -> None:
+        self.__dict__["eps"] = value  # where torch's layers keep it: pickles stay loadable both ways
+
+    def _lost_by(self, kind: str) -> list[tuple[str, str]]:
+        """(what, the fix) for each thing torch's tool of ``kind`` ("fuse": conv/linear–BN fusion in eval;
+        "sync": rebuilding the layer as torch.nn.SyncBatchNorm) would silently drop from this layer."""
+        fix = {
+            "fuse": "fold with bnlab.fold(model), which keeps it",
+            "sync": "convert with bnlab.convert_sync(model), whose layers keep it (CPU and GPU)",
+        }[kind]
+        lost = []
+        if self.activation is not None:
+            lost.append((f"its fused ReLU (activation={self.activation!r})", fix))
+        if self.per == "activation" and self.spatial_size != ():
+            lost.append(("its per-activation statistics (one per channel and location)", fix))
+        if kind == "sync" and self.virtual_batch is not None:
+            lost.append((
+                f"ghost BN (virtual_batch={self.virtual_batch}: statistics over each {self.virtual_batch} samples)",
+                "its set B stays within one process, so keep the layer out of the conversion or build it without "
+                "virtual_batch",
+            ))  # fmt: skip
+        if kind == "sync" and self.frozen:
+            lost.append(("its frozen state (the running statistics normalize in training too)", fix))
+        return lost
+
+    def _refuse(self, tool: str) -> None:
+        lost = self._lost_by("sync" if tool.endswith("convert_sync_batchnorm") else "fuse")
+        if lost:  # RuntimeError, not AttributeError: the refusal must not read as a missing attribute
+            fixes = "; ".join(dict.fromkeys(fix for _, fix in lost))
+            raise RuntimeError(
+                f"{tool} would silently drop {' and '.join(what for what, _ in lost)} from this "
+                f"{type(self).__name__}({self.num_features}), changing the model's function: {fixes}"
+            )
+
     # -- state -------------------------------------------------------------------------------------------
     def _is_lazy(self) -> bool:
         # read the dicts directly: under torch.fx tracing, attribute access returns traced values
@@ -249,12 +314,10 @@ class _BatchNorm(_TorchBatchNorm):
         )
 
     def extra_repr(self) -> str:
-        s = (
+        s = (  # torch's words first, in torch's order
             f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-            f"track_running_stats={self.track_running_stats}"
+            f"bias={self.bias is not None}, track_running_stats={self.track_running_stats}"
         )
-        if self.affine and self.bias is None:
-            s += ", bias=False"
         if self.per != "channel":
             s += f", per={self.per!r}, spatial_size={self.spatial_size}"
         if self.activation is not None:
@@ -297,7 +360,7 @@ class _BatchNorm(_TorchBatchNorm):
             self.bias,
             use_batch,
             momentum,
-            self.eps,
+            self.__dict__["eps"],  # not the property: its check of the caller costs ~0.5 µs (see eps)
             (0,) if self.per == "activation" else None,  # None: every axis but 1 (torch's convention)
             activation=self.activation,
             virtual_batch=self.virtual_batch if use_batch else None,
