@@ -24,7 +24,7 @@ import torch
 
 from ..axes import LAYOUTS, check_eps, check_groups, norm_set
 from .functional import batch_norm
-from .tracing import leaf_forward
+from .tracing import leaf_forward, refuse_scripting
 
 __all__ = ["layer_norm", "instance_norm", "group_norm", "LayerNorm", "InstanceNorm1d", "InstanceNorm2d",
            "InstanceNorm3d", "GroupNorm"]  # fmt: skip
@@ -196,6 +196,8 @@ def _prod(shape) -> int:
 class GroupNorm(torch.nn.GroupNorm):
     """Drop-in for ``torch.nn.GroupNorm(num_groups, num_channels, eps=1e-5, affine=True)``."""
 
+    __prepare_scriptable__ = refuse_scripting  # torch.jit.script: say it is unsupported, and what to use
+
     def __init__(self, num_groups: int, num_channels: int, *args, **kwargs) -> None:
         if isinstance(num_groups, int) and isinstance(num_channels, int) and num_groups > 0:
             check_groups(num_groups, num_channels)  # the clear error (with the divisors) before torch's
@@ -208,6 +210,8 @@ class GroupNorm(torch.nn.GroupNorm):
 
 class LayerNorm(torch.nn.LayerNorm):
     """Drop-in for ``torch.nn.LayerNorm(normalized_shape, eps=1e-5, elementwise_affine=True, bias=True)``."""
+
+    __prepare_scriptable__ = refuse_scripting  # torch.jit.script: say it is unsupported, and what to use
 
     @leaf_forward
     def forward(self, input: torch.Tensor) -> torch.Tensor:
@@ -244,6 +248,8 @@ for _name in ("group_norm", "layer_norm", "_instance_norm_module"):
 
 
 class _InstanceNormMixin:
+    __prepare_scriptable__ = refuse_scripting  # torch.jit.script: say it is unsupported, and what to use
+
     @leaf_forward
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return _instance_norm_module(

@@ -62,7 +62,7 @@ from torch.nn.utils import fusion
 from ..axes import check_eps, check_momentum, check_per
 from . import functional as F
 from .functional import batch_norm
-from .tracing import leaf_forward
+from .tracing import leaf_forward, refuse_scripting
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
@@ -194,6 +194,8 @@ class _BatchNorm(_TorchBatchNorm):
         return size
 
     # -- torch's tools -----------------------------------------------------------------------------------
+    __prepare_scriptable__ = refuse_scripting  # torch.jit.script: say it is unsupported, and what to use
+
     @property
     def eps(self) -> float:
         """ε of Alg. 1. Reading it is also where torch's fusers and ``convert_sync_batchnorm`` refuse a layer
@@ -389,3 +391,71 @@ class BatchNorm3d(_BatchNorm, nn.BatchNorm3d):
 
     _input_dims = (5,)
     _spatial_dims = 3
+
+
+# -- torch.ao.quantization.fuse_modules ----------------------------------------------------------------------
+# torch's fuser looks its methods up by the exact classes of the modules listed (conv, bn[, relu]), so bnlab's
+# layers are registered next to torch's. Eval fusion only (is_qat=False): the conv/linear weights absorb the
+# BN map as in torch.nn.utils.fusion (a fused ReLU, activation="relu", stays as a ReLU after the fused layer).
+# QAT fusion builds torch's ConvBn modules, which accept torch's BatchNorm only: refused with the fix.
+
+
+def _fuse_eval(is_qat: bool, layer: nn.Module, bn: _BatchNorm, relu: nn.Module | None = None) -> nn.Module:
+    import copy
+
+    from torch.ao.nn import intrinsic as nni
+
+    name = f"{type(layer).__name__} + bnlab {type(bn).__name__}"
+    if is_qat:
+        raise RuntimeError(
+            f"torch.ao.quantization cannot fuse {name} for quantization-aware training: its ConvBn/LinearBn "
+            f"modules accept torch.nn.BatchNorm only; convert the layers first with bnlab.convert(model, to='torch'), "
+            f"or fuse for inference (model.eval(), fuse_modules)"
+        )
+    if layer.training or bn.training:
+        raise AssertionError("Fusion only for eval!")  # torch's words for torch's layers
+    if bn.per == "activation" and bn.spatial_size != ():
+        raise ValueError(
+            f"cannot fuse {name}: per-activation BN has a scale per location, which a layer's weights cannot "
+            f"hold; bnlab.fold(model) turns it into an Affine layer instead"
+        )
+    if bn.running_mean is None:
+        raise ValueError(f"cannot fuse {name}: the BN layer has no running statistics (track_running_stats=False)")
+    fused = copy.deepcopy(layer)
+    eps = bn.__dict__["eps"]
+    if isinstance(layer, nn.Linear):
+        fused.weight, fused.bias = fusion.fuse_linear_bn_weights(
+            fused.weight, fused.bias, bn.running_mean, bn.running_var, eps, bn.weight, bn.bias
+        )
+    else:
+        transpose = isinstance(layer, nn.modules.conv._ConvTransposeNd)
+        fused.weight, fused.bias = fusion.fuse_conv_bn_weights(
+            fused.weight, fused.bias, bn.running_mean, bn.running_var, eps, bn.weight, bn.bias, transpose
+        )
+    if relu is None and bn.activation == "relu":
+        relu = nn.ReLU()
+    if relu is None:
+        return fused
+    with_relu = {nn.Conv1d: nni.ConvReLU1d, nn.Conv2d: nni.ConvReLU2d, nn.Conv3d: nni.ConvReLU3d}
+    fused_cls = {**with_relu, nn.Linear: nni.LinearReLU}.get(type(layer))
+    return fused_cls(fused, relu) if fused_cls is not None else nn.Sequential(fused, relu)
+
+
+def _register_torch_fusers() -> None:
+    try:
+        from torch.ao.quantization import fuser_method_mappings as mappings
+
+        table = mappings._DEFAULT_OP_LIST_TO_FUSER_METHOD
+    except (ImportError, AttributeError):  # a torch without the table: fuse_modules keeps not knowing bnlab
+        return
+    pairs = [
+        (nn.Conv1d, BatchNorm1d), (nn.Conv2d, BatchNorm2d), (nn.Conv3d, BatchNorm3d), (nn.Linear, BatchNorm1d),
+        (nn.ConvTranspose1d, BatchNorm1d), (nn.ConvTranspose2d, BatchNorm2d), (nn.ConvTranspose3d, BatchNorm3d),
+    ]  # fmt: skip
+    for layer, bn in pairs:
+        table.setdefault((layer, bn), _fuse_eval)
+        if not issubclass(layer, nn.modules.conv._ConvTransposeNd):
+            table.setdefault((layer, bn, nn.ReLU), _fuse_eval)
+
+
+_register_torch_fusers()

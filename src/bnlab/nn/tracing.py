@@ -19,7 +19,7 @@ import functools
 import torch
 import torch.fx
 
-__all__ = ["leaf_forward", "call_module_node"]
+__all__ = ["leaf_forward", "call_module_node", "refuse_scripting"]
 
 
 def call_module_node(module: torch.nn.Module, args: tuple, kwargs: dict):
@@ -52,3 +52,13 @@ def leaf_forward(forward):
 
     wrapper._bnlab_leaf = True
     return wrapper
+
+
+def refuse_scripting(module: torch.nn.Module):
+    """``__prepare_scriptable__`` of bnlab's layers: ``torch.jit.script`` calls it (for every submodule) before
+    compiling, so the user reads why and what to use instead rather than a TorchScript type error."""
+    raise RuntimeError(
+        f"torch.jit.script does not support bnlab's {type(module).__name__} (its forward is Python that "
+        f"TorchScript cannot compile, and TorchScript is deprecated in PyTorch): use torch.compile(model) for "
+        f"speed, or torch.export.export(model, args) (then torch.onnx.export or AOTInductor) to deploy"
+    )
