@@ -436,3 +436,83 @@ def test_export_and_fullgraph_compile_match_torch():
         yo.square().sum().backward()
         yt.square().sum().backward()
         torch.testing.assert_close(xo.grad, xt.grad)
+
+
+# -- where torch's answer is the one to give (issue 15, item 4) --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make, x",
+    [
+        (lambda t: t.GroupNorm(4, 4), torch.randn(3, 4, 1, 1)),  # G = C, one location: sets of one value
+        (lambda t: t.GroupNorm(2, 2), torch.randn(3, 2)),
+        (lambda t: t.LayerNorm(1), torch.randn(5, 1)),
+        (lambda t: t.LayerNorm([1, 1]), torch.randn(2, 3, 1, 1)),
+    ],
+    ids=["group-4x1x1", "group-2d", "layer-1", "layer-1x1"],
+)
+def test_sets_of_one_value_give_the_bias_as_torch(make, x):
+    theirs, ours = make(torch.nn).double(), make(bnn).double()
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.normal_()
+    ours.load_state_dict(theirs.state_dict())
+    xo, xt = x.double().requires_grad_(), x.double().requires_grad_()
+    yo, yt = ours(xo), theirs(xt)
+    torch.testing.assert_close(yo, yt)
+    dy = torch.randn_like(yt)
+    go = torch.autograd.grad(yo, [xo, *ours.parameters()], dy)
+    gt = torch.autograd.grad(yt, [xt, *theirs.parameters()], dy)
+    for a, e in zip(go, gt, strict=True):
+        torch.testing.assert_close(a, e, atol=1e-6, rtol=1e-6)  # dx = 0, dγ ≈ 0, dβ = Σ dy
+
+
+def test_instance_norm_still_refuses_one_location_as_torch():
+    x = torch.randn(2, 3, 1, 1)
+    with pytest.raises(ValueError, match="more than 1 spatial element"):
+        torch.nn.InstanceNorm2d(3)(x)
+    with pytest.raises(ValueError, match="more than 1 spatial element"):
+        bnn.InstanceNorm2d(3)(x)
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 3, 2, 2, 2), (2, 6, 2, 1, 3, 2, 2)])
+def test_group_norm_accepts_any_rank_as_torch(shape):
+    torch.manual_seed(11)
+    theirs = torch.nn.GroupNorm(3, 6).double()
+    with torch.no_grad():
+        theirs.weight.normal_(), theirs.bias.normal_()
+    ours = bnn.GroupNorm(3, 6).double()
+    ours.load_state_dict(theirs.state_dict())
+    xo = (torch.randn(shape, dtype=torch.float64) * 2 + 1).requires_grad_()
+    xt = xo.detach().clone().requires_grad_()
+    yo, yt = ours(xo), theirs(xt)
+    torch.testing.assert_close(yo, yt)
+    dy = torch.randn(shape, dtype=torch.float64)
+    torch.testing.assert_close(torch.autograd.grad(yo, xo, dy)[0], torch.autograd.grad(yt, xt, dy)[0])
+
+
+@pytest.mark.parametrize(
+    "make, shape, fmt",
+    [
+        (lambda t: t.GroupNorm(3, 6), (2, 6, 4, 5), torch.channels_last),
+        (lambda t: t.GroupNorm(2, 6), (2, 6, 3, 4, 5), torch.channels_last_3d),
+        (lambda t: t.GroupNorm(6, 6), (2, 6, 1, 1), torch.channels_last),
+        (lambda t: t.LayerNorm((6, 4, 5)), (2, 6, 4, 5), torch.channels_last),
+        (lambda t: t.InstanceNorm2d(6, affine=True), (2, 6, 4, 5), torch.channels_last),
+    ],
+    ids=["group-2d", "group-3d", "group-sets-of-one", "layer", "instance"],
+)
+def test_memory_format_of_the_output_is_torchs(make, shape, fmt):
+    """torch's group_norm keeps a channels_last input's format (its layer and instance norm return NCHW-contiguous
+    outputs): the same formats, and the same values, as torch."""
+    torch.manual_seed(12)
+    theirs, ours = make(torch.nn).double(), make(bnn).double()  # float64: torch's x̂ of a set of one is ~1e-5 off 0
+    with torch.no_grad():  # in float32 (rounding divided by √ε), bnlab's is exactly 0
+        for p in theirs.parameters():
+            p.normal_()
+    ours.load_state_dict(theirs.state_dict())
+    x = (torch.randn(shape, dtype=torch.float64) * 3 + 2).to(memory_format=fmt)
+    yo, yt = ours(x), theirs(x)
+    assert yo.is_contiguous(memory_format=fmt) == yt.is_contiguous(memory_format=fmt)
+    assert yo.is_contiguous() == yt.is_contiguous()
+    torch.testing.assert_close(yo, yt, atol=1e-8, rtol=1e-8)

@@ -220,3 +220,13 @@ def test_fuse_modules_linear_bn1d_and_qat_refusal():
 def test_jit_script_says_unsupported_and_what_to_use(layer):
     with pytest.raises(RuntimeError, match=r"torch.jit.script does not support bnlab.*torch.compile.*torch.export"):
         torch.jit.script(nn.Sequential(nn.Identity(), layer))
+
+
+# -- what a user sees as torch's ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kw", [{}, {"bias": False}, {"affine": False}, {"momentum": None, "eps": 1e-3},
+                                {"track_running_stats": False}])  # fmt: skip
+def test_repr_is_torchs(kw):
+    assert repr(bnn.BatchNorm2d(5, **kw)) == repr(nn.BatchNorm2d(5, **kw))
+    assert repr(bnn.BatchNorm1d(5, **kw)) == repr(nn.BatchNorm1d(5, **kw))
