@@ -516,3 +516,45 @@ def test_memory_format_of_the_output_is_torchs(make, shape, fmt):
     assert yo.is_contiguous(memory_format=fmt) == yt.is_contiguous(memory_format=fmt)
     assert yo.is_contiguous() == yt.is_contiguous()
     torch.testing.assert_close(yo, yt, atol=1e-8, rtol=1e-8)
+
+
+_TORCH_TWIN = {torch.nn.GroupNorm: bnn.GroupNorm, torch.nn.LayerNorm: bnn.LayerNorm,
+               torch.nn.InstanceNorm1d: bnn.InstanceNorm1d, torch.nn.InstanceNorm2d: bnn.InstanceNorm2d,
+               torch.nn.InstanceNorm3d: bnn.InstanceNorm3d}  # fmt: skip
+
+
+def _torch_module_samples():
+    from torch.testing._internal.common_modules import module_db
+
+    for info in module_db:
+        if info.module_cls in _TORCH_TWIN:
+            for training in (True, False):
+                for i, s in enumerate(info.module_inputs_func(info, "cpu", torch.float64, True, training)):
+                    name = f"{info.module_cls.__name__}-{s.desc or i}-{'train' if training else 'eval'}"
+                    yield pytest.param(info.module_cls, s, training, id=name)
+
+
+@pytest.mark.parametrize("torch_cls, sample, training", list(_torch_module_samples()))
+def test_torch_module_samples_of_the_family_behave_as_torch(torch_cls, sample, training):
+    """PyTorch's own module samples (torch.testing._internal.common_modules) for the family, float64, twice."""
+    args, kwargs = sample.constructor_input.args, sample.constructor_input.kwargs
+    torch.manual_seed(0)
+    theirs = torch_cls(*args, **kwargs).double()
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.uniform_(0.5, 1.5)
+    ours = _TORCH_TWIN[torch_cls](*args, **kwargs).double()
+    ours.load_state_dict(theirs.state_dict())
+    theirs.train(training), ours.train(training)
+    x = sample.forward_input.args[0].detach()
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    for _ in range(2):
+        ya, yb = theirs(xa), ours(xb)
+        torch.testing.assert_close(yb, ya, atol=1e-10, rtol=1e-10)
+    dy = torch.randn_like(ya)
+    ga = torch.autograd.grad(ya, [xa, *theirs.parameters()], dy)
+    gb = torch.autograd.grad(yb, [xb, *ours.parameters()], dy)
+    for a, b in zip(ga, gb, strict=True):
+        torch.testing.assert_close(b, a, atol=1e-9, rtol=1e-9)
+    for k, v in theirs.state_dict().items():
+        torch.testing.assert_close(ours.state_dict()[k], v, atol=1e-10, rtol=1e-10)
