@@ -192,10 +192,7 @@ def test_group_norm_matches_torch(shape, groups):
     w = torch.randn(6, dtype=torch.float64, requires_grad=True)
     b = torch.randn(6, dtype=torch.float64, requires_grad=True)
     dy = torch.randn(shape, dtype=torch.float64)
-    if math.prod(shape[2:]) * 6 // groups == 1:  # torch returns β there; bnlab refuses a set of one value
-        with pytest.raises(ValueError, match="pools 1 value per set"):
-            family.group_norm(x, groups, w, b)
-        return
+    # sets of one value ((5, 6) with G = 6) included: torch returns β there (x − μ = 0), so must bnlab
     ours = torch.autograd.grad(family.group_norm(x, groups, w, b), (x, w, b), dy)
     theirs = torch.autograd.grad(F.group_norm(x, groups, w, b), (x, w, b), dy)
     torch.testing.assert_close(family.group_norm(x, groups, w, b), F.group_norm(x, groups, w, b))
@@ -405,7 +402,10 @@ def test_models_with_the_family_stay_traceable_and_fold(norm):
     model = SmallCNN(1, (8, 8), 10, norm=norm).eval()
     x = torch.randn(4, 1, 8, 8)
     traced = torch.fx.symbolic_trace(model)
-    assert any(n.op == "call_function" and "norm" in n.target.__name__ for n in traced.graph.nodes)
+    # the family's modules are leaves, one call_module node each, as torch's layers are
+    members = (bnn.GroupNorm, bnn.LayerNorm, bnn.InstanceNorm2d)
+    modules = [traced.get_submodule(n.target) for n in traced.graph.nodes if n.op == "call_module"]
+    assert any(isinstance(m, members) for m in modules), traced.code
     torch.testing.assert_close(traced(x), model(x))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # fold traces the whole model: no fallback warning
@@ -436,3 +436,125 @@ def test_export_and_fullgraph_compile_match_torch():
         yo.square().sum().backward()
         yt.square().sum().backward()
         torch.testing.assert_close(xo.grad, xt.grad)
+
+
+# -- where torch's answer is the one to give (issue 15, item 4) --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make, x",
+    [
+        (lambda t: t.GroupNorm(4, 4), torch.randn(3, 4, 1, 1)),  # G = C, one location: sets of one value
+        (lambda t: t.GroupNorm(2, 2), torch.randn(3, 2)),
+        (lambda t: t.LayerNorm(1), torch.randn(5, 1)),
+        (lambda t: t.LayerNorm([1, 1]), torch.randn(2, 3, 1, 1)),
+    ],
+    ids=["group-4x1x1", "group-2d", "layer-1", "layer-1x1"],
+)
+def test_sets_of_one_value_give_the_bias_as_torch(make, x):
+    theirs, ours = make(torch.nn).double(), make(bnn).double()
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.normal_()
+    ours.load_state_dict(theirs.state_dict())
+    xo, xt = x.double().requires_grad_(), x.double().requires_grad_()
+    yo, yt = ours(xo), theirs(xt)
+    torch.testing.assert_close(yo, yt)
+    dy = torch.randn_like(yt)
+    go = torch.autograd.grad(yo, [xo, *ours.parameters()], dy)
+    gt = torch.autograd.grad(yt, [xt, *theirs.parameters()], dy)
+    for a, e in zip(go, gt, strict=True):
+        torch.testing.assert_close(a, e, atol=1e-6, rtol=1e-6)  # dx = 0, dγ ≈ 0, dβ = Σ dy
+
+
+def test_instance_norm_still_refuses_one_location_as_torch():
+    x = torch.randn(2, 3, 1, 1)
+    with pytest.raises(ValueError, match="more than 1 spatial element"):
+        torch.nn.InstanceNorm2d(3)(x)
+    with pytest.raises(ValueError, match="more than 1 spatial element"):
+        bnn.InstanceNorm2d(3)(x)
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 3, 2, 2, 2), (2, 6, 2, 1, 3, 2, 2)])
+def test_group_norm_accepts_any_rank_as_torch(shape):
+    torch.manual_seed(11)
+    theirs = torch.nn.GroupNorm(3, 6).double()
+    with torch.no_grad():
+        theirs.weight.normal_(), theirs.bias.normal_()
+    ours = bnn.GroupNorm(3, 6).double()
+    ours.load_state_dict(theirs.state_dict())
+    xo = (torch.randn(shape, dtype=torch.float64) * 2 + 1).requires_grad_()
+    xt = xo.detach().clone().requires_grad_()
+    yo, yt = ours(xo), theirs(xt)
+    torch.testing.assert_close(yo, yt)
+    dy = torch.randn(shape, dtype=torch.float64)
+    torch.testing.assert_close(torch.autograd.grad(yo, xo, dy)[0], torch.autograd.grad(yt, xt, dy)[0])
+
+
+@pytest.mark.parametrize(
+    "make, shape, fmt",
+    [
+        (lambda t: t.GroupNorm(3, 6), (2, 6, 4, 5), torch.channels_last),
+        (lambda t: t.GroupNorm(2, 6), (2, 6, 3, 4, 5), torch.channels_last_3d),
+        (lambda t: t.GroupNorm(6, 6), (2, 6, 1, 1), torch.channels_last),
+        (lambda t: t.LayerNorm((6, 4, 5)), (2, 6, 4, 5), torch.channels_last),
+        (lambda t: t.InstanceNorm2d(6, affine=True), (2, 6, 4, 5), torch.channels_last),
+    ],
+    ids=["group-2d", "group-3d", "group-sets-of-one", "layer", "instance"],
+)
+def test_memory_format_of_the_output_is_torchs(make, shape, fmt):
+    """torch's group_norm keeps a channels_last input's format (its layer and instance norm return NCHW-contiguous
+    outputs): the same formats, and the same values, as torch."""
+    torch.manual_seed(12)
+    theirs, ours = make(torch.nn).double(), make(bnn).double()  # float64: torch's x̂ of a set of one is ~1e-5 off 0
+    with torch.no_grad():  # in float32 (rounding divided by √ε), bnlab's is exactly 0
+        for p in theirs.parameters():
+            p.normal_()
+    ours.load_state_dict(theirs.state_dict())
+    x = (torch.randn(shape, dtype=torch.float64) * 3 + 2).to(memory_format=fmt)
+    yo, yt = ours(x), theirs(x)
+    assert yo.is_contiguous(memory_format=fmt) == yt.is_contiguous(memory_format=fmt)
+    assert yo.is_contiguous() == yt.is_contiguous()
+    torch.testing.assert_close(yo, yt, atol=1e-8, rtol=1e-8)
+
+
+_TORCH_TWIN = {torch.nn.GroupNorm: bnn.GroupNorm, torch.nn.LayerNorm: bnn.LayerNorm,
+               torch.nn.InstanceNorm1d: bnn.InstanceNorm1d, torch.nn.InstanceNorm2d: bnn.InstanceNorm2d,
+               torch.nn.InstanceNorm3d: bnn.InstanceNorm3d}  # fmt: skip
+
+
+def _torch_module_samples():
+    from torch.testing._internal.common_modules import module_db
+
+    for info in module_db:
+        if info.module_cls in _TORCH_TWIN:
+            for training in (True, False):
+                for i, s in enumerate(info.module_inputs_func(info, "cpu", torch.float64, True, training)):
+                    name = f"{info.module_cls.__name__}-{s.desc or i}-{'train' if training else 'eval'}"
+                    yield pytest.param(info.module_cls, s, training, id=name)
+
+
+@pytest.mark.parametrize("torch_cls, sample, training", list(_torch_module_samples()))
+def test_torch_module_samples_of_the_family_behave_as_torch(torch_cls, sample, training):
+    """PyTorch's own module samples (torch.testing._internal.common_modules) for the family, float64, twice."""
+    args, kwargs = sample.constructor_input.args, sample.constructor_input.kwargs
+    torch.manual_seed(0)
+    theirs = torch_cls(*args, **kwargs).double()
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.uniform_(0.5, 1.5)
+    ours = _TORCH_TWIN[torch_cls](*args, **kwargs).double()
+    ours.load_state_dict(theirs.state_dict())
+    theirs.train(training), ours.train(training)
+    x = sample.forward_input.args[0].detach()
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    for _ in range(2):
+        ya, yb = theirs(xa), ours(xb)
+        torch.testing.assert_close(yb, ya, atol=1e-10, rtol=1e-10)
+    dy = torch.randn_like(ya)
+    ga = torch.autograd.grad(ya, [xa, *theirs.parameters()], dy)
+    gb = torch.autograd.grad(yb, [xb, *ours.parameters()], dy)
+    for a, b in zip(ga, gb, strict=True):
+        torch.testing.assert_close(b, a, atol=1e-9, rtol=1e-9)
+    for k, v in theirs.state_dict().items():
+        torch.testing.assert_close(ours.state_dict()[k], v, atol=1e-10, rtol=1e-10)

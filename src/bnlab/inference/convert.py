@@ -15,7 +15,7 @@ torch raises ValueError naming the layer (before anything is changed).
 >>> import torch
 >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8))
 >>> convert(model, to="bnlab")[1]
-BatchNorm2d(8, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)
+BatchNorm2d(8, eps=1e-05, momentum=0.1, affine=True, bias=True, track_running_stats=True)
 >>> type(convert(model, to="torch")[1]).__module__
 'torch.nn.modules.batchnorm'
 """

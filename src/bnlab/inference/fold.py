@@ -153,13 +153,21 @@ def _keep_hooks(old: nn.Module, new: nn.Module) -> None:
             getattr(new, attr).update(getattr(old, attr))
 
 
+def _relu_or(bn: nn.Module, inference: nn.Module) -> nn.Module:
+    """What replaces ``bn``: its inference map, followed by its fused ReLU (``activation="relu"``) if it has one."""
+    if getattr(bn, "activation", None) != "relu":
+        return inference
+    return nn.ReLU() if isinstance(inference, nn.Identity) else nn.Sequential(inference, nn.ReLU())
+
+
 def fold(model: nn.Module) -> nn.Module:
     """The inference network of ``model``: a new module in eval mode with no BN layer left.
 
     Each BN layer directly after a Conv1d/2d/3d, ConvTranspose1d/2d/3d or Linear (with or without bias,
     any groups, any floating dtype) is folded into that layer's weights and replaced by ``nn.Identity``;
-    every other BN layer becomes an :class:`Affine`. ``model`` itself is not changed. Outputs equal
-    ``model.eval()``'s up to rounding.
+    every other BN layer becomes an :class:`Affine`. A bnlab layer's fused ReLU (``activation="relu"``) stays:
+    ``nn.ReLU`` instead of the Identity, ``Sequential(Affine, ReLU)`` instead of the Affine. ``model`` itself
+    is not changed. Outputs equal ``model.eval()``'s up to rounding.
 
     Raises ValueError naming the layer when a BN layer cannot be turned into its inference map: no
     running statistics (``track_running_stats=False``; call :func:`bnlab.recalibrate` first), a lazy layer
@@ -198,7 +206,7 @@ def fold(model: nn.Module) -> nn.Module:
         for layer, bn in pairs:
             scale, shift = inference_map(names[id(bn)], bn)
             _fold_into(layer, scale, shift)
-            net = replace_module(net, bn, nn.Identity())
+            net = replace_module(net, bn, _relu_or(bn, nn.Identity()))
             folded.add(id(bn))
         for name, bn in bn_layers(net):
             if id(bn) in folded:
@@ -210,7 +218,7 @@ def fold(model: nn.Module) -> nn.Module:
                 raise ValueError(
                     f"cannot fold: layer {describe(name, bn)} has statistics of shape {tuple(scale.shape)}"
                 )
-            affine = Affine(scale.to(dtype), shift.to(dtype), per=per)
+            affine = _relu_or(bn, Affine(scale.to(dtype), shift.to(dtype), per=per))
             _keep_hooks(bn, affine)
             net = replace_module(net, bn, affine)
     return net.eval()

@@ -24,6 +24,7 @@ import torch
 
 from ..axes import LAYOUTS, check_eps, check_groups, norm_set
 from .functional import batch_norm
+from .tracing import leaf_forward, refuse_scripting
 
 __all__ = ["layer_norm", "instance_norm", "group_norm", "LayerNorm", "InstanceNorm1d", "InstanceNorm2d",
            "InstanceNorm3d", "GroupNorm"]  # fmt: skip
@@ -32,25 +33,43 @@ __all__ = ["layer_norm", "instance_norm", "group_norm", "LayerNorm", "InstanceNo
 _LAYOUT_BY_NDIM = {len(name): name for name in LAYOUTS if name[:2] == "NC"}
 
 
-def _check(input, what: str) -> None:
+def _check(input, what: str, max_dim: int | None = 5) -> None:
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
     if not input.is_floating_point():
         raise TypeError(f"{what} needs a floating-point input, got {input.dtype}; convert it with x.float()")
-    if input.dim() not in _LAYOUT_BY_NDIM:
-        raise ValueError(f"{what} expects an input (N, C, ...) of 2 to 5 dimensions, got shape {tuple(input.shape)}")
+    if input.dim() < 2 or (max_dim is not None and input.dim() > max_dim):
+        ranks = "2 or more" if max_dim is None else f"2 to {max_dim}"
+        raise ValueError(f"{what} expects an input (N, C, ...) of {ranks} dimensions, got shape {tuple(input.shape)}")
 
 
-def _normalize(input: torch.Tensor, norm: str, groups: int | None, eps: float) -> torch.Tensor:
-    """x̂ of ``norm`` for an (N, C, ...) input: batch_norm over the member's set, on a reshape of x."""
-    s = norm_set(input.shape, _LAYOUT_BY_NDIM[input.dim()], norm, groups=groups)
+# channels_last memory formats by rank: such an input is normalized in place of its NHWC/NDHWC view, so the
+# output keeps the input's memory format (as torch's group_norm does) without a copy into NCHW order
+_CHANNELS_LAST = {4: (torch.channels_last, "NHWC"), 5: (torch.channels_last_3d, "NDHWC")}
+
+
+def _normalize(input: torch.Tensor, norm: str, groups: int | None, eps: float, keep_format: bool = False):
+    """x̂ of ``norm`` for an (N, C, ...) input: batch_norm over the member's set, on a reshape of x.
+
+    A set of one value gives x̂ = 0 (x − μ = 0 exactly), as torch does: the output is then β. With
+    ``keep_format`` a channels_last input is normalized through its (N, ..., C) view and x̂ keeps that format.
+    """
+    check_eps(eps)
+    if input.dim() > 5:  # any rank: the locations flattened into one axis give the same sets
+        return _normalize(input.flatten(2), norm, groups, eps).reshape(input.shape)
+    x, layout, back = input, _LAYOUT_BY_NDIM[input.dim()], None
+    fmt = _CHANNELS_LAST.get(input.dim())
+    if keep_format and fmt and not input.is_contiguous() and input.is_contiguous(memory_format=fmt[0]):
+        x, layout = input.movedim(1, -1), fmt[1]  # a contiguous (N, ..., C) tensor: a view, no copy
+        back = (-1, 1)
+    s = norm_set(x.shape, layout, norm, groups=groups)
     if s.set_size <= 1:
-        raise ValueError(
-            f"{norm} norm of an input of size {tuple(input.shape)} pools {s.set_size} value per set, so its "
-            f"variance is 0; it needs sets of more than one value (more locations, or fewer groups)"
-        )
-    x_hat = batch_norm(input.reshape(s.view_shape), None, None, training=True, eps=check_eps(eps), axes=s.view_axes)
-    return x_hat.reshape(input.shape)
+        # torch's answer for sets of one value (and of none): x − μ_B = 0, so x̂ = 0 and y = β. x·0 keeps
+        # NaN/Inf as NaN (as x − x does) and gives the zero gradient of x that torch's formula gives
+        return input * 0
+    x_hat = batch_norm(x.reshape(s.view_shape), None, None, training=True, eps=eps, axes=s.view_axes)
+    x_hat = x_hat.reshape(x.shape)
+    return x_hat.movedim(*back) if back else x_hat
 
 
 def _affine(x_hat, weight, bias, shape: Sequence[int]) -> torch.Tensor:
@@ -93,9 +112,9 @@ def _per_channel(input, weight, bias):
 
 def group_norm(input, num_groups: int, weight=None, bias=None, eps: float = 1e-5) -> torch.Tensor:
     """``torch.nn.functional.group_norm``: one μ/σ² per sample and group of C/G channels, one γ/β per channel."""
-    _check(input, "group_norm")
+    _check(input, "group_norm", max_dim=None)  # torch accepts any rank ≥ 2
     shape = _per_channel(input, weight, bias)
-    return _affine(_normalize(input, "group", num_groups, eps), weight, bias, shape)
+    return _affine(_normalize(input, "group", num_groups, eps, keep_format=True), weight, bias, shape)
 
 
 def instance_norm(
@@ -116,6 +135,11 @@ def instance_norm(
         )
     for t, name in ((running_mean, "running_mean"), (running_var, "running_var")):
         _check_param(t, name, (input.shape[1],), input)
+    if use_input_stats and _prod(input.shape[2:]) == 1:  # torch refuses too (its message, with the fix)
+        raise ValueError(
+            f"instance norm of an input of size {tuple(input.shape)} pools 1 value per set, so its variance is 0; "
+            f"it needs more than 1 spatial element when using input statistics"
+        )
     if not use_input_stats:
         if running_mean is None or running_var is None:
             raise ValueError("use_input_stats=False normalizes with running_mean and running_var: pass both")
@@ -172,11 +196,14 @@ def _prod(shape) -> int:
 class GroupNorm(torch.nn.GroupNorm):
     """Drop-in for ``torch.nn.GroupNorm(num_groups, num_channels, eps=1e-5, affine=True)``."""
 
+    __prepare_scriptable__ = refuse_scripting  # torch.jit.script: say it is unsupported, and what to use
+
     def __init__(self, num_groups: int, num_channels: int, *args, **kwargs) -> None:
         if isinstance(num_groups, int) and isinstance(num_channels, int) and num_groups > 0:
             check_groups(num_groups, num_channels)  # the clear error (with the divisors) before torch's
         super().__init__(num_groups, num_channels, *args, **kwargs)
 
+    @leaf_forward
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
 
@@ -184,6 +211,9 @@ class GroupNorm(torch.nn.GroupNorm):
 class LayerNorm(torch.nn.LayerNorm):
     """Drop-in for ``torch.nn.LayerNorm(normalized_shape, eps=1e-5, elementwise_affine=True, bias=True)``."""
 
+    __prepare_scriptable__ = refuse_scripting  # torch.jit.script: say it is unsupported, and what to use
+
+    @leaf_forward
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
 
@@ -210,13 +240,17 @@ def _instance_norm_module(input, running_mean, running_var, weight, bias, use_in
     return out.squeeze(0) if unbatched else out
 
 
-# torch.fx records calls to these as single nodes instead of tracing into their shape checks, so models
-# with these layers stay traceable (bnlab.fold, torch.fx.symbolic_trace), like torch's own layers.
+# torch.fx records calls to these as single nodes instead of tracing into their shape checks, so code that
+# calls the functions stays traceable; the modules are leaves (one call_module node, bnlab.nn.tracing), as
+# torch's own layers are, so a traced model follows train()/eval() as eager does.
 for _name in ("group_norm", "layer_norm", "_instance_norm_module"):
     torch.fx.wrap(_name)
 
 
 class _InstanceNormMixin:
+    __prepare_scriptable__ = refuse_scripting  # torch.jit.script: say it is unsupported, and what to use
+
+    @leaf_forward
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return _instance_norm_module(
             input, self.running_mean, self.running_var, self.weight, self.bias,

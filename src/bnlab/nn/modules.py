@@ -43,26 +43,45 @@ Modes: ``module.training`` chooses batch statistics (train) or running statistic
 ``module.frozen = True`` (see :func:`bnlab.freeze`) makes the layer use and keep its running statistics
 even in training mode.
 
-``torch.fx.symbolic_trace`` traces through these layers into one call of
-:func:`bnlab.nn.functional.batch_norm` (the train/eval choice is fixed at trace time, as for any traced
-functional call); ``bnlab.fold``'s own tracer still sees them as layers.
+``torch.fx.symbolic_trace`` sees each layer as one ``call_module`` node, as it sees torch's own layers (see
+:mod:`bnlab.nn.tracing`): the traced model calls the layer itself, so it counts batches, follows
+``train()``/``eval()`` and keeps ``num_batches_tracked`` in its ``state_dict`` as eager does.
 """
 
 from __future__ import annotations
 
+import inspect
+import sys
+
 import torch
-import torch.fx
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm as _TorchBatchNorm
 from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
+from torch.nn.utils import fusion
 
 from ..axes import check_eps, check_momentum, check_per
 from . import functional as F
 from .functional import batch_norm
+from .tracing import leaf_forward, refuse_scripting
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
 _UNINITIALIZED = (UninitializedParameter, UninitializedBuffer)
+
+
+def _code(f) -> int:
+    # keyed by id: hashing a code object hashes its constants and names on every lookup (~1 µs)
+    return id(inspect.unwrap(getattr(f, "__func__", f)).__code__)
+
+
+# torch's tools that rebuild or fold a BN layer from the attributes torch's classes have, so they would drop
+# what bnlab adds. Each reads the layer's ``eps``: that read (from these functions' own frames) is where a
+# layer whose function would change refuses (see _BatchNorm.eps and _BatchNorm._lost_by).
+_TORCH_TOOLS = {
+    _code(fusion.fuse_conv_bn_eval): "torch.nn.utils.fusion.fuse_conv_bn_eval",
+    _code(fusion.fuse_linear_bn_eval): "torch.nn.utils.fusion.fuse_linear_bn_eval",
+    _code(nn.SyncBatchNorm.convert_sync_batchnorm): "torch.nn.SyncBatchNorm.convert_sync_batchnorm",
+}
 
 
 def check_input_dim(x: torch.Tensor, input_dims: tuple[int, ...], num_features: int, spatial_size=None) -> None:
@@ -84,11 +103,6 @@ def check_input_dim(x: torch.Tensor, input_dims: tuple[int, ...], num_features: 
         )
 
 
-# torch.fx.symbolic_trace records these two calls as graph nodes instead of tracing into them (their
-# checks read the input's shape, which a traced value does not have)
-torch.fx.wrap("check_input_dim")
-torch.fx.wrap("batch_norm")
-
 
 class _BatchNorm(_TorchBatchNorm):
     """Shared state and forward of BatchNorm1d/2d/3d; subclasses set the accepted input ranks."""
@@ -96,6 +110,11 @@ class _BatchNorm(_TorchBatchNorm):
     _version = 2
     _input_dims: tuple[int, ...] = ()
     _spatial_dims: int = 0
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "forward" in cls.__dict__:  # a subclass's own forward is a leaf for torch.fx too (bnlab.nn.tracing)
+            cls.forward = leaf_forward(cls.__dict__["forward"])
 
     def __init__(
         self,
@@ -174,6 +193,54 @@ class _BatchNorm(_TorchBatchNorm):
             )
         return size
 
+    # -- torch's tools -----------------------------------------------------------------------------------
+    __prepare_scriptable__ = refuse_scripting  # torch.jit.script: say it is unsupported, and what to use
+
+    @property
+    def eps(self) -> float:
+        """ε of Alg. 1. Reading it is also where torch's fusers and ``convert_sync_batchnorm`` refuse a layer
+        whose function they would change (they build torch's layers from torch's attributes only)."""
+        if not torch.compiler.is_compiling():
+            tool = _TORCH_TOOLS.get(id(sys._getframe(1).f_code))
+            if tool is not None:
+                self._refuse(tool)
+        return self.__dict__["eps"]
+
+    @eps.setter
+    def eps(self, value: float) -> None:
+        self.__dict__["eps"] = value  # where torch's layers keep it: pickles stay loadable both ways
+
+    def _lost_by(self, kind: str) -> list[tuple[str, str]]:
+        """(what, the fix) for each thing torch's tool of ``kind`` ("fuse": conv/linear–BN fusion in eval;
+        "sync": rebuilding the layer as torch.nn.SyncBatchNorm) would silently drop from this layer."""
+        fix = {
+            "fuse": "fold with bnlab.fold(model), which keeps it",
+            "sync": "convert with bnlab.convert_sync(model), whose layers keep it (CPU and GPU)",
+        }[kind]
+        lost = []
+        if self.activation is not None:
+            lost.append((f"its fused ReLU (activation={self.activation!r})", fix))
+        if self.per == "activation" and self.spatial_size != ():
+            lost.append(("its per-activation statistics (one per channel and location)", fix))
+        if kind == "sync" and self.virtual_batch is not None:
+            lost.append((
+                f"ghost BN (virtual_batch={self.virtual_batch}: statistics over each {self.virtual_batch} samples)",
+                "its set B stays within one process, so keep the layer out of the conversion or build it without "
+                "virtual_batch",
+            ))  # fmt: skip
+        if kind == "sync" and self.frozen:
+            lost.append(("its frozen state (the running statistics normalize in training too)", fix))
+        return lost
+
+    def _refuse(self, tool: str) -> None:
+        lost = self._lost_by("sync" if tool.endswith("convert_sync_batchnorm") else "fuse")
+        if lost:  # RuntimeError, not AttributeError: the refusal must not read as a missing attribute
+            fixes = "; ".join(dict.fromkeys(fix for _, fix in lost))
+            raise RuntimeError(
+                f"{tool} would silently drop {' and '.join(what for what, _ in lost)} from this "
+                f"{type(self).__name__}({self.num_features}), changing the model's function: {fixes}"
+            )
+
     # -- state -------------------------------------------------------------------------------------------
     def _is_lazy(self) -> bool:
         # read the dicts directly: under torch.fx tracing, attribute access returns traced values
@@ -192,11 +259,6 @@ class _BatchNorm(_TorchBatchNorm):
 
     def _materialize_from(self, x: torch.Tensor) -> None:
         """Shapes of a lazy per-activation layer from its first input — only once every check has passed."""
-        if isinstance(x, torch.fx.Proxy):
-            raise RuntimeError(
-                "a lazy per-activation layer has no shapes yet, so it cannot be traced: run one batch through "
-                "the model first, or build the layer with spatial_size="
-            )
         check_input_dim(x, self._input_dims, self.num_features)
         if any(n < 1 for n in x.shape[2:]):
             raise ValueError(f"per-activation BN needs locations with values, got input of shape {tuple(x.shape)}")
@@ -254,12 +316,10 @@ class _BatchNorm(_TorchBatchNorm):
         )
 
     def extra_repr(self) -> str:
-        s = (
+        s = (  # torch's words first, in torch's order
             f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-            f"track_running_stats={self.track_running_stats}"
+            f"bias={self.bias is not None}, track_running_stats={self.track_running_stats}"
         )
-        if self.affine and self.bias is None:
-            s += ", bias=False"
         if self.per != "channel":
             s += f", per={self.per!r}, spatial_size={self.spatial_size}"
         if self.activation is not None:
@@ -287,6 +347,7 @@ class _BatchNorm(_TorchBatchNorm):
                 momentum = self.momentum
         return use_batch, update, momentum
 
+    @leaf_forward
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if self._is_lazy():  # per-activation without spatial_size: shapes from the first (valid) input
             self._materialize_from(input)
@@ -301,7 +362,7 @@ class _BatchNorm(_TorchBatchNorm):
             self.bias,
             use_batch,
             momentum,
-            self.eps,
+            self.__dict__["eps"],  # not the property: its check of the caller costs ~0.5 µs (see eps)
             (0,) if self.per == "activation" else None,  # None: every axis but 1 (torch's convention)
             activation=self.activation,
             virtual_batch=self.virtual_batch if use_batch else None,
@@ -334,3 +395,71 @@ class BatchNorm3d(_BatchNorm, nn.BatchNorm3d):
 
 #: The public name of the base class of bnlab's BN layers (``_BatchNorm`` is kept for old importers).
 BatchNormBase = _BatchNorm
+
+
+# -- torch.ao.quantization.fuse_modules ----------------------------------------------------------------------
+# torch's fuser looks its methods up by the exact classes of the modules listed (conv, bn[, relu]), so bnlab's
+# layers are registered next to torch's. Eval fusion only (is_qat=False): the conv/linear weights absorb the
+# BN map as in torch.nn.utils.fusion (a fused ReLU, activation="relu", stays as a ReLU after the fused layer).
+# QAT fusion builds torch's ConvBn modules, which accept torch's BatchNorm only: refused with the fix.
+
+
+def _fuse_eval(is_qat: bool, layer: nn.Module, bn: _BatchNorm, relu: nn.Module | None = None) -> nn.Module:
+    import copy
+
+    from torch.ao.nn import intrinsic as nni
+
+    name = f"{type(layer).__name__} + bnlab {type(bn).__name__}"
+    if is_qat:
+        raise RuntimeError(
+            f"torch.ao.quantization cannot fuse {name} for quantization-aware training: its ConvBn/LinearBn "
+            f"modules accept torch.nn.BatchNorm only; convert the layers first with bnlab.convert(model, to='torch'), "
+            f"or fuse for inference (model.eval(), fuse_modules)"
+        )
+    if layer.training or bn.training:
+        raise AssertionError("Fusion only for eval!")  # torch's words for torch's layers
+    if bn.per == "activation" and bn.spatial_size != ():
+        raise ValueError(
+            f"cannot fuse {name}: per-activation BN has a scale per location, which a layer's weights cannot "
+            f"hold; bnlab.fold(model) turns it into an Affine layer instead"
+        )
+    if bn.running_mean is None:
+        raise ValueError(f"cannot fuse {name}: the BN layer has no running statistics (track_running_stats=False)")
+    fused = copy.deepcopy(layer)
+    eps = bn.__dict__["eps"]
+    if isinstance(layer, nn.Linear):
+        fused.weight, fused.bias = fusion.fuse_linear_bn_weights(
+            fused.weight, fused.bias, bn.running_mean, bn.running_var, eps, bn.weight, bn.bias
+        )
+    else:
+        transpose = isinstance(layer, nn.modules.conv._ConvTransposeNd)
+        fused.weight, fused.bias = fusion.fuse_conv_bn_weights(
+            fused.weight, fused.bias, bn.running_mean, bn.running_var, eps, bn.weight, bn.bias, transpose
+        )
+    if relu is None and bn.activation == "relu":
+        relu = nn.ReLU()
+    if relu is None:
+        return fused
+    with_relu = {nn.Conv1d: nni.ConvReLU1d, nn.Conv2d: nni.ConvReLU2d, nn.Conv3d: nni.ConvReLU3d}
+    fused_cls = {**with_relu, nn.Linear: nni.LinearReLU}.get(type(layer))
+    return fused_cls(fused, relu) if fused_cls is not None else nn.Sequential(fused, relu)
+
+
+def _register_torch_fusers() -> None:
+    try:
+        from torch.ao.quantization import fuser_method_mappings as mappings
+
+        table = mappings._DEFAULT_OP_LIST_TO_FUSER_METHOD
+    except (ImportError, AttributeError):  # a torch without the table: fuse_modules keeps not knowing bnlab
+        return
+    pairs = [
+        (nn.Conv1d, BatchNorm1d), (nn.Conv2d, BatchNorm2d), (nn.Conv3d, BatchNorm3d), (nn.Linear, BatchNorm1d),
+        (nn.ConvTranspose1d, BatchNorm1d), (nn.ConvTranspose2d, BatchNorm2d), (nn.ConvTranspose3d, BatchNorm3d),
+    ]  # fmt: skip
+    for layer, bn in pairs:
+        table.setdefault((layer, bn), _fuse_eval)
+        if not issubclass(layer, nn.modules.conv._ConvTransposeNd):
+            table.setdefault((layer, bn, nn.ReLU), _fuse_eval)
+
+
+_register_torch_fusers()

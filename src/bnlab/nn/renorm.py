@@ -278,12 +278,23 @@ class _BatchRenorm(BatchNormBase):
         self._check_input_dim(input)
         rmax, dmax = self.limits()
         axes = (0,) if self.per == "activation" else None  # None: every axis but 1
+        eps = self.__dict__["eps"]  # not the property, whose check of the caller is for torch's tools
         y = batch_renorm(
-            input, self.running_mean, self.running_var, self.weight, self.bias, True, momentum, self.eps, axes,
+            input, self.running_mean, self.running_var, self.weight, self.bias, True, momentum, eps, axes,
             rmax=rmax, dmax=dmax,
         )  # fmt: skip
         self.num_batches_tracked.add_(1)  # only after the checks in batch_norm passed
         return y
+
+    def _lost_by(self, kind: str) -> list[tuple[str, str]]:
+        lost = super()._lost_by(kind)
+        if kind == "sync":  # torch's SyncBatchNorm is plain BN: r and d would be gone (eval is BN's: fusing is fine)
+            lost.append((
+                "Batch Renorm's correction (r, d) toward the running statistics",
+                "keep the layer per process (out of the conversion), or replace it by bnlab.nn's BatchNorm (its "
+                "state_dict loads as is) to synchronize",
+            ))  # fmt: skip
+        return lost
 
     def extra_repr(self) -> str:
         s = super().extra_repr() + f", rmax={self.rmax}, dmax={self.dmax}"
