@@ -229,8 +229,13 @@ def test_findings_follow_their_rules():
     assert (f["channel-conv"], f["channel-ln"], f["renorm"]) == ("below", "overlap", "above")
     assert f["group_avg"] == pytest.approx((0.9 + 0.88 + 0.905) / 3)
     assert f["group_dev"] == pytest.approx(0.895 - 0.88)  # the farthest mean from the average
+    ema = {"renorm": {"2": _s(0.6, 0.7), "4": _s(0.95, 0.95), "8": _s(0.91, 0.91)}}
+    f = findings(summary, ms, ema)
+    assert f["renorm_gap_m"] == 4 and f["renorm_gap"] == pytest.approx(0.05)  # EMA farthest above recalibrated
     summary["channel"]["2"] = _s(0.93, 0.93)  # now BN per channel holds from the smallest m
     assert findings(summary, ms)["holds_from"] == 2
+    summary["channel"]["4"] = _s(0.5, 0.5)  # a dip at m = 4: it holds only from m = 8, the dip counts
+    assert findings(summary, ms)["holds_from"] == 8
 
 
 # -- the shipped reference, the docs and the report --------------------------------------------------------
@@ -260,8 +265,7 @@ def test_the_docs_table_is_the_shipped_reference_run(lang, name):
     printed digit, one row per member; the measured times too."""
     text = (ROOT / "docs" / name).read_text(encoding="utf-8")
     ms = REFERENCE["config"]["batch_sizes"]
-    header = "| " + " | ".join(["m" if lang == "en" else "m"] + [f"m = {m}" for m in ms])
-    assert any(line.startswith(header[4:]) or f"m = {ms[0]} |" in line for line in text.splitlines())
+    assert " | ".join(f"m = {m}" for m in ms) + " |" in text  # the table's header
     for norm in MEMBERS:
         name_ = NORM_NAMES[lang][norm]
         rows = [line for line in text.splitlines() if line.startswith(f"| {name_} |")]
@@ -364,10 +368,16 @@ def test_the_report_section_states_the_shipped_reference(lang, tmp_path):
     advice = claims["smallbatch:advice"]
     best = max(MEMBERS, key=lambda n: at[n]["mean"])
     assert f"{NORM_NAMES[lang][best]}, {_cell(at[best], lang)}" in advice
-    assert f"({_cell(at['renorm'], lang)})" in advice
+    assert f"{_cell(at['renorm'], lang)}," in advice
     key = {"above": "beats", "below": "is below", "overlap": "overlap"}[order(at["renorm"], at["channel"])]
     if lang == "en":
         assert key in advice
+    ema = REFERENCE["summary_ema"]["renorm"]
+    gaps = {m: ema[str(m)]["mean"] - summary["renorm"][str(m)]["mean"] for m in ms}
+    m_gap = max(gaps, key=gaps.get)
+    key = "smallbatch_renorm_ema" if gaps[m_gap] >= 0.02 else "smallbatch_renorm_ema_close"
+    assert t[key].format(m=m_gap, ema=pct(ema[str(m_gap)]["mean"], lang),
+                         recal=pct(summary["renorm"][str(m_gap)]["mean"], lang)) in advice  # fmt: skip
     g = [summary["group"][str(m)]["mean"] for m in ms]
     dev = max(abs(v - np.mean(g)) for v in g)
     assert (("within ±" if lang == "en" else "a ±") in advice) == (dev <= 0.01)

@@ -273,7 +273,7 @@ def _small_batch_section(results: dict, figs: dict, lang: str) -> tuple[list[str
     first = next(iter(sb["set_sizes"][str(m_min)]), None)
     if first:
         parts.append("<p>" + t["smallbatch_setb"].format(m_min=m_min, mpq=integer(first["channel"], lang)) + "</p>")
-    f = findings(summary, ms)
+    f = findings(summary, ms, sb.get("summary_ema"))
     at = {n: summary[n][str(m_min)] for n in norms}
 
     def rng(n: str) -> str:
@@ -292,6 +292,11 @@ def _small_batch_section(results: dict, figs: dict, lang: str) -> tuple[list[str
     if f["renorm"]:
         advice.append(t[f"smallbatch_renorm_{f['renorm']}"].format(m_min=m_min, renorm=rng("renorm"),
                                                                     channel=rng("channel")))  # fmt: skip
+    if f["renorm_gap_m"] is not None:
+        m_gap = str(f["renorm_gap_m"])
+        key = "smallbatch_renorm_ema" if f["renorm_gap"] >= 0.02 else "smallbatch_renorm_ema_close"
+        advice.append(t[key].format(m=m_gap, ema=pct(sb["summary_ema"]["renorm"][m_gap]["mean"], lang),
+                                    recal=pct(summary["renorm"][m_gap]["mean"], lang)))  # fmt: skip
     if f["group_dev"] is not None:
         key = "smallbatch_group_flat" if f["group_dev"] <= 0.01 else "smallbatch_group_varies"
         advice.append(t[key].format(avg=pct(f["group_avg"], lang), dev=num(100 * f["group_dev"], lang, 1),

@@ -62,7 +62,7 @@ NORMS = ("none", "activation", "channel", "channel-conv", "channel-ln", "renorm"
 BN_LIKE = ("activation", "channel", "channel-conv", "channel-ln", "renorm")
 #: Members whose set B stays inside one example: the same computation in training and in eval mode.
 PER_SAMPLE = ("group", "layer", "instance")
-_EXTRA_COLORS = {"channel-conv": "#17becf", "channel-ln": "#1a3d7c", "renorm": "#d62728"}  # the others: plots.COLORS
+_EXTRA_COLORS = {"channel-conv": "#17becf", "channel-ln": "#bcbd22", "renorm": "#d62728"}  # the others: plots.COLORS
 
 _MSG = {
     "en": {
@@ -179,7 +179,7 @@ def _order(a: dict, b: dict) -> str:
     return "overlap"
 
 
-def findings(summary: dict, batch_sizes: Sequence[int]) -> dict:
+def findings(summary: dict, batch_sizes: Sequence[int], summary_ema: dict | None = None) -> dict:
     """What the report and the docs state about a run, each by an explicit rule on ``summary``:
 
     - ``best``: the member with the highest mean at the smallest m (``best_mean``, ``best_min``, ``best_max``);
@@ -189,7 +189,9 @@ def findings(summary: dict, batch_sizes: Sequence[int]) -> dict:
       (``group_dev``; "within ±1 point" when ≤ 0.01);
     - ``ablation``: at the smallest m, how the seed ranges of the two ablations compare with BN per channel
       (``"above"``, ``"below"`` or ``"overlap"``, see :func:`_order`);
-    - ``renorm``: at the smallest m, how Batch Renorm's range compares with BN per channel's.
+    - ``renorm``: at the smallest m, how Batch Renorm's range compares with BN per channel's;
+    - ``renorm_gap_m``: the m where Batch Renorm's mean with its running statistics (EMA) is farthest above
+      its mean with recalibrated statistics (``renorm_gap``: that difference; needs ``summary_ema``).
 
     Members missing from ``summary`` give ``None`` for the facts that need them.
     """
@@ -216,6 +218,11 @@ def findings(summary: dict, batch_sizes: Sequence[int]) -> dict:
         out.update(group_avg=avg, group_dev=max(abs(v - avg) for v in means))
     for key in ("channel-conv", "channel-ln", "renorm"):
         out[key] = _order(at[key], at["channel"]) if key in at and "channel" in at else None
+    out["renorm_gap_m"] = out["renorm_gap"] = None
+    if summary_ema and "renorm" in summary and "renorm" in summary_ema:
+        gaps = {m: summary_ema["renorm"][m]["mean"] - summary["renorm"][m]["mean"] for m in ms}
+        m = max(gaps, key=lambda k: gaps[k])
+        out.update(renorm_gap_m=int(m), renorm_gap=gaps[m])
     return out
 
 
@@ -353,7 +360,7 @@ def figure(results: dict, lang: str, path: str | Path, dpi: int = 100) -> Path:
         (msg["panel_sample"], [n for n in norms if n in PER_SAMPLE or n in ("none", "channel")]),
     ]
     panels = [p for p in panels if any(n in PER_SAMPLE for n in norms) or p is panels[0]]
-    fig = Figure(figsize=(11 if len(panels) == 2 else 9, 5.4), layout="constrained")
+    fig = Figure(figsize=(11 if len(panels) == 2 else 9, 6.0), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
     ms = cfg["batch_sizes"]
@@ -378,8 +385,9 @@ def figure(results: dict, lang: str, path: str | Path, dpi: int = 100) -> Path:
     axes[0].scatter([], [], color="#555555", s=12, alpha=0.45, lw=0, label=msg["legend_seed"])
     lo = min(min(v["min"] for v in summary[n].values()) for n in norms)
     axes[0].set_ylim(max(0.0, math.floor(100 * lo / 5) * 5 - 2), 100.5)
-    fig.legend(loc="outside lower center", ncol=5, fontsize=9, frameon=False)  # below the axes, never on the data
-    fig.suptitle(msg["title"].format(samples=cfg["samples"], n=len(cfg["seeds"]), lr32=cfg["lr32"]), fontsize=11)
+    fig.legend(loc="outside lower center", ncol=3, fontsize=9, frameon=False)  # below the axes, never on the data
+    lr32 = f"{cfg['lr32']:g}".replace(".", "," if lang == "es" else ".")
+    fig.suptitle(msg["title"].format(samples=cfg["samples"], n=len(cfg["seeds"]), lr32=lr32), fontsize=11)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)

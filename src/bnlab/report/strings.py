@@ -374,14 +374,23 @@ S: dict[str, dict[str, str]] = {
             "use it."
         ),
         "smallbatch_renorm_above": (
-            "At m = {m_min}, Batch Renorm per channel ({renorm}) beats BN per channel ({channel}) in every seed."
+            "At m = {m_min}, Batch Renorm per channel, {renorm}, beats BN per channel, {channel}, in every seed."
         ),
         "smallbatch_renorm_overlap": (
-            "At m = {m_min}, the seed ranges of Batch Renorm per channel ({renorm}) and BN per channel ({channel}) "
+            "At m = {m_min}, the seed ranges of Batch Renorm per channel, {renorm}, and BN per channel, {channel}, "
             "overlap."
         ),
         "smallbatch_renorm_below": (
-            "At m = {m_min}, Batch Renorm per channel ({renorm}) is below BN per channel ({channel}) in every seed."
+            "At m = {m_min}, Batch Renorm per channel, {renorm}, is below BN per channel, {channel}, in every seed."
+        ),
+        "smallbatch_renorm_ema": (
+            "Batch Renorm normalizes with the running statistics during training (up to the clipping), so "
+            "recalibrating them with batch statistics (Alg. 2) describes a network it did not train: at m = {m} "
+            "it scores {ema} with its running statistics and {recal} recalibrated (means over seeds)."
+        ),
+        "smallbatch_renorm_ema_close": (
+            "Batch Renorm's running and recalibrated statistics give means within 2 points at every m (largest "
+            "gap at m = {m}: {ema} against {recal})."
         ),
         "smallbatch_group_flat": (
             "Group norm stays within ±{dev} points of its own average ({avg}) across m = {m_min}…{m_max}."
@@ -774,16 +783,25 @@ S: dict[str, dict[str, str]] = {
             "({lo}–{hi}): ahí, úsala."
         ),
         "smallbatch_renorm_above": (
-            "Con m = {m_min}, Batch Renorm por canal ({renorm}) supera a la BN por canal ({channel}) con todas las "
+            "Con m = {m_min}, Batch Renorm por canal, {renorm}, supera a la BN por canal, {channel}, con todas las "
             "semillas."
         ),
         "smallbatch_renorm_overlap": (
-            "Con m = {m_min}, los intervalos de las semillas de Batch Renorm por canal ({renorm}) y de la BN por "
-            "canal ({channel}) se solapan."
+            "Con m = {m_min}, los intervalos de las semillas de Batch Renorm por canal, {renorm}, y de la BN por "
+            "canal, {channel}, se solapan."
         ),
         "smallbatch_renorm_below": (
-            "Con m = {m_min}, Batch Renorm por canal ({renorm}) queda por debajo de la BN por canal ({channel}) con "
+            "Con m = {m_min}, Batch Renorm por canal, {renorm}, queda por debajo de la BN por canal, {channel}, con "
             "todas las semillas."
+        ),
+        "smallbatch_renorm_ema": (
+            "Batch Renorm normaliza con las estadísticas acumuladas durante el entrenamiento (salvo el recorte), "
+            "así que recalibrarlas con estadísticas del minilote (Alg. 2) describe una red que no entrenó: con "
+            "m = {m} obtiene {ema} con sus estadísticas acumuladas y {recal} recalibradas (medias de las semillas)."
+        ),
+        "smallbatch_renorm_ema_close": (
+            "Con Batch Renorm, las estadísticas acumuladas y las recalibradas dan medias a menos de 2 puntos para "
+            "todo m (la mayor diferencia, con m = {m}: {ema} frente a {recal})."
         ),
         "smallbatch_group_flat": (
             "La normalización por grupos se mantiene a ±{dev} puntos de su propia media ({avg}) para "
