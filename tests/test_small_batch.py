@@ -268,7 +268,7 @@ def test_the_docs_table_is_the_shipped_reference_run(lang, name):
     assert " | ".join(f"m = {m}" for m in ms) + " |" in text  # the table's header
     for norm in MEMBERS:
         name_ = NORM_NAMES[lang][norm]
-        rows = [line for line in text.splitlines() if line.startswith(f"| {name_} |")]
+        rows = [line for line in text.splitlines() if line.startswith(f"| {name_} |") and "%" in line]
         assert len(rows) == 1, (norm, name_)
         cells = [c.strip() for c in rows[0].strip("|").split("|")][1:]
         assert cells == [_cell(REFERENCE["summary"][norm][str(m)], lang) for m in ms], norm
