@@ -79,10 +79,10 @@ BUGS = [
                T + "test_the_report_section_states_the_shipped_reference[es]"],
     ),
     dict(
-        name="report-group-flatness-threshold-10-points",
+        name="report-group-flatness-rule-inverted",
         path="src/bnlab/report/html.py",
         old='key = "smallbatch_group_flat" if f["group_dev"] <= 0.01',
-        new='key = "smallbatch_group_flat" if f["group_dev"] <= 0.1',
+        new='key = "smallbatch_group_flat" if f["group_dev"] >= 0.01',
         tests=[T + "test_the_report_section_states_the_shipped_reference[en]",
                T + "test_the_report_section_states_the_shipped_reference[es]"],
     ),

@@ -362,7 +362,8 @@ S: dict[str, dict[str, str]] = {
             "Removing the dense layer's normalization altogether is better in every seed."
         ),
         "smallbatch_ablation_conv_overlap": (
-            "Removing the dense layer's normalization altogether gives seed ranges that overlap with BN there."
+            "Removing the dense layer's normalization altogether gives seed ranges that overlap with BN there, so "
+            "that ablation alone does not settle the question."
         ),
         "smallbatch_ablation_conv_below": (
             "Removing the dense layer's normalization altogether is worse in every seed: with these few steps the "
@@ -770,7 +771,7 @@ S: dict[str, dict[str, str]] = {
         ),
         "smallbatch_ablation_conv_overlap": (
             "Quitar del todo la normalización de la capa densa da intervalos de semillas que se solapan con los "
-            "de la BN allí."
+            "de la BN allí, así que esa ablación sola no resuelve la pregunta."
         ),
         "smallbatch_ablation_conv_below": (
             "Quitar del todo la normalización de la capa densa es peor con todas las semillas: con tan pocos "
