@@ -1015,8 +1015,8 @@ def _add_small_batch_parser(exp) -> None:
                    help="mini-batch sizes (default: 2,4,8,16,32,64) / tamaños de minilote")  # fmt: skip
     q.add_argument("--seeds", type=_seeds, default=(0, 1, 2), metavar="S1,S2,...",
                    help="seeds (default: 0,1,2) / semillas")  # fmt: skip
-    q.add_argument("--samples", type=_positive_int, default=2048,
-                   help="training samples seen by every run (default: 2048) / ejemplos de entrenamiento que ve "
+    q.add_argument("--samples", type=_positive_int, default=1280,
+                   help="training samples seen by every run (default: 1280) / ejemplos de entrenamiento que ve "
                    "cada ejecución")  # fmt: skip
     q.add_argument("--lr", type=_positive_float, default=0.1,
                    help="SGD (momentum 0.9) learning rate at m = 32, scaled as lr·m/32 (default: 0.1) / tasa de "

@@ -9,6 +9,14 @@
   one sample: layer norm over (C, H, W) with one (γ, β) per value, instance norm over (H, W), group norm
   over groups of C/G channels (G = gcd(C, 8)), one (γ, β) per channel. In the classifier head (input
   (N, C), no locations) "instance" uses layer norm: one value per set would have no variance.
+- ``"renorm"``: Batch Renormalization per channel (Ioffe 2017, :mod:`bnlab.nn.renorm`): BN's set B per
+  feature map, corrected toward the running statistics; ``renorm_steps`` (the run's length in steps) scales
+  the paper's warm-up and relaxation to the run (:func:`renorm_schedule`).
+
+``dense_norm`` (ablations, for the small-batch study) changes only the normalization after the dense layer
+of the head: ``True`` (default) the same as ``norm``; ``False`` none (the dense layer gets its bias back, so
+the normalization is in the conv blocks only); ``"layer"`` layer norm there (a set B inside one example:
+the dense layer's 64 values, instead of BN's m values).
 
 A conv or linear layer that feeds a BN has no bias: BN subtracts the mean, so a bias would be cancelled
 and β takes its role (§3.2). For a fully connected layer (input (N, C)) both variants are the same set B.
@@ -39,6 +47,7 @@ from . import nn as bnn
 __all__ = [
     "NORMS",
     "FAMILY_NORMS",
+    "RENORM_NORMS",
     "ACTIVATIONS",
     "ARCHS",
     "SmallCNN",
@@ -47,6 +56,7 @@ __all__ = [
     "model_spec",
     "count_parameters",
     "bn_layers",
+    "renorm_schedule",
     "UnitRecorder",
 ]
 
@@ -54,6 +64,8 @@ NORMS = ("none", "activation", "channel")
 #: The rest of the normalization family, also accepted by the models (not yet offered by ``bnlab train``,
 #: whose report draws the three above).
 FAMILY_NORMS = ("layer", "instance", "group")
+#: Batch Renormalization per channel (offered by ``bnlab experiment small-batch``, not by ``bnlab train``).
+RENORM_NORMS = ("renorm",)
 ACTIVATIONS = ("relu", "sigmoid")
 ARCHS = ("cnn", "mlp")
 _PER_SAMPLE = FAMILY_NORMS  # the members whose sets stay within one sample
@@ -78,20 +90,46 @@ def _family(norm: str, channels: int, size: tuple[int, ...]) -> nn.Module:
     return bnn.GroupNorm(math.gcd(channels, 8), channels)
 
 
-def _bn2d(norm: str, channels: int, size: tuple[int, int]) -> nn.Module:
+def renorm_schedule(steps: int | None) -> dict:
+    """Batch Renorm's warm-up and relaxation for a run of ``steps`` training steps, as keyword arguments.
+
+    The paper (Ioffe 2017, §4.1) keeps rmax = 1, dmax = 0 (BN) for 5k steps, then relaxes linearly to
+    rmax = 3 at 40k steps and dmax = 5 at 25k. Here those step counts keep their proportions and are
+    scaled so that rmax is fully relaxed at half the run: warm-up (BN) for the first ``steps``/16 steps,
+    dmax = 5 at 5·``steps``/16, rmax = 3 at ``steps``/2. ``None``: the paper's own step counts.
+
+    >>> s = renorm_schedule(160)
+    >>> s["warmup_steps"], s["rmax"](80), s["dmax"](50)
+    (10, 3.0, 5.0)
+    """
+    if steps is None:
+        return {"warmup_steps": 5000, **bnn.paper_relaxation()}
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"renorm_steps must be a positive int (the run's training steps) or None, got {steps!r}")
+    first = steps // 16
+    return {"warmup_steps": first,
+            **bnn.paper_relaxation(rmax_steps=(first, max(first, steps // 2)),
+                                   dmax_steps=(first, max(first, 5 * steps // 16)))}  # fmt: skip
+
+
+def _bn2d(norm: str, channels: int, size: tuple[int, int], renorm_steps: int | None) -> nn.Module:
     if norm in _PER_SAMPLE:
         return _family(norm, channels, size)
     if norm == "activation":
         return bnn.BatchNorm2d(channels, per="activation", spatial_size=size)
+    if norm == "renorm":
+        return bnn.BatchRenorm2d(channels, **renorm_schedule(renorm_steps))
     return bnn.BatchNorm2d(channels)
 
 
-def _bn1d(norm: str, features: int) -> nn.Module:
+def _bn1d(norm: str, features: int, renorm_steps: int | None = None) -> nn.Module:
     # input (N, C): both variants pool the same m values; spatial_size=() keeps per-activation eager
     if norm in _PER_SAMPLE:
         return _family(norm, features, ())
     if norm == "activation":
         return bnn.BatchNorm1d(features, per="activation", spatial_size=())
+    if norm == "renorm":
+        return bnn.BatchRenorm1d(features, **renorm_schedule(renorm_steps))
     return bnn.BatchNorm1d(features)
 
 
@@ -106,11 +144,14 @@ class _Recordable(nn.Module):
 
 
 class SmallCNN(_Recordable):
-    """Conv blocks + classifier head, with ``norm`` in :data:`NORMS` and ``activation`` in :data:`ACTIVATIONS`.
+    """Conv blocks + classifier head, with ``norm`` in :data:`NORMS` (or the family, or ``"renorm"``) and
+    ``activation`` in :data:`ACTIVATIONS`.
 
     ``features``: for each width, conv 3×3 (padding 1) → BN → nonlinearity → max-pool 2×2;
     ``head``: flatten → linear ``hidden`` → BN → nonlinearity → linear ``num_classes`` (with bias: it feeds
     the softmax, not a BN). On 8×8 digits with the default widths (16, 32) the maps are 8×8 then 4×4.
+    ``dense_norm=False``: no normalization in the head (the ablation of the small-batch study);
+    ``renorm_steps``: see :func:`renorm_schedule` (``norm="renorm"`` only).
     """
 
     def __init__(
@@ -122,10 +163,17 @@ class SmallCNN(_Recordable):
         activation: str = "relu",
         widths: Sequence[int] = (16, 32),
         hidden: int = 64,
+        dense_norm: bool | str = True,
+        renorm_steps: int | None = None,
     ) -> None:
         super().__init__()
-        _check_choice("norm", norm, NORMS + FAMILY_NORMS)
+        _check_choice("norm", norm, NORMS + FAMILY_NORMS + RENORM_NORMS)
         _check_choice("activation", activation, ACTIVATIONS)
+        if not (isinstance(dense_norm, bool) or dense_norm == "layer"):
+            raise ValueError(f"dense_norm must be True, False or 'layer', got {dense_norm!r}")
+        if renorm_steps is not None and norm != "renorm":
+            raise ValueError(f"renorm_steps is for norm='renorm' only, got norm={norm!r}")
+        renorm_schedule(renorm_steps)  # checks it
         h, w = (int(s) for s in image_size)
         self.spec = {
             "arch": "cnn",
@@ -137,12 +185,15 @@ class SmallCNN(_Recordable):
             "widths": [int(c) for c in widths],
             "hidden": int(hidden),
         }
+        # only when not the default, so the specs (and checkpoints) of the other models stay as they were
+        self.spec.update({} if dense_norm is True else {"dense_norm": dense_norm})
+        self.spec.update({} if renorm_steps is None else {"renorm_steps": renorm_steps})
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         c_in = in_channels
         for i, c in enumerate(widths, start=1):
             layers[f"conv{i}"] = nn.Conv2d(c_in, c, 3, padding=1, bias=norm == "none")
             if norm != "none":
-                layers[f"bn{i}"] = _bn2d(norm, c, (h, w))
+                layers[f"bn{i}"] = _bn2d(norm, c, (h, w), renorm_steps)
             layers[f"act{i}"] = _activation(activation)
             layers[f"pool{i}"] = nn.MaxPool2d(2)
             if h < 2 or w < 2:
@@ -152,9 +203,10 @@ class SmallCNN(_Recordable):
         k = len(widths) + 1
         head: OrderedDict[str, nn.Module] = OrderedDict()
         head["flatten"] = nn.Flatten()
-        head[f"fc{k}"] = nn.Linear(c_in * h * w, hidden, bias=norm == "none")
-        if norm != "none":
-            head[f"bn{k}"] = _bn1d(norm, hidden)
+        dense = norm if dense_norm is True else (dense_norm or "none")
+        head[f"fc{k}"] = nn.Linear(c_in * h * w, hidden, bias=dense == "none")
+        if dense != "none":
+            head[f"bn{k}"] = _bn1d(dense, hidden, renorm_steps)
         head[f"act{k}"] = _activation(activation)
         head["out"] = nn.Linear(hidden, num_classes)
         self.head = nn.Sequential(head)

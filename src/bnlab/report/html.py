@@ -219,6 +219,8 @@ def _wrap_table(table: str) -> str:
 
 def _small_batch_section(results: dict, figs: dict, lang: str) -> tuple[list[str], dict | None]:
     """The small mini-batch experiment, from the run the user made or the reference run (see small_batch)."""
+    from .small_batch import findings
+
     t = S[lang]
     sb = results.get("small_batch")
     if not sb:
@@ -226,6 +228,7 @@ def _small_batch_section(results: dict, figs: dict, lang: str) -> tuple[list[str
     cfg, summary = sb["config"], sb["summary"]
     ms = cfg["batch_sizes"]
     m_min, m_max = min(ms), max(ms)
+    norms = [n for n in cfg["norms"] if n in summary]
     source = (t["smallbatch_source_user"].format(path=_e(sb["path"]), date=_e(sb["date"])) if sb["source"] == "user"
               else t["smallbatch_source_ref"].format(date=_e(sb["date"])))  # fmt: skip
     parts = [
@@ -243,17 +246,25 @@ def _small_batch_section(results: dict, figs: dict, lang: str) -> tuple[list[str
     if figs.get("small_batch"):
         parts.append(_figure(figs["small_batch"], _e(t["smallbatch_fig"])))
         parts.append(f'<p class="look">{_e(t["smallbatch_look"])}</p>')
-    head = [t["col_m"]] + [_norm(n, lang) for n in cfg["norms"]]
+
+    def g(x: float) -> str:  # a learning rate as written: 0.00625, 0.2
+        return f"{x:g}".replace(".", "," if lang == "es" else ".")
+
+    lr32 = cfg["lr32"]
+    parts.append('<p data-claim="smallbatch:lr">' + t["smallbatch_lr"].format(
+        lr32=g(lr32), m_min=m_min, m_max=m_max, lr_min=g(lr32 * m_min / 32), lr_max=g(lr32 * m_max / 32)) + "</p>")
+    head = [t["col_member"]] + [f"m = {m}" for m in ms]
     rows = []
-    for m in ms:
-        row = [str(m)]
-        for n in cfg["norms"]:
+    for n in norms:
+        row = [_norm(n, lang)]
+        for m in ms:
             v = summary[n][str(m)]
             row.append(f"{pct(v['mean'], lang)} ({pct(v['min'], lang)}–{pct(v['max'], lang)})")
         rows.append(row)
     parts.append(_wrap_table(_table(head, rows)))
+    parts.append(f'<p class="muted">{_e(t["smallbatch_table_note"].format(n_seeds=len(cfg["seeds"])))}</p>')
     parts.append("<ul>")
-    for n in cfg["norms"]:
+    for n in norms:
         lo, hi = summary[n][str(m_min)]["min"], summary[n][str(m_min)]["max"]
         line = t["smallbatch_row"].format(run=_norm(n, lang), small=pct(summary[n][str(m_min)]["mean"], lang),
                                           large=pct(summary[n][str(m_max)]["mean"], lang), m_min=m_min, m_max=m_max,
@@ -263,6 +274,36 @@ def _small_batch_section(results: dict, figs: dict, lang: str) -> tuple[list[str
     first = next(iter(sb["set_sizes"][str(m_min)]), None)
     if first:
         parts.append("<p>" + t["smallbatch_setb"].format(m_min=m_min, mpq=integer(first["channel"], lang)) + "</p>")
+    f = findings(summary, ms, sb.get("summary_ema"))
+    at = {n: summary[n][str(m_min)] for n in norms}
+
+    def rng(n: str) -> str:
+        return f"{pct(at[n]['mean'], lang)} ({pct(at[n]['min'], lang)}–{pct(at[n]['max'], lang)})"
+
+    if f["channel-conv"] and f["channel-ln"]:
+        parts.append('<p data-claim="smallbatch:ablation">' + t["smallbatch_ablation"].format(
+            m_min=m_min, conv=rng("channel-conv"), ln=rng("channel-ln"), channel=rng("channel"))
+            + " " + t[f"smallbatch_ablation_ln_{f['channel-ln']}"].format(m_min=m_min)
+            + " " + t[f"smallbatch_ablation_conv_{f['channel-conv']}"] + "</p>")  # fmt: skip
+    advice = [t["smallbatch_best"].format(m_min=m_min, run=_norm(f["best"], lang), acc=pct(f["best_mean"], lang),
+                                          lo=pct(f["best_min"], lang), hi=pct(f["best_max"], lang))]  # fmt: skip
+    if f["holds_from"] is not None:
+        advice.append(t["smallbatch_holds"].format(m=f["holds_from"], m_max=m_max, lo=pct(f["holds_lo"], lang),
+                                                   hi=pct(f["holds_hi"], lang)))  # fmt: skip
+    if f["renorm"]:
+        advice.append(t[f"smallbatch_renorm_{f['renorm']}"].format(m_min=m_min, renorm=rng("renorm"),
+                                                                    channel=rng("channel")))  # fmt: skip
+    if f["renorm_gap_m"] is not None:
+        m_gap = str(f["renorm_gap_m"])
+        key = "smallbatch_renorm_ema" if f["renorm_gap"] >= 0.02 else "smallbatch_renorm_ema_close"
+        advice.append(t[key].format(m=m_gap, ema=pct(sb["summary_ema"]["renorm"][m_gap]["mean"], lang),
+                                    recal=pct(summary["renorm"][m_gap]["mean"], lang)))  # fmt: skip
+    if f["group_dev"] is not None:
+        key = "smallbatch_group_flat" if f["group_dev"] <= 0.01 else "smallbatch_group_varies"
+        advice.append(t[key].format(avg=pct(f["group_avg"], lang), dev=num(100 * f["group_dev"], lang, 1),
+                                    m_min=m_min, m_max=m_max))  # fmt: skip
+    parts.append('<p data-claim="smallbatch:advice">' + " ".join(advice) + "</p>")
+    parts.append(f"<p>{t['smallbatch_why']}</p>")
     return parts, {"source": source, "m_min": m_min, "m_max": m_max}
 
 

@@ -1,10 +1,20 @@
 """``bnlab experiment small-batch``: why the size of set B matters (Ioffe & Szegedy 2015, §3.2; Wu & He 2018).
 
 The same CNN (:class:`bnlab.models.SmallCNN`) on the 10,000 real 28×28 MNIST digits shipped with bnlab
-(:data:`bnlab.data.MNIST10K`), trained three ways — no BN, BN per activation (each set B holds the m
-values of one activation: one per example) and BN per channel (each set B holds m·p·q values: every
-location of one feature map in every example) — for several mini-batch sizes m, with the same number of
-training samples seen by every run, and several seeds.
+(:data:`bnlab.data.MNIST10K`), trained with each member of :data:`NORMS` for several mini-batch sizes m,
+with the same number of training samples seen by every run, and several seeds:
+
+- ``none``: no normalization;
+- ``activation``: BN per activation (each set B holds the m values of one activation: one per example);
+- ``channel``: BN per channel (each set B holds m·p·q values: every location of one feature map in every
+  example; in the dense layer of the head, m values);
+- ``channel-conv``: an ablation — BN per channel in the conv layers only, none after the dense layer
+  (whose set B holds only m values), to test whether that layer is what fails at m = 2;
+- ``channel-ln``: the other ablation — BN per channel in the conv layers, layer norm after the dense layer:
+  the head stays normalized, but its set B is the 64 values of one example instead of m examples;
+- ``renorm``: Batch Renorm per channel (Ioffe 2017): BN's set B, with μ_B and σ_B corrected toward the
+  running statistics; warm-up and relaxation scaled to the run (:func:`bnlab.models.renorm_schedule`);
+- ``group``, ``layer``, ``instance``: sets B inside one example (Wu & He 2018), so m does not enter them.
 
 What is held fixed, and why:
 
@@ -44,20 +54,30 @@ from ..models import SmallCNN, bn_layers
 from ..training import TrainConfig, evaluate, fit, seed_everything
 from .strings import NORM_NAMES, pct
 
-__all__ = ["run_small_batch", "summarize", "BATCH_SIZES", "NORMS"]
+__all__ = ["run_small_batch", "summarize", "findings", "build", "BATCH_SIZES", "NORMS", "BN_LIKE", "PER_SAMPLE"]
 
 BATCH_SIZES = (2, 4, 8, 16, 32, 64)
-NORMS = ("none", "activation", "channel")
+#: The members of the study, in the order of its table.
+NORMS = ("none", "activation", "channel", "channel-conv", "channel-ln", "renorm", "group", "layer", "instance")
+#: Members with running statistics: evaluated with Alg. 2's recalibrated statistics (and with the EMA).
+BN_LIKE = ("activation", "channel", "channel-conv", "channel-ln", "renorm")
+#: Members whose set B stays inside one example: the same computation in training and in eval mode.
+PER_SAMPLE = ("group", "layer", "instance")
+_EXTRA_COLORS = {"channel-conv": "#17becf", "channel-ln": "#bcbd22", "renorm": "#d62728"}  # the others: plots.COLORS
 
 _MSG = {
     "en": {
         "data": "Data: {name}, {train} training / {test} test images (28×28); {samples} samples seen per run",
         "run": "[{i}/{n}] m = {m}, {run}, seed {seed}: test accuracy {acc} (recalibrated), {ema} (EMA); {time}",
         "done": "Figure: {fig}\nNumbers: {json}",
-        "title": "Test accuracy vs mini-batch size m\nMNIST 28×28, {samples} samples seen per run, seeds: {n}",
+        "title": "Test accuracy vs mini-batch size m\nMNIST 28×28, {samples} samples seen per run, {n} seeds, "
+        "lr = {lr32}·m/32",
         "xlabel": "mini-batch size m (log scale)",
         "ylabel": "test accuracy (%), recalibrated statistics",
         "legend_seed": "one seed",
+        "panel_batch": "set B across the mini-batch",
+        "panel_sample": "set B inside one example",
+        "cpu": "Time: {wall} wall-clock, {cpu} of CPU (this process and its children)",
     },
     "es": {
         "data": "Datos: {name}, {train} imágenes de entrenamiento / {test} de prueba (28×28); {samples} ejemplos "
@@ -66,12 +86,35 @@ _MSG = {
         "{time}",
         "done": "Figura: {fig}\nNúmeros: {json}",
         "title": "Exactitud de prueba según el tamaño m del minilote\nMNIST 28×28, {samples} ejemplos vistos por "
-        "ejecución, semillas: {n}",
+        "ejecución, {n} semillas, tasa = {lr32}·m/32",
         "xlabel": "tamaño m del minilote (escala logarítmica)",
         "ylabel": "exactitud de prueba (%), estadísticas recalibradas",
         "legend_seed": "una semilla",
+        "panel_batch": "conjunto B a lo largo del minilote",
+        "panel_sample": "conjunto B dentro de un ejemplo",
+        "cpu": "Tiempo: {wall} de reloj, {cpu} de CPU (este proceso y sus hijos)",
     },
 }
+
+
+def build(member: str, data, steps: int) -> torch.nn.Module:
+    """The CNN for one member of :data:`NORMS`, for a run of ``steps`` training steps."""
+    c, h, w = data.image_shape
+    if member == "channel-conv":
+        return SmallCNN(c, (h, w), data.num_classes, "channel", dense_norm=False)
+    if member == "channel-ln":
+        return SmallCNN(c, (h, w), data.num_classes, "channel", dense_norm="layer")
+    if member == "renorm":
+        return SmallCNN(c, (h, w), data.num_classes, "renorm", renorm_steps=steps)
+    return SmallCNN(c, (h, w), data.num_classes, member)
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and its (waited-for) children."""
+    import resource
+
+    return sum(r.ru_utime + r.ru_stime for r in map(resource.getrusage,
+                                                    (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))  # fmt: skip
 
 
 def _recalibrated(
@@ -113,11 +156,12 @@ def _set_sizes(m: int, data) -> list[dict]:
     return rows
 
 
-def summarize(runs: list[dict]) -> dict:
-    """``{norm: {m: {"mean", "min", "max", "accuracies"}}}`` of recalibrated test accuracy over the seeds."""
+def summarize(runs: list[dict], key: str = "test_recal") -> dict:
+    """``{norm: {m: {"mean", "min", "max", "accuracies"}}}`` of test accuracy over the seeds: with recalibrated
+    statistics (``key="test_recal"``, the study's measure) or with the running statistics (``"test_ema"``)."""
     out: dict = {}
     for r in runs:
-        out.setdefault(r["norm"], {}).setdefault(str(r["m"]), []).append(r["test_recal"]["accuracy"])
+        out.setdefault(r["norm"], {}).setdefault(str(r["m"]), []).append(r[key]["accuracy"])
     return {
         norm: {
             m: {"mean": float(np.mean(a)), "min": float(min(a)), "max": float(max(a)), "accuracies": a}
@@ -127,14 +171,70 @@ def summarize(runs: list[dict]) -> dict:
     }
 
 
+def _order(a: dict, b: dict) -> str:
+    """How seed ranges compare: ``"above"`` (every seed of a above every seed of b), ``"below"``, ``"overlap"``."""
+    if a["min"] > b["max"]:
+        return "above"
+    if a["max"] < b["min"]:
+        return "below"
+    return "overlap"
+
+
+def findings(summary: dict, batch_sizes: Sequence[int], summary_ema: dict | None = None) -> dict:
+    """What the report and the docs state about a run, each by an explicit rule on ``summary``:
+
+    - ``best``: the member with the highest mean at the smallest m (``best_mean``, ``best_min``, ``best_max``);
+    - ``holds_from``: for BN per channel, the smallest m from which every larger m has a mean within 2 points
+      of its best mean (``holds_lo``/``holds_hi``: the lowest and highest of those means);
+    - ``group``: group norm's average over m of its means, and the largest distance of a mean from it
+      (``group_dev``; "within ±1 point" when ≤ 0.01);
+    - ``ablation``: at the smallest m, how the seed ranges of the two ablations compare with BN per channel
+      (``"above"``, ``"below"`` or ``"overlap"``, see :func:`_order`);
+    - ``renorm``: at the smallest m, how Batch Renorm's range compares with BN per channel's;
+    - ``renorm_gap_m``: the m where Batch Renorm's mean with its running statistics (EMA) is farthest above
+      its mean with recalibrated statistics (``renorm_gap``: that difference; needs ``summary_ema``).
+
+    Members missing from ``summary`` give ``None`` for the facts that need them.
+    """
+    ms = [str(m) for m in batch_sizes]
+    lo = str(min(int(m) for m in ms))
+    out: dict = {"m_min": int(lo)}
+    at = {n: by_m[lo] for n, by_m in summary.items() if lo in by_m}
+    best = max(at, key=lambda n: at[n]["mean"])
+    out.update(best=best, best_mean=at[best]["mean"], best_min=at[best]["min"], best_max=at[best]["max"])
+    out["holds_from"] = out["holds_lo"] = out["holds_hi"] = None
+    if "channel" in summary:
+        ch = summary["channel"]
+        top = max(ch[m]["mean"] for m in ms)
+        order = sorted(ms, key=int)
+        for i, m in enumerate(order):
+            tail = [ch[k]["mean"] for k in order[i:]]
+            if min(tail) >= top - 0.02:
+                out.update(holds_from=int(m), holds_lo=min(tail), holds_hi=max(tail))
+                break
+    out["group_avg"] = out["group_dev"] = None
+    if "group" in summary:
+        means = [summary["group"][m]["mean"] for m in ms]
+        avg = float(np.mean(means))
+        out.update(group_avg=avg, group_dev=max(abs(v - avg) for v in means))
+    for key in ("channel-conv", "channel-ln", "renorm"):
+        out[key] = _order(at[key], at["channel"]) if key in at and "channel" in at else None
+    out["renorm_gap_m"] = out["renorm_gap"] = None
+    if summary_ema and "renorm" in summary and "renorm" in summary_ema:
+        gaps = {m: summary_ema["renorm"][m]["mean"] - summary["renorm"][m]["mean"] for m in ms}
+        m = max(gaps, key=lambda k: gaps[k])
+        out.update(renorm_gap_m=int(m), renorm_gap=gaps[m])
+    return out
+
+
 def run_small_batch(
     out_dir: str | Path = "bnlab-small-batch",
     *,
     batch_sizes: Sequence[int] = BATCH_SIZES,
     seeds: Sequence[int] = (0, 1, 2),
-    samples: int = 2048,
+    samples: int = 1280,
     lr32: float = 0.1,
-    recal_samples: int = 2048,
+    recal_samples: int = 256,
     norms: Sequence[str] = NORMS,
     data_path: str | Path | None = None,
     lang: str = "en",
@@ -163,7 +263,7 @@ def run_small_batch(
     msg = _MSG[lang]
     out = Path(out_dir)
     make_dirs(out)
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), _cpu_seconds()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small convolutions: one thread is as fast, and leaves the other core free
     try:
@@ -175,14 +275,14 @@ def run_small_batch(
         combos = list(itertools.product(batch_sizes, norms, seeds))
         for m, norm, seed in combos:
             seed_everything(seed)
-            model = SmallCNN(data.image_shape[0], data.image_shape[1:], data.num_classes, norm)
+            model = build(norm, data, samples // m)
             lr = lr32 * m / 32
             config = TrainConfig(optimizer="momentum", lr=lr, batch_size=m, epochs=1, seed=seed,
                                  max_steps=samples // m)  # fmt: skip
             result = fit(model, data, config, progress=progress, desc=f"m={m}/{norm}/seed {seed}", lang=lang)
             t0 = time.perf_counter()
             ema = evaluate(model, data.x_test, data.y_test)
-            recal = ema if norm == "none" else evaluate(
+            recal = ema if norm not in BN_LIKE else evaluate(
                 _recalibrated(model, data.x_train, m, recal_samples, progress, lang), data.x_test, data.y_test)
             losses = result.history["loss"]
             run = {
@@ -193,6 +293,7 @@ def run_small_batch(
                 "steps": len(losses),
                 "test_recal": recal,
                 "test_ema": ema,
+                "val_ema": {"accuracy": result.history["eval_accuracy"][-1], "loss": result.history["eval_loss"][-1]},
                 "final_train_loss": float(np.mean(losses[-max(1, len(losses) // 10) :])),
                 "diverged": not all(math.isfinite(v) for v in losses),
                 "train_seconds": result.history["train_seconds"],
@@ -216,6 +317,7 @@ def run_small_batch(
                 "samples": samples,
                 "optimizer": "SGD, momentum 0.9",
                 "lr32": lr32,
+                "lr": "lr32·m/32",
                 "recal_samples": recal_samples,
                 "threads": 1,
                 "data": {"name": data.name, "train": len(data.x_train), "test": len(data.x_test),
@@ -224,50 +326,69 @@ def run_small_batch(
             "set_sizes": {str(m): _set_sizes(m, data) for m in batch_sizes},
             "runs": runs,
             "summary": summarize(runs),
+            "summary_ema": summarize(runs, "test_ema"),
         }
         fig = out / "small-batch.png"
         figure(results, lang, fig)
         results["seconds"] = time.perf_counter() - t_start
+        results["cpu_seconds"] = _cpu_seconds() - cpu_start
+        results["train_seconds"] = sum(r["train_seconds"] for r in runs)
         path = out / "results.json"
         write_json(path, results, indent=1)
     finally:
         torch.set_num_threads(threads)
+    log(msg["cpu"].format(wall=f"{results['seconds']:.0f} s", cpu=f"{results['cpu_seconds']:.0f} s"))
     log(msg["done"].format(fig=fig, json=path))
     return results
 
 
 def figure(results: dict, lang: str, path: str | Path, dpi: int = 100) -> Path:
-    """Test accuracy (recalibrated) vs m on a log axis: one line per norm (mean over seeds), a dot per seed."""
+    """Test accuracy (recalibrated) vs m on a log axis: one line per member (mean over seeds), a dot per seed;
+    left the members whose set B spans the mini-batch, right those whose set B stays in one example (with no
+    BN and BN per channel repeated there as landmarks)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     from .plots import COLORS
 
+    colors = {**COLORS, **_EXTRA_COLORS}
     msg = _MSG[lang]
     cfg = results["config"]
     summary = results["summary"]
-    fig = Figure(figsize=(9, 5.0), layout="constrained")
+    norms = [n for n in cfg["norms"] if n in summary]
+    panels = [
+        (msg["panel_batch"], [n for n in norms if n not in PER_SAMPLE]),
+        (msg["panel_sample"], [n for n in norms if n in PER_SAMPLE or n in ("none", "channel")]),
+    ]
+    panels = [p for p in panels if any(n in PER_SAMPLE for n in norms) or p is panels[0]]
+    fig = Figure(figsize=(11 if len(panels) == 2 else 9, 6.0), layout="constrained")
     FigureCanvasAgg(fig)
-    ax = fig.subplots()
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
     ms = cfg["batch_sizes"]
-    for norm in cfg["norms"]:
-        s = summary[norm]
-        mean = [100 * s[str(m)]["mean"] for m in ms]
-        ax.plot(ms, mean, color=COLORS[norm], lw=2, marker="o", label=NORM_NAMES[lang][norm])
-        for m in ms:
-            accs = [100 * a for a in s[str(m)]["accuracies"]]
-            ax.scatter([m] * len(accs), accs, color=COLORS[norm], s=12, alpha=0.45, lw=0)
-    ax.scatter([], [], color="#555555", s=12, alpha=0.45, lw=0, label=msg["legend_seed"])
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(ms, [str(m) for m in ms])
-    ax.minorticks_off()
-    ax.set_xlabel(msg["xlabel"])
-    ax.set_ylabel(msg["ylabel"])
-    ax.grid(alpha=0.3)
-    lo = min(min(v["min"] for v in summary[n].values()) for n in cfg["norms"])
-    ax.set_ylim(max(0.0, math.floor(100 * lo / 5) * 5 - 2), 100.5)
-    fig.legend(loc="outside lower center", ncol=4, fontsize=10, frameon=False)  # below the axes, never on the data
-    fig.suptitle(msg["title"].format(samples=cfg["samples"], n=len(cfg["seeds"])), fontsize=11)
+    seen: set[str] = set()
+    for ax, (title, members) in zip(axes, panels, strict=True):
+        for norm in members:
+            s = summary[norm]
+            mean = [100 * s[str(m)]["mean"] for m in ms]
+            ax.plot(ms, mean, color=colors[norm], lw=2, marker="o",
+                    label=None if norm in seen else NORM_NAMES[lang][norm])  # fmt: skip
+            seen.add(norm)
+            for m in ms:
+                accs = [100 * a for a in s[str(m)]["accuracies"]]
+                ax.scatter([m] * len(accs), accs, color=colors[norm], s=12, alpha=0.45, lw=0)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ms, [str(m) for m in ms])
+        ax.minorticks_off()
+        ax.set_xlabel(msg["xlabel"])
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(msg["ylabel"])
+    axes[0].scatter([], [], color="#555555", s=12, alpha=0.45, lw=0, label=msg["legend_seed"])
+    lo = min(min(v["min"] for v in summary[n].values()) for n in norms)
+    axes[0].set_ylim(max(0.0, math.floor(100 * lo / 5) * 5 - 2), 100.5)
+    fig.legend(loc="outside lower center", ncol=3, fontsize=9, frameon=False)  # below the axes, never on the data
+    lr32 = f"{cfg['lr32']:g}".replace(".", "," if lang == "es" else ".")
+    fig.suptitle(msg["title"].format(samples=cfg["samples"], n=len(cfg["seeds"]), lr32=lr32), fontsize=11)
     path = Path(path)
     make_dirs(path.parent)
     return save_figure(fig, path, dpi=dpi)
@@ -289,6 +410,6 @@ def for_report(demo_dir: str | Path) -> dict | None:
         saved, source = REFERENCE, {"source": "reference", "path": ""}
     try:
         return {**source, "date": saved["date"], "config": saved["config"], "summary": saved["summary"],
-                "set_sizes": saved["set_sizes"]}  # fmt: skip
+                "summary_ema": saved.get("summary_ema"), "set_sizes": saved["set_sizes"]}  # fmt: skip
     except (KeyError, TypeError):
         return None

@@ -33,10 +33,14 @@ def secs(x: float, lang: str) -> str:
 
 NORM_NAMES = {
     "en": {"none": "no BN", "activation": "BN per activation", "channel": "BN per channel",
-           "layer": "layer norm", "instance": "instance norm", "group": "group norm"},
+           "layer": "layer norm", "instance": "instance norm", "group": "group norm",
+           "renorm": "Batch Renorm per channel", "channel-conv": "BN per channel, conv layers only",
+           "channel-ln": "BN per channel, layer norm in the dense layer"},
     "es": {"none": "sin BN", "activation": "BN por activación", "channel": "BN por canal",
            "layer": "normalización por capa", "instance": "normalización por instancia",
-           "group": "normalización por grupos"},
+           "group": "normalización por grupos",
+           "renorm": "Batch Renorm por canal", "channel-conv": "BN por canal, solo en las capas convolucionales",
+           "channel-ln": "BN por canal, normalización por capa en la capa densa"},
 }  # fmt: skip
 
 S: dict[str, dict[str, str]] = {
@@ -302,11 +306,13 @@ S: dict[str, dict[str, str]] = {
         ),
         "sec_smallbatch": "Small mini-batches: when set B gets small",
         "smallbatch_intro": (
-            "On 8×8 digits with m = {m} the two BN variants do about equally well. The difference between them is "
-            "the size of set B, and it shows when the mini-batch is small. <code>bnlab experiment "
-            "small-batch</code> trains the same kind of CNN on 28×28 MNIST digits with m from {m_min} to {m_max}, "
-            "every run seeing {samples} training images, {n_seeds} seeds, and measures test accuracy with "
-            "recalibrated statistics. These numbers come from {source}, not from the runs above."
+            "Above, m = {m}. How small can m get? Each BN statistic is computed over set B, and a small mini-batch "
+            "makes set B small. <code>bnlab experiment small-batch</code> trains the same kind of CNN on 28×28 "
+            "MNIST digits with m from {m_min} to {m_max}, every run seeing {samples} training images, {n_seeds} "
+            "seeds, with both BN variants, the remedies (Batch Renorm; group, layer and instance norm, whose set B "
+            "stays inside one example) and two ablations of the dense layer's BN, and measures test accuracy "
+            "(with recalibrated statistics where there are running statistics). These numbers come from {source}, "
+            "not from the runs above."
         ),
         "smallbatch_source_ref": "a reference run on the project's 2-core machine ({date}) shipped with bnlab",
         "smallbatch_source_user": "your run in <code>{path}</code> ({date})",
@@ -326,6 +332,81 @@ S: dict[str, dict[str, str]] = {
             "{m_min}·28·28 = {mpq} values."
         ),
         "col_m": "m",
+        "col_member": "Variant",
+        "smallbatch_lr": (
+            "Learning rate: SGD with momentum 0.9 and lr = {lr32}·m/32 (the linear scaling rule), so along a row "
+            "the rate changes with m too: {lr_min} at m = {m_min}, {lr_max} at m = {m_max}."
+        ),
+        "smallbatch_table_note": (
+            "Test accuracy, mean over {n_seeds} seeds (lowest–highest seed); recalibrated statistics (Alg. 2) for "
+            "the variants with running statistics."
+        ),
+        "smallbatch_ablation": (
+            "Is the dense layer's BN, whose set B holds only m values, what fails at m = {m_min}? At m = {m_min}, "
+            "BN per channel everywhere: {channel}; with no normalization after the dense layer: {conv}; with layer "
+            "norm there instead (a set B of the 64 values of one example): {ln}."
+        ),
+        "smallbatch_ablation_ln_above": (
+            "Layer norm there is above BN there in every seed: the dense layer's set B of m values is what fails at "
+            "m = {m_min}."
+        ),
+        "smallbatch_ablation_ln_overlap": (
+            "The seed ranges of layer norm there and BN there overlap: this run does not show that the dense "
+            "layer's set B is what fails at m = {m_min}."
+        ),
+        "smallbatch_ablation_ln_below": (
+            "Layer norm there is below BN there in every seed: the dense layer's BN is not what fails at "
+            "m = {m_min}."
+        ),
+        "smallbatch_ablation_conv_above": (
+            "Removing the dense layer's normalization altogether is better in every seed."
+        ),
+        "smallbatch_ablation_conv_overlap": (
+            "Removing the dense layer's normalization altogether gives seed ranges that overlap with BN there, so "
+            "that ablation alone does not settle the question."
+        ),
+        "smallbatch_ablation_conv_below": (
+            "Removing the dense layer's normalization altogether is worse in every seed: with these few steps the "
+            "head still needs a normalization, so this ablation alone cannot test the claim."
+        ),
+        "smallbatch_best": "Best at m = {m_min}: {run}, {acc} ({lo}–{hi}).",
+        "smallbatch_holds": (
+            "BN per channel stays within 2 points of its best mean from m = {m} to m = {m_max} ({lo}–{hi}): there, "
+            "use it."
+        ),
+        "smallbatch_renorm_above": (
+            "At m = {m_min}, Batch Renorm per channel, {renorm}, beats BN per channel, {channel}, in every seed."
+        ),
+        "smallbatch_renorm_overlap": (
+            "At m = {m_min}, the seed ranges of Batch Renorm per channel, {renorm}, and BN per channel, {channel}, "
+            "overlap."
+        ),
+        "smallbatch_renorm_below": (
+            "At m = {m_min}, Batch Renorm per channel, {renorm}, is below BN per channel, {channel}, in every seed."
+        ),
+        "smallbatch_renorm_ema": (
+            "Batch Renorm normalizes with the running statistics during training (up to the clipping), so "
+            "recalibrating them with batch statistics (Alg. 2) describes a network it did not train: at m = {m} "
+            "it scores {ema} with its running statistics and {recal} recalibrated (means over seeds)."
+        ),
+        "smallbatch_renorm_ema_close": (
+            "Batch Renorm's running and recalibrated statistics give means within 2 points at every m (largest "
+            "gap at m = {m}: {ema} against {recal})."
+        ),
+        "smallbatch_group_flat": (
+            "Group norm stays within ±{dev} points of its own average ({avg}) across m = {m_min}…{m_max}."
+        ),
+        "smallbatch_group_varies": (
+            "Group norm is not flat across m here: its mean moves up to {dev} points from its own average ({avg}) "
+            "over m = {m_min}…{m_max} (the learning rate changes with m, and each run is short)."
+        ),
+        "smallbatch_why": (
+            "Why, in terms of set B: Batch Renorm keeps BN's set B and corrects μ_B and σ_B toward the running "
+            "(population) statistics, within the clip limits rmax and dmax; this removes the difference between "
+            "training and inference, but a set B of 2 values is still 2 values. Group, layer and instance norm "
+            "take their set B inside one example, so m does not enter it, at the price of statistics that are not "
+            "shared across examples."
+        ),
         "sec_conclusion": "Conclusion",
         "con_setb": (
             "Set B is the only difference between the two BN variants. Per channel, each mean and variance pools "
@@ -628,11 +709,13 @@ S: dict[str, dict[str, str]] = {
         ),
         "sec_smallbatch": "Minilotes pequeños: cuando el conjunto B se queda pequeño",
         "smallbatch_intro": (
-            "Con los dígitos de 8×8 y m = {m}, las dos variantes de BN funcionan más o menos igual. Lo que las "
-            "distingue es el tamaño del conjunto B, y eso se nota cuando el minilote es pequeño. <code>bnlab "
-            "experiment small-batch</code> entrena el mismo tipo de CNN con dígitos MNIST de 28×28 y m de {m_min} a "
-            "{m_max}; cada ejecución ve {samples} ejemplos de entrenamiento, con {n_seeds} semillas, y mide la "
-            "exactitud de prueba con estadísticas recalibradas. Estos números salen de {source}, no de las "
+            "Arriba, m = {m}. ¿Hasta dónde puede bajar m? Cada estadística de BN se calcula sobre el conjunto B, y "
+            "un minilote pequeño deja un conjunto B pequeño. <code>bnlab experiment small-batch</code> entrena el "
+            "mismo tipo de CNN con dígitos MNIST de 28×28 y m de {m_min} a {m_max}; cada ejecución ve {samples} "
+            "ejemplos de entrenamiento, con {n_seeds} semillas, con las dos variantes de BN, los remedios (Batch "
+            "Renorm; normalización por grupos, por capa y por instancia, cuyo conjunto B queda dentro de un "
+            "ejemplo) y dos ablaciones de la BN de la capa densa, y mide la exactitud de prueba (con estadísticas "
+            "recalibradas donde hay estadísticas acumuladas). Estos números salen de {source}, no de las "
             "ejecuciones de arriba."
         ),
         "smallbatch_source_ref": (
@@ -644,7 +727,8 @@ S: dict[str, dict[str, str]] = {
             "la línea es la media)."
         ),
         "smallbatch_look": (
-            "Qué mirar: cuánto baja cada línea desde el m más grande hasta el más pequeño; el eje x es logarítmico."
+            "En qué fijarse: cuánto baja cada línea desde el m más grande hasta el más pequeño; el eje x es "
+            "logarítmico."
         ),
         "smallbatch_row": (
             "{run}: {small} con m = {m_min} y {large} con m = {m_max} (media sobre las semillas; con m = {m_min} "
@@ -655,6 +739,87 @@ S: dict[str, dict[str, str]] = {
             "{m_min}·28·28 = {mpq} valores."
         ),
         "col_m": "m",
+        "col_member": "Variante",
+        "smallbatch_lr": (
+            "Tasa de aprendizaje: SGD con momento 0,9 y tasa = {lr32}·m/32 (la regla de escalado lineal), así que "
+            "a lo largo de una fila la tasa también cambia con m: {lr_min} con m = {m_min}, {lr_max} con "
+            "m = {m_max}."
+        ),
+        "smallbatch_table_note": (
+            "Exactitud de prueba, media de {n_seeds} semillas (la semilla más baja–la más alta); estadísticas "
+            "recalibradas (Alg. 2) en las variantes que tienen estadísticas acumuladas."
+        ),
+        "smallbatch_ablation": (
+            "¿Es la BN de la capa densa, cuyo conjunto B tiene solo m valores, la que falla con m = {m_min}? Con "
+            "m = {m_min}: BN por canal en todas las capas, {channel}; sin normalización tras la capa densa, {conv}; "
+            "con normalización por capa allí (un conjunto B con los 64 valores de un ejemplo), {ln}."
+        ),
+        "smallbatch_ablation_ln_above": (
+            "La normalización por capa allí supera a la BN allí con todas las semillas: lo que falla con "
+            "m = {m_min} es el conjunto B de m valores de la capa densa."
+        ),
+        "smallbatch_ablation_ln_overlap": (
+            "Los intervalos de las semillas con normalización por capa allí y con BN allí se solapan: esta "
+            "ejecución no muestra que lo que falla con m = {m_min} sea el conjunto B de la capa densa."
+        ),
+        "smallbatch_ablation_ln_below": (
+            "La normalización por capa allí queda por debajo de la BN allí con todas las semillas: lo que falla "
+            "con m = {m_min} no es la BN de la capa densa."
+        ),
+        "smallbatch_ablation_conv_above": (
+            "Quitar del todo la normalización de la capa densa es mejor con todas las semillas."
+        ),
+        "smallbatch_ablation_conv_overlap": (
+            "Quitar del todo la normalización de la capa densa da intervalos de semillas que se solapan con los "
+            "de la BN allí, así que esa ablación sola no resuelve la pregunta."
+        ),
+        "smallbatch_ablation_conv_below": (
+            "Quitar del todo la normalización de la capa densa es peor con todas las semillas: con tan pocos "
+            "pasos la cabeza sigue necesitando una normalización, así que esta ablación sola no pone a prueba la "
+            "afirmación."
+        ),
+        "smallbatch_best": "La mejor con m = {m_min}: {run}, {acc} ({lo}–{hi}).",
+        "smallbatch_holds": (
+            "La BN por canal se mantiene a menos de 2 puntos de su mejor media de m = {m} a m = {m_max} "
+            "({lo}–{hi}): ahí, úsala."
+        ),
+        "smallbatch_renorm_above": (
+            "Con m = {m_min}, Batch Renorm por canal, {renorm}, supera a la BN por canal, {channel}, con todas las "
+            "semillas."
+        ),
+        "smallbatch_renorm_overlap": (
+            "Con m = {m_min}, los intervalos de las semillas de Batch Renorm por canal, {renorm}, y de la BN por "
+            "canal, {channel}, se solapan."
+        ),
+        "smallbatch_renorm_below": (
+            "Con m = {m_min}, Batch Renorm por canal, {renorm}, queda por debajo de la BN por canal, {channel}, con "
+            "todas las semillas."
+        ),
+        "smallbatch_renorm_ema": (
+            "Batch Renorm normaliza con las estadísticas acumuladas durante el entrenamiento (salvo el recorte), "
+            "así que recalibrarlas con estadísticas del minilote (Alg. 2) describe una red que no entrenó: con "
+            "m = {m} obtiene {ema} con sus estadísticas acumuladas y {recal} recalibradas (medias de las semillas)."
+        ),
+        "smallbatch_renorm_ema_close": (
+            "Con Batch Renorm, las estadísticas acumuladas y las recalibradas dan medias a menos de 2 puntos para "
+            "todo m (la mayor diferencia, con m = {m}: {ema} frente a {recal})."
+        ),
+        "smallbatch_group_flat": (
+            "La normalización por grupos se mantiene a ±{dev} puntos de su propia media ({avg}) para "
+            "m = {m_min}…{m_max}."
+        ),
+        "smallbatch_group_varies": (
+            "La normalización por grupos no es plana aquí: su media se aleja hasta {dev} puntos de su propio "
+            "promedio ({avg}) para m = {m_min}…{m_max} (la tasa de aprendizaje cambia con m y cada ejecución es "
+            "corta)."
+        ),
+        "smallbatch_why": (
+            "Por qué, en términos del conjunto B: Batch Renorm conserva el conjunto B de la BN y corrige μ_B y σ_B "
+            "hacia las estadísticas acumuladas (las de la población), dentro de los límites rmax y dmax; así "
+            "desaparece la diferencia entre entrenamiento e inferencia, pero un conjunto B de 2 valores sigue "
+            "teniendo 2 valores. La normalización por grupos, por capa y por instancia toma su conjunto B dentro "
+            "de un ejemplo, así que m no entra en él, a cambio de estadísticas que no se comparten entre ejemplos."
+        ),
         "sec_conclusion": "Conclusión",
         "con_setb": (
             "El conjunto B es la única diferencia entre las dos variantes de BN. Por canal, cada media y cada "
