@@ -105,18 +105,22 @@ def test_inductor_equals_eager(variant, fmt):
 
 
 @pytest.mark.slow  # Dynamo + AOTAutograd tracing: seconds on the shared machine
-def test_compiled_door_is_shifted_for_a_constant_channel_far_from_zero():
-    # a constant channel at 1e6: σ² = 0, a = γ/√ε ≈ 316, so a·x + b rounds 3e8 and errs by ~30; (x − μ)·a + β
-    # is exact (β), as the eager door is
+def test_compiled_door_is_shifted_for_channels_far_from_zero():
+    # channels at 1e6: ±0.5 around it (σ = 0.5, γ = 1.1: a·x + b rounds a·x ≈ 2.2e6 to 0.25, an error of ~0.1
+    # in y) and constant (σ² = 0, a = γ/√ε: a·x + b rounds 3.5e8 to 32); (x − μ)·a + β is exact for both
     torch._dynamo.reset()
     x = torch.randn(8, 3, 5, 5)
-    x[:, 0] = 1e6
+    x[:, 0] = 1e6 + 0.5 * torch.tensor([1.0, -1.0]).repeat(100).reshape(8, 5, 5)
+    x[:, 1] = 1e6
     layer = bnlab.nn.BatchNorm2d(3)
     with torch.no_grad():
-        layer.bias.fill_(0.25)
+        layer.weight.fill_(1.1), layer.bias.fill_(0.25)
     eager = copy.deepcopy(layer)
     y = torch.compile(layer, backend="aot_eager", fullgraph=True)(x)
-    torch.testing.assert_close(y[:, 0], torch.full_like(y[:, 0], 0.25), rtol=0, atol=1e-6)
+    xd = x.double()
+    mean, var = xd.mean((0, 2, 3), keepdim=True), xd.var((0, 2, 3), keepdim=True, correction=0)
+    want = ((xd - mean) / torch.sqrt(var + 1e-5) * 1.1 + 0.25).float()
+    torch.testing.assert_close(y, want, rtol=0, atol=1e-5)
     torch.testing.assert_close(y, eager(x), rtol=1e-6, atol=1e-6)
 
 
