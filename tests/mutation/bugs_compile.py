@@ -1,7 +1,10 @@
 """Planted bugs for the compiled door, dynamic shapes and the export round trip (issue 15, items 2-nn, 3, 4)."""
 
 C = "tests/test_compile.py::"
-LERP = "            running.lerp_(torch.where(ok, new.to(running.dtype), running.detach()), _weight(momentum, running))\n"
+LERP = (
+    " " * 12
+    + "running.lerp_(torch.where(ok, new.to(running.dtype), running.detach()), _weight(momentum, running))\n"
+)
 
 BUGS = [
     dict(
