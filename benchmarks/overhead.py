@@ -7,7 +7,7 @@ forward + backward are timed in turns (torch, eager door, operator, torch, ...),
 
 - ``torch``: ``torch.nn.functional.batch_norm`` (the anchor);
 - ``bnlab``: ``bnlab.nn.functional.batch_norm`` as a user calls it (plain eager mode takes the light
-  autograd Function, see ``bnlab.nn.functional._route``);
+  autograd Function, see ``bnlab.nn._dispatch.route``);
 - ``bnlab via op``: the same implementation through the registered ``torch.ops.bnlab.batch_norm_train``
   (what compile/export/vmap see), to show what the eager door saves.
 

@@ -25,12 +25,10 @@ PRIVATE_NAME_FOLLOW_UPS = {
     ("bnlab/report/small_batch.py", "bnlab.report.demo", "_finite"),
 }
 # torch's private APIs used outside bnlab/_compat.py in files other helpers own (follow-ups there).
-TORCH_PRIVATE_FOLLOW_UPS = {
-    "bnlab/nn/functional.py",  # "compile": use _compat.functorch_transforms_active / only_vmap_active / ...
-    "bnlab/nn/modules.py",  # "tools": use _compat.TorchBatchNormBase
-}
+TORCH_PRIVATE_FOLLOW_UPS: set[str] = set()  # every use is behind bnlab/_compat.py
 TORCH_PRIVATE = ("torch._C", "torch._functorch", "torch._dynamo", "torch._inductor", "torch._subclasses",
-                 "torch.nn.modules.batchnorm._", "distributed_c10d._")  # fmt: skip
+                 "torch.nn.modules.batchnorm._", "distributed_c10d._",
+                 "_DEFAULT_OP_LIST", "_ConvTransposeNd")  # fmt: skip
 
 
 def _lint_imports(cwd: Path, src: Path) -> subprocess.CompletedProcess:

@@ -23,6 +23,7 @@ __all__ = [
     "process_group_timeout",
     "TorchBatchNormBase",
     "TorchNormBase",
+    "fuser_method_table",
 ]
 
 #: Every private name of torch that bnlab uses: (module, attribute path).
@@ -36,6 +37,7 @@ PRIVATE_APIS = (
     ("torch.distributed", "ProcessGroup._get_backend"),
     ("torch.nn.modules.batchnorm", "_BatchNorm"),
     ("torch.nn.modules.batchnorm", "_NormBase"),
+    ("torch.ao.quantization.fuser_method_mappings", "_DEFAULT_OP_LIST_TO_FUSER_METHOD"),
 )
 
 #: torch's base class of every normalization layer with running statistics (BN and InstanceNorm).
@@ -96,3 +98,13 @@ def process_group_timeout(group) -> float | None:
         return backend.options._timeout.total_seconds()
     except Exception:  # noqa: BLE001 - private API of torch: without it only the layer's timeout is known
         return None
+
+
+def fuser_method_table() -> dict | None:
+    """torch.ao.quantization's table (module types -> fuser method) that ``fuse_modules`` looks fusions up in,
+    or None where this torch has no such table."""
+    try:
+        from torch.ao.quantization import fuser_method_mappings
+    except ImportError:
+        return None
+    return getattr(fuser_method_mappings, "_DEFAULT_OP_LIST_TO_FUSER_METHOD", None)

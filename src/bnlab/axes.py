@@ -20,6 +20,7 @@ messages, so that the NumPy reference and the torch path fail the same way.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 
 __all__ = [
@@ -131,16 +132,27 @@ def normalize_axes(axes: Sequence[int] | int, ndim: int) -> tuple[int, ...]:
     return tuple(sorted(out))
 
 
+def _size(n):
+    """One size as an int; a tracer's symbolic size (``torch.SymInt``, under ``torch.compile(dynamic=True)``
+    or ``torch.export`` with a ``Dim``) is kept symbolic, since ``int()`` would specialize the traced
+    program to this one value. Duck-typed on the loaded torch: this module imports nothing outside the
+    standard library."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(n, torch.SymInt):
+        return n
+    return int(n)
+
+
 def feature_shape(shape: Sequence[int], axes: Sequence[int]) -> tuple[int, ...]:
     """Shape of the statistics and parameters: ``shape`` with the reduced axes removed."""
     axes = normalize_axes(axes, len(shape))
-    return tuple(int(n) for i, n in enumerate(shape) if i not in axes)
+    return tuple(_size(n) for i, n in enumerate(shape) if i not in axes)
 
 
 def param_shape(shape: Sequence[int], axes: Sequence[int]) -> tuple[int, ...]:
     """``shape`` with the reduced axes set to 1: the statistics broadcast against the input."""
     axes = normalize_axes(axes, len(shape))
-    return tuple(1 if i in axes else int(n) for i, n in enumerate(shape))
+    return tuple(1 if i in axes else _size(n) for i, n in enumerate(shape))
 
 
 def effective_batch_size(shape: Sequence[int], axes: Sequence[int]) -> int:
@@ -148,13 +160,13 @@ def effective_batch_size(shape: Sequence[int], axes: Sequence[int]) -> int:
     axes = normalize_axes(axes, len(shape))
     m = 1
     for a in axes:  # a loop, not math.prod over a generator: torch.compile traces this
-        m *= int(shape[a])
+        m *= _size(shape[a])
     return m
 
 
 def check_eps(eps: float) -> float:
     eps = float(eps)
-    if not eps > 0 or not math.isfinite(eps):
+    if not 0 < eps < math.inf:  # comparisons only (no math.isfinite): a traced, symbolic eps passes through
         raise ValueError(f"eps must be a positive finite number (it keeps 1/sqrt(var + eps) finite), got {eps}")
     return eps
 
@@ -186,7 +198,7 @@ def check_input(
     one value, or the variance is zero and the output meaningless (PyTorch's wording is kept).
     ``allow_empty=True`` accepts an input with no values (a batch of 0 samples, as torch does).
     """
-    shape = tuple(int(n) for n in shape)
+    shape = tuple(_size(n) for n in shape)
     ndim = len(shape)
     if ndim < 2:
         raise ValueError(
@@ -203,7 +215,7 @@ def check_input(
     for name, pshape in (params or {}).items():
         if pshape is None:
             continue
-        pshape = tuple(int(n) for n in pshape)
+        pshape = tuple(_size(n) for n in pshape)
         if pshape != fshape:
             hint = ""
             if len(fshape) == 1 and len(pshape) == 1:

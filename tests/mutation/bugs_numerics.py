@@ -8,18 +8,17 @@ _HVP = "tests/test_numerics.py::test_fused_relu_create_graph_gradient_and_hessia
 _DOOR = "tests/test_numerics.py::test_fused_relu_in_eval_through_every_door"
 
 BUGS = [
-    dict(name="fused-relu-mask-create-graph", path="src/bnlab/nn/functional.py",
-         old="            dy = dy * (y > 0)\n        mean, var = kernels.composed.batch_stats(x, ctx.axes)",
-         new="            dy = dy * (y >= 0)\n        mean, var = kernels.composed.batch_stats(x, ctx.axes)",
+    dict(name="fused-relu-mask-create-graph", path="src/bnlab/nn/_dispatch.py",
+         old="            dy = dy * (y > 0)\n        mean, var = composed.batch_stats(x, ctx.axes)",
+         new="            dy = dy * (y >= 0)\n        mean, var = composed.batch_stats(x, ctx.axes)",
          tests=[f"{_HVP}[None]", f"{_HVP}[axes1]"]),
-    dict(name="eval-missing-relu-eager", path="src/bnlab/nn/functional.py",
-         old="return y.clamp_min_(0) if relu else y", new="return y",
+    dict(name="eval-missing-relu-eager", path="src/bnlab/nn/_dispatch.py",
+         old="y = y.clamp_min_(0) if relu else y", new="y = y",
          tests=[f"{_DOOR}[eager]"]),
-    dict(name="eval-missing-relu-traced", path="src/bnlab/nn/functional.py",
-         old="        y = kernels.composed.normalize(input, running_mean, running_var, weight, bias, eps, axes)\n"
-             "        return torch.relu(y) if relu else y",
-         new="        y = kernels.composed.normalize(input, running_mean, running_var, weight, bias, eps, axes)\n"
-             "        return y",
+    dict(name="eval-missing-relu-traced", path="src/bnlab/nn/_dispatch.py",
+         old="        y = composed.normalize(x, mean, var, weight, bias, eps, axes)\n"
+             "    return torch.relu(y) if relu else y",
+         new="        y = composed.normalize(x, mean, var, weight, bias, eps, axes)\n    return y",
          tests=[f"{_DOOR}[compile]", f"{_DOOR}[export]", f"{_DOOR}[vmap]"]),
     dict(name="group-norm-module-ignores-eps", path="src/bnlab/nn/family.py",
          old="return group_norm(input, self.num_groups, self.weight, self.bias, self.eps)",
@@ -74,7 +73,7 @@ BUGS = [
     dict(name="reference-sum-of-squares-overflows", path="src/bnlab/reference.py",
          old="if not np.all(np.isfinite(mean_sq)) and np.all(np.isfinite(x_hat)):", new="if False:",
          tests=["tests/test_numerics.py::test_reference_spread_whose_sum_of_squares_overflows"]),
-    dict(name="overflowing-variance-silently-zero", path="src/bnlab/nn/functional.py",
+    dict(name="overflowing-variance-silently-zero", path="src/bnlab/nn/_dispatch.py",
          old="    if bool((torch.isinf(var) & torch.isfinite(mean)).any()):", new="    if False:",
          tests=[f"{_REFUSED}[nchw]", f"{_REFUSED}[small]", f"{_REFUSED}[per_activation]", f"{_REFUSED}[compile]",
                 f"{_REFUSED}[module]", f"{_REFUSED}[bf16]", f"{_REFUSED}[group_norm]"]),

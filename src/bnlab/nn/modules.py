@@ -55,10 +55,10 @@ import sys
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm as _TorchBatchNorm
 from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
 from torch.nn.utils import fusion
 
+from .. import _compat
 from ..axes import check_eps, check_momentum, check_per
 from . import functional as F
 from .functional import batch_norm
@@ -104,7 +104,7 @@ def check_input_dim(x: torch.Tensor, input_dims: tuple[int, ...], num_features: 
 
 
 
-class _BatchNorm(_TorchBatchNorm):
+class _BatchNorm(_compat.TorchBatchNormBase):
     """Shared state and forward of BatchNorm1d/2d/3d; subclasses set the accepted input ranks."""
 
     _version = 2
@@ -432,7 +432,7 @@ def _fuse_eval(is_qat: bool, layer: nn.Module, bn: _BatchNorm, relu: nn.Module |
             fused.weight, fused.bias, bn.running_mean, bn.running_var, eps, bn.weight, bn.bias
         )
     else:
-        transpose = isinstance(layer, nn.modules.conv._ConvTransposeNd)
+        transpose = isinstance(layer, _TRANSPOSED)
         fused.weight, fused.bias = fusion.fuse_conv_bn_weights(
             fused.weight, fused.bias, bn.running_mean, bn.running_var, eps, bn.weight, bn.bias, transpose
         )
@@ -445,12 +445,12 @@ def _fuse_eval(is_qat: bool, layer: nn.Module, bn: _BatchNorm, relu: nn.Module |
     return fused_cls(fused, relu) if fused_cls is not None else nn.Sequential(fused, relu)
 
 
-def _register_torch_fusers() -> None:
-    try:
-        from torch.ao.quantization import fuser_method_mappings as mappings
+_TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
-        table = mappings._DEFAULT_OP_LIST_TO_FUSER_METHOD
-    except (ImportError, AttributeError):  # a torch without the table: fuse_modules keeps not knowing bnlab
+
+def _register_torch_fusers() -> None:
+    table = _compat.fuser_method_table()
+    if table is None:  # a torch without the table: fuse_modules keeps not knowing bnlab
         return
     pairs = [
         (nn.Conv1d, BatchNorm1d), (nn.Conv2d, BatchNorm2d), (nn.Conv3d, BatchNorm3d), (nn.Linear, BatchNorm1d),
@@ -458,7 +458,7 @@ def _register_torch_fusers() -> None:
     ]  # fmt: skip
     for layer, bn in pairs:
         table.setdefault((layer, bn), _fuse_eval)
-        if not issubclass(layer, nn.modules.conv._ConvTransposeNd):
+        if not issubclass(layer, _TRANSPOSED):
             table.setdefault((layer, bn, nn.ReLU), _fuse_eval)
 
 

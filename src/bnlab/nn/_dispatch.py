@@ -1,0 +1,434 @@
+"""The doors: how autograd, compilers, exporters and functorch see one batch-norm call.
+
+The forward math itself is not written here: the fast paths are the kernel families behind
+:func:`bnlab.kernels.select`, and the differentiable definition is :mod:`bnlab.kernels.composed`. This
+module only decides *which door* a call of :func:`bnlab.nn.functional.batch_norm` takes to that math
+(:func:`route`), and builds each door:
+
+=============  =====================================================  ==========================================
+route          when                                                   training / eval
+=============  =====================================================  ==========================================
+``eager``      plain eager mode (no tracer, transform, forward AD     :class:`KernelTrainFunction` /
+               or tensor subclass)                                    :class:`KernelEvalFunction`: autograd
+                                                                      Functions calling the device's kernels
+``compiled``   ``torch.compile`` (Dynamo, not export)                 :class:`ComposedTrainFunction` / stock ops:
+                                                                      ordinary ops that Inductor fuses
+``op``         ``torch.export``, fake tensors, vmap, subclasses       the custom operator
+                                                                      ``torch.ops.bnlab.batch_norm_train``
+                                                                      (:data:`train_op`) / stock ops
+``stock``      forward-mode AD, functorch transforms but vmap         :func:`composed_train` / stock ops:
+                                                                      differentiable by any transform
+=============  =====================================================  ==========================================
+
+Numerical policy, on every door: statistics in float32 or wider (float64 for float64 input), biased σ²_B
+to normalize. The ``compiled`` door always normalizes in the shifted form y = (x − μ)·(γ·invstd) + β (x − μ
+is exact near μ, and Inductor fuses it into one pass anyway); the others use the kernels' choice. The
+host-side check that σ²_B fits its dtype (:func:`check_variance_fits`, CPU only) runs on every door; in a
+compiled graph (which cannot raise on data) it is the small opaque operator :data:`checked_variance_op`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torch.autograd import forward_ad
+
+from .. import _compat, kernels
+from ..kernels import composed
+
+__all__ = [
+    "route",
+    "train",
+    "evaluate",
+    "KernelTrainFunction",
+    "KernelEvalFunction",
+    "ComposedTrainFunction",
+    "composed_train",
+    "shifted_normalize",
+    "train_op",
+    "backward_op",
+    "VarianceOverflowError",
+    "check_variance_fits",
+    "checked_variance_op",
+    "stat_dtype",
+    "feature_shape",
+]
+
+_LOW = (torch.float16, torch.bfloat16)
+
+
+def stat_dtype(x: Tensor) -> torch.dtype:
+    """The statistics' dtype for an input: float64 for float64, float32 otherwise (fp16/bf16 included)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def feature_shape(x: Tensor, axes) -> list:
+    """The statistics' shape: ``x.shape`` without the reduced axes (sizes may be symbolic under a tracer)."""
+    return [n for i, n in enumerate(x.shape) if i not in axes]
+
+
+def _feature_view(x: Tensor, axes) -> list:
+    """The shape that broadcasts a feature-shaped tensor against ``x`` (1 on the reduced axes)."""
+    return [1 if i in axes else n for i, n in enumerate(x.shape)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Which door
+
+
+def route(x: Tensor) -> str:
+    """Which door a call takes to the one implementation (see the module docstring's table):
+
+    - ``"stock"``: forward-mode AD, or a functorch transform other than vmap (grad, jvp, vjp, jacrev...).
+      PyTorch's custom operators support neither (no forward-mode formula; their generated autograd
+      refuses functorch), so the math runs as differentiable stock ops (:mod:`bnlab.kernels.composed`);
+    - ``"compiled"``: ``torch.compile``'s Dynamo is tracing (and it is not an export). The math is traced as
+      ordinary ops, so Inductor fuses it with its neighbours (conv epilogue, ReLU, residual add) and
+      dynamic shapes stay symbolic;
+    - ``"eager"``: plain eager mode (no compiler, export, fake tensors, functorch transform, forward AD or
+      tensor subclass). The registered operator's Python dispatch layers (tens of µs a call) buy nothing
+      there, so light autograd Functions call the kernels directly;
+    - ``"op"``: everywhere else — ``torch.export``, fake tensors, vmap, subclasses — the registered
+      operator, so tracers see one op with its fake implementation and vmap rule.
+    """
+    compiling = torch.compiler.is_compiling()
+    if not compiling and getattr(forward_ad, "_current_level", -1) >= 0:
+        return "stock"
+    if _compat.functorch_transforms_active():
+        return "op" if _compat.only_vmap_active() else "stock"
+    if compiling and torch.compiler.is_dynamo_compiling() and not torch.compiler.is_exporting():
+        return "compiled"
+    if (
+        (type(x) is Tensor or type(x) is torch.nn.Parameter)
+        and not compiling
+        and not _compat.torch_dispatch_mode_active()
+        and not _compat.torch_function_mode_enabled()
+    ):
+        return "eager"
+    return "op"
+
+
+def train(x: Tensor, weight, bias, axes: tuple[int, ...], eps: float, relu: bool):
+    """Alg. 1 in training mode through the door :func:`route` picks: ``(y, μ_B, σ²_B)``."""
+    door = route(x)
+    if door == "eager":
+        return KernelTrainFunction.apply(x, weight, bias, axes, eps, relu)
+    if door == "compiled":
+        return ComposedTrainFunction.apply(x, weight, bias, axes, eps, relu)
+    if door == "stock":
+        return composed_train(x, weight, bias, axes, eps, relu)
+    return train_op(x, weight, bias, list(axes), eps, relu)
+
+
+def evaluate(x: Tensor, mean, var, weight, bias, axes: tuple[int, ...], eps: float, relu: bool) -> Tensor:
+    """Alg. 2, step 11 (fixed statistics) through the door :func:`route` picks."""
+    door = route(x)
+    if door == "eager":
+        return KernelEvalFunction.apply(x, mean, var, weight, bias, axes, eps, relu)
+    if door == "compiled":
+        y = shifted_normalize(x, mean, var, weight, bias, eps, axes)
+    else:
+        # traced or transformed: a fixed per-feature affine map in stock ops, which every backend and
+        # exporter (ONNX included) understands
+        y = composed.normalize(x, mean, var, weight, bias, eps, axes)
+    return torch.relu(y) if relu else y
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The overflow check of σ²_B (host side)
+
+
+class VarianceOverflowError(ValueError):
+    """A finite input whose batch variance σ²_B does not fit the statistics' dtype (see :func:`check_variance_fits`);
+    in training this usually means the network diverged."""
+
+
+def check_variance_fits(x: Tensor, mean: Tensor, var: Tensor) -> None:
+    """Refuse a finite input whose σ²_B overflows the statistics' dtype (float32: a std above ~1.8e19):
+    1/√(σ²_B + ε) would be 0 and the output a silent β. Checked on the CPU, where reading C numbers costs
+    microseconds; elsewhere it would be a host synchronization per call (torch gives zeros there too)."""
+    if x.device.type == "cpu":
+        _refuse_overflow(mean, var, x.dtype)
+
+
+def _refuse_overflow(mean: Tensor, var: Tensor, input_dtype: torch.dtype) -> None:
+    if math.isfinite(float(var.sum())):  # one reduction over C numbers: the common case
+        return
+    if bool((torch.isinf(var) & torch.isfinite(mean)).any()):
+        raise VarianceOverflowError(
+            f"the batch variance overflows {var.dtype} (largest {torch.finfo(var.dtype).max:.3g}, a standard "
+            f"deviation above ~{torch.finfo(var.dtype).max ** 0.5:.2g}): the {input_dtype} input cannot be "
+            f"normalized in this precision; divide it by a constant first (x̂ does not change, up to ε) or use "
+            f"float64 (x.double() and layer.double())"
+        )
+
+
+@torch.library.custom_op("bnlab::checked_variance", mutates_args=())
+def checked_variance_op(mean: Tensor, var: Tensor, input_dtype: torch.dtype) -> Tensor:
+    """σ²_B again, after :func:`check_variance_fits`'s host check (a copy: an operator's output may not alias
+    its input). The ``compiled`` door's graph calls it on the CPU: a traced graph cannot raise on data, an
+    opaque operator can, and it costs one read of C numbers."""
+    _refuse_overflow(mean, var, input_dtype)
+    return var.clone()
+
+
+@checked_variance_op.register_fake
+def _(mean, var, input_dtype):
+    return torch.empty_like(var)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Door "eager": autograd Functions that call the device's kernels (bnlab.kernels.select)
+
+
+def _kernel_train(x, weight, bias, axes: tuple[int, ...], eps: float, relu: bool):
+    k = kernels.select(x)
+    with torch.no_grad():
+        if relu:
+            out = k.forward(x, weight, bias, eps, axes, relu=True)
+        else:
+            out = k.forward(x, weight, bias, eps, axes)
+    check_variance_fits(x, out[1], out[2])
+    return out
+
+
+def _kernel_backward(dy, x, mean, var, weight, y, axes: tuple[int, ...], eps: float, needs: tuple[bool, ...]):
+    k = kernels.select(x)
+    with torch.no_grad():
+        if y is not None:
+            return k.backward(dy, x, mean, var, weight, eps, axes, needs, y=y)
+        return k.backward(dy, x, mean, var, weight, eps, axes, needs)
+
+
+def _train_setup(ctx, inputs, output):
+    x, weight, bias, axes, eps, relu = inputs
+    y, mean, var = output
+    ctx.save_for_backward(x, weight, mean, var, y if relu else None)
+    ctx.axes, ctx.eps, ctx.relu = tuple(axes), eps, relu
+    ctx.dtypes = (None if weight is None else weight.dtype, None if bias is None else bias.dtype)
+    ctx.mark_non_differentiable(mean, var)
+
+
+def _train_backward(ctx, dy, _dmean, _dvar):
+    """The backward of the kernel door and of the custom operator (closed form, Alg. 1)."""
+    x, weight, mean, var, y = ctx.saved_tensors
+    needs = [bool(n) for n in ctx.needs_input_grad[:3]]
+    if torch.is_grad_enabled():
+        # create_graph=True: rebuild μ_B and σ²_B from x with differentiable ops, so the closed-form
+        # backward below is itself differentiated correctly (double backward).
+        if y is not None:
+            dy = dy * (y > 0)
+        mean, var = composed.batch_stats(x, ctx.axes)
+        dx, dw, db = composed.backward(dy, x, mean, var, weight, ctx.eps, ctx.axes, needs)
+    elif route(x) == "eager":
+        dx, dw, db = _kernel_backward(dy, x, mean, var, weight, y, ctx.axes, ctx.eps, tuple(needs))
+    else:
+        dx, dw, db = backward_op(dy, x, mean, var, weight, y, list(ctx.axes), ctx.eps, needs)
+    dx = dx if needs[0] else None
+    dw = dw.to(ctx.dtypes[0]) if (needs[1] and weight is not None) else None
+    db = db.to(ctx.dtypes[1] or dy.dtype) if needs[2] else None
+    return dx, dw, db, None, None, None
+
+
+class KernelTrainFunction(torch.autograd.Function):
+    """Door ``eager``, training: the device's kernel forward, the closed-form backward."""
+
+    # forward(ctx, ...) rather than a separate setup_context: apply() then skips binding the signature,
+    # which costs more than the rest of the call on small tensors
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, axes, eps, relu):
+        out = _kernel_train(x, weight, bias, axes, eps, relu)
+        _train_setup(ctx, (x, weight, bias, axes, eps, relu), out)
+        return out
+
+    backward = staticmethod(_train_backward)
+
+
+class KernelEvalFunction(torch.autograd.Function):
+    """Door ``eager``, eval: the device's kernel forward, the closed-form backward of a fixed affine map."""
+
+    @staticmethod
+    def forward(ctx, x, mean, var, weight, bias, axes, eps, relu):
+        with torch.no_grad():
+            y = kernels.select(x).normalize(x, mean, var, weight, bias, eps, axes)
+            y = y.clamp_min_(0) if relu else y
+        ctx.save_for_backward(x, mean, var, weight, y if relu else None)
+        ctx.axes, ctx.eps, ctx.has_bias = tuple(axes), eps, bias is not None
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        # y = a·x + b with a = γ/√(Var+ε): dx = a·dy, dγ = Σ dy·x̂, dβ = Σ dy. Stock ops, hence differentiable.
+        x, mean, var, weight, y = ctx.saved_tensors
+        dy = composed.relu_mask(dy, y)
+        axes, view = ctx.axes, _feature_view(x, ctx.axes)
+        invstd = torch.rsqrt(var.to(stat_dtype(x)) + ctx.eps)
+        dys = dy.to(invstd.dtype)
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            a = invstd if weight is None else weight.to(invstd.dtype) * invstd
+            dx = (dys * a.reshape(view)).to(x.dtype)
+        if weight is not None and ctx.needs_input_grad[3]:
+            xhat = (x.to(invstd.dtype) - mean.to(invstd.dtype).reshape(view)) * invstd.reshape(view)
+            dw = (dys * xhat).sum(dim=axes).to(weight.dtype)
+        if ctx.has_bias and ctx.needs_input_grad[4]:
+            db = dys.sum(dim=axes).to(ctx.bias_dtype)
+        return dx, None, None, dw, db, None, None, None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Door "compiled": the differentiable definition as ordinary ops, closed-form backward
+
+
+def shifted_normalize(x: Tensor, mean, var, weight, bias, eps, axes) -> Tensor:
+    """y = (x − μ)·(γ·invstd) + β, invstd = 1/√(σ² + ε), coefficients in float32-or-wider; x's dtype out.
+
+    The shifted form: x − μ is exact for x near μ, so the output is as accurate as the statistics even
+    where |μ| ≫ σ (what :func:`bnlab.kernels.composed.normalize` decides per feature; a compiler fuses
+    either into one pass, so under compile the accurate form is always taken).
+    """
+    sdt = stat_dtype(x)
+    cdt = sdt if x.dtype in _LOW else x.dtype  # compute dtype
+    view = _feature_view(x, axes)
+    invstd = torch.rsqrt(var.to(sdt) + eps)
+    a = invstd if weight is None else weight.to(sdt) * invstd
+    y = (x.to(cdt) - mean.to(cdt).reshape(view)) * a.to(cdt).reshape(view)
+    if bias is not None:
+        y = y + bias.to(cdt).reshape(view)
+    return y.to(x.dtype)
+
+
+class ComposedTrainFunction(torch.autograd.Function):
+    """Door ``compiled``, training: statistics by ``var_mean`` (float32 or wider), the shifted normalize,
+    and :func:`bnlab.kernels.composed.backward` (the closed form) as its backward — all stock ops, so
+    Dynamo traces both directions and Inductor fuses them with their neighbours."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, axes, eps, relu):
+        mean, var = composed.batch_stats(x, axes)
+        if x.device.type == "cpu":
+            var = checked_variance_op(mean, var, x.dtype)
+        y = shifted_normalize(x, mean, var, weight, bias, eps, axes)
+        if relu:
+            y = torch.relu(y)
+        ctx.save_for_backward(x, weight, mean, var, y if relu else None)
+        ctx.axes, ctx.eps = tuple(axes), eps
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    def backward(ctx, dy, _dmean, _dvar):
+        x, weight, mean, var, y = ctx.saved_tensors
+        needs = ctx.needs_input_grad[:3]
+        dx, dw, db = composed.backward(dy, x, mean, var, weight, ctx.eps, ctx.axes, needs, y=y)
+        if dw is not None:
+            dw = dw.to(weight.dtype)
+        if db is not None:
+            db = db.to(ctx.bias_dtype)
+        return dx, dw, db, None, None, None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Door "stock": differentiable stock ops (forward-mode AD, functorch transforms)
+
+
+def composed_train(x, weight, bias, axes, eps, relu):
+    """Training forward in differentiable stock ops: autograd differentiates it in any mode or transform."""
+    y, mean, var = composed.forward(x, weight, bias, eps, axes)
+    mean, var = mean.detach(), var.detach()
+    check_variance_fits(x, mean, var)
+    return (torch.relu(y) if relu else y), mean, var
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Door "op": the custom operator (export, fake tensors, vmap, subclasses). Schema types: axes as int[],
+# optional γ/β; outputs are fresh tensors (no aliasing).
+
+
+@torch.library.custom_op("bnlab::batch_norm_train", mutates_args=())
+def train_op(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, axes: list[int], eps: float, relu: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Alg. 1 in training mode: (y, μ_B, σ²_B); y = max(BN(x), 0) when ``relu``."""
+    return _kernel_train(x, weight, bias, tuple(axes), eps, relu)
+
+
+@train_op.register_fake
+def _(x, weight, bias, axes, eps, relu):
+    stats = feature_shape(x, axes)
+    return torch.empty_like(x), x.new_empty(stats, dtype=stat_dtype(x)), x.new_empty(stats, dtype=stat_dtype(x))
+
+
+@torch.library.custom_op("bnlab::batch_norm_backward", mutates_args=())
+def backward_op(
+    dy: Tensor,
+    x: Tensor,
+    mean: Tensor,
+    var: Tensor,
+    weight: Tensor | None,
+    y: Tensor | None,
+    axes: list[int],
+    eps: float,
+    needs: list[bool],
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Closed-form gradients (dx, dγ, dβ); a gradient not asked for in ``needs`` comes back empty.
+
+    ``y`` is the ReLU output when the forward was fused with a ReLU (gradients flow where y > 0), else None.
+    """
+    grads = _kernel_backward(dy, x, mean, var, weight, y, tuple(axes), eps, tuple(needs))
+    return tuple(x.new_empty(0) if g is None else g for g in grads)
+
+
+@backward_op.register_fake
+def _(dy, x, mean, var, weight, y, axes, eps, needs):
+    stats = feature_shape(x, axes)
+    dx = torch.empty_like(x) if needs[0] else x.new_empty(0)
+    dw = x.new_empty(stats, dtype=stat_dtype(x)) if (needs[1] and weight is not None) else x.new_empty(0)
+    db = x.new_empty(stats, dtype=stat_dtype(x)) if needs[2] else x.new_empty(0)
+    return dx, dw, db
+
+
+train_op.register_autograd(_train_backward, setup_context=_train_setup)
+
+
+# vmap: the vmapped dimension of x becomes one more feature axis (a statistic per vmapped entry), so
+# vmap(batch_norm) over k inputs equals k independent batch norms — as the vmap of stock ops would do.
+
+
+def _front(t: Tensor | None, bdim: int | None, size: int) -> Tensor | None:
+    """``t`` with its vmapped dim first, or expanded along a new first dim when it is not vmapped."""
+    if t is None:
+        return None
+    if bdim is None:
+        return t.unsqueeze(0).expand(size, *t.shape)
+    return t.movedim(bdim, 0)
+
+
+def _shift(axes) -> list[int]:
+    return [a + 1 for a in axes]
+
+
+def _train_vmap(info, in_dims, x, weight, bias, axes, eps, relu):
+    n = info.batch_size
+    out = train_op(
+        _front(x, in_dims[0], n), _front(weight, in_dims[1], n), _front(bias, in_dims[2], n), _shift(axes), eps, relu
+    )
+    return out, (0, 0, 0)
+
+
+def _backward_vmap(info, in_dims, dy, x, mean, var, weight, y, axes, eps, needs):
+    n = info.batch_size
+    args = [_front(t, d, n) for t, d in zip((dy, x, mean, var, weight, y), in_dims[:6], strict=True)]
+    dx, dw, db = backward_op(*args, _shift(axes), eps, needs)
+    dims = tuple(0 if g.numel() or g.dim() > 1 else None for g in (dx, dw, db))
+    return (dx, dw, db), dims
+
+
+if hasattr(train_op, "register_vmap"):  # torch >= 2.5
+    train_op.register_vmap(_train_vmap)
+    backward_op.register_vmap(_backward_vmap)
