@@ -637,3 +637,22 @@ def test_cpu_shift_decision_is_the_definitions():
     x = torch.full((4, 2, 3, 3), 1e6)
     y = cpu.normalize(x, torch.full((2,), 1e6), torch.zeros(2), None, None, EPS, (0, 2, 3))
     assert torch.equal(y, torch.zeros_like(x))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", [None, CL], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("shape", [(10, 2, 1000, 1000), (2442, 2, 64, 64)], ids=["long_rows", "rows_4096"])
+def test_statistics_within_1e6_of_float64_at_1e7_values_and_offset_1e4(fmt, shape):
+    """Issue 19's accuracy bar: N·H·W = 1e7 values per channel, |μ|/σ = 1e4 (and an ordinary channel), both
+    layouts, rows of 1e6 and of 4096 values (cpu._NORM_ROW): the CPU family's μ_B and σ²_B within 1e-6
+    relative of float64 on the same float32 values."""
+    g = torch.Generator().manual_seed(19)
+    x = torch.randn(shape, generator=g)
+    x[:, 0].mul_(3.0).add_(3e4)  # |μ|/σ = 1e4
+    x[:, 1].mul_(2.0).add_(0.5)
+    x = x if fmt is None else x.contiguous(memory_format=fmt)
+    var64, mean64 = torch.var_mean(x.double(), dim=(0, 2, 3), correction=0)
+    for mean, var in (cpu.batch_stats(x, (0, 2, 3)), cpu.forward(x, None, None, EPS, (0, 2, 3))[1:]):
+        assert mean.dtype == var.dtype == torch.float32
+        assert ((mean.double() - mean64).abs() / mean64.abs()).max() < 1e-6
+        assert ((var.double() - var64).abs() / var64).max() < 1e-6, (var.double() / var64 - 1)
