@@ -1,7 +1,7 @@
 """CPU benchmark: bnlab's batch norm against torch's own kernels, measured side by side in one run.
 
-    python benchmarks/cpu.py                      # the five issue shapes, 1 thread, torch.compile peer
-    python benchmarks/cpu.py --quick --no-compile # two shapes, fewer repeats, no compile
+    python benchmarks/cpu.py                      # the five issue shapes and 16x8x4x4, 1 and 2 threads
+    python benchmarks/cpu.py --quick --no-compile # two shapes (and 16x8x4x4), fewer repeats, no compile
     python benchmarks/cpu.py --shapes 32x64x56x56 --threads 1,2 --repeats 31
     python benchmarks/cpu.py --quick --json docs/data/cpu.json   # also write the rows as JSON
 
@@ -21,9 +21,16 @@ Cases (native = what a torch user runs today):
 - ``fwd train CL``: the same on a channels_last input;
 - ``fwd+bwd CL``: forward and ``autograd.grad`` for x, γ, β on a channels_last input;
 - ``eval NCHW``: ``training=False`` with the running statistics;
+- ``fwd+bwd NCHW``: the same on a contiguous input (and the small-tensor case, 16x8x4x4, which runs only this);
 - ``bwd NCHW``: ``autograd.grad`` of a retained graph (backward only);
 - ``ref fwd`` / ``ref bwd``: the NumPy reference (:mod:`bnlab.reference`, axes (0, 2, 3)) vs torch's native
   NCHW training forward / backward at the same thread count (the target is set at 1 thread).
+
+Every thread count goes into one table. ``% copy`` is the share of the machine's copy bandwidth a call
+reaches (measured first at each thread count: the fastest ``copy_`` of a 32 MB tensor, a read and a write per byte)
+given the least traffic the case needs — a training forward 2 reads and 1 write of x (statistics, then the
+output), eval 1 read and 1 write, the backward 2 reads (the reductions over dy and x) and 2 reads and 1 write
+(dx), forward + backward the sum: 100 % is the physical limit of the algorithm, not of the machine.
 """
 
 from __future__ import annotations
@@ -45,8 +52,25 @@ from bnlab import reference as ref
 
 SHAPES = [(32, 64, 56, 56), (32, 256, 28, 28), (64, 512, 14, 14), (128, 64, 28, 28), (256, 32, 8, 8)]
 QUICK_SHAPES = [(32, 64, 56, 56), (256, 32, 8, 8)]
+SMALL = (16, 8, 4, 4)  # the small-tensor case: Python calls per step, not bandwidth (fwd+bwd NCHW only)
 _STAT = statistics.median
-CASES = ["fwd train NCHW", "fwd train CL", "fwd+bwd CL", "eval NCHW", "bwd NCHW", "ref fwd", "ref bwd"]
+CASES = ["fwd train NCHW", "fwd train CL", "fwd+bwd CL", "fwd+bwd NCHW", "eval NCHW", "bwd NCHW", "ref fwd", "ref bwd"]
+# the least traffic of each case, in passes over x (reads and writes of x-sized tensors; see the docstring)
+PASSES = {"fwd train NCHW": 3, "fwd train CL": 3, "fwd+bwd CL": 8, "fwd+bwd NCHW": 8, "eval NCHW": 2, "bwd NCHW": 5,
+          "ref fwd": 3, "ref bwd": 5}  # fmt: skip
+
+
+def copy_bandwidth(repeats: int = 21, nbytes: int = 32 << 20) -> float:
+    """Bytes per second of ``copy_`` (one read and one write of each byte), the fastest of ``repeats``: the
+    machine's capability (a median of fresh clones measured the load and page faults: 2.7 GB/s, cases at 300 %)."""
+    src = torch.ones(nbytes // 4)
+    dst = src.clone()  # into a buffer already faulted in: a fresh 32 MB clone measures page faults
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        times.append(time.perf_counter() - t0)
+    return 2 * nbytes / min(times)
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:
@@ -180,6 +204,9 @@ def run_shape(shape, repeats: int, block: int, use_compile: bool, cases) -> list
             "ours": _fwd_bwd(BF.batch_norm, t, t.x_cl, t.dy_cl),
         }
         add("fwd+bwd CL", timed(variants))
+    if "fwd+bwd NCHW" in cases:
+        variants = {"native": _fwd_bwd(F.batch_norm, t, t.x, t.dy), "ours": _fwd_bwd(BF.batch_norm, t, t.x, t.dy)}
+        add("fwd+bwd NCHW", timed(variants))
     if "eval NCHW" in cases:
         variants = {
             "native": lambda: F.batch_norm(t.x, t.rm, t.rv, t.w, t.b, training=False),
@@ -202,21 +229,30 @@ def run_shape(shape, repeats: int, block: int, use_compile: bool, cases) -> list
     return rows
 
 
-def format_table(rows: list[dict], threads: int) -> str:
+def bandwidth_pct(row: dict, copy_bps: float) -> tuple[float, float]:
+    """(native, bnlab) % of the copy bandwidth, given the case's least traffic (:data:`PASSES`)."""
+    nbytes = PASSES[row["case"]] * 4 * np.prod(row["shape"])
+    return tuple(100 * nbytes / row[k] / copy_bps for k in ("native", "ours"))
+
+
+def format_table(rows: list[dict]) -> str:
+    """One table, every thread count (``rows`` carry ``threads`` and ``copy_bps``)."""
     head = (
-        "| threads | case | shape | native ms | bnlab ms | ratio bnlab/native | faults/call native, bnlab "
-        "| compiled ms | ratio compiled/native | compile s |"
+        "| threads | case | shape | native ms | bnlab ms | ratio bnlab/native | % copy native, bnlab "
+        "| faults/call native, bnlab | compiled ms | ratio compiled/native | compile s |"
     )
-    lines = [head, "|" + "---|" * 10]
+    lines = [head, "|" + "---|" * 11]
     for r in rows:
         shape = "x".join(map(str, r["shape"]))
         comp = r.get("compiled")
         comp_ms = f"{comp * 1e3:.2f}" if comp is not None else ""
         comp_ratio = f"{comp / r['native']:.2f}" if comp is not None else ""
         comp_s = f"{r['compile_s']:.1f}" if "compile_s" in r else ""
+        pct = bandwidth_pct(r, r["copy_bps"])
         lines.append(
-            f"| {threads} | {r['case']} | {shape} | {r['native'] * 1e3:.2f} | {r['ours'] * 1e3:.2f} | "
-            f"{r['ours'] / r['native']:.2f} | {r['faults'][0]:.0f}, {r['faults'][1]:.0f} | "
+            f"| {r['threads']} | {r['case']} | {shape} | {r['native'] * 1e3:.2f} | {r['ours'] * 1e3:.2f} | "
+            f"{r['ours'] / r['native']:.2f} | {pct[0]:.0f}, {pct[1]:.0f} | "
+            f"{r['faults'][0]:.0f}, {r['faults'][1]:.0f} | "
             f"{comp_ms} | {comp_ratio} | {comp_s} |"
         )
     return "\n".join(lines)
@@ -225,7 +261,7 @@ def format_table(rows: list[dict], threads: int) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shapes", help="comma-separated NxCxHxW shapes (default: the five issue shapes)")
-    p.add_argument("--threads", default="1", help="comma-separated torch thread counts (default 1)")
+    p.add_argument("--threads", default="1,2", help="comma-separated torch thread counts (default 1,2)")
     p.add_argument("--repeats", type=int, default=15, help="turns per variant (median reported)")
     p.add_argument(
         "--block", type=int, default=1, help="calls per variant per turn (default 1; if > 1 the first is not counted)"
@@ -259,17 +295,22 @@ def main(argv=None) -> int:
         f"float32, {args.stat} over {repeats} turns of blocks of {args.block} calls, default allocator, "
         "results dropped each call; ratio < 1: bnlab faster"
     )
-    measured = []
+    measured, copy = [], {}
     for threads in (int(s) for s in args.threads.split(",")):
         torch.set_num_threads(threads)
-        rows = []
+        copy[threads] = copy_bandwidth()
+        print(f"# {threads} thread(s): copy bandwidth {copy[threads] / 1e9:.1f} GB/s", flush=True)
         for shape in shapes:
-            rows += run_shape(shape, repeats, args.block, args.compile, cases)
-        print()
-        print(format_table(rows, threads), flush=True)
-        measured += [{"threads": threads, **r} for r in rows]
+            rows = run_shape(shape, repeats, args.block, args.compile, cases)
+            measured += [{"threads": threads, "copy_bps": copy[threads], **r} for r in rows]
+        if "fwd+bwd NCHW" in cases and SMALL not in shapes:
+            rows = run_shape(SMALL, repeats, args.block, False, {"fwd+bwd NCHW"})
+            measured += [{"threads": threads, "copy_bps": copy[threads], **r} for r in rows]
+    print()
+    print(format_table(measured), flush=True)
     if args.json:
-        write_json(args.json, measured, repeats=repeats, stat=args.stat, block=args.block)
+        copy_gbs = {str(t): round(v / 1e9, 2) for t, v in copy.items()}
+        write_json(args.json, measured, repeats=repeats, stat=args.stat, block=args.block, copy_gbs=copy_gbs)
     return 0
 
 
@@ -291,7 +332,8 @@ def write_json(path: str, rows: list[dict], **settings) -> None:
     for r in rows:
         row = {"threads": r["threads"], "case": r["case"], "shape": list(r["shape"]),
                "native_ms": r["native"] * 1e3, "bnlab_ms": r["ours"] * 1e3, "ratio": r["ours"] / r["native"],
-               "faults_per_call": list(r["faults"])}  # fmt: skip
+               "faults_per_call": list(r["faults"]), "min_passes": PASSES[r["case"]],
+               "copy_pct": [round(float(v), 1) for v in bandwidth_pct(r, r["copy_bps"])]}  # fmt: skip
         if r.get("compiled") is not None:
             row.update(compiled_ms=r["compiled"] * 1e3, compile_s=r.get("compile_s"))
         out.append(row)

@@ -10,7 +10,7 @@ holds N/nproc samples. In every process, taking turns in blocks (see ``benchmark
 - ``local``: ``bnlab.nn.functional.batch_norm`` on the process's shard — what each process computes with
   plain BN in data-parallel training (statistics of its shard only);
 - ``sync``: ``bnlab.distributed.sync_batch_norm`` on the same shard — statistics of the whole batch
-  (one header and one statistics all-gather forward, one all-gather backward; ~4·C floats per rank).
+  (one all-gather forward — header and statistics in one row — and one backward; ~4·C floats per rank).
 
 Both run forward (training, running statistics updated) and ``autograd.grad`` for x, γ, β; every timed
 call starts on all ranks together (a barrier before it, not timed: in training DDP's gradient all-reduce

@@ -115,16 +115,33 @@ def _faults(rank: int, world: int, out_dir: str) -> dict:
     bn = SyncBatchNorm(3, momentum=None, timeout=20)  # cumulative average: weighs 1/num_batches_tracked
     bn.num_batches_tracked += rank  # as after a rank counted a batch that the other did not
     out["count_drift"] = _outcome(lambda: bn(x))
-    # still in step: both ranks call this one, rank 0 with 0s, rank 1 with 1s (global mean 0.5); two
-    # collectives forward, one backward (no more than before the timing rows)
+    # still in step: both ranks call this one, rank 0 with 0s, rank 1 with 1s (global mean 0.5); the group has
+    # seen 3 features already, so one collective forward (header and statistics together), one backward
     bn = SyncBatchNorm(3, timeout=20)
-    before = collective_count()
-    y = bn(torch.full((2, 3, 5), float(rank), requires_grad=True))
-    forward = collective_count() - before
-    y.sum().backward()
-    out["collectives"] = (forward, collective_count() - before - forward)
+    out["collectives"] = _step_collectives(bn, torch.full((2, 3, 5), float(rank)))
     out["after_rm"] = bn.running_mean.clone()
+    # a layer wider than the group has seen: its header alone first, then its statistics, once; then one
+    wide = SyncBatchNorm(29, timeout=20)
+    xw = torch.randn(3 + rank, 29, 4, generator=torch.Generator().manual_seed(rank))
+    out["wide_collectives"] = [_step_collectives(wide, xw) for _ in range(3)]
+    out["wide_rm"] = wide.running_mean.clone()
+    # in step, rank 1 skips to a layer of another width: the rows still have one length, the error is clear
+    narrow = SyncBatchNorm(2, timeout=20)
+    narrow(torch.randn(4, 2, 5))  # both ranks: in step
+    layer = wide if rank == 0 else narrow
+    out["skip_wide"] = _outcome(lambda: layer(torch.randn(4, layer.num_features, 5)))
+    out["skip_wide_state"] = [int(bn.num_batches_tracked) for bn in (wide, narrow)]
     return out
+
+
+def _step_collectives(bn, x) -> tuple[int, int]:
+    """(forward, backward) collectives of one training step of ``bn``."""
+    x = x.clone().requires_grad_(True)
+    before = collective_count()
+    y = bn(x)
+    forward = collective_count() - before
+    (y * y).sum().backward()
+    return forward, collective_count() - before - forward
 
 
 def _stall_between(rank: int, out_dir: str, tag: str, bn, call, patch) -> dict:
@@ -245,7 +262,19 @@ def test_a_skipped_hand_built_layer_fails_on_every_rank(faults):
     # the ranks are still in step afterwards
     for r in faults:
         torch.testing.assert_close(r["after_rm"], torch.full((3,), 0.05))
-        assert r["collectives"] == (2, 1), r["collectives"]
+        assert r["collectives"] == (1, 1), r["collectives"]
+        assert r["wide_collectives"] == [(2, 1), (1, 1), (1, 1)], r["wide_collectives"]
+        # (the headers name both shapes, as when the header travelled alone: no garbage, no aborted process)
+        assert "SyncBatchNormError" in r["skip_wide"] and "(29,)" in r["skip_wide"] and "(2,)" in r["skip_wide"]
+        assert r["skip_wide_state"] == [3, 1]  # the skipped step counted nowhere
+    # the one-collective steps merge the same statistics: the running mean of 29 channels (wider than any
+    # layer before: 21) equals one process's
+    full = torch.cat([torch.randn(3 + r, 29, 4, generator=torch.Generator().manual_seed(r)) for r in range(2)])
+    rm = torch.zeros(29)
+    for _ in range(3):
+        torch.nn.functional.batch_norm(full, rm, torch.ones(29), training=True, momentum=0.1)
+    for r in faults:
+        torch.testing.assert_close(r["wide_rm"], rm, rtol=1e-5, atol=1e-6)
 
 
 def test_ranks_disagreeing_on_eps_or_momentum_fail_on_every_rank(faults):

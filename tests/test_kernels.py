@@ -7,6 +7,8 @@ else (per-activation and other axes, strided inputs) to ``composed``.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -610,3 +612,47 @@ def test_moments_corrected_two_pass_and_group_merge():
     assert k.count == pairwise.count == 4096
     torch.testing.assert_close(k.mean, pairwise.mean, rtol=1e-15, atol=0)
     torch.testing.assert_close(k.m2, pairwise.m2, rtol=1e-10, atol=0)
+
+
+def test_cpu_shift_decision_is_the_definitions():
+    """The CPU family's cheap shift test (squared, 3 ops) decides as :func:`composed.needs_shift` does, at the
+    threshold (|μ|·(σ²+ε)^(-1/2) = SHIFT_RATIO ± 1%), far from it, with ε dominating, and with NaN/inf."""
+    r = composed.SHIFT_RATIO
+    cases = []
+    for sigma2 in (1.0, 1e-8, 4e6):
+        for ratio in (0.0, 0.5 * r, 0.99 * r, 1.01 * r, 3 * r, 1e4):
+            mean = ratio * math.sqrt(sigma2 + EPS)
+            cases += [(mean, sigma2), (-mean, sigma2)]
+    cases += [(float("nan"), 1.0), (1.0, float("nan")), (float("inf"), 1.0), (1.0, float("inf")), (1e6, 0.0)]
+    for dtype in (torch.float32, torch.float64):
+        for mean, var in cases:
+            m = torch.tensor([0.5, mean], dtype=dtype)
+            v = torch.tensor([1.0, var], dtype=dtype)
+            want = bool(composed.needs_shift(m, v, EPS).any())
+            assert cpu._shift_needed(m, v, EPS) == want, (dtype, mean, var)
+        # a NaN channel next to one that needs the shift: still shifted
+        m = torch.tensor([float("nan"), 1e6, 0.0], dtype=dtype)
+        assert cpu._shift_needed(m, torch.tensor([1.0, 1.0, float("nan")], dtype=dtype), EPS)
+    # and where it says so, the CPU eval output is the shifted form's (exactly zero on a constant channel)
+    x = torch.full((4, 2, 3, 3), 1e6)
+    y = cpu.normalize(x, torch.full((2,), 1e6), torch.zeros(2), None, None, EPS, (0, 2, 3))
+    assert torch.equal(y, torch.zeros_like(x))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", [None, CL], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("shape", [(10, 2, 1000, 1000), (2442, 2, 64, 64)], ids=["long_rows", "rows_4096"])
+def test_statistics_within_1e6_of_float64_at_1e7_values_and_offset_1e4(fmt, shape):
+    """Issue 19's accuracy bar: N·H·W = 1e7 values per channel, |μ|/σ = 1e4 (and an ordinary channel), both
+    layouts, rows of 1e6 and of 4096 values (cpu._NORM_ROW): the CPU family's μ_B and σ²_B within 1e-6
+    relative of float64 on the same float32 values."""
+    g = torch.Generator().manual_seed(19)
+    x = torch.randn(shape, generator=g)
+    x[:, 0].mul_(3.0).add_(3e4)  # |μ|/σ = 1e4
+    x[:, 1].mul_(2.0).add_(0.5)
+    x = x if fmt is None else x.contiguous(memory_format=fmt)
+    var64, mean64 = torch.var_mean(x.double(), dim=(0, 2, 3), correction=0)
+    for mean, var in (cpu.batch_stats(x, (0, 2, 3)), cpu.forward(x, None, None, EPS, (0, 2, 3))[1:]):
+        assert mean.dtype == var.dtype == torch.float32
+        assert ((mean.double() - mean64).abs() / mean64.abs()).max() < 1e-6
+        assert ((var.double() - var64).abs() / var64).max() < 1e-6, (var.double() / var64 - 1)

@@ -9,9 +9,12 @@ different sizes, including empty ones (an average of the ranks' means would be w
 
 Communication per training step and layer:
 
-- forward: one all-gather of a small integer header (count, dtype, shape, variant, layer identity, eps,
-  momentum) so that ranks that disagree fail with a clear error on *every* rank instead of exchanging
-  garbage, then one all-gather of the packed float64 (mean, M2) of every rank, merged in float64;
+- forward: one all-gather of one float64 row per rank: a small header (count, dtype, shape, variant, layer
+  identity, eps, momentum), checked on every rank so that ranks that disagree fail with a clear error on
+  *every* rank instead of exchanging garbage, then the packed (mean, M2), merged in float64. All rows of a
+  process group have one width (the largest feature count seen in it, the same on every rank): a layer with
+  more features than that sends its header alone first (as once per new width), then its statistics — two
+  collectives, where every later step makes one;
 - backward: one all-gather of the packed float64 (Σ dy, Σ dy·x̂), summed in rank order; the input gradient
   then uses the global count, while the parameter gradients stay local (data-parallel training sums them);
 - eval mode (and frozen layers) never communicate.
@@ -274,6 +277,25 @@ def _header(x, axes: tuple[int, ...], count: int, layer: int, eps: float = 0.0, 
     return row
 
 
+def _header_row(header: list[int]) -> torch.Tensor:
+    """The header as float64 (exact: every entry is below 2^53; eps and momentum as their values)."""
+    values = [float(v) for v in header[:12]] + [_unpack(header[12]), -1.0 if header[13] == -1 else _unpack(header[13])]
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def _header_of(row: list[float]) -> list[int]:
+    """The integer header (:func:`_header`) back from its float64 row (:func:`_header_row`)."""
+    return [int(v) for v in row[:12]] + [_pack(row[12]), -1 if row[13] == -1.0 else _pack(row[13])]
+
+
+_HEADER_LEN = 14
+# the width of the statistics rows of each process group (values per statistic): the largest feature count
+# seen in it. It changes only after an exchange every rank completed and checked alike, so it is the same on
+# every rank: rows of one collective always have one length (gloo given rows of different lengths aborts
+# one process and hands the other garbage, measured with torch 2.13)
+_widths: dict = {}
+
+
 def _probe(x: torch.Tensor) -> torch.Tensor:
     """A stand-in with 2 samples and x's other dims (no memory): local checks, whatever the shard size."""
     return x.new_zeros(()).expand(2, *x.shape[1:])
@@ -314,7 +336,17 @@ def _exchange_statistics(x, axes, group, timeout, error: Exception | None, name:
     if error is not None:
         eps = momentum = 0.0
     header = _header(x, axes, count, _layer_id(name, index), eps, momentum)
-    headers = _exchange(header, group, timeout, "exchange of shapes (forward)", x).tolist()
+    key = group if group is not None else dist.group.WORLD
+    width, features = _widths.get(key, 0), header[6]
+    fshape = [n for i, n in enumerate(x.shape) if i not in axes]
+    row = [_header_row(header).to(x.device)]
+    if error is None and features <= width:  # the statistics travel with the header: one collective
+        mean, m2 = _local_moments(x, axes, count)
+        row += [mean.reshape(-1), m2.reshape(-1)]
+        width -= features
+    row.append(torch.zeros(2 * width, dtype=torch.float64, device=x.device))
+    rows = _exchange(row, group, timeout, "exchange of shapes and statistics (forward)", x)
+    headers = [_header_of(h) for h in rows[:, :_HEADER_LEN].tolist()]
     if error is not None:
         raise error
     _check_headers(headers, group, name)
@@ -325,10 +357,13 @@ def _exchange_statistics(x, axes, group, timeout, error: Exception | None, name:
             f"Expected more than 1 value per channel when training, got {m} value(s) per statistic over all "
             f"{len(counts)} ranks (per rank: {counts}); use a larger batch or eval mode"
         )
-    mean, m2 = _local_moments(x, axes, count)
-    fshape = mean.shape
-    packed = [mean.reshape(-1), m2.reshape(-1)]  # float64
-    gathered = _exchange(packed, group, timeout, "exchange of statistics (forward)", x)
+    if features > _widths.get(key, 0):  # every rank: the headers agree, and so do the widths
+        _widths[key] = features
+        mean, m2 = _local_moments(x, axes, count)
+        packed = [mean.reshape(-1), m2.reshape(-1)]  # float64
+        gathered = _exchange(packed, group, timeout, "exchange of statistics (forward)", x)
+    else:
+        gathered = rows[:, _HEADER_LEN : _HEADER_LEN + 2 * features]
     gathered = gathered.reshape(len(counts), 2, *fshape)
     # Chan's merge in float64, in rank order (the same result on every rank); empty shards are its identity
     total = merge_all(Moments(c, g[0], g[1]) for c, g in zip(counts, gathered, strict=True))
