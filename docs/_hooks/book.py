@@ -470,13 +470,14 @@ def cpu_table(lang: str = "en") -> str:
             "torch.compile ms",
             "compilación s",
         ]
+    threads = "threads" if lang == "en" else "hilos"
     rows = []
     for r in d["rows"]:
         comp = r.get("compiled_ms")
         rows.append(
             [
                 r["case"],
-                "×".join(map(str, r["shape"])) + ("" if r["threads"] == 1 else f" ({r['threads']} threads)"),
+                "×".join(map(str, r["shape"])) + ("" if r["threads"] == 1 else f" ({r['threads']} {threads})"),
                 num(r["native_ms"], lang, 2),
                 num(r["bnlab_ms"], lang, 2),
                 f"**{num(r['ratio'], lang, 2)}**",
