@@ -120,7 +120,7 @@ def all_gather(t: torch.Tensor, group, timeout, what: str, shown: float | None =
     return out.reshape(world, *t.shape)
 
 
-_all_gather = all_gather  # old private name (bnlab.parallel imports it; use all_gather)
+_all_gather = all_gather  # the old private name, kept for old importers
 
 
 def _group_timeout(group) -> float | None:

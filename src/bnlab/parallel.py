@@ -48,7 +48,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import _lifeline
-from .distributed import _all_gather, convert_sync
+from .distributed import all_gather, convert_sync
 
 __all__ = [
     "Launch", "Replica", "ShardedModel", "current", "exit_process", "launch", "run_replica", "spawn", "TIMEOUT_S",
@@ -92,7 +92,7 @@ class _GatherBatch(torch.autograd.Function):
         pad = max(sizes)
         buf = z.new_zeros((pad, *z.shape[1:]))
         buf[: z.shape[0]] = z
-        out = _all_gather(buf, group, TIMEOUT_S, "gather of the batch outputs")  # (world, pad, ...)
+        out = all_gather(buf, group, TIMEOUT_S, "gather of the batch outputs")  # (world, pad, ...)
         ctx.lo, ctx.hi, ctx.world = sum(sizes[:rank]), sum(sizes[: rank + 1]), world
         return torch.cat([out[r, :n] for r, n in enumerate(sizes)])
 
