@@ -155,3 +155,48 @@ def test_cli_import_does_not_pull_torch_for_explain():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")})  # fmt: skip
     assert out.stdout.strip() == "False", out.stderr
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """bnlab module -> the bnlab modules it imports, lazy imports inside functions included."""
+    modules = {name for _, name, _, _ in _modules()}
+    graph: dict[str, set[str]] = {}
+    for _, name, package, tree in _modules():
+        deps = graph.setdefault(name, set())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                source = _resolve(node, package)
+                targets = [f"{source}.{a.name}" for a in node.names] + [source]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            for target in targets:
+                if target in modules and target != name:
+                    deps.add(target)
+                    break  # the most specific module named: `from . import x` is x, not the package
+    return graph
+
+
+def test_no_import_cycles_even_through_lazy_imports():
+    """No module reaches itself through bnlab's own imports (a package's __init__ re-exporting its own
+    submodules is the one allowed shape: the submodule does not import the package back)."""
+    graph = _import_graph()
+    cycles = []
+    state: dict[str, int] = {}
+
+    def visit(node, path):
+        state[node] = 1
+        for dep in sorted(graph.get(node, ())):
+            if state.get(dep) == 1:
+                cycle = path[path.index(dep):] + [dep]
+                if not all(c == dep or c.startswith(dep + ".") or dep.startswith(c + ".") for c in cycle):
+                    cycles.append(" -> ".join(cycle))
+            elif dep not in state:
+                visit(dep, [*path, dep])
+        state[node] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert not cycles, cycles

@@ -16,7 +16,7 @@ import datetime as _dt
 import itertools
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -27,36 +27,13 @@ from ..io import make_dirs, write_json
 from ..models import SmallCNN, bn_layers, count_parameters
 from ..training import TrainConfig, evaluate, fit, seed_everything
 from . import plots, small_batch
+from .settings import SETTINGS, Setting
 from .strings import NORM_NAMES, S, pct, secs
 
 __all__ = ["Setting", "SETTINGS", "NORM_ORDER", "run_demo"]
 
 NORM_ORDER = ("none", "activation", "channel")
 RECORD_LAYER, RECORD_UNIT = "head.act3", 0
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One training setting; ``key`` names its strings (``setting_<key>``) and figure files."""
-
-    key: str
-    activation: str
-    optimizer: str
-    lr: float
-
-    def title(self, lang: str) -> str:
-        lr = f"{self.lr:g}".replace(".", ",") if lang == "es" else f"{self.lr:g}"
-        return S[lang][f"setting_{self.key}"].format(lr=lr)
-
-    def why(self, lang: str) -> str:
-        return S[lang][f"setting_{self.key}_why"]
-
-
-SETTINGS = (
-    Setting("adam", "relu", "adam", 0.003),
-    Setting("high_lr", "relu", "sgd", 1.0),
-    Setting("sigmoid", "sigmoid", "sgd", 0.5),
-)
 
 
 def _batch_stats_eval(model: torch.nn.Module, x, y, batch_size: int) -> dict:

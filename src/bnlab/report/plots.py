@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 
 from ..explain import explain
 from ..io import make_dirs, save_figure
+from .settings import Setting
 from .strings import NORM_NAMES, S
 
 COLORS = {"none": "#7f7f7f", "activation": "#e6862a", "channel": "#2a6fdb",
@@ -106,8 +107,6 @@ def percentiles_figure(runs: list[dict], title: str, lang: str, path: Path) -> N
 
 def demo_figures(results: dict, fig_dir: Path, lang: str) -> dict:
     """Write every figure of the demo report; return their paths relative to the report folder."""
-    from .demo import Setting  # titles of the settings
-
     fig_dir = Path(fig_dir)
     out: dict = {"setb": {}, "curves": {}, "percentiles": {}}
     for layer in results["layers"]:

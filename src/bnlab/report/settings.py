@@ -1,0 +1,33 @@
+"""The demo's training settings (optimizer, activation, learning rate), shared by the run and its figures."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .strings import S
+
+__all__ = ["Setting", "SETTINGS"]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One training setting; ``key`` names its strings (``setting_<key>``) and figure files."""
+
+    key: str
+    activation: str
+    optimizer: str
+    lr: float
+
+    def title(self, lang: str) -> str:
+        lr = f"{self.lr:g}".replace(".", ",") if lang == "es" else f"{self.lr:g}"
+        return S[lang][f"setting_{self.key}"].format(lr=lr)
+
+    def why(self, lang: str) -> str:
+        return S[lang][f"setting_{self.key}_why"]
+
+
+SETTINGS = (
+    Setting("adam", "relu", "adam", 0.003),
+    Setting("high_lr", "relu", "sgd", 1.0),
+    Setting("sigmoid", "sigmoid", "sgd", 0.5),
+)

@@ -1,0 +1,10 @@
+"""Planted bugs for what the lead added while merging (layers)."""
+
+BUGS = [
+    dict(name="report-plots-imports-demo-back", path="src/bnlab/report/plots.py",
+         old="from .settings import Setting\n", new="from .demo import Setting\n",
+         tests=["tests/test_layers.py::test_no_import_cycles_even_through_lazy_imports"]),
+    dict(name="check-groups-gives-up-too-early", path="src/bnlab/axes.py",
+         old="def _divisors(n: int, limit: int = 10**6)", new="def _divisors(n: int, limit: int = 10**3)",
+         tests=["tests/test_axes.py::test_a_wrong_groups_lists_the_divisors_at_once_even_for_a_huge_channel_count"]),
+]
