@@ -9,9 +9,9 @@ LERP = (
 BUGS = [
     dict(
         name="compile-normalizes-unshifted",
-        path="src/bnlab/nn/_dispatch.py",
-        old="    y = (x.to(cdt) - mean.to(cdt).reshape(view)) * a.to(cdt).reshape(view)\n",
-        new="    y = x.to(cdt) * a.to(cdt).reshape(view) - (mean.to(sdt) * a).to(cdt).reshape(view)\n",
+        path="src/bnlab/kernels/composed.py",
+        old="    y = (x.to(cdt) - mean.to(cdt).reshape(shape)) * a.to(cdt).reshape(shape)\n",
+        new="    y = x.to(cdt) * a.to(cdt).reshape(shape) - (mean.to(sdt) * a).to(cdt).reshape(shape)\n",
         tests=[C + "test_compiled_door_is_shifted_for_channels_far_from_zero"],
     ),
     dict(

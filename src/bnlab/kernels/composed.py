@@ -40,6 +40,7 @@ __all__ = [
     "grad_coefficients",
     "batch_stats",
     "normalize",
+    "shifted_normalize",
     "forward",
     "backward",
     "affine_coefficients",
@@ -117,6 +118,24 @@ def normalize(x, mean, var, weight, bias, eps: float, axes: tuple[int, ...]) -> 
         xc = xc - view(shift.to(cdt), nd, axes)
         b = offset
     return torch.addcmul(view(b.to(cdt), nd, axes), xc, view(a.to(cdt), nd, axes)).to(x.dtype)
+
+
+def shifted_normalize(x, mean, var, weight, bias, eps: float, axes: tuple[int, ...]) -> torch.Tensor:
+    """y = (x − μ)·(γ·invstd) + β, invstd = 1/√(σ² + ε), coefficients in float32-or-wider; x's dtype out.
+
+    The shifted form of :func:`normalize`, always: x − μ is exact for x near μ, so the output is as accurate
+    as the statistics even where |μ| ≫ σ (what :func:`normalize` decides per feature). A compiler fuses
+    either form into one pass, so the compiled door (:mod:`bnlab.nn._dispatch`) always takes this one.
+    """
+    sdt = stat_dtype(x)
+    cdt = sdt if x.dtype in (torch.float16, torch.bfloat16) else x.dtype  # compute dtype
+    shape = [1 if i in axes else n for i, n in enumerate(x.shape)]
+    invstd = torch.rsqrt(var.to(sdt) + eps)
+    a = invstd if weight is None else weight.to(sdt) * invstd
+    y = (x.to(cdt) - mean.to(cdt).reshape(shape)) * a.to(cdt).reshape(shape)
+    if bias is not None:
+        y = y + bias.to(cdt).reshape(shape)
+    return y.to(x.dtype)
 
 
 def forward(x, weight, bias, eps: float, axes: tuple[int, ...], relu: bool = False):

@@ -28,12 +28,10 @@ __all__ = [
     "InstanceNorm2d",
     "InstanceNorm3d",
     "BatchNormBase",
-    "_BatchNorm",
     "BatchRenorm1d",
     "BatchRenorm2d",
     "BatchRenorm3d",
     "BatchRenormBase",
-    "_BatchRenorm",
     "paper_relaxation",
 ]
 

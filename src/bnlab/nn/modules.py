@@ -76,7 +76,7 @@ def _code(f) -> int:
 
 # torch's tools that rebuild or fold a BN layer from the attributes torch's classes have, so they would drop
 # what bnlab adds. Each reads the layer's ``eps``: that read (from these functions' own frames) is where a
-# layer whose function would change refuses (see _BatchNorm.eps and _BatchNorm._lost_by).
+# layer whose function would change refuses (see BatchNormBase.eps and BatchNormBase._lost_by).
 _TORCH_TOOLS = {
     _code(fusion.fuse_conv_bn_eval): "torch.nn.utils.fusion.fuse_conv_bn_eval",
     _code(fusion.fuse_linear_bn_eval): "torch.nn.utils.fusion.fuse_linear_bn_eval",
@@ -104,7 +104,7 @@ def check_input_dim(x: torch.Tensor, input_dims: tuple[int, ...], num_features: 
 
 
 
-class _BatchNorm(_compat.TorchBatchNormBase):
+class BatchNormBase(_compat.TorchBatchNormBase):
     """Shared state and forward of BatchNorm1d/2d/3d; subclasses set the accepted input ranks."""
 
     _version = 2
@@ -372,29 +372,29 @@ class _BatchNorm(_compat.TorchBatchNormBase):
         return y
 
 
-class BatchNorm1d(_BatchNorm, nn.BatchNorm1d):
+class BatchNorm1d(BatchNormBase, nn.BatchNorm1d):
     """Drop-in for ``torch.nn.BatchNorm1d``: input (N, C) or (N, C, L)."""
 
     _input_dims = (2, 3)
     _spatial_dims = 1
 
 
-class BatchNorm2d(_BatchNorm, nn.BatchNorm2d):
+class BatchNorm2d(BatchNormBase, nn.BatchNorm2d):
     """Drop-in for ``torch.nn.BatchNorm2d``: input (N, C, H, W), contiguous or channels_last."""
 
     _input_dims = (4,)
     _spatial_dims = 2
 
 
-class BatchNorm3d(_BatchNorm, nn.BatchNorm3d):
+class BatchNorm3d(BatchNormBase, nn.BatchNorm3d):
     """Drop-in for ``torch.nn.BatchNorm3d``: input (N, C, D, H, W)."""
 
     _input_dims = (5,)
     _spatial_dims = 3
 
 
-#: The public name of the base class of bnlab's BN layers (``_BatchNorm`` is kept for old importers).
-BatchNormBase = _BatchNorm
+#: The old private name of :class:`BatchNormBase`, kept for old importers.
+_BatchNorm = BatchNormBase
 
 
 # -- torch.ao.quantization.fuse_modules ----------------------------------------------------------------------
@@ -404,7 +404,7 @@ BatchNormBase = _BatchNorm
 # QAT fusion builds torch's ConvBn modules, which accept torch's BatchNorm only: refused with the fix.
 
 
-def _fuse_eval(is_qat: bool, layer: nn.Module, bn: _BatchNorm, relu: nn.Module | None = None) -> nn.Module:
+def _fuse_eval(is_qat: bool, layer: nn.Module, bn: BatchNormBase, relu: nn.Module | None = None) -> nn.Module:
     import copy
 
     from torch.ao.nn import intrinsic as nni

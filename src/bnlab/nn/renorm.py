@@ -230,7 +230,7 @@ def _batch_stats(x: Tensor, axes: tuple[int, ...]):
     return (kernels.select(x) if plain else kernels.composed).batch_stats(x, axes)
 
 
-class _BatchRenorm(BatchNormBase):
+class BatchRenormBase(BatchNormBase):
     """Shared state and forward of BatchRenorm1d/2d/3d (the BN layer's state, plus rmax, dmax, warm-up)."""
 
     def __init__(
@@ -301,17 +301,17 @@ class _BatchRenorm(BatchNormBase):
         return s + (f", warmup_steps={self.warmup_steps}" if self.warmup_steps else "")
 
 
-class BatchRenorm1d(_BatchRenorm, BatchNorm1d):
+class BatchRenorm1d(BatchRenormBase, BatchNorm1d):
     """Batch Renorm for input (N, C) or (N, C, L); a ``bnlab.nn.BatchNorm1d`` (and torch's) by class."""
 
 
-class BatchRenorm2d(_BatchRenorm, BatchNorm2d):
+class BatchRenorm2d(BatchRenormBase, BatchNorm2d):
     """Batch Renorm for input (N, C, H, W), contiguous or channels_last; a ``bnlab.nn.BatchNorm2d``."""
 
 
-class BatchRenorm3d(_BatchRenorm, BatchNorm3d):
+class BatchRenorm3d(BatchRenormBase, BatchNorm3d):
     """Batch Renorm for input (N, C, D, H, W); a ``bnlab.nn.BatchNorm3d`` (and torch's) by class."""
 
 
-#: The public name of the base class of BatchRenorm1d/2d/3d (``_BatchRenorm`` is kept for old importers).
-BatchRenormBase = _BatchRenorm
+#: The old private name of :class:`BatchRenormBase`, kept for old importers.
+_BatchRenorm = BatchRenormBase
