@@ -206,8 +206,9 @@ def check_masked_count(count: Tensor) -> None:
         empty, single = int((count == 0).sum()), int((count == 1).sum())
         raise ValueError(
             f"the mask leaves {empty + single} of {count.numel()} features with fewer than 2 values in set B "
-            f"({empty} with none, {single} with one); training needs at least 2 masked-in values per feature: mask in more values (e.g. drop fully padded samples or positions from the "
-            f"batch), or normalize with the running statistics (layer.eval())"
+            f"({empty} with none, {single} with one); training needs at least 2 masked-in values per feature: "
+            f"mask in more values (e.g. drop fully padded samples or positions from the batch), "
+            f"or normalize with the running statistics (layer.eval())"
         )
 
 
