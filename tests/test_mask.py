@@ -228,6 +228,7 @@ def test_eval_mode_ignores_the_mask():
         (torch.ones(2, 4, 3, 5, 5, dtype=torch.bool), ValueError, "does not broadcast"),
         ([[True]], TypeError, "bool torch.Tensor"),
     ],
+    ids=["float", "int64", "wrong-size", "too-many-dims", "list"],
 )
 @pytest.mark.parametrize("training", [True, False])
 def test_bad_masks_are_refused_with_state_unchanged(mask, error, match, training):
@@ -278,3 +279,15 @@ def test_compiled_door_matches_eager_and_refuses_an_empty_feature():
     with pytest.raises(Exception, match="at least 2"):
         step(x, empty.expand(4, 3, 5, 5).contiguous())
     assert torch.equal(layer.running_var, before)
+
+
+@pytest.mark.parametrize("page", ["mask.md", "mask.es.md"])
+def test_the_pages_examples_run(page):
+    import pathlib
+    import re
+
+    doc = (pathlib.Path(__file__).resolve().parents[1] / "docs" / page).read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", doc, flags=re.S)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, f"docs/{page}", "exec"), {})
