@@ -390,7 +390,7 @@ class MaskedTrainFunction(torch.autograd.Function):
         if torch.compiler.is_compiling():
             count = checked_masked_count_op(count)
             if x.device.type == "cpu":
-                var = checked_variance_op(mean, var, x.dtype)
+                var = checked_variance_op(mean, var, x.dtype)  # the host check of σ²_B, as an opaque op
         else:
             check_masked_count(count)
             check_variance_fits(x, mean, var)
