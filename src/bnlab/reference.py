@@ -20,6 +20,9 @@ Backward (closed form, §3, with g_i = ∂ℓ/∂x̂_i = ∂ℓ/∂y_i · γ)::
 Alg. 2 (inference): E[x] = E_B[μ_B], Var[x] = m/(m−1) E_B[σ²_B] over training mini-batches, then the
 fixed affine map y = γ/√(Var[x]+ε) · x + (β − γ E[x]/√(Var[x]+ε)) — one per feature map for conv layers.
 
+A masked set B (padding: :func:`masked_forward` / :func:`masked_backward`): B is the values where the
+mask is True, m' their count per feature; every value x_i is normalized with μ_B and σ²_B of B.
+
 Batch Renormalization (Ioffe 2017, Alg. 1): :func:`renorm_forward` / :func:`renorm_backward` below.
 
 Arrays of float32 stay float32 (statistics are sums along contiguous rows, with the corrected two-pass
@@ -48,7 +51,16 @@ from .axes import check_eps, check_input, param_shape
 from .moments import Moments
 from .moments import population_statistics as _pooled
 
-__all__ = ["Cache", "forward", "backward", "inference", "population_statistics"]
+__all__ = [
+    "Cache",
+    "forward",
+    "backward",
+    "inference",
+    "population_statistics",
+    "MaskedCache",
+    "masked_forward",
+    "masked_backward",
+]
 
 
 class Cache(NamedTuple):
@@ -196,6 +208,69 @@ def backward(dy, cache: Cache):
         np.subtract(dy_c, dx_c, out=dx_c)  # ∂ℓ/∂y_i − x̂_i ∂ℓ/∂γ / m
         dx_c -= dbeta_m  # − ∂ℓ/∂β / m
         dx_c *= scale  # · γ/√(σ²_B+ε)
+    return dx, dgamma.squeeze(axis=axes), dbeta.squeeze(axis=axes)
+
+
+class MaskedCache(NamedTuple):
+    """What :func:`masked_backward` needs from :func:`masked_forward` (feature-shaped arrays keep the reduced
+    axes as size 1)."""
+
+    x_hat: np.ndarray  # every value normalized with B's statistics, shape of x
+    in_B: np.ndarray  # the mask broadcast to x's shape: True where x_i belongs to B
+    sigma2_B: np.ndarray
+    gamma: np.ndarray
+    eps: float
+    axes: tuple[int, ...]
+    m: np.ndarray  # m' = |B| per feature
+
+
+def masked_forward(x, gamma, beta, mask, axes=(0,), eps: float = 1e-5):
+    """Alg. 1 over a masked set B: B = {x_i : mask_i}, m' = |B| per feature; returns ``(y, cache)``.
+
+    ``mask`` is a bool array broadcastable to x. Every x_i (in B or not) is normalized with μ_B and σ²_B::
+
+        μ_B  = 1/m' Σ_{i∈B} x_i
+        σ²_B = 1/m' Σ_{i∈B} (x_i − μ_B)²
+        x̂_i  = (x_i − μ_B) / √(σ²_B + ε)        for every i
+        y_i  = γ x̂_i + β
+    """
+    x = _as_float(x, "x")
+    eps = check_eps(eps)
+    axes = check_input(x.shape, axes, training=True, params={"gamma": np.shape(gamma), "beta": np.shape(beta)})
+    mask = np.asarray(mask)
+    if mask.dtype != np.bool_:
+        raise TypeError(f"mask must be a bool array (True: x_i belongs to B), got {mask.dtype}; use mask.astype(bool)")
+    in_B = np.broadcast_to(mask, x.shape)
+    m = in_B.sum(axis=axes, keepdims=True)  # m' = |B|
+    if np.any(m < 2):
+        raise ValueError(
+            f"the mask leaves {int(np.sum(m < 2))} feature(s) with fewer than 2 values in B; mask in more values"
+        )
+    gamma = _broadcast(gamma, x.shape, axes, x.dtype)
+    beta = _broadcast(beta, x.shape, axes, x.dtype)
+    mu_B = np.where(in_B, x, 0).sum(axis=axes, keepdims=True) / m  # μ_B = 1/m' Σ_{i∈B} x_i
+    sigma2_B = np.where(in_B, (x - mu_B) ** 2, 0).sum(axis=axes, keepdims=True) / m  # σ²_B
+    x_hat = (x - mu_B) / np.sqrt(sigma2_B + eps)  # x̂_i, every i
+    y = gamma * x_hat + beta  # y_i = γ x̂_i + β
+    return y, MaskedCache(x_hat, in_B, sigma2_B, gamma, eps, axes, m)
+
+
+def masked_backward(dy, cache: MaskedCache):
+    """Gradients of :func:`masked_forward`: ``(dx, dgamma, dbeta)``.
+
+    Every y_i depends on μ_B and σ²_B, which only the x_i in B enter, so (sums over every i)::
+
+        ∂ℓ/∂β   = Σ_i ∂ℓ/∂y_i ,   ∂ℓ/∂γ = Σ_i ∂ℓ/∂y_i x̂_i
+        ∂ℓ/∂x_i = γ/√(σ²_B+ε) · [ ∂ℓ/∂y_i − (∂ℓ/∂β + x̂_i ∂ℓ/∂γ)/m' ]   for x_i in B
+        ∂ℓ/∂x_i = γ/√(σ²_B+ε) · ∂ℓ/∂y_i                                  for x_i not in B
+    """
+    dy = _as_float(dy, "dy")
+    x_hat, in_B, sigma2_B, gamma, eps, axes, m = cache
+    if dy.shape != x_hat.shape:
+        raise ValueError(f"dy has shape {dy.shape}, expected the shape of x {x_hat.shape}")
+    dbeta = dy.sum(axis=axes, keepdims=True)  # ∂ℓ/∂β
+    dgamma = (dy * x_hat).sum(axis=axes, keepdims=True)  # ∂ℓ/∂γ
+    dx = gamma / np.sqrt(sigma2_B + eps) * (dy - in_B * (dbeta + x_hat * dgamma) / m)
     return dx, dgamma.squeeze(axis=axes), dbeta.squeeze(axis=axes)
 
 

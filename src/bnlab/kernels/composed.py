@@ -48,6 +48,9 @@ __all__ = [
     "relu_mask",
     "native_backward",
     "SHIFT_RATIO",
+    "masked_batch_stats",
+    "masked_forward",
+    "masked_backward",
 ]
 
 # |μ|/√(σ²+ε) above which y = a·x + b is replaced by (x − μ)·a + β: a·x + b errs by about
@@ -223,6 +226,71 @@ def native_backward(dy, x, mean, var, weight, eps: float, needs=(True, True, Tru
         dy, x, weight, None, None, mean, invstd, True, float(eps), mask
     )
     return (dx if need_x else None), (dweight if mask[1] else None), (dbias if need_b else None)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Masked set B (padding): only the values where ``mask`` is True enter μ_B and σ²_B; every value is
+# normalized with them. Not part of the kernel contract: every masked call runs these stock ops.
+
+
+def masked_batch_stats(x: torch.Tensor, mask: torch.Tensor, axes: tuple[int, ...]):
+    """``(μ_B, σ²_B, m')`` over the masked-in values of each feature (``mask``: bool, broadcastable to x).
+
+    Sums in the statistics dtype (float32 or float64), the corrected two-pass of :func:`bnlab.moments.correct`:
+    pass 1 μ̃ = Σ_B x / m', pass 2 Σ_B (x − μ̃)² and Σ_B (x − μ̃). Masked-out values are replaced by 0 (by
+    ``torch.where``, so padding holding inf or NaN does not reach the statistics). ``m'`` is a feature-shaped
+    tensor in the statistics dtype; a feature with m' = 0 gets NaN statistics (the callers refuse it).
+    Differentiable in x (the double backward and the functorch door use that).
+    """
+    sdt = stat_dtype(x)
+    nd = x.dim()
+    keep = mask.expand(x.shape)
+    zero = torch.zeros((), dtype=sdt, device=x.device)
+    xs = x.to(sdt)
+    count = keep.sum(dim=axes, dtype=sdt)  # m'
+    rough = torch.where(keep, xs, zero).sum(dim=axes) / count  # pass 1
+    d = torch.where(keep, xs - view(rough, nd, axes), zero)  # pass 2, centred on the rounded mean
+    m = moments.correct(moments.Moments(count, rough, (d * d).sum(dim=axes)), d.sum(dim=axes))
+    return m.mean, m.variance, count
+
+
+def masked_forward(x, mask, weight, bias, eps: float, axes: tuple[int, ...], relu: bool = False):
+    """Training forward over a masked set B: ``(y, μ_B, σ²_B, m')``; every value of x is normalized."""
+    mean, var, count = masked_batch_stats(x, mask, axes)
+    y = normalize(x, mean, var, weight, bias, eps, axes)
+    return (torch.relu(y) if relu else y), mean, var, count
+
+
+def masked_backward(dy, x, mask, mean, var, count, weight, eps: float, axes: tuple[int, ...], needs, y=None):
+    """Closed-form gradients ``(dx, dγ, dβ)`` of :func:`masked_forward` (None where not needed).
+
+    Every y_i = γ x̂_i + β depends on μ_B and σ²_B, but only the masked-in x_i enter them, so
+    (sums over *all* values, m' the masked count, [i∈B] 1 for masked-in values, 0 for the others):
+
+        ∂ℓ/∂β = Σ dy,  ∂ℓ/∂γ = Σ dy·x̂,  ∂ℓ/∂x_i = γ·invstd · (dy_i − [i∈B]·(∂ℓ/∂β + x̂_i·∂ℓ/∂γ)/m')
+
+    i.e. :func:`grad_coefficients` with m = m', its d and e terms applied to the masked-in values only
+    (a masked-out value gets γ·invstd·dy_i). Where the loss ignores padded outputs (dy = 0 there) the sums
+    reduce to the masked set.
+    """
+    need_x, need_w, need_b = needs
+    dy = relu_mask(dy, y)
+    sdt = stat_dtype(x)
+    nd = x.dim()
+    invstd = torch.rsqrt(var.to(sdt) + eps)
+    dys = dy.to(sdt)
+    centred = x.to(sdt) - view(mean.to(sdt), nd, axes)
+    dbeta = dys.sum(dim=axes)
+    dgamma = (dys * centred).sum(dim=axes) * invstd
+    dx = None
+    if need_x:
+        c, d, e = grad_coefficients(invstd, weight, dbeta, dgamma, count.to(sdt))
+        zero = torch.zeros((), dtype=sdt, device=x.device)
+        inner = torch.where(mask, view(d, nd, axes) * centred + view(e, nd, axes), zero)
+        dx = torch.addcmul(inner, dys, view(c, nd, axes)).to(x.dtype)
+    dweight = dgamma if (need_w and weight is not None) else None
+    dbias = dbeta if need_b else None
+    return dx, dweight, dbias
 
 
 #: The contract's implementations (:func:`.contract.run` calls these once ``covers`` said yes).

@@ -54,6 +54,10 @@ __all__ = [
     "checked_variance_op",
     "stat_dtype",
     "feature_shape",
+    "train_masked",
+    "MaskedTrainFunction",
+    "check_masked_count",
+    "checked_masked_count_op",
 ]
 
 _LOW = (torch.float16, torch.bfloat16)
@@ -122,6 +126,21 @@ def train(x: Tensor, weight, bias, axes: tuple[int, ...], eps: float, relu: bool
     return train_op(x, weight, bias, list(axes), eps, relu)
 
 
+def train_masked(x: Tensor, mask: Tensor, weight, bias, axes: tuple[int, ...], eps: float, relu: bool):
+    """Alg. 1 over a masked set B: ``(y, μ_B, σ²_B, m')``. One implementation
+    (:func:`bnlab.kernels.composed.masked_forward`): doors ``eager`` and ``compiled`` run it in
+    :class:`MaskedTrainFunction` (closed-form backward); ``stock`` and ``op`` (functorch transforms, forward
+    AD, export, subclasses) run the same stock ops, differentiated by autograd. Refuses (ValueError) a
+    feature with fewer than 2 masked-in values."""
+    if route(x) in ("eager", "compiled"):
+        return MaskedTrainFunction.apply(x, mask, weight, bias, axes, eps, relu)
+    y, mean, var, count = composed.masked_forward(x, mask, weight, bias, eps, axes, relu)
+    check_masked_count(count)
+    mean, var = mean.detach(), var.detach()
+    check_variance_fits(x, mean, var)
+    return y, mean, var, count
+
+
 def evaluate(x: Tensor, mean, var, weight, bias, axes: tuple[int, ...], eps: float, relu: bool) -> Tensor:
     """Alg. 2, step 11 (fixed statistics) through the door :func:`route` picks."""
     door = route(x)
@@ -177,6 +196,33 @@ def checked_variance_op(mean: Tensor, var: Tensor, input_dtype: torch.dtype) -> 
 @checked_variance_op.register_fake
 def _(mean, var, input_dtype):
     return torch.empty_like(var)
+
+
+def check_masked_count(count: Tensor) -> None:
+    """Refuse a masked set B with fewer than 2 values in some feature (m' = 0: no statistics; m' = 1: σ²_B = 0
+    and no unbiased variance), before any state changes. Host side: one read of C numbers."""
+    low = count < 2
+    if bool(low.any()):
+        empty, single = int((count == 0).sum()), int((count == 1).sum())
+        raise ValueError(
+            f"the mask leaves {empty + single} of {count.numel()} features with fewer than 2 values in set B "
+            f"({empty} with none, {single} with one); training needs at least 2 masked-in values per feature: "
+            f"mask in more values (e.g. drop fully padded samples or positions from the batch), "
+            f"or normalize with the running statistics (layer.eval())"
+        )
+
+
+@torch.library.custom_op("bnlab::checked_masked_count", mutates_args=())
+def checked_masked_count_op(count: Tensor) -> Tensor:
+    """m' again, after :func:`check_masked_count` (a copy: an operator's output may not alias its input): the
+    ``compiled`` door's graph cannot raise on data, an opaque operator can."""
+    check_masked_count(count)
+    return count.clone()
+
+
+@checked_masked_count_op.register_fake
+def _(count):
+    return torch.empty_like(count)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -316,6 +362,41 @@ class ComposedTrainFunction(torch.autograd.Function):
         if db is not None:
             db = db.to(ctx.bias_dtype)
         return dx, dw, db, None, None, None
+
+
+class MaskedTrainFunction(torch.autograd.Function):
+    """Doors ``eager`` and ``compiled``, training over a masked set B: :func:`bnlab.kernels.composed.masked_forward`
+    with :func:`bnlab.kernels.composed.masked_backward` (the closed form) as its backward; stock ops, so Dynamo
+    traces both directions."""
+
+    @staticmethod
+    def forward(ctx, x, mask, weight, bias, axes, eps, relu):
+        y, mean, var, count = composed.masked_forward(x, mask, weight, bias, eps, axes, relu)
+        if torch.compiler.is_compiling():
+            count = checked_masked_count_op(count)
+            if x.device.type == "cpu":
+                var = checked_variance_op(mean, var, x.dtype)  # the host check of σ²_B, as an opaque op
+        else:
+            check_masked_count(count)
+            check_variance_fits(x, mean, var)
+        ctx.save_for_backward(x, mask, weight, mean, var, count, y if relu else None)
+        ctx.axes, ctx.eps = tuple(axes), eps
+        ctx.dtypes = (None if weight is None else weight.dtype, None if bias is None else bias.dtype)
+        ctx.mark_non_differentiable(mean, var, count)
+        return y, mean, var, count
+
+    @staticmethod
+    def backward(ctx, dy, _dmean, _dvar, _dcount):
+        x, mask, weight, mean, var, count, y = ctx.saved_tensors
+        needs = [bool(n) for n in (ctx.needs_input_grad[0], *ctx.needs_input_grad[2:4])]
+        if torch.is_grad_enabled():
+            # create_graph=True: μ_B and σ²_B rebuilt from x with differentiable ops, so that the closed
+            # form below is itself differentiated correctly (double backward)
+            mean, var, count = composed.masked_batch_stats(x, mask, ctx.axes)
+        dx, dw, db = composed.masked_backward(dy, x, mask, mean, var, count, weight, ctx.eps, ctx.axes, needs, y=y)
+        dw = dw.to(ctx.dtypes[0]) if dw is not None else None
+        db = db.to(ctx.dtypes[1] or dy.dtype) if db is not None else None
+        return dx, None, dw, db, None, None, None
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -67,6 +67,7 @@ __all__ = [
     "default_axes",
     "check_tensors",
     "check_dtype",
+    "check_mask",
     "check_variance_fits",
     "VarianceOverflowError",
     "ACTIVATIONS",
@@ -86,6 +87,7 @@ def batch_norm(
     *,
     activation: str | None = None,
     virtual_batch: int | None = None,
+    mask: Tensor | None = None,
 ) -> Tensor:
     """Batch normalization over ``axes`` (default: every axis but 1, as ``torch.nn.functional.batch_norm``).
 
@@ -99,8 +101,20 @@ def batch_norm(
     ``virtual_batch=k`` (ghost BN, training only): the batch statistics pool over each run of k consecutive
     samples; the running statistics move towards the average of the runs' means and unbiased variances.
     The batch size must be a multiple of k.
+
+    ``mask`` (a bool tensor broadcastable to ``input``, e.g. (N, 1, H, W) or (N, C, L)): which values belong
+    to set B — padding in variable-length sequences or images is masked out. In training μ_B, σ²_B and the
+    running update use only the masked-in values (m' = their count per feature, so the running variance
+    takes m'/(m' − 1)·σ²_B); every value, masked out or not, is normalized with them. A feature with fewer
+    than 2 masked-in values is refused (ValueError, no state changed). In eval mode the mask is checked and
+    then ignored: the running statistics normalize every value. See docs/mask.md.
     """
     axes = check_tensors(input, axes, training, running_mean, running_var, weight, bias, eps, momentum, activation)
+    if mask is not None:
+        return _masked_batch_norm(
+            input, mask, running_mean, running_var, weight, bias, training, momentum, eps, axes, activation,
+            virtual_batch,
+        )
     if training and running_mean is not None and momentum is None:
         raise ValueError(
             "momentum=None (cumulative average) needs the number of batches seen: use a bnlab.nn module, "
@@ -139,10 +153,37 @@ def batch_norm(
     return y
 
 
+def _masked_batch_norm(x, mask, running_mean, running_var, weight, bias, training, momentum, eps, axes, activation, k):
+    """:func:`batch_norm` with a masked set B (arguments checked by :func:`check_tensors` already)."""
+    check_mask(mask, x)
+    if k is not None:
+        raise ValueError("mask= and virtual_batch= cannot be combined; use one of them")
+    if training and running_mean is not None and momentum is None:
+        raise ValueError(
+            "momentum=None (cumulative average) needs the number of batches seen: use a bnlab.nn module, "
+            "or pass momentum=1/num_batches"
+        )
+    relu = activation == "relu"
+    if x.numel() == 0:
+        y = _empty_batch(x, running_mean, running_var, weight, bias, training, eps, axes)
+        return torch.relu(y) if relu else y
+    eps = float(eps)
+    if not training:  # eval: the running statistics normalize every value (Alg. 2); the mask plays no part
+        return _dispatch.evaluate(x, running_mean, running_var, weight, bias, axes, eps, relu)
+    if not torch.compiler.is_compiling() and _dispatch.route(x) == "eager" and bool(mask.all()):
+        # set B is every value: the unmasked path, bit for bit (and its faster kernels)
+        return batch_norm(x, running_mean, running_var, weight, bias, True, momentum, eps, axes, activation=activation)
+    y, mean, var, m_in = _dispatch.train_masked(x, mask, weight, bias, axes, eps, relu)
+    if running_mean is not None:  # the unbiased factor m'/(m' − 1) with m' = m_in, per feature
+        update_running_stats(running_mean, running_var, mean, var, m_in, momentum)
+    return y
+
+
 def update_running_stats(running_mean, running_var, mean, var, count: int, momentum) -> None:
     """Alg. 2's running averages, in place: ``running ← (1 − momentum)·running + momentum·statistic``.
 
-    ``mean``/``var`` are the batch mean and biased variance of ``count`` values each; the running variance
+    ``mean``/``var`` are the batch mean and biased variance of ``count`` values each (an int, or a
+    feature-shaped tensor: the m' of a masked set B); the running variance
     takes the unbiased ``count/(count − 1)·var``. Features whose statistics are not finite keep their
     values. The arithmetic is in float32 (float64 for float64 buffers); narrower buffers get the result
     saturated at their largest finite value. ``momentum`` is a float or a 0-dim tensor.
@@ -210,6 +251,26 @@ def check_virtual_batch(k) -> int | None:
             f"statistics) or None, got {k!r}"
         )
     return k
+
+
+def check_mask(mask, x: Tensor) -> None:
+    """``mask=`` of :func:`batch_norm`: a bool tensor on the input's device, broadcastable to the input's shape."""
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask must be a bool torch.Tensor or None, got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise TypeError(
+            f"mask must be a bool tensor (True: the value belongs to set B), got {mask.dtype}; convert it with "
+            f"mask.bool() or build it with a comparison (e.g. lengths[:, None] > torch.arange(L))"
+        )
+    if mask.device != x.device:
+        raise ValueError(f"mask is on {mask.device} but the input is on {x.device}; move it with mask.to(x.device)")
+    shape, target = tuple(mask.shape), tuple(x.shape)
+    fits = len(shape) <= len(target) and all(m in (1, n) for m, n in zip(shape[::-1], target[::-1], strict=False))
+    if not fits:
+        raise ValueError(
+            f"mask of shape {shape} does not broadcast to the input's shape {target}; give it the input's shape, "
+            f"or size 1 on the axes it does not vary along (e.g. (N, 1, H, W) for a padded image batch)"
+        )
 
 
 def check_tensors(x, axes, training, running_mean, running_var, weight, bias, eps, momentum, activation=None):

@@ -348,7 +348,9 @@ class BatchNormBase(_compat.TorchBatchNormBase):
         return use_batch, update, momentum
 
     @leaf_forward
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """BN of ``input``; ``mask`` (bool, broadcastable to ``input``): the values of set B in training (see
+        :func:`bnlab.nn.functional.batch_norm`; eval mode normalizes every value with the running statistics)."""
         if self._is_lazy():  # per-activation without spatial_size: shapes from the first (valid) input
             self._materialize_from(input)
         self._check_input_dim(input)
@@ -366,6 +368,7 @@ class BatchNormBase(_compat.TorchBatchNormBase):
             (0,) if self.per == "activation" else None,  # None: every axis but 1 (torch's convention)
             activation=self.activation,
             virtual_batch=self.virtual_batch if use_batch else None,
+            mask=mask,
         )
         if update:
             self.num_batches_tracked.add_(1)  # only after the checks in batch_norm passed
