@@ -16,6 +16,8 @@ import torch
 
 from bnlab import cli
 from bnlab.cli import main
+from bnlab.cli.bench import _find_benchmark
+from bnlab.cli.train import _train_title
 from bnlab.inference import load_checkpoint, save_checkpoint
 
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
@@ -147,7 +149,7 @@ def test_figure_is_written_by_suffix(tmp_path, capsys):
 
 
 def test_bench_passes_options_on(capsys):
-    if cli._find_benchmark() is None:
+    if _find_benchmark() is None:
         pytest.skip("benchmarks/cpu.py is not in this checkout")
     proc = subprocess.run([sys.executable, "-m", "bnlab", "bench", "--quick", "--help"], capture_output=True,
                           text=True, env=_env(), timeout=120)  # fmt: skip
@@ -270,8 +272,8 @@ def test_a_diverging_run_stops_with_exit_1_and_keeps_no_nan(tmp_path, capsys):
 def test_train_figure_title_names_the_learning_rate():
     args = types.SimpleNamespace(dataset="digits", model="cnn", norm="channel", activation="relu",
                                  optimizer="momentum", lr=0.05)  # fmt: skip
-    assert cli._train_title(args, "en").endswith("momentum, learning rate 0.05")
-    assert cli._train_title(args, "es").endswith("momentum, tasa de aprendizaje 0.05")
+    assert _train_title(args, "en").endswith("momentum, learning rate 0.05")
+    assert _train_title(args, "es").endswith("momentum, tasa de aprendizaje 0.05")
 
 
 def test_progress_bars_are_spanish_and_throttled_off_a_terminal(monkeypatch):

@@ -34,6 +34,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from . import choices as _choices
 from . import nn as bnn
 
 __all__ = [
@@ -50,12 +51,13 @@ __all__ = [
     "UnitRecorder",
 ]
 
-NORMS = ("none", "activation", "channel")
-#: The rest of the normalization family, also accepted by the models (not yet offered by ``bnlab train``,
-#: whose report draws the three above).
-FAMILY_NORMS = ("layer", "instance", "group")
-ACTIVATIONS = ("relu", "sigmoid")
-ARCHS = ("cnn", "mlp")
+# the choices live in bnlab.choices (torch-free), which the CLI parser reads too
+NORMS = _choices.NORMS
+#: The rest of the normalization family, also accepted by the models (``bnlab train --norm`` offers them; its
+#: report draws the three above).
+FAMILY_NORMS = _choices.FAMILY_NORMS
+ACTIVATIONS = _choices.ACTIVATIONS
+ARCHS = _choices.ARCHS
 _PER_SAMPLE = FAMILY_NORMS  # the members whose sets stay within one sample
 
 
