@@ -79,7 +79,8 @@ def run(args) -> int:
     res = evaluate(model, x, y)
     acc, loss = pct(res["accuracy"], lang), num(res["loss"], lang, 4)
     what = m["ema"] if has_bn else m["no_bn_stats"]["none" if norm == "none" else "per_sample"]
-    print(m["evaluated"].format(split=m["splits"][args.split], what=what, acc=acc, loss=loss, n=len(x)))
+    images = m["split_images"][args.split]
+    print(m["evaluated"].format(split=m["splits"][args.split], what=what, acc=acc, loss=loss, n=len(x), images=images))
     if args.recalibrate:
         from ..inference import recalibrate
 
@@ -89,5 +90,5 @@ def run(args) -> int:
         recal = recalibrate(copy.deepcopy(model), batches, progress=not args.quiet, lang=lang)  # bar on stderr
         res = evaluate(recal, x, y)
         print(m["evaluated"].format(split=m["splits"][args.split], what=m["recal"], acc=pct(res["accuracy"], lang),
-                                    loss=num(res["loss"], lang, 4), n=len(x)))  # fmt: skip
+                                    loss=num(res["loss"], lang, 4), n=len(x), images=images))  # fmt: skip
     return 0
