@@ -106,8 +106,9 @@ _INVALID_CHOICE = re.compile(r"invalid choice: '([^']*)' \(choose from (.*)\)")
 
 def suggestion(word: str, candidates: Sequence[str], lang: str) -> str | None:
     """Suggest "did you mean --epochs?" for a mistyped ``word``, or None when nothing is close (difflib)."""
-    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
-    return _SUGGEST[lang].format(name=close[0]) if close else None
+    names = {c.lstrip("-"): c for c in candidates}  # "--" in both would make any two options look alike
+    close = difflib.get_close_matches(word.lstrip("-"), list(names), n=1, cutoff=0.6)
+    return _SUGGEST[lang].format(name=names[close[0]]) if close else None
 
 
 class Formatter(argparse.RawDescriptionHelpFormatter):
