@@ -20,10 +20,11 @@ from pathlib import Path
 import pytest
 import torch
 
+import bnlab
 from bnlab.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-SRC = str(ROOT / "src")
+SRC = str(Path(bnlab.__file__).resolve().parents[1])  # the bnlab under test (a copy, for tests/mutation)
 
 
 def _env():
@@ -190,6 +191,7 @@ def test_a_name_far_from_every_option_gets_no_suggestion(capsys):
 
 
 # -- test_triton without triton -----------------------------------------------------------------------------
+@pytest.mark.slow  # pytest in a subprocess collects the file: ~10 s on a loaded machine
 def test_triton_skip_reasons_say_what_happens_without_triton():
     code = ("import sys; sys.modules['triton'] = None; import pytest; "
             "sys.exit(pytest.main(['-q', '-rs', '-p', 'no:cacheprovider', 'tests/test_triton.py']))")  # fmt: skip
