@@ -45,10 +45,17 @@ class SigintWatch:
         raise KeyboardInterrupt
 
     def _send_later(self, signum) -> None:
-        if self._retry is None or not self._retry.is_alive():
-            self._retry = threading.Timer(self._RETRY_S, os.kill, (os.getpid(), signum))
+        # one re-send pending at a time; the timer forgets itself *before* it sends, so the handler that its
+        # signal runs can always plan the next one (asking is_alive() instead lost the interrupt when the
+        # timer's thread was still alive as its own signal was handled: a race seen on a loaded machine)
+        if self._retry is None:
+            self._retry = threading.Timer(self._RETRY_S, self._resend, (signum,))
             self._retry.daemon = True
             self._retry.start()
+
+    def _resend(self, signum) -> None:
+        self._retry = None
+        os.kill(os.getpid(), signum)
 
     def __enter__(self) -> SigintWatch:
         if threading.current_thread() is threading.main_thread():
@@ -57,8 +64,9 @@ class SigintWatch:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._retry is not None:
-            self._retry.cancel()
+        retry = self._retry
+        if retry is not None:
+            retry.cancel()
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
 
