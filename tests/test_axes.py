@@ -150,7 +150,7 @@ def test_cli_explain_virtual_batch_in_a_real_process():
     import sys
     from pathlib import Path
 
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    env = {**os.environ, "PYTHONPATH": str(Path(bnlab.__file__).resolve().parents[1])}
     run = [sys.executable, "-m", "bnlab", "explain", "8,16,4,4", "--layout", "NCHW", "--virtual-batch", "4"]
     out = subprocess.run([*run, "--lang", "es"], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr

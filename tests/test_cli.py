@@ -61,7 +61,7 @@ def test_module_entry_point_runs():
         (["train", "--lr", "fast"], "argument --lr: 'fast' is not a number"),
         (["train", "--batch-size", "1"], "at least 2 examples per batch"),
         (["train", "--epochs", "-3"], "argument --epochs: -3 must be at least 1"),
-        (["train", "--dataset", "mnist"], "--data is required with --dataset mnist"),
+        (["train", "--dataset", "cifar10"], "--data is required with --dataset cifar10"),  # mnist ships with bnlab
         (["train", "--data", "x.npz"], "--data is not used with --dataset digits"),
         (["explain", "32,a"], "SHAPE must be positive integers"),
         (["explain", "32,28,28", "--layout", "NHWC"], "layout NHWC needs 4"),
@@ -94,11 +94,11 @@ def test_unreadable_data_file_is_a_usage_error(tmp_path, capsys):
 
 
 def test_errors_in_spanish_from_the_locale():
-    r = _run("train", "--dataset", "mnist", lang_env="es_ES.UTF-8")
+    r = _run("train", "--dataset", "cifar10", lang_env="es_ES.UTF-8")  # (mnist ships with bnlab: no --data needed)
     assert r.returncode == 2
-    assert "--data es obligatorio con --dataset mnist" in r.stderr
+    assert "--data es obligatorio con --dataset cifar10" in r.stderr
     assert "Prueba 'bnlab train --help'" in r.stderr
-    r = _run("train", "--dataset", "mnist", "--lang", "en", lang_env="es_ES.UTF-8")
+    r = _run("train", "--dataset", "cifar10", "--lang", "en", lang_env="es_ES.UTF-8")
     assert "--data is required" in r.stderr  # --lang overrides the locale
 
 

@@ -14,11 +14,14 @@ import numpy as np
 import pytest
 import torch
 
+import bnlab
 from bnlab import cli
 from bnlab.cli import main
+from bnlab.cli.bench import _find_benchmark
+from bnlab.cli.train import _train_title
 from bnlab.inference import load_checkpoint, save_checkpoint
 
-SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+SRC = os.path.dirname(os.path.dirname(os.path.abspath(bnlab.__file__)))  # the bnlab under test (tests/mutation: a copy)
 
 
 def _env():
@@ -147,7 +150,7 @@ def test_figure_is_written_by_suffix(tmp_path, capsys):
 
 
 def test_bench_passes_options_on(capsys):
-    if cli._find_benchmark() is None:
+    if _find_benchmark() is None:
         pytest.skip("benchmarks/cpu.py is not in this checkout")
     proc = subprocess.run([sys.executable, "-m", "bnlab", "bench", "--quick", "--help"], capture_output=True,
                           text=True, env=_env(), timeout=120)  # fmt: skip
@@ -270,8 +273,8 @@ def test_a_diverging_run_stops_with_exit_1_and_keeps_no_nan(tmp_path, capsys):
 def test_train_figure_title_names_the_learning_rate():
     args = types.SimpleNamespace(dataset="digits", model="cnn", norm="channel", activation="relu",
                                  optimizer="momentum", lr=0.05)  # fmt: skip
-    assert cli._train_title(args, "en").endswith("momentum, learning rate 0.05")
-    assert cli._train_title(args, "es").endswith("momentum, tasa de aprendizaje 0.05")
+    assert _train_title(args, "en").endswith("momentum, learning rate 0.05")
+    assert _train_title(args, "es").endswith("momentum, tasa de aprendizaje 0.05")
 
 
 def test_progress_bars_are_spanish_and_throttled_off_a_terminal(monkeypatch):
@@ -328,3 +331,28 @@ def test_an_interrupted_demo_leaves_no_empty_folder(tmp_path):
     assert proc.returncode in (130, -signal.SIGINT), err
     assert "Traceback" not in err and "Interrupted" in err
     assert not out.exists()
+
+
+_SIGINT_AT_COMMAND_IMPORT = """
+import os, runpy, signal, sys
+
+class SigintAt:
+    def find_spec(self, name, path=None, target=None):
+        if name == "bnlab.cli":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, SigintAt())
+sys.argv = ["bnlab", *sys.argv[1:]]
+runpy.run_module("bnlab", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("lang, word", [("en", "Interrupted."), ("es", "Interrumpido.")])
+def test_ctrl_c_while_python_m_bnlab_imports_the_command_is_one_line(lang, word):
+    # SIGINT while `python -m bnlab` imports bnlab.cli, before main() can catch anything: no traceback
+    proc = subprocess.run([sys.executable, "-c", _SIGINT_AT_COMMAND_IMPORT, "train", "--lang", lang],
+                          capture_output=True, text=True, env=_env(), timeout=120)  # fmt: skip
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.strip() == word, proc.stderr

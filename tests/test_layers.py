@@ -153,7 +153,7 @@ def test_cli_import_does_not_pull_torch_for_explain():
     """`bnlab explain` text stays torch-free (the new import paths added no torch import to it)."""
     code = "import sys, bnlab.explain; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "PYTHONPATH": str(ROOT / "src")})  # fmt: skip
+                         env={**os.environ, "PYTHONPATH": str(SRC.parent)})  # fmt: skip
     assert out.stdout.strip() == "False", out.stderr
 
 

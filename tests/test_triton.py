@@ -27,6 +27,8 @@ from bnlab.kernels import composed
 from test_kernels import _view, bn64  # noqa: E402,F401
 
 IN_PROCESS = os.environ.get("TRITON_INTERPRET") == "1" and not torch.cuda.is_available()
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+_NO_TRITON = "triton is not installed, so no test of this file runs (pip install triton to run them)"
 
 
 def _load_interpreted():
@@ -34,7 +36,7 @@ def _load_interpreted():
     before = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "1"
     try:
-        pytest.importorskip("triton")
+        pytest.importorskip("triton", reason=_NO_TRITON)
         spec = importlib.util.spec_from_file_location("bnlab.kernels._triton_interpreted", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
@@ -52,8 +54,9 @@ tk = _load_interpreted() if IN_PROCESS else None
 def test_in_a_subprocess():
     """Where this process cannot interpret (see the module docstring): the same file, in a fresh one."""
     if IN_PROCESS:
-        pytest.skip("the interpreter tests run in this process")
-    pytest.importorskip("triton")
+        pytest.skip("TRITON_INTERPRET=1 is set: the interpreter tests run in this process instead")
+    if not HAS_TRITON:
+        pytest.skip(_NO_TRITON)
     env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
     src = str(Path(bnlab.kernels.__file__).parents[2])
     env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
@@ -67,7 +70,11 @@ def test_in_a_subprocess():
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
 
 
-needs_interpreter = pytest.mark.skipif(not IN_PROCESS, reason="run by test_in_a_subprocess")
+# the reason says what really happens to the test: run in a fresh process, or not at all
+needs_interpreter = pytest.mark.skipif(
+    not IN_PROCESS,
+    reason="run again by test_in_a_subprocess, in a process with TRITON_INTERPRET=1" if HAS_TRITON else _NO_TRITON,
+)
 EPS = 1e-5
 CL, CL3 = torch.channels_last, torch.channels_last_3d
 

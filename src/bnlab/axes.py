@@ -23,6 +23,8 @@ import math
 import sys
 from collections.abc import Sequence
 
+from . import choices as _choices
+
 __all__ = [
     "LAYOUTS",
     "PER",
@@ -52,7 +54,7 @@ LAYOUTS: dict[str, int] = {
 }
 
 #: The two variants of the paper: one statistic per feature map, or one per activation.
-PER = ("channel", "activation")
+PER = _choices.PER
 
 
 def _check_layout(layout: str) -> str:
@@ -248,7 +250,7 @@ from typing import NamedTuple  # noqa: E402  (kept with the family, so the addit
 __all__ += ["FAMILY", "NormSet", "norm_set", "check_norm", "check_groups", "check_virtual_batch"]
 
 #: The members of the family, by the set B each one normalizes over.
-FAMILY = ("batch", "layer", "instance", "group")
+FAMILY = _choices.FAMILY
 
 
 class NormSet(NamedTuple):

@@ -38,6 +38,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import choices as _choices
+
 __all__ = [
     "Dataset",
     "DATASETS",
@@ -51,8 +53,8 @@ __all__ = [
     "UnsafePickleError",
 ]
 
-#: Names accepted by :func:`load_dataset`.
-DATASETS = ("digits", "mnist", "cifar10")
+#: Names accepted by :func:`load_dataset` (defined in :mod:`bnlab.choices`, which the CLI parser reads too).
+DATASETS = _choices.DATASETS
 
 _DEFAULT_VAL, _DEFAULT_TEST = 0.1, 0.2
 

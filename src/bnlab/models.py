@@ -42,6 +42,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from . import choices as _choices
 from . import nn as bnn
 
 __all__ = [
@@ -60,14 +61,15 @@ __all__ = [
     "UnitRecorder",
 ]
 
-NORMS = ("none", "activation", "channel")
-#: The rest of the normalization family, also accepted by the models (not yet offered by ``bnlab train``,
-#: whose report draws the three above).
-FAMILY_NORMS = ("layer", "instance", "group")
+# the choices live in bnlab.choices (torch-free), which the CLI parser reads too
+NORMS = _choices.NORMS
+#: The rest of the normalization family, also accepted by the models (``bnlab train --norm`` offers them; its
+#: report draws the three above).
+FAMILY_NORMS = _choices.FAMILY_NORMS
 #: Batch Renormalization per channel (offered by ``bnlab experiment small-batch``, not by ``bnlab train``).
-RENORM_NORMS = ("renorm",)
-ACTIVATIONS = ("relu", "sigmoid")
-ARCHS = ("cnn", "mlp")
+RENORM_NORMS = _choices.RENORM_NORMS
+ACTIVATIONS = _choices.ACTIVATIONS
+ARCHS = _choices.ARCHS
 _PER_SAMPLE = FAMILY_NORMS  # the members whose sets stay within one sample
 
 

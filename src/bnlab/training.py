@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import choices as _choices
 from .inference import CheckpointError, load_checkpoint, save_checkpoint
 from .io import finite_json, make_dirs
 from .io import write_json as _write_json
@@ -65,7 +66,7 @@ __all__ = [
     "finite_json",
 ]
 
-OPTIMIZERS = ("sgd", "momentum", "adam")
+OPTIMIZERS = _choices.OPTIMIZERS  # defined in bnlab.choices, which the CLI parser reads too
 CHECKPOINT_NAME = "last.pt"
 _KIND = "bnlab-training"
 PERCENTILES = (15, 50, 85)

@@ -82,21 +82,21 @@ BUGS = [
          new="        if False:",
          tests=[C + "test_version_1_files_are_read_only_when_asked_for_with_a_warning",
                 C + "test_a_damaged_version_1_file_is_refused_by_default"]),
-    dict(name="train-write-error-traceback", path="src/bnlab/cli.py",
+    dict(name="train-write-error-traceback", path="src/bnlab/cli/train.py",
          old="    except OSError as err:  # the checkpoint could not be written: a full disk, no permission, ...\n"
-             "        raise _unwritable(\"--out\", args.out, err, lang) from None\n",
+             "        raise unwritable(\"--out\", args.out, err, lang) from None\n",
          new="",
          tests=[T + "test_train_on_a_full_disk[en]",
                 T + "test_train_into_a_folder_that_cannot_be_made[/proc/bnlab-x-en]"]),
-    dict(name="explain-html-write-error-traceback", path="src/bnlab/cli.py",
+    dict(name="explain-html-write-error-traceback", path="src/bnlab/cli/explain.py",
          old="    except OSError as err:  # a folder of that name, a full disk, a name too long, ...\n"
-             "        raise _unwritable(\"--html\", args.html, err, lang) from None\n",
+             "        raise unwritable(\"--html\", args.html, err, lang) from None\n",
          new="",
          tests=[T + "test_explain_writes_that_fail_exit_2_with_one_message[--html-full-en]",
                 T + "test_explain_writes_that_fail_exit_2_with_one_message[--html-fifo-es]"]),
-    dict(name="experiment-write-error-blamed-on-data", path="src/bnlab/cli.py",
+    dict(name="experiment-write-error-blamed-on-data", path="src/bnlab/cli/experiment.py",
          old="    except WriteError as err:  # an output file, not the data\n"
-             "        raise _unwritable(\"--out\", args.out, err, lang) from None\n"
+             "        raise unwritable(\"--out\", args.out, err, lang) from None\n"
              "    except (ValueError, OSError) as err:\n"
              "        raise UsageError(MSG[lang][\"bad_data\"]",
          new="    except (ValueError, OSError) as err:\n"
@@ -107,7 +107,7 @@ BUGS = [
          new="        pass",
          tests=[T + "test_the_page_checks_every_argument[kwargs1-groups must be a positive whole number]",
                 T + "test_the_page_checks_every_argument[kwargs3-does not divide the 8 channels]"]),
-    dict(name="sigint-not-held-back-during-imports", path="src/bnlab/cli.py",
+    dict(name="sigint-not-held-back-during-imports", path="src/bnlab/cli/signals.py",
          old="        if _importing(frame):",
          new="        if False and _importing(frame):",
          tests=[H + "test_ctrl_c_inside_a_librarys_import_is_a_clean_exit[torch]",

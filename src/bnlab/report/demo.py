@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from .._threads import DEFAULT_THREADS, torch_threads
 from ..data import load_dataset
 from ..explain import explain
 from ..io import make_dirs, write_json
@@ -98,8 +99,12 @@ def run_demo(
     progress: bool = True,
     log: Callable[[str], None] | None = print,
     command: str = "bnlab demo",
+    threads: int | None = DEFAULT_THREADS,
 ) -> Path:
-    """Train every setting × normalization, then write ``out_dir/index.html``; return its path."""
+    """Train every setting × normalization, then write ``out_dir/index.html``; return its path.
+
+    ``threads``: torch threads while it runs (default 1, see :mod:`bnlab._threads`); ``None`` leaves torch's setting.
+    """
     from .html import write_report  # the page layer is only needed at the end
 
     if lang not in S:
@@ -108,11 +113,9 @@ def run_demo(
     t_start = time.perf_counter()
     out = Path(out_dir)
     make_dirs(out / "figures")
-    threads = torch.get_num_threads()
     # Tiny convolutions: a second thread costs more in synchronisation than it saves, and on a shared
     # machine a busy core stalls both.
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(threads):
         if not seeds:
             raise ValueError("seeds must name at least one seed")
         t0 = time.perf_counter()
@@ -223,8 +226,6 @@ def run_demo(
         results["figures"] = figures
         write_json(out / "results.json", results, separators=(",", ":"))  # strict JSON: NaN and inf become null
         index = write_report(results, out, settings)
-    finally:
-        torch.set_num_threads(threads)
     log(t["msg_done"].format(path=index.resolve()))
     log(t["msg_open"].format(url=index.resolve().as_uri()))
     return index

@@ -17,12 +17,13 @@ from pathlib import Path
 
 import torch
 
+from .._threads import DEFAULT_THREADS, torch_threads
 from ..data import load_dataset
 from ..io import make_dirs, write_json
 from ..models import PaperMLP, count_parameters
 from ..training import TrainConfig, fit, seed_everything
 from . import plots
-from .strings import NORM_NAMES, pct
+from .strings import NORM_NAMES, num, pct, secs
 
 __all__ = ["run_paper_fig1"]
 
@@ -33,13 +34,13 @@ _TITLE = {
 _MSG = {
     "en": {
         "data": "Data: {path} — {train} training / {val} validation / {test} test images",
-        "run": "{run}: test accuracy {acc} after {steps} steps ({time:.1f} s)",
-        "done": "Figure written to {fig}; numbers in {json}",
+        "run": "{run}: test accuracy {acc} after {steps} steps ({time})",
+        "done": "Figure written to {fig}\nNumbers written to {json}",
     },
     "es": {
         "data": "Datos: {path} — {train} de entrenamiento / {val} de validación / {test} de prueba",
-        "run": "{run}: exactitud de prueba {acc} tras {steps} pasos ({time:.1f} s)",
-        "done": "Figura escrita en {fig}; los números están en {json}",
+        "run": "{run}: exactitud de prueba {acc} tras {steps} pasos ({time})",
+        "done": "Figura escrita en {fig}\nNúmeros escritos en {json}",
     },
 }
 
@@ -66,8 +67,18 @@ def run_paper_fig1(
     lang: str = "en",
     progress: bool = True,
     log: Callable[[str], None] | None = print,
+    threads: int | None = DEFAULT_THREADS,
 ) -> dict:
-    """Train the Fig. 1 network with and without BN; write ``fig1.png`` and ``results.json`` to ``out_dir``."""
+    """Train the Fig. 1 network with and without BN; write ``fig1.png`` and ``results.json`` to ``out_dir``.
+
+    ``threads``: torch threads while it runs (default 1: a small MLP, see :mod:`bnlab._threads`); ``None`` leaves
+    torch's setting.
+    """
+    with torch_threads(threads):
+        return _run(data_path, out_dir, steps, lr, batch_size, eval_every, seed, unit, lang, progress, log)
+
+
+def _run(data_path, out_dir, steps, lr, batch_size, eval_every, seed, unit, lang, progress, log) -> dict:
     log = log or (lambda s: None)
     msg = _MSG[lang]
     out = Path(out_dir)
@@ -112,8 +123,8 @@ def run_paper_fig1(
             "percentiles_last": [h[k][-1] for k in ("p15", "p50", "p85")],
         }
         log(msg["run"].format(run=NORM_NAMES[lang][norm], acc=pct(h["eval_accuracy"][-1], lang), steps=steps,
-                              time=seconds))  # fmt: skip
-    title = _TITLE[lang].format(data=name, steps=f"{steps:,}", m=batch_size, lr=f"{lr:g}")
+                              time=secs(seconds, lang)))  # fmt: skip
+    title = _TITLE[lang].format(data=name, steps=num(steps, lang, 0), m=batch_size, lr=f"{lr:g}")
     fig_path = out / "fig1.png"
     plots.paper_fig1_figure(histories, lang, fig_path, title)
     results = {

@@ -47,12 +47,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._threads import DEFAULT_THREADS, torch_threads
 from ..data import load_mnist
 from ..explain import explain
 from ..io import make_dirs, save_figure, write_json
 from ..models import SmallCNN, bn_layers
 from ..training import TrainConfig, evaluate, fit, seed_everything
-from .strings import NORM_NAMES, pct
+from .strings import NORM_NAMES, pct, secs
 
 __all__ = ["run_small_batch", "summarize", "findings", "build", "BATCH_SIZES", "NORMS", "BN_LIKE", "PER_SAMPLE"]
 
@@ -69,7 +70,7 @@ _MSG = {
     "en": {
         "data": "Data: {name}, {train} training / {test} test images (28×28); {samples} samples seen per run",
         "run": "[{i}/{n}] m = {m}, {run}, seed {seed}: test accuracy {acc} (recalibrated), {ema} (EMA); {time}",
-        "done": "Figure: {fig}\nNumbers: {json}",
+        "done": "Figure written to {fig}\nNumbers written to {json}",
         "title": "Test accuracy vs mini-batch size m\nMNIST 28×28, {samples} samples seen per run, {n} seeds, "
         "lr = {lr32}·m/32",
         "xlabel": "mini-batch size m (log scale)",
@@ -84,7 +85,7 @@ _MSG = {
         "vistos por ejecución",
         "run": "[{i}/{n}] m = {m}, {run}, semilla {seed}: exactitud de prueba {acc} (recalibrada), {ema} (EMA); "
         "{time}",
-        "done": "Figura: {fig}\nNúmeros: {json}",
+        "done": "Figura escrita en {fig}\nNúmeros escritos en {json}",
         "title": "Exactitud de prueba según el tamaño m del minilote\nMNIST 28×28, {samples} ejemplos vistos por "
         "ejecución, {n} semillas, tasa = {lr32}·m/32",
         "xlabel": "tamaño m del minilote (escala logarítmica)",
@@ -241,11 +242,13 @@ def run_small_batch(
     progress: bool = True,
     log: Callable[[str], None] | None = print,
     command: str = "bnlab experiment small-batch",
+    threads: int | None = DEFAULT_THREADS,
 ) -> dict:
     """Train every (norm, m, seed); write ``results.json`` and ``small-batch.png`` into ``out_dir``.
 
     Returns the results (also in ``results.json``): ``config``, ``set_sizes`` (values per set B for each
-    m and BN layer), ``runs`` (one dict per run) and ``summary`` (see :func:`summarize`).
+    m and BN layer), ``runs`` (one dict per run) and ``summary`` (see :func:`summarize`). ``threads``: torch
+    threads while it runs (default 1: small convolutions, see :mod:`bnlab._threads`); ``None`` leaves torch's setting.
     """
     if lang not in _MSG:
         raise ValueError(f"unknown lang {lang!r}; use 'en' or 'es'")
@@ -264,9 +267,7 @@ def run_small_batch(
     out = Path(out_dir)
     make_dirs(out)
     t_start, cpu_start = time.perf_counter(), _cpu_seconds()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small convolutions: one thread is as fast, and leaves the other core free
-    try:
+    with torch_threads(threads):  # small convolutions: one thread is as fast, and leaves the other core free
         data = load_mnist(data_path) if data_path is not None else load_mnist()
         if samples > len(data.x_train):
             raise ValueError(f"samples={samples} is more than the {len(data.x_train)} training images")
@@ -304,7 +305,7 @@ def run_small_batch(
                 msg["run"].format(
                     i=len(runs), n=len(combos), m=m, run=NORM_NAMES[lang][norm], seed=seed,
                     acc=pct(recal["accuracy"], lang), ema=pct(ema["accuracy"], lang),
-                    time=f"{run['train_seconds']:.1f} s",
+                    time=secs(run["train_seconds"], lang),
                 )  # fmt: skip
             )
         results = {
@@ -335,8 +336,6 @@ def run_small_batch(
         results["train_seconds"] = sum(r["train_seconds"] for r in runs)
         path = out / "results.json"
         write_json(path, results, indent=1)
-    finally:
-        torch.set_num_threads(threads)
     log(msg["cpu"].format(wall=f"{results['seconds']:.0f} s", cpu=f"{results['cpu_seconds']:.0f} s"))
     log(msg["done"].format(fig=fig, json=path))
     return results

@@ -201,7 +201,8 @@ S: dict[str, dict[str, str]] = {
             "train --dataset digits --norm channel --activation sigmoid --lr 0.5</code> trains one network with "
             "checkpoints; <code>bnlab experiment small-batch --out {out}/small-batch</code> runs the small "
             "mini-batch experiment, and the next <code>bnlab demo</code> into this folder shows your numbers; "
-            "<code>bnlab experiment paper-fig1 --data mnist.npz</code> runs the paper's Fig. 1 experiment. All "
+            "<code>bnlab experiment paper-fig1</code> runs the paper's Fig. 1 experiment on the MNIST digits shipped "
+            "with bnlab. All "
             "numbers of this page are in <a href=\"{json}\">{json}</a>."
         ),
         "files": "Files of this report",
@@ -592,9 +593,9 @@ S: dict[str, dict[str, str]] = {
             "--lang es</code> explica una capa; <code>bnlab train --dataset digits --norm channel --activation "
             "sigmoid --lr 0.5</code> entrena una red con puntos de control; <code>bnlab experiment small-batch "
             "--out {out}/small-batch</code> repite el experimento de minilotes pequeños, y la próxima <code>bnlab "
-            "demo</code> en esta carpeta mostrará tus números; <code>bnlab experiment paper-fig1 --data "
-            "mnist.npz</code> repite el experimento de la Fig. 1 del artículo. Todos los números de esta página "
-            "están en <a href=\"{json}\">{json}</a>."
+            "demo</code> en esta carpeta mostrará tus números; <code>bnlab experiment paper-fig1</code> "
+            "repite el experimento de la Fig. 1 del artículo con los dígitos MNIST que trae bnlab. Todos los "
+            "números de esta página están en <a href=\"{json}\">{json}</a>."
         ),
         "files": "Archivos de este informe",
         "setting_adam": "ReLU, Adam, tasa de aprendizaje {lr}",

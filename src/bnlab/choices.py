@@ -1,0 +1,35 @@
+"""The names bnlab accepts, in one place: the ``bnlab`` parser and the library both import them from here.
+
+Standard library only (imports nothing at all), so building the command-line parser imports no torch.
+"""
+
+from __future__ import annotations
+
+__all__ = ["LANGS", "DATASETS", "ARCHS", "NORMS", "FAMILY_NORMS", "RENORM_NORMS", "ACTIVATIONS", "OPTIMIZERS",
+           "FAMILY", "PER", "SPLITS", "DEFAULT_THREADS"]  # fmt: skip
+
+#: Languages of messages and reports.
+LANGS = ("en", "es")
+#: Names accepted by :func:`bnlab.data.load_dataset`.
+DATASETS = ("digits", "mnist", "cifar10")
+#: Networks of :func:`bnlab.models.build_model`: a small CNN, or the paper's Fig. 1 MLP.
+ARCHS = ("cnn", "mlp")
+#: Batch normalization in the models: none, per activation, per channel (convolutional BN).
+NORMS = ("none", "activation", "channel")
+#: The rest of the normalization family, also accepted by the models (sets within one sample).
+FAMILY_NORMS = ("layer", "instance", "group")
+#: Batch Renormalization per channel (offered by ``bnlab experiment small-batch``, not by ``bnlab train``).
+RENORM_NORMS = ("renorm",)
+#: Nonlinearities of the models.
+ACTIVATIONS = ("relu", "sigmoid")
+#: Optimizers of :class:`bnlab.training.TrainConfig`.
+OPTIMIZERS = ("sgd", "momentum", "adam")
+#: The members of the normalization family, by the set B each one normalizes over (:mod:`bnlab.axes`).
+FAMILY = ("batch", "layer", "instance", "group")
+#: Batch normalization per channel (convolutional) or per activation.
+PER = ("channel", "activation")
+#: Splits of a :class:`bnlab.data.Dataset`.
+SPLITS = ("test", "val", "train")
+#: Torch threads of every ``bnlab`` command that trains or evaluates (``--threads``): the networks bnlab
+#: trains are small, and a second thread costs more in synchronisation than it saves (see ``bnlab demo --help``).
+DEFAULT_THREADS = 1
