@@ -333,3 +333,20 @@ def test_bench_dies_with_bnlab(tmp_path):
         _no_process_left(proc, 3.0)
     finally:
         _kill_session(proc)
+
+
+@pytest.mark.slow
+def test_replicas_leave_the_launchers_process_group(tmp_path):
+    # a terminal's Ctrl-C goes to the foreground process group: the replicas are out of it, so only the
+    # launcher gets it and forwards it once (a replica left in it would get two interrupts)
+    proc = _start(tmp_path / "run")
+    try:
+        wait_for_file(tmp_path / "run" / "last.pt", proc, 240)  # the replicas are training by now
+        replicas = _replicas(proc.pid)
+        assert len(replicas) == 2, _session(proc.pid)
+        assert os.getpgid(proc.pid) == proc.pid
+        for pid in replicas:
+            assert os.getpgid(pid) != os.getpgid(proc.pid), f"replica {pid} is in the launcher's process group"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _finish(proc)
