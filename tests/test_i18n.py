@@ -1,0 +1,122 @@
+"""The translation layer: every key in every language with the same fields, no HTML in catalogs, numbers as
+each language writes them, and a third language added with one catalog per domain."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from bnlab import i18n
+from bnlab.i18n import numbers
+
+SHIPPED = i18n._SHIPPED
+
+
+def _domains(lang: str) -> set[str]:
+    return {p.stem for p in (SHIPPED / lang).glob("*.json")}
+
+
+def _flat(table: dict, prefix: str = ""):
+    for key, value in table.items():
+        if key.startswith("@"):
+            continue
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from _flat(value, name + ".")
+        else:
+            yield name, value
+
+
+def _templates(value) -> list[str]:
+    return value if isinstance(value, list) else [value]
+
+
+def test_the_shipped_languages_are_english_and_spanish_with_the_same_domains():
+    assert i18n.languages()[:2] == ("en", "es")
+    assert _domains("en") == _domains("es") and "core" in _domains("en")
+
+
+@pytest.mark.parametrize("domain", sorted(_domains("en")))
+def test_every_key_exists_in_every_language_with_the_same_fields(domain):
+    tables = {lang: dict(_flat(json.loads((SHIPPED / lang / f"{domain}.json").read_text("utf-8"))))
+              for lang in ("en", "es")}
+    assert tables["en"].keys() == tables["es"].keys(), (
+        f"{domain}: only in en {sorted(tables['en'].keys() - tables['es'].keys())}, "
+        f"only in es {sorted(tables['es'].keys() - tables['en'].keys())}")
+    for key, en in tables["en"].items():
+        es = tables["es"][key]
+        assert type(en) is type(es), f"{domain}.{key}: a {type(en).__name__} in en, a {type(es).__name__} in es"
+        want = set().union(*(i18n.fields(s) for s in _templates(en)))
+        for lang, value in (("en", en), ("es", es)):
+            if isinstance(value, list):
+                assert len(value) == 2, f"{domain}.{key} ({lang}): en and es have two plural forms"
+                assert all("n" in i18n.fields(s) for s in value), f"{domain}.{key} ({lang}): a form without {{n}}"
+            got = set().union(*(i18n.fields(s) for s in _templates(value)))
+            assert got == want, f"{domain}.{key} ({lang}): fields {sorted(got)}, English has {sorted(want)}"
+
+
+@pytest.mark.parametrize("lang", ["en", "es"])
+def test_no_markup_inside_catalog_strings(lang):
+    for path in (SHIPPED / lang).glob("*.json"):
+        for key, value in _flat(json.loads(path.read_text("utf-8"))):
+            for s in _templates(value):
+                assert not re.search(r"</?[a-zA-Z][^>]*>|&[a-z]+;", s), f"{path.name}:{key} holds HTML: {s!r}"
+
+
+def test_plural_forms_follow_the_count():
+    assert i18n.t("core.count_values", "en", n=1) == "1 value"
+    assert i18n.t("core.count_values", "en", n=0) == "0 values"
+    assert i18n.t("core.count_values", "es", n=2) == "2 valores"
+    assert i18n.t("core.count_values", "es", n=25088) == "25 088 valores"
+    with pytest.raises(i18n.CatalogError, match="pass the count as n="):
+        i18n.t("core.count_values", "en")
+
+
+def test_unknown_keys_and_languages_name_what_is_missing():
+    with pytest.raises(i18n.CatalogError, match=r"no catalog entry 'core.nope'.*catalogs/en/core.json"):
+        i18n.t("core.nope", "en")
+    with pytest.raises(i18n.CatalogError, match="unknown language 'fr'.*'en', 'es'"):
+        i18n.t("core.yes", "fr")
+    with pytest.raises(i18n.CatalogError, match="has no domain"):
+        i18n.t("yes", "en")
+
+
+@pytest.mark.parametrize(("x", "digits", "en", "es"), [
+    (0.0, 1, "0.0", "0,0"), (2048, 0, "2,048", "2048"), (25088.5, 1, "25,088.5", "25 088,5"),
+    (-12345.678, 2, "-12,345.68", "-12 345,68"), (999.95, 1, "1,000.0", "1000,0"), (1e7, 0, "10,000,000", "10 000 000"),
+])
+def test_decimals_as_each_language_writes_them(x, digits, en, es):
+    assert numbers.decimal(x, "en", digits) == en
+    assert numbers.decimal(x, "es", digits) == es
+
+
+def test_integers_percentages_and_seconds():
+    assert [numbers.integer(n, "es") for n in (7, 2048, 10000, -25088)] == ["7", "2048", "10 000", "-25 088"]
+    assert [numbers.integer(n, "en") for n in (7, 2048, 10000, -25088)] == ["7", "2,048", "10,000", "-25,088"]
+    assert numbers.percent(0.724, "en") == "72.4%" and numbers.percent(0.724, "es") == "72,4 %"
+    assert numbers.seconds(74.04, "en") == "74.0 s" and numbers.seconds(74.04, "es") == "74,0 s"
+
+
+@pytest.fixture
+def third_language(tmp_path, monkeypatch):
+    """A tiny catalog of a made-up language 'xx' (one file per domain), added through BNLAB_CATALOGS."""
+    root = tmp_path / "catalogs" / "xx"
+    root.mkdir(parents=True)
+    (root / "core.json").write_text(json.dumps({
+        "@plural-forms": "nplurals=3; plural=(n == 0 ? 0 : n == 1 ? 1 : 2);",
+        "@number": {"decimal": "'", "group": "_", "group_min_digits": 4, "percent": "pc {}"},
+        "yes": "ja", "count_values": ["{n} nulla", "{n} una", "{n} multa"],
+    }), "utf-8")
+    monkeypatch.setenv("BNLAB_CATALOGS", str(tmp_path / "catalogs"))
+    return root
+
+
+def test_a_third_language_is_one_catalog_per_domain(third_language):
+    assert i18n.languages() == ("en", "es", "xx")
+    assert i18n.t("core.yes", "xx") == "ja"
+    assert [i18n.t("core.count_values", "xx", n=k) for k in (0, 1, 1234)] == ["0 nulla", "1 una", "1_234 multa"]
+    assert numbers.percent(0.5, "xx") == "pc 50'0"
+    # a key the tiny catalog lacks falls back to English instead of failing
+    assert i18n.t("core.no", "xx") == "no"
