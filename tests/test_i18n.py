@@ -40,11 +40,13 @@ def test_the_shipped_languages_are_english_and_spanish_with_the_same_domains():
 
 @pytest.mark.parametrize("domain", sorted(_domains("en")))
 def test_every_key_exists_in_every_language_with_the_same_fields(domain):
-    tables = {lang: dict(_flat(json.loads((SHIPPED / lang / f"{domain}.json").read_text("utf-8"))))
-              for lang in ("en", "es")}
+    tables = {
+        lang: dict(_flat(json.loads((SHIPPED / lang / f"{domain}.json").read_text("utf-8")))) for lang in ("en", "es")
+    }
     assert tables["en"].keys() == tables["es"].keys(), (
         f"{domain}: only in en {sorted(tables['en'].keys() - tables['es'].keys())}, "
-        f"only in es {sorted(tables['es'].keys() - tables['en'].keys())}")
+        f"only in es {sorted(tables['es'].keys() - tables['en'].keys())}"
+    )
     for key, en in tables["en"].items():
         es = tables["es"][key]
         assert type(en) is type(es), f"{domain}.{key}: a {type(en).__name__} in en, a {type(es).__name__} in es"
@@ -83,10 +85,17 @@ def test_unknown_keys_and_languages_name_what_is_missing():
         i18n.t("yes", "en")
 
 
-@pytest.mark.parametrize(("x", "digits", "en", "es"), [
-    (0.0, 1, "0.0", "0,0"), (2048, 0, "2,048", "2048"), (25088.5, 1, "25,088.5", "25 088,5"),
-    (-12345.678, 2, "-12,345.68", "-12 345,68"), (999.95, 1, "1,000.0", "1000,0"), (1e7, 0, "10,000,000", "10 000 000"),
-])
+@pytest.mark.parametrize(
+    ("x", "digits", "en", "es"),
+    [
+        (0.0, 1, "0.0", "0,0"),
+        (2048, 0, "2,048", "2048"),
+        (25088.5, 1, "25,088.5", "25 088,5"),
+        (-12345.678, 2, "-12,345.68", "-12 345,68"),
+        (999.95, 1, "1,000.0", "1000,0"),
+        (1e7, 0, "10,000,000", "10 000 000"),
+    ],
+)
 def test_decimals_as_each_language_writes_them(x, digits, en, es):
     assert numbers.decimal(x, "en", digits) == en
     assert numbers.decimal(x, "es", digits) == es
@@ -104,11 +113,17 @@ def third_language(tmp_path, monkeypatch):
     """A tiny catalog of a made-up language 'xx' (one file per domain), added through BNLAB_CATALOGS."""
     root = tmp_path / "catalogs" / "xx"
     root.mkdir(parents=True)
-    (root / "core.json").write_text(json.dumps({
-        "@plural-forms": "nplurals=3; plural=(n == 0 ? 0 : n == 1 ? 1 : 2);",
-        "@number": {"decimal": "'", "group": "_", "group_min_digits": 4, "percent": "pc {}"},
-        "yes": "ja", "count_values": ["{n} nulla", "{n} una", "{n} multa"],
-    }), "utf-8")
+    (root / "core.json").write_text(
+        json.dumps(
+            {
+                "@plural-forms": "nplurals=3; plural=(n == 0 ? 0 : n == 1 ? 1 : 2);",
+                "@number": {"decimal": "'", "group": "_", "group_min_digits": 4, "percent": "pc {}"},
+                "yes": "ja",
+                "count_values": ["{n} nulla", "{n} una", "{n} multa"],
+            }
+        ),
+        "utf-8",
+    )
     monkeypatch.setenv("BNLAB_CATALOGS", str(tmp_path / "catalogs"))
     return root
 

@@ -56,7 +56,7 @@ def _roots() -> tuple[Path, ...]:
     return (*extra, _SHIPPED)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _languages(roots: tuple[Path, ...]) -> tuple[str, ...]:
     found: dict[str, None] = {}
     for root in roots:
@@ -74,7 +74,7 @@ def languages() -> tuple[str, ...]:
     return _languages(_roots())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load(roots: tuple[Path, ...], lang: str, domain: str) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     for root in reversed(roots):  # shipped first, added folders override
@@ -129,7 +129,7 @@ def lookup(key: str, lang: str, *, fallback: bool = True) -> Any:
     return value
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _plural_rule(roots: tuple[Path, ...], lang: str):
     forms = _load(roots, lang, "core").get("@plural-forms", "nplurals=2; plural=(n != 1);")
     expr = forms.split("plural=", 1)[1].rstrip("; ")
