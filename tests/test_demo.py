@@ -15,7 +15,11 @@ import numpy as np
 import pytest
 
 from bnlab.cli import main
-from bnlab.report.strings import NORM_NAMES, S
+from bnlab.i18n import catalog, t
+
+# the report's words, from its catalogs: the run names and every sentence template
+NORM_NAMES = {lang: t("report.norm", lang) for lang in ("en", "es")}
+S = {lang: {k: v for k, v in catalog("report", lang).items() if isinstance(v, str)} for lang in ("en", "es")}
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -363,7 +363,8 @@ def test_spanish_numbers_follow_the_rae():
     assert "2048 valores" in es and "2 048" not in es
     es = explain((32, 28, 28, 12), layout="NHWC", lang="es").text
     assert "25 088" in es and "9408" in es and "25,088" not in es
-    from bnlab.report.strings import integer, num
+    from bnlab.i18n.numbers import decimal as num
+    from bnlab.i18n.numbers import integer
 
     assert [integer(n, "es") for n in (2048, 25088, 999)] == ["2048", "25 088", "999"]
     assert [num(x, "es", 1) for x in (1234.5, 25088.0, 9999.7)] == ["1234,5", "25 088,0", "9999,7"]

@@ -33,7 +33,7 @@ BUGS = [
          old="            self.refresh()", new="            pass",
          tests=[F + "test_progress_bars_end_at_their_total"]),
     dict(name="spanish-seconds-with-a-point", path="src/bnlab/report/paper_fig1.py",
-         old="time=secs(seconds, lang)", new="time=f\"{seconds:.1f} s\"",
+         old="time=numbers.seconds(seconds, lang)", new="time=f\"{seconds:.1f} s\"",
          tests=[F + "test_spanish_numbers_use_a_decimal_comma"]),
     dict(name="page-announced-another-way", path="src/bnlab/cli/explain.py",
          old="\"Interactive page written to {path} (open it in a browser)\"",

@@ -64,7 +64,7 @@ BUGS = [
     ),
     dict(
         name="report-shows-only-the-old-three-rows",
-        path="src/bnlab/report/html.py",
+        path="src/bnlab/report/analysis.py",
         old='    norms = [n for n in cfg["norms"] if n in summary]',
         new='    norms = [n for n in cfg["norms"] if n in summary][:3]',
         tests=[T + "test_the_report_section_states_the_shipped_reference[en]",
@@ -73,8 +73,8 @@ BUGS = [
     dict(
         name="report-lr-not-scaled-with-m",
         path="src/bnlab/report/html.py",
-        old="lr_min=g(lr32 * m_min / 32)",
-        new="lr_min=g(lr32)",
+        old="lr_min=general(lr32 * m_min / 32, w.lang)",
+        new="lr_min=general(lr32, w.lang)",
         tests=[T + "test_the_report_section_states_the_shipped_reference[en]",
                T + "test_the_report_section_states_the_shipped_reference[es]"],
     ),

@@ -42,8 +42,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args) -> int:
     import copy
 
+    from ..i18n.numbers import decimal as num
+    from ..i18n.numbers import percent as pct
     from ..inference import CheckpointError
-    from ..report.strings import num, pct
     from ..training import CHECKPOINT_NAME, evaluate, load_trained
 
     lang = args.lang

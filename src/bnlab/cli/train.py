@@ -176,8 +176,9 @@ def run(args) -> int:
             print(m["interrupted_last_step"].format(ckpt=ckpt, hist=hist), file=sys.stderr)
             return EXIT_INTERRUPTED
         fig = args.out / "curves.png"
+        from ..i18n.numbers import decimal as num
+        from ..i18n.numbers import percent as pct
         from ..report.plots import curves_figure
-        from ..report.strings import num, pct
 
         run = {"norm": args.norm, "history": result.history}
         curves_figure([run], _train_title(args, lang), lang, fig)

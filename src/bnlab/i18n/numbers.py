@@ -11,7 +11,7 @@ space groups thousands only from five digits on) and 72,4 % (a space before the 
 
 from __future__ import annotations
 
-__all__ = ["integer", "decimal", "percent", "seconds"]
+__all__ = ["integer", "decimal", "general", "percent", "seconds"]
 
 _DEFAULT = {"decimal": ".", "group": ",", "group_min_digits": 4, "percent": "{}%"}
 
@@ -53,3 +53,9 @@ def percent(x: float, lang: str, digits: int = 1) -> str:
 def seconds(x: float, lang: str) -> str:
     """A duration in seconds with one decimal."""
     return decimal(x, lang, 1) + " s"
+
+
+def general(x: float, lang: str) -> str:
+    """``x`` as Python's ``g`` format writes it (0.003, 0.00625, 1), with the decimal mark of ``lang``: for rates
+    and other settings quoted as given, not rounded to a fixed number of decimals."""
+    return f"{x:g}".replace(".", _conventions(lang)["decimal"])

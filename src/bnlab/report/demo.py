@@ -24,12 +24,12 @@ import torch
 from .._threads import DEFAULT_THREADS, torch_threads
 from ..data import load_dataset
 from ..explain import explain
+from ..i18n import languages, numbers, t
 from ..io import make_dirs, write_json
 from ..models import SmallCNN, bn_layers, count_parameters
 from ..training import TrainConfig, evaluate, fit, seed_everything
 from . import plots, small_batch
 from .settings import SETTINGS, Setting
-from .strings import NORM_NAMES, S, pct, secs
 
 __all__ = ["Setting", "SETTINGS", "NORM_ORDER", "run_demo"]
 
@@ -107,8 +107,8 @@ def run_demo(
     """
     from .html import write_report  # the page layer is only needed at the end
 
-    if lang not in S:
-        raise ValueError(f"unknown lang {lang!r}; use 'en' or 'es'")
+    if lang not in languages():
+        raise ValueError(f"unknown lang {lang!r}; use one of {', '.join(languages())}")
     log = log or (lambda s: None)
     t_start = time.perf_counter()
     out = Path(out_dir)
@@ -121,8 +121,16 @@ def run_demo(
         t0 = time.perf_counter()
         data = load_dataset("digits", seed=seeds[0])  # one split for every run: seeds vary the training only
         t_data = time.perf_counter() - t0
-        t = S[lang]
-        log(t["msg_data"].format(name=data.name, train=len(data.x_train), val=len(data.x_val), test=len(data.x_test)))
+        log(
+            t(
+                "report.msg_data",
+                lang,
+                name=data.name,
+                train=len(data.x_train),
+                val=len(data.x_val),
+                test=len(data.x_test),
+            )
+        )
         steps_per_epoch = len(data.x_train) // batch_size
         runs = []
         eval_seconds = 0.0
@@ -171,14 +179,16 @@ def run_demo(
             }
             runs.append(run)
             log(
-                t["msg_run"].format(
+                t(
+                    "report.msg_run",
+                    lang,
                     i=len(runs),
                     n=n_runs,
                     setting=setting.title(lang),
-                    run=NORM_NAMES[lang][norm],
+                    run=t(f"report.norm.{norm}", lang),
                     seed=seed,
-                    acc=pct(test["accuracy"], lang),
-                    time=secs(h["train_seconds"], lang),
+                    acc=numbers.percent(test["accuracy"], lang),
+                    time=numbers.seconds(h["train_seconds"], lang),
                 )
             )
         results = {
@@ -226,6 +236,6 @@ def run_demo(
         results["figures"] = figures
         write_json(out / "results.json", results, separators=(",", ":"))  # strict JSON: NaN and inf become null
         index = write_report(results, out, settings)
-    log(t["msg_done"].format(path=index.resolve()))
-    log(t["msg_open"].format(url=index.resolve().as_uri()))
+    log(t("report.msg_done", lang, path=index.resolve()))
+    log(t("report.msg_open", lang, url=index.resolve().as_uri()))
     return index

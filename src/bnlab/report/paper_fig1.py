@@ -19,30 +19,13 @@ import torch
 
 from .._threads import DEFAULT_THREADS, torch_threads
 from ..data import load_dataset
+from ..i18n import numbers, t
 from ..io import make_dirs, write_json
 from ..models import PaperMLP, count_parameters
 from ..training import TrainConfig, fit, seed_everything
 from . import plots
-from .strings import NORM_NAMES, num, pct, secs
 
 __all__ = ["run_paper_fig1"]
-
-_TITLE = {
-    "en": "Ioffe & Szegedy (2015), Fig. 1 — {data}, {steps} steps of {m}, SGD lr {lr}",
-    "es": "Ioffe y Szegedy (2015), Fig. 1 — {data}, {steps} pasos de {m}, SGD, tasa {lr}",
-}
-_MSG = {
-    "en": {
-        "data": "Data: {path} — {train} training / {val} validation / {test} test images",
-        "run": "{run}: test accuracy {acc} after {steps} steps ({time})",
-        "done": "Figure written to {fig}\nNumbers written to {json}",
-    },
-    "es": {
-        "data": "Datos: {path} — {train} de entrenamiento / {val} de validación / {test} de prueba",
-        "run": "{run}: exactitud de prueba {acc} tras {steps} pasos ({time})",
-        "done": "Figura escrita en {fig}\nNúmeros escritos en {json}",
-    },
-}
 
 
 def _at(history: dict, step: int) -> float | None:
@@ -80,7 +63,7 @@ def run_paper_fig1(
 
 def _run(data_path, out_dir, steps, lr, batch_size, eval_every, seed, unit, lang, progress, log) -> dict:
     log = log or (lambda s: None)
-    msg = _MSG[lang]
+    msg = t("report.fig1", lang)
     out = Path(out_dir)
     make_dirs(out)
     data = load_dataset("mnist", Path(data_path), seed=seed)
@@ -122,9 +105,9 @@ def _run(data_path, out_dir, steps, lr, batch_size, eval_every, seed, unit, lang
             "percentiles_first": [h[k][0] for k in ("p15", "p50", "p85")],
             "percentiles_last": [h[k][-1] for k in ("p15", "p50", "p85")],
         }
-        log(msg["run"].format(run=NORM_NAMES[lang][norm], acc=pct(h["eval_accuracy"][-1], lang), steps=steps,
-                              time=secs(seconds, lang)))  # fmt: skip
-    title = _TITLE[lang].format(data=name, steps=num(steps, lang, 0), m=batch_size, lr=f"{lr:g}")
+        log(msg["run"].format(run=t(f"report.norm.{norm}", lang), acc=numbers.percent(h["eval_accuracy"][-1], lang),
+                              steps=steps, time=numbers.seconds(seconds, lang)))  # fmt: skip
+    title = msg["title"].format(data=name, steps=numbers.integer(steps, lang), m=batch_size, lr=f"{lr:g}")
     fig_path = out / "fig1.png"
     plots.paper_fig1_figure(histories, lang, fig_path, title)
     results = {

@@ -13,9 +13,9 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..explain import explain
+from ..i18n import numbers, t
 from ..io import make_dirs, save_figure
 from .settings import Setting
-from .strings import NORM_NAMES, S
 
 COLORS = {"none": "#7f7f7f", "activation": "#e6862a", "channel": "#2a6fdb",
           "layer": "#2ca02c", "instance": "#9467bd", "group": "#8c564b"}  # fmt: skip
@@ -47,7 +47,6 @@ def _finite(values) -> np.ndarray:
 
 
 def curves_figure(runs: list[dict], title: str, lang: str, path: Path) -> None:
-    t = S[lang]
     fig = Figure(figsize=(10, 4.0))
     fig.subplots_adjust(left=0.075, right=0.985, bottom=0.24, top=0.88, wspace=0.22)  # fixed: layout engines are slow
     ax_loss, ax_acc = fig.subplots(1, 2)
@@ -55,17 +54,17 @@ def curves_figure(runs: list[dict], title: str, lang: str, path: Path) -> None:
         h, norm = run["history"], run["norm"]
         loss = _finite(h["loss"])
         w = smoothing_window(len(loss))
-        color, label = COLORS[norm], NORM_NAMES[lang][norm]
+        color, label = COLORS[norm], t(f"report.norm.{norm}", lang)
         ax_loss.plot(h["step"], np.clip(loss, None, 10), color=color, alpha=0.18, lw=0.8)
         ax_loss.plot(h["step"], np.clip(moving_average(np.nan_to_num(loss, nan=10.0), w), None, 10), color=color,
                      lw=1.8, label=label)  # fmt: skip
         ax_acc.plot(h["eval_step"], 100 * _finite(h["eval_accuracy"]), color=color, lw=1.8, marker="o", ms=2.5,
                     label=label)  # fmt: skip
-    ax_loss.set_xlabel(t["fig_step"])
-    ax_loss.set_ylabel(t["fig_loss"])
+    ax_loss.set_xlabel(t("report.fig_step", lang))
+    ax_loss.set_ylabel(t("report.fig_loss", lang))
     ax_loss.set_yscale("log")
-    ax_acc.set_xlabel(t["fig_step"])
-    ax_acc.set_ylabel(t["fig_val_acc"] + " (%)")
+    ax_acc.set_xlabel(t("report.fig_step", lang))
+    ax_acc.set_ylabel(t("report.fig_val_acc", lang) + " (%)")
     ax_acc.set_ylim(0, 101)
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
@@ -78,27 +77,25 @@ def curves_figure(runs: list[dict], title: str, lang: str, path: Path) -> None:
 
 def percentiles_panel(ax, h: dict, color: str, lang: str, title: str, window: int = 1) -> None:
     """15/50/85th percentiles vs step; ``window`` > 1 plots each as a moving average over that many steps."""
-    t = S[lang]
     steps = h["step"]
     p15, p50, p85 = (moving_average(_finite(h[k]), window) for k in ("p15", "p50", "p85"))
     ax.fill_between(steps, p15, p85, color=color, alpha=0.15, lw=0)
-    ax.plot(steps, p85, color=color, lw=1.0, ls="--", label=t["fig_p"].format(q=85))
-    ax.plot(steps, p50, color=color, lw=1.8, label=t["fig_p"].format(q=50))
-    ax.plot(steps, p15, color=color, lw=1.0, ls=":", label=t["fig_p"].format(q=15))
+    ax.plot(steps, p85, color=color, lw=1.0, ls="--", label=t("report.fig_p", lang, q=85))
+    ax.plot(steps, p50, color=color, lw=1.8, label=t("report.fig_p", lang, q=50))
+    ax.plot(steps, p15, color=color, lw=1.0, ls=":", label=t("report.fig_p", lang, q=15))
     ax.set_title(title, fontsize=10)
-    ax.set_xlabel(t["fig_step"])
+    ax.set_xlabel(t("report.fig_step", lang))
     ax.grid(alpha=0.3)
 
 
 def percentiles_figure(runs: list[dict], title: str, lang: str, path: Path) -> None:
-    t = S[lang]
     fig = Figure(figsize=(12, 3.9))
     fig.subplots_adjust(left=0.065, right=0.99, bottom=0.26, top=0.84, wspace=0.08)
     axes = fig.subplots(1, len(runs), sharey=True)  # one y scale, so the panels compare at a glance
     for ax, run in zip(np.atleast_1d(axes), runs, strict=True):
-        percentiles_panel(ax, run["history"], COLORS[run["norm"]], lang, NORM_NAMES[lang][run["norm"]])
+        percentiles_panel(ax, run["history"], COLORS[run["norm"]], lang, t(f"report.norm.{run['norm']}", lang))
     first = np.atleast_1d(axes)[0]
-    first.set_ylabel(t["fig_percentiles"])
+    first.set_ylabel(t("report.fig_percentiles", lang))
     handles, labels = first.get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=10, frameon=False)
     fig.suptitle(title)
@@ -130,27 +127,26 @@ def demo_figures(results: dict, fig_dir: Path, lang: str) -> dict:
 
 def paper_fig1_figure(runs: dict, lang: str, path: Path, title: str) -> None:
     """The paper's Fig. 1: (a) test accuracy vs step, with and without BN; (b, c) input percentiles."""
-    t = S[lang]
     fig = Figure(figsize=(13, 3.8))
     fig.subplots_adjust(left=0.06, right=0.99, bottom=0.14, top=0.85, wspace=0.25)
     ax_a, ax_b, ax_c = fig.subplots(1, 3)
-    labels = {"none": NORM_NAMES[lang]["none"], "activation": "BN"}
+    labels = {"none": t("report.norm.none", lang), "activation": "BN"}
     colors = {"none": COLORS["none"], "activation": COLORS["channel"]}
     for norm, h in runs.items():
         ax_a.plot(h["eval_step"], _finite(h["eval_accuracy"]), color=colors[norm], lw=1.8, label=labels[norm])
-    ax_a.set_xlabel(t["fig_step"])
-    ax_a.set_ylabel(t["fig_test_acc"])
+    ax_a.set_xlabel(t("report.fig_step", lang))
+    ax_a.set_ylabel(t("report.fig_test_acc", lang))
     ax_a.legend(loc="lower right")
     ax_a.grid(alpha=0.3)
     lo = min(min(_finite(h["eval_accuracy"][1:] or [1.0])) for h in runs.values())
     ax_a.set_ylim(max(0.0, math.floor(lo * 20) / 20), 1.0)
     ax_a.set_title("(a)", fontsize=10)
     window = max(1, len(next(iter(runs.values()))["step"]) // 100)
-    smoothed = S[lang]["fig_smoothed"].format(n=window) if window > 1 else ""
+    smoothed = t("report.fig_smoothed", lang, n=window) if window > 1 else ""
     for ax, norm, tag in ((ax_b, "none", "(b)"), (ax_c, "activation", "(c)")):
         if norm in runs:
             percentiles_panel(ax, runs[norm], colors[norm], lang, f"{tag} {labels[norm]}{smoothed}", window)
-    ax_b.set_ylabel(t["fig_percentiles"])
+    ax_b.set_ylabel(t("report.fig_percentiles", lang))
     ax_b.legend(loc="best", fontsize=8)
     lims = [ax.get_ylim() for ax in (ax_b, ax_c)]
     ylim = (min(a for a, _ in lims), max(b for _, b in lims))
@@ -160,31 +156,12 @@ def paper_fig1_figure(runs: dict, lang: str, path: Path, title: str) -> None:
     _save(fig, path)
 
 
-# Words of the filter-vs-feature-map figure (the learner's third question), kept with the figure.
-_FILTER_WORDS = {
-    "en": {
-        "title": "The \u201celements\u201d of a feature map are its values, not the filter's weights",
-        "image": "input image x (one example)\n{h}×{w} pixels",
-        "filter": "the filter of channel c: {k}×{k} = {kk} WEIGHTS\nthe same {kk} numbers at every location",
-        "map": "feature map of channel c: {h}×{w} = {hw} VALUES\none per location; BN normalizes these",
-        "note": "the value at location (h, w) = Σ weights × the 3×3 patch of x around (h, w)",
-    },
-    "es": {
-        "title": "Los \u00abelementos\u00bb de un mapa de características son sus valores, no los pesos del filtro",
-        "image": "imagen de entrada x (un ejemplo)\n{h}×{w} píxeles",
-        "filter": "el filtro del canal c: {k}×{k} = {kk} PESOS\nlos mismos {kk} números en todas las ubicaciones",
-        "map": "mapa de características del canal c: {h}×{w} = {hw} VALORES\nuno por ubicación; BN normaliza estos",
-        "note": "el valor en la ubicación (h, w) = Σ pesos × el trozo 3×3 de x alrededor de (h, w)",
-    },
-}
-
-
 def filter_map_figure(image, lang: str, path: Path, dpi: int = 100) -> Path:
     """A 3×3 filter (weights, shared by all locations) beside the feature map it produces (one value per
     location) for one real image ``image`` (H, W): a real convolution (torch), numbers printed in the cells."""
     import torch
 
-    w = _FILTER_WORDS[lang]
+    w = t("report.filter", lang)
     img = torch.as_tensor(np.asarray(image, dtype=np.float32))
     h, wd = img.shape
     weights = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])  # a vertical-edge filter
@@ -206,11 +183,11 @@ def filter_map_figure(image, lang: str, path: Path, dpi: int = 100) -> Path:
         ax.set_xticks([])
         ax.set_yticks([])
 
-    grid(ax_img, img.numpy(), "Greys", lambda v: f"{v:.1f}".replace(".", "," if lang == "es" else "."), 1.0)
+    grid(ax_img, img.numpy(), "Greys", lambda v: numbers.decimal(v, lang, 1), 1.0)
     ax_img.set_title(w["image"].format(h=h, w=wd), fontsize=11)
     grid(ax_f, weights.numpy(), "PuOr", lambda v: f"{v:+.0f}" if v else "0")
     ax_f.set_title(w["filter"].format(k=3, kk=9), fontsize=11)
-    grid(ax_map, fmap, "RdBu_r", lambda v: f"{v:.1f}".replace(".", "," if lang == "es" else "."))
+    grid(ax_map, fmap, "RdBu_r", lambda v: numbers.decimal(v, lang, 1))
     ax_map.set_title(w["map"].format(h=h, w=wd, hw=h * wd), fontsize=11)
     fig.suptitle(w["title"], fontsize=13)
     fig.text(0.5, 0.03, w["note"], ha="center", fontsize=11, color="#222222")

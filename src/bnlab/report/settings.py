@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .strings import S
+from ..i18n import t
+from ..i18n.numbers import general
 
 __all__ = ["Setting", "SETTINGS"]
 
@@ -19,11 +20,10 @@ class Setting:
     lr: float
 
     def title(self, lang: str) -> str:
-        lr = f"{self.lr:g}".replace(".", ",") if lang == "es" else f"{self.lr:g}"
-        return S[lang][f"setting_{self.key}"].format(lr=lr)
+        return t(f"report.setting_{self.key}", lang, lr=general(self.lr, lang))
 
     def why(self, lang: str) -> str:
-        return S[lang][f"setting_{self.key}_why"]
+        return t(f"report.setting_{self.key}_why", lang)
 
 
 SETTINGS = (

@@ -50,10 +50,10 @@ import torch
 from .._threads import DEFAULT_THREADS, torch_threads
 from ..data import load_mnist
 from ..explain import explain
+from ..i18n import languages, numbers, t
 from ..io import make_dirs, save_figure, write_json
 from ..models import SmallCNN, bn_layers
 from ..training import TrainConfig, evaluate, fit, seed_everything
-from .strings import NORM_NAMES, pct, secs
 
 __all__ = ["run_small_batch", "summarize", "findings", "build", "BATCH_SIZES", "NORMS", "BN_LIKE", "PER_SAMPLE"]
 
@@ -65,37 +65,6 @@ BN_LIKE = ("activation", "channel", "channel-conv", "channel-ln", "renorm")
 #: Members whose set B stays inside one example: the same computation in training and in eval mode.
 PER_SAMPLE = ("group", "layer", "instance")
 _EXTRA_COLORS = {"channel-conv": "#17becf", "channel-ln": "#bcbd22", "renorm": "#d62728"}  # the others: plots.COLORS
-
-_MSG = {
-    "en": {
-        "data": "Data: {name}, {train} training / {test} test images (28×28); {samples} samples seen per run",
-        "run": "[{i}/{n}] m = {m}, {run}, seed {seed}: test accuracy {acc} (recalibrated), {ema} (EMA); {time}",
-        "done": "Figure written to {fig}\nNumbers written to {json}",
-        "title": "Test accuracy vs mini-batch size m\nMNIST 28×28, {samples} samples seen per run, {n} seeds, "
-        "lr = {lr32}·m/32",
-        "xlabel": "mini-batch size m (log scale)",
-        "ylabel": "test accuracy (%), recalibrated statistics",
-        "legend_seed": "one seed",
-        "panel_batch": "set B across the mini-batch",
-        "panel_sample": "set B inside one example",
-        "cpu": "Time: {wall} wall-clock, {cpu} of CPU (this process and its children)",
-    },
-    "es": {
-        "data": "Datos: {name}, {train} imágenes de entrenamiento / {test} de prueba (28×28); {samples} ejemplos "
-        "vistos por ejecución",
-        "run": "[{i}/{n}] m = {m}, {run}, semilla {seed}: exactitud de prueba {acc} (recalibrada), {ema} (EMA); "
-        "{time}",
-        "done": "Figura escrita en {fig}\nNúmeros escritos en {json}",
-        "title": "Exactitud de prueba según el tamaño m del minilote\nMNIST 28×28, {samples} ejemplos vistos por "
-        "ejecución, {n} semillas, tasa = {lr32}·m/32",
-        "xlabel": "tamaño m del minilote (escala logarítmica)",
-        "ylabel": "exactitud de prueba (%), estadísticas recalibradas",
-        "legend_seed": "una semilla",
-        "panel_batch": "conjunto B a lo largo del minilote",
-        "panel_sample": "conjunto B dentro de un ejemplo",
-        "cpu": "Tiempo: {wall} de reloj, {cpu} de CPU (este proceso y sus hijos)",
-    },
-}
 
 
 def build(member: str, data, steps: int) -> torch.nn.Module:
@@ -250,8 +219,8 @@ def run_small_batch(
     m and BN layer), ``runs`` (one dict per run) and ``summary`` (see :func:`summarize`). ``threads``: torch
     threads while it runs (default 1: small convolutions, see :mod:`bnlab._threads`); ``None`` leaves torch's setting.
     """
-    if lang not in _MSG:
-        raise ValueError(f"unknown lang {lang!r}; use 'en' or 'es'")
+    if lang not in languages():
+        raise ValueError(f"unknown lang {lang!r}; use one of {', '.join(languages())}")
     batch_sizes = tuple(int(m) for m in batch_sizes)
     if not batch_sizes or any(m < 2 for m in batch_sizes):
         raise ValueError(f"batch sizes must be at least 2 (BN needs 2 values per set B), got {batch_sizes}")
@@ -263,7 +232,7 @@ def run_small_batch(
     if samples < max(batch_sizes):
         raise ValueError(f"samples={samples} is fewer than one mini-batch of m = {max(batch_sizes)}")
     log = log or (lambda s: None)
-    msg = _MSG[lang]
+    msg = t("report.study", lang)
     out = Path(out_dir)
     make_dirs(out)
     t_start, cpu_start = time.perf_counter(), _cpu_seconds()
@@ -303,9 +272,9 @@ def run_small_batch(
             runs.append(run)
             log(
                 msg["run"].format(
-                    i=len(runs), n=len(combos), m=m, run=NORM_NAMES[lang][norm], seed=seed,
-                    acc=pct(recal["accuracy"], lang), ema=pct(ema["accuracy"], lang),
-                    time=secs(run["train_seconds"], lang),
+                    i=len(runs), n=len(combos), m=m, run=t(f"report.norm.{norm}", lang), seed=seed,
+                    acc=numbers.percent(recal["accuracy"], lang), ema=numbers.percent(ema["accuracy"], lang),
+                    time=numbers.seconds(run["train_seconds"], lang),
                 )  # fmt: skip
             )
         results = {
@@ -351,7 +320,7 @@ def figure(results: dict, lang: str, path: str | Path, dpi: int = 100) -> Path:
     from .plots import COLORS
 
     colors = {**COLORS, **_EXTRA_COLORS}
-    msg = _MSG[lang]
+    msg = t("report.study", lang)
     cfg = results["config"]
     summary = results["summary"]
     norms = [n for n in cfg["norms"] if n in summary]
@@ -370,7 +339,7 @@ def figure(results: dict, lang: str, path: str | Path, dpi: int = 100) -> Path:
             s = summary[norm]
             mean = [100 * s[str(m)]["mean"] for m in ms]
             ax.plot(ms, mean, color=colors[norm], lw=2, marker="o",
-                    label=None if norm in seen else NORM_NAMES[lang][norm])  # fmt: skip
+                    label=None if norm in seen else t(f"report.norm.{norm}", lang))  # fmt: skip
             seen.add(norm)
             for m in ms:
                 accs = [100 * a for a in s[str(m)]["accuracies"]]
@@ -386,7 +355,7 @@ def figure(results: dict, lang: str, path: str | Path, dpi: int = 100) -> Path:
     lo = min(min(v["min"] for v in summary[n].values()) for n in norms)
     axes[0].set_ylim(max(0.0, math.floor(100 * lo / 5) * 5 - 2), 100.5)
     fig.legend(loc="outside lower center", ncol=3, fontsize=9, frameon=False)  # below the axes, never on the data
-    lr32 = f"{cfg['lr32']:g}".replace(".", "," if lang == "es" else ".")
+    lr32 = numbers.general(cfg["lr32"], lang)
     fig.suptitle(msg["title"].format(samples=cfg["samples"], n=len(cfg["seeds"]), lr32=lr32), fontsize=11)
     path = Path(path)
     make_dirs(path.parent)
