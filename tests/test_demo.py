@@ -126,7 +126,7 @@ def test_demo_in_spanish_from_the_locale(tmp_path):
     # one word for a sample, one for the mini-batch; numbers as the RAE writes them; no calques
     assert "Las cuatro preguntas" in text and "no los pesos del filtro" in text
     assert "minilote" in text and "mini-lote" not in text and " lotes de " not in text
-    assert "equivale a 0,28 %" in text and "2048 valores" in text and "2 048" not in text
+    assert "equivale a 0,28 puntos porcentuales" in text and "2048 valores" in text and "2 048" not in text
     for calque in ("base bien ajustada", "Verlo entrenar", "Reproducir y seguir", "contabilidad", "segundos de reloj",
                    "vale 0,28"):  # fmt: skip
         assert calque not in text, calque
