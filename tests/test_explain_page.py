@@ -275,7 +275,7 @@ def test_bad_input_shows_a_message_not_an_exception(browser, pages):
     assert "G = 3 no divide los 8 canales; elige G entre 1, 2, 4, 8" in browser.find_element("id", "error").text
     box = browser.find_element("id", "shape")
     box.clear()
-    box.send_keys("4,3,x")
+    box.send_keys("4,3,y")  # (x separates sizes: "4,3,x" is the 2-D shape 4×3)
     assert "de 2 a 5 enteros positivos" in browser.find_element("id", "error").text
     _set_controls(browser, (4, 3, 3, 8), "NHWC", "group", groups=2)
     assert browser.find_element("id", "error").text == ""
@@ -692,7 +692,9 @@ def test_group_with_g_empty_picks_a_default_and_never_prints_a_javascript_value(
 
 
 @pytest.mark.parametrize(
-    "shape_text, groups", [("32,64,-1", None), ("1,2,3,4,5,6", None), ("4,3,3,8", "3"), ("4,3,3,8", "0")]
+    "shape_text, groups",
+    [("32,64,-1", None), ("1,2,3,4,5,6", None), ("4,3,3,8", "3"), ("4,3,3,8", "0")],
+    ids=["shape-negative", "shape-6d", "g-not-dividing", "g-zero"],
 )
 def test_an_error_clears_the_drawing_and_the_panel(browser, pages, shape_text, groups):
     _open(browser, pages["en"])
@@ -724,6 +726,7 @@ def test_an_error_clears_the_drawing_and_the_panel(browser, pages, shape_text, g
         ((3, 6, 4), "NLC", "3,4,6", "NCL", "instance", (2, 1, 5), "x[2, 5, 1]", "x[2, 1, 5]"),
         ((2, 3, 2, 2, 4), "NDHWC", "2,4,3,2,2", "NCDHW", "layer", (1, 3, 9), "x[1, 2, 0, 1, 3]", "x[1, 3, 2, 0, 1]"),
     ],
+    ids=["NHWC-NCHW", "NCHW-NHWC", "NLC-NCL", "NDHWC-NCDHW"],
 )
 def test_switching_the_layout_keeps_the_tensor(browser, pages, shape, layout, other_shape, other, member, sel, index,
                                                other_index):  # fmt: skip
