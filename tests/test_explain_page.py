@@ -932,3 +932,90 @@ def test_the_driver_starts_without_selenium_manager(tmp_path):
                 "    print(type(err).__name__)")  # fmt: skip
     subprocess.run([sys.executable, "-c", discover], env=env, capture_output=True, text=True, timeout=180)
     assert record.exists() and "--browser" in record.read_text()  # the stand-in does see a call when there is one
+
+
+# ------------------------------------------------------------------------- issue 17: a masked set B on the page
+
+MASK_CASES = [
+    ((4, 3, 3, 8), "NHWC", "batch-channel", 1, 2, (0, 1, 0)),
+    ((4, 3, 3, 8), "NHWC", "batch-activation", 1, 2, (0, 1, 8)),  # a location masked out: m' = 0, refused
+    ((4, 3, 3, 8), "NHWC", "batch-activation", 1, 2, (2, 1, 4)),
+    ((3, 4, 6), "NCL", "batch-activation", 0, 3, (1, 2, 1)),
+    ((6, 4), "NC", "batch-channel", 5, 0, (0, 0, 0)),  # one sample left: every set refused
+    ((2, 3, 2, 2, 4), "NDHWC", "batch-channel", 1, 5, (0, 3, 2)),
+]
+
+
+@pytest.mark.parametrize("shape, layout, member, s, k, sel", MASK_CASES)
+def test_a_masked_set_b_counts_only_the_values_masked_in(browser, pages, shape, layout, member, s, k, sel):
+    """The last s samples and the last k locations of each sample masked out, as a padding mask passed to
+    bnlab.nn.functional.batch_norm(..., mask=): m', the highlighted values and the refusal of a set with fewer
+    than 2 values agree with bnlab.reference.masked_forward."""
+    from bnlab.reference import masked_forward
+
+    _open(browser, pages["en"])
+    _set_controls(browser, shape, layout, member)
+    _type(browser, "mask-samples", str(s))
+    _type(browser, "mask-locations", str(k))
+    _cell(browser, *sel).click()
+    norm, per = PAGE_MEMBERS[member]
+    ns = norm_set(shape, layout, norm, per=per)
+    c_axis, sp = layout.index("C"), _spatial(shape, layout)
+    locs = math.prod(sp)
+    mask = np.zeros(shape, dtype=bool)  # True: in set B
+    for idx in np.ndindex(*shape):
+        where = [i for a, i in enumerate(idx) if a not in (0, c_axis)]
+        loc = int(np.ravel_multi_index(where, sp)) if sp else 0
+        mask[idx] = idx[0] < shape[0] - s and loc < locs - k
+    x = np.random.default_rng(0).standard_normal(shape)
+    m_per_feature = mask.sum(axis=ns.axes, keepdims=True)
+    try:
+        masked_forward(x, np.ones(ns.param_shape), np.zeros(ns.param_shape), mask, axes=ns.axes)
+        refused = 0
+    except ValueError as err:
+        refused = int(re.search(r"leaves (\d+) feature", str(err)).group(1))
+    assert refused == int((m_per_feature < 2).sum())
+    _, cells = _expected_set(shape, layout, member, None, sel)
+
+    def in_b(n, c, loc):
+        return n < shape[0] - s and loc < locs - k
+
+    lit, selected, drawn = _lit(browser)
+    assert selected == [sel]
+    assert lit == {cell for cell in cells if in_b(*cell)}
+    m_sel = len(lit)  # every value is drawn here: the highlighted values are the masked set B
+    assert _value(browser, "set-size") == str(m_sel) == _value(browser, "lit-count")
+    assert m_sel in m_per_feature.ravel().tolist()
+    hatched = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#tensor .v.out')).map(b => [+b.dataset.n, +b.dataset.c, "
+        "+b.dataset.loc])"
+    )
+    assert {tuple(h) for h in hatched} == {
+        (n, c, loc) for n in range(shape[0]) for c in range(shape[c_axis]) for loc in range(locs) if not in_b(n, c, loc)
+    }
+    notes = _text(browser, "notes")
+    assert "Hatched values are masked out" in notes
+    if refused:
+        assert f"{refused} set{'s' if refused > 1 else ''} B " in notes and "refuses this mask" in notes
+    else:
+        assert "refuses" not in notes
+    _no_js_value(browser, "masked")
+    assert not _console_errors(browser)
+
+
+def test_the_mask_is_checked_and_applies_to_batch_norm_only(browser, pages):
+    _open(browser, pages["es"])
+    _set_controls(browser, (4, 3, 3, 8), "NHWC", "batch-channel")
+    _type(browser, "mask-samples", "5")
+    want = "la máscara admite un entero de 0 a 4 (ejemplos fuera de la máscara al final del minilote); se recibió '5'"
+    assert _text(browser, "error") == want
+    assert not browser.find_elements("css selector", "#tensor .v") and _value(browser, "set-size") is None
+    _type(browser, "mask-samples", "1")
+    assert _text(browser, "error") == "" and _value(browser, "set-size") == str(3 * 9)
+    assert _text(browser, "set-size") == "m' = (m − s)·(p·q − k) = (4 − 1)·(3·3 − 0) = 27"
+    _set_controls(browser, (4, 3, 3, 8), "NHWC", "layer")  # no mask= for layer norm: the fields are off, and said
+    assert not browser.find_element("id", "mask-samples").is_enabled()
+    assert _value(browser, "set-size") == str(3 * 3 * 8) and not browser.find_elements("css selector", "#tensor .v.out")
+    assert "La máscara solo se aplica a la normalización por lotes" in _text(browser, "notes")
+    _no_js_value(browser, "mask ignored")
+    assert not _console_errors(browser)

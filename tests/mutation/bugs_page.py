@@ -246,4 +246,26 @@ BUGS = [
         new="function update() { render(); }",
         tests=[f"{T_PAGE}::test_the_panel_stays_in_view_after_picking_a_value[1280]"],
     ),
+    # issue 17: the masked set B on the page
+    dict(
+        name="page-masked-out-values-highlighted",
+        path=PAGE,
+        old="const on = ofSet && inB;",
+        new="const on = ofSet;",
+        tests=[f"{T_PAGE}::test_a_masked_set_b_counts_only_the_values_masked_in"],
+    ),
+    dict(
+        name="page-masked-location-keeps-its-m",
+        path=PAGE,
+        old="const size = sel.loc < inL ? inN : 0n;",
+        new="const size = inN;",
+        tests=[f"{T_PAGE}::test_a_masked_set_b_counts_only_the_values_masked_in"],
+    ),
+    dict(
+        name="page-masked-refusals-miscounted",
+        path=PAGE,
+        old="s.numSets : state.mask.l * d.C, inN",
+        new="s.numSets : state.mask.l, inN",
+        tests=[f"{T_PAGE}::test_a_masked_set_b_counts_only_the_values_masked_in"],
+    ),
 ]
