@@ -1019,3 +1019,19 @@ def test_the_mask_is_checked_and_applies_to_batch_norm_only(browser, pages):
     assert "La máscara solo se aplica a la normalización por lotes" in _text(browser, "notes")
     _no_js_value(browser, "mask ignored")
     assert not _console_errors(browser)
+
+
+def test_an_added_language_brings_its_words_and_its_numbers(browser, tmp_path, monkeypatch):
+    """A third language added with BNLAB_CATALOGS (core.json with its number conventions, a partial page.json):
+    the page uses its words, English for a key it lacks, and groups numbers its way."""
+    (tmp_path / "xx").mkdir()
+    core = {"@language": "xx", "@plural-forms": "nplurals=2; plural=(n != 1);",
+            "@number": {"decimal": ",", "group": ".", "group_min_digits": 4, "percent": "{} %"}}  # fmt: skip
+    (tmp_path / "xx" / "core.json").write_text(json.dumps(core), encoding="utf-8")
+    (tmp_path / "xx" / "page.json").write_text(json.dumps({"row": {"sets": "XX-SETS"}}), encoding="utf-8")
+    monkeypatch.setenv("BNLAB_CATALOGS", str(tmp_path))
+    url = write_page(tmp_path / "xx.html", lang="xx", shape=(1000, 3, 3, 8)).resolve().as_uri()
+    _open(browser, url)
+    assert _text(browser, "t-sets") == "XX-SETS" and _text(browser, "t-axes") == "reduce axes"
+    assert _text(browser, "set-size") == "m' = m·p·q = 1.000·3·3 = 9.000"
+    assert not _console_errors(browser)

@@ -104,8 +104,16 @@ def page_html(
 
 
 def page_texts(lang: str) -> dict:
-    """The page's words in ``lang``: the ``page`` catalog, over English for any key an added language lacks."""
-    return {**i18n.catalog("page", i18n.DEFAULT_LANG), **i18n.catalog("page", lang)}
+    """The page's words in ``lang``: the ``page`` catalog, over English for any key an added language lacks
+    (merged key by key inside tables too: a partial ``"row"`` keeps the English rows it does not name)."""
+
+    def merge(base: dict, over: dict) -> dict:
+        out = dict(base)
+        for key, value in over.items():
+            out[key] = merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+        return out
+
+    return merge(i18n.catalog("page", i18n.DEFAULT_LANG), i18n.catalog("page", lang))
 
 
 def number_conventions(lang: str) -> dict:

@@ -268,4 +268,11 @@ BUGS = [
         new="s.numSets : state.mask.l, inN",
         tests=[f"{T_PAGE}::test_a_masked_set_b_counts_only_the_values_masked_in"],
     ),
+    dict(
+        name="page-partial-table-drops-english-rows",
+        path="src/bnlab/explain_page.py",
+        old="out[key] = merge(base[key], value) if isinstance(value, dict)",
+        new="out[key] = value if isinstance(value, dict)",
+        tests=[f"{T_PAGE}::test_an_added_language_brings_its_words_and_its_numbers"],
+    ),
 ]
