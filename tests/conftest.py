@@ -1,8 +1,10 @@
 """Shared test helpers: an independent float64 batch norm, written without bnlab; a small slice of the digits;
-waiting on a subprocess."""
+waiting on a subprocess; one headless Chromium for the browser tests."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 import types
 
@@ -52,3 +54,48 @@ def small():
         x_val=ds.x_val[:60], y_val=ds.y_val[:60],
         x_test=ds.x_test[:60], y_test=ds.y_test[:60],
     )  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ the browser tests' Chromium
+def _find(*names):
+    return next((p for p in map(shutil.which, names) if p), None)
+
+
+CHROMIUM = _find("chromium", "chromium-browser", "google-chrome")
+CHROMEDRIVER = _find("chromedriver")
+#: Chromium's own background traffic off: no component updates, sync, metrics or first-run fetches
+CHROMIUM_ARGS = (
+    "--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-default-apps",
+    "--disable-domain-reliability", "--metrics-recording-only", "--no-pings", "--disable-features=Translate",
+)  # fmt: skip
+
+
+def start_chromium(window=(1000, 900)):
+    """The distribution's Chromium through the local chromedriver, started explicitly.
+
+    The driver's path is given to the Service, so Selenium skips Selenium Manager (no download, no driver
+    metadata, no usage statistics: SE_AVOID_STATS is set too, in case a later Selenium calls it anyway)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    os.environ.setdefault("SE_AVOID_STATS", "true")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in (*CHROMIUM_ARGS, f"--window-size={window[0]},{window[1]}"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    return driver
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """One headless Chromium for every browser test of the run (test_explain_page, test_site)."""
+    if CHROMIUM is None or CHROMEDRIVER is None:
+        pytest.skip("no Chromium and chromedriver installed (apt-get install chromium chromium-driver)")
+    pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
+    driver = start_chromium()
+    yield driver
+    driver.quit()

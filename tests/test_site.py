@@ -16,7 +16,6 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -45,10 +44,6 @@ API_MODULES = [
 ]
 
 _TOOLS = ("mkdocs", "material", "mkdocs_static_i18n", "mkdocstrings", "mkdocstrings_handlers.python", "markdown_exec")
-
-
-def _find(*names):
-    return next((p for p in map(shutil.which, names) if p), None)
 
 
 def nav_pages() -> list[str]:
@@ -174,27 +169,12 @@ def test_the_set_b_page_is_embedded_in_the_tutorial(site):
 
 # ------------------------------------------------------------------------------------------ in Chromium
 
-CHROMIUM = _find("chromium", "chromium-browser", "google-chrome")
-CHROMEDRIVER = _find("chromedriver")
-
 
 @pytest.fixture(scope="module")
-def browser():
-    if CHROMIUM is None or CHROMEDRIVER is None:
-        pytest.skip("no Chromium and chromedriver installed (apt-get install chromium chromium-driver)")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    args = ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,1000")
-    for arg in args:
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)  # the local driver, no download
-    driver.set_page_load_timeout(60)
-    yield driver
-    driver.quit()
+def browser(chromium):
+    """The shared headless Chromium (tests/conftest.py: the local chromedriver, no Selenium Manager)."""
+    chromium.set_window_size(1400, 1000)
+    return chromium
 
 
 def _errors(driver) -> list[dict]:
