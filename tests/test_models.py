@@ -75,8 +75,9 @@ def test_build_model_from_spec(spec_model):
 
 
 def test_bad_choices_are_rejected():
-    with pytest.raises(ValueError, match="unknown norm 'batch'"):
-        SmallCNN(1, (8, 8), 10, norm="batch")
+    # "batch" is a norm since the one vocabulary (it was refused before); an unknown word names the choices
+    with pytest.raises(ValueError, match="unknown norm 'batchy'; expected one of 'batch', 'renorm'"):
+        SmallCNN(1, (8, 8), 10, norm="batchy")
     with pytest.raises(ValueError, match="unknown activation 'tanh'"):
         PaperMLP(activation="tanh")
     with pytest.raises(ValueError, match="too small"):
