@@ -119,12 +119,13 @@ def _label(args) -> str:
     from ..i18n import t
     from ..vocabulary import LEGACY_SPELLINGS, parse_norm
 
-    if args.per is not None and args.norm in LEGACY_SPELLINGS and LEGACY_SPELLINGS[args.norm][1] != args.per:
+    per = getattr(args, "per", None)  # absent in a namespace made before --per
+    if per is not None and args.norm in LEGACY_SPELLINGS and LEGACY_SPELLINGS[args.norm][1] != per:
         said = LEGACY_SPELLINGS[args.norm][1]
-        raise UsageError(t("cli.spec.per_conflicts", args.lang, norm=args.norm, said=said, per=args.per))
-    if args.per is not None and args.norm not in (*BATCH_NORMS, *LEGACY_NORMS):
+        raise UsageError(t("cli.spec.per_conflicts", args.lang, norm=args.norm, said=said, per=per))
+    if per is not None and args.norm not in (*BATCH_NORMS, *LEGACY_NORMS):
         raise UsageError(t("cli.spec.per_not_for_norm", args.lang, norm=args.norm))
-    return parse_norm(args.norm, args.per, default_per="activation" if args.model == "mlp" else "channel").label
+    return parse_norm(args.norm, per, default_per="activation" if args.model == "mlp" else "channel").label
 
 
 def _train_title(args, lang: str) -> str:
