@@ -160,8 +160,11 @@ def test_new_words_parse_and_label_round_trips(norm, per):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (("pixel",), r"unknown norm 'pixel'; expected one of 'batch', 'renorm', 'layer', 'instance', 'group', "
-                     r"'none' .*old spelling: 'channel', 'activation'"),
+        (
+            ("pixel",),
+            r"unknown norm 'pixel'; expected one of 'batch', 'renorm', 'layer', 'instance', 'group', "
+            r"'none' .*old spelling: 'channel', 'activation'",
+        ),
         (("batch", "depth"), r"unknown per 'depth'; expected one of 'channel', 'activation'"),
         (("layer", "activation"), r"per applies to 'batch', 'renorm' only"),
         (("none", "channel"), r"per applies to 'batch', 'renorm' only"),
