@@ -235,3 +235,12 @@ def test_bad_spec_dicts_name_the_field(change, message):
     d = {**SmallCNN(1, (8, 8), 10).spec, **change}
     with pytest.raises(SpecError, match=message):
         ModelSpec.from_dict(d)
+
+
+@pytest.mark.parametrize("name", ["bnlab.vocabulary", "bnlab.spec", "bnlab.models"])
+def test_doctests(name):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(name), verbose=False)
+    assert result.attempted > 0 and result.failed == 0
