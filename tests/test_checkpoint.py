@@ -556,3 +556,45 @@ def test_too_deep_a_state_is_refused_before_touching_the_file(tmp_path):
     with pytest.raises(ValueError, match="more than 100 deep"):
         save_checkpoint(path, {"deep": deep})
     assert path.read_bytes() == before
+
+
+# -- training checkpoints written before the one vocabulary (norm="channel", no per) ------------------------
+OLD_CNN_FIELDS = {"arch", "in_channels", "image_size", "num_classes", "norm", "activation", "widths", "hidden"}
+
+
+@pytest.mark.parametrize("old_norm, arch", [("channel", "cnn"), ("activation", "cnn"), ("activation", "mlp")])
+def test_a_checkpoint_in_the_old_vocabulary_loads_gives_identical_outputs_and_resumes(tmp_path, old_norm, arch):
+    import types
+
+    from bnlab.models import PaperMLP, SmallCNN
+    from bnlab.training import TrainConfig, fit, load_trained, seed_everything
+
+    g = torch.Generator().manual_seed(0)
+    data = types.SimpleNamespace(x_train=torch.rand(64, 1, 8, 8, generator=g), y_train=torch.arange(64) % 10,
+                                 x_val=torch.rand(16, 1, 8, 8, generator=g), y_val=torch.arange(16) % 10)  # fmt: skip
+
+    def model():
+        seed_everything(0)
+        if arch == "mlp":
+            return PaperMLP(64, 10, old_norm, hidden=(8,))
+        return SmallCNN(1, (8, 8), 10, old_norm, widths=(4,), hidden=8)
+
+    out = tmp_path / "run"
+    trained = fit(model(), data, TrainConfig(batch_size=16, epochs=1), out_dir=out, progress=False).model
+    # the file as bnlab wrote it before: the same container, a spec with the old word and no "per"
+    state = load_checkpoint(out / "last.pt")
+    old_spec = {k: v for k, v in state["model_spec"].items() if k != "per"}
+    old_spec["norm"] = old_norm
+    if arch == "cnn":
+        assert set(old_spec) == OLD_CNN_FIELDS
+    state["model_spec"] = old_spec
+    save_checkpoint(out / "last.pt", state)
+
+    loaded, saved = load_trained(out / "last.pt")
+    assert saved["model_spec"]["norm"] == "batch" and saved["model_spec"]["per"] == old_norm
+    x = torch.rand(7, 1, 8, 8, generator=g)
+    trained.eval()
+    torch.testing.assert_close(loaded(x), trained(x), rtol=0, atol=0)
+    # and a run continues from it: the model built today is the one the file describes
+    longer = fit(model(), data, TrainConfig(batch_size=16, epochs=2), out_dir=out, resume=True, progress=False)
+    assert longer.history["step"] == list(range(1, 9))

@@ -56,7 +56,7 @@ def test_module_entry_point_runs():
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["train", "--norm", "batch"], "argument --norm: invalid choice: 'batch'"),
+        (["train", "--norm", "pixel"], "argument --norm: invalid choice: 'pixel'"),
         (["train", "--lr", "0"], "argument --lr: 0 must be a positive number"),
         (["train", "--lr", "fast"], "argument --lr: 'fast' is not a number"),
         (["train", "--batch-size", "1"], "at least 2 examples per batch"),

@@ -253,7 +253,7 @@ def test_a_hostile_model_spec_is_refused_without_allocating(run_dir, tmp_path, c
     state = load_checkpoint(run_dir / "last.pt")
     state["model_spec"]["widths"] = [4096, 4096]
     state["model_spec"]["image_size"] = [4096, 4096]  # per-activation BN here would ask for terabytes
-    state["model_spec"]["norm"] = "activation"
+    state["model_spec"].update(norm="batch", per="activation")
     save_checkpoint(tmp_path / "evil.pt", state)
     assert main(["evaluate", str(tmp_path / "evil.pt"), "--lang", "en"]) == 2
     assert "the weights do not match the model spec" in capsys.readouterr().err

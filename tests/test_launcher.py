@@ -266,7 +266,7 @@ def test_resume_from_a_damaged_checkpoint_is_refused_before_any_replica_starts(t
 
 # -- Ctrl-C during the last step -------------------------------------------------------------------------
 def test_ctrl_c_during_the_last_step_is_a_finished_run(tmp_path, capsys, monkeypatch):
-    import bnlab.training as training
+    import bnlab.training.loop as training  # the module whose fit() calls save_checkpoint
 
     real_save = training.save_checkpoint
 

@@ -172,3 +172,43 @@ def test_bad_config(kwargs, message):
 def test_batch_larger_than_data(small):
     with pytest.raises(ValueError, match="larger than the training set"):
         fit(_model(), small, TrainConfig(batch_size=500), progress=False)
+
+
+# -- bnlab train: the old spellings of --norm and the new --norm/--per train the same model -------------------
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        (["--model", "mlp", "--norm", "channel"], ["--model", "mlp", "--per", "channel"]),
+        pytest.param(["--norm", "channel"], ["--norm", "batch", "--per", "channel"], marks=pytest.mark.slow),
+        pytest.param(["--norm", "activation"], ["--norm", "batch", "--per", "activation"], marks=pytest.mark.slow),
+    ],
+)
+def test_cli_old_and_new_spellings_train_the_same_model(tmp_path, capsys, old, new):
+    from bnlab.cli import main
+
+    common = ["train", "--epochs", "1", "--seed", "3", "--quiet", "--lang", "en"]
+    assert main([*common, *old, "--out", str(tmp_path / "old")]) == 0
+    assert main([*common, *new, "--out", str(tmp_path / "new")]) == 0
+    a, b = (load_checkpoint(tmp_path / d / CHECKPOINT_NAME) for d in ("old", "new"))
+    assert a["model_spec"] == b["model_spec"]
+    assert (a["model_spec"]["norm"], a["model_spec"]["per"]) == ("batch", new[new.index("--per") + 1])
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--norm", "layer", "--per", "activation"], "--per is for --norm batch only"),
+        (["--norm", "activation", "--per", "channel"], "old spelling of --norm batch --per activation"),
+    ],
+)
+def test_cli_per_that_does_not_apply_is_refused_before_anything_is_written(tmp_path, capsys, args, message):
+    from bnlab.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", *args, "--out", str(out), "--lang", "en"]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()

@@ -5,8 +5,8 @@ Standard library only (imports nothing at all), so building the command-line par
 
 from __future__ import annotations
 
-__all__ = ["LANGS", "DATASETS", "ARCHS", "NORMS", "FAMILY_NORMS", "RENORM_NORMS", "ACTIVATIONS", "OPTIMIZERS",
-           "FAMILY", "PER", "SPLITS", "DEFAULT_THREADS"]  # fmt: skip
+__all__ = ["LANGS", "DATASETS", "ARCHS", "NORMS", "BATCH_NORMS", "FAMILY_NORMS", "RENORM_NORMS", "LEGACY_NORMS",
+           "ACTIVATIONS", "OPTIMIZERS", "FAMILY", "PER", "SPLITS", "DEFAULT_THREADS"]  # fmt: skip
 
 #: Languages of messages and reports.
 LANGS = ("en", "es")
@@ -14,12 +14,19 @@ LANGS = ("en", "es")
 DATASETS = ("digits", "mnist", "cifar10")
 #: Networks of :func:`bnlab.models.build_model`: a small CNN, or the paper's Fig. 1 MLP.
 ARCHS = ("cnn", "mlp")
-#: Batch normalization in the models: none, per activation, per channel (convolutional BN).
-NORMS = ("none", "activation", "channel")
-#: The rest of the normalization family, also accepted by the models (sets within one sample).
+#: The normalization of a model, one word for the models, ``bnlab train``, checkpoints and results (see
+#: :mod:`bnlab.vocabulary`): batch normalization, Batch Renormalization, the members whose set B stays within
+#: one sample, or none. ``batch`` and ``renorm`` pool the mini-batch, per channel or per activation (:data:`PER`).
+NORMS = ("batch", "renorm", "layer", "instance", "group", "none")
+#: The normalizations whose set B spans the mini-batch: the ones :data:`PER` applies to.
+BATCH_NORMS = ("batch", "renorm")
+#: The rest of the normalization family (sets within one sample).
 FAMILY_NORMS = ("layer", "instance", "group")
-#: Batch Renormalization per channel (offered by ``bnlab experiment small-batch``, not by ``bnlab train``).
+#: Batch Renormalization (Ioffe 2017), a member of the batch set.
 RENORM_NORMS = ("renorm",)
+#: Old spellings of a norm, still read from saved files and scripts: ``channel`` is ``batch`` per channel,
+#: ``activation`` is ``batch`` per activation (:func:`bnlab.vocabulary.parse_norm`).
+LEGACY_NORMS = ("channel", "activation")
 #: Nonlinearities of the models.
 ACTIVATIONS = ("relu", "sigmoid")
 #: Optimizers of :class:`bnlab.training.TrainConfig`.

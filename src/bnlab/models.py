@@ -1,22 +1,31 @@
 """Classifiers whose normalization is a parameter: a small CNN and the paper's Fig. 1 MLP.
 
-``norm`` picks the set B of every BN layer (Ioffe & Szegedy 2015):
+``norm`` and ``per`` pick the set B of every normalization layer, in the one vocabulary of
+:mod:`bnlab.vocabulary` (Ioffe & Szegedy 2015):
 
 - ``"none"``: no normalization; convolutions and linear layers keep their bias;
-- ``"activation"``: per-activation BN (§3), one μ/σ² and one (γ, β) per (channel, location);
-- ``"channel"``: convolutional BN (§3.2), one μ/σ² and one (γ, β) per feature map;
+- ``"batch"`` with ``per="channel"``: convolutional BN (§3.2), one μ/σ² and one (γ, β) per feature map;
+  with ``per="activation"``: per-activation BN (§3), one μ/σ² and one (γ, β) per (channel, location);
 - ``"layer"``, ``"instance"``, ``"group"``: the rest of the family (:mod:`bnlab.nn.family`), sets within
   one sample: layer norm over (C, H, W) with one (γ, β) per value, instance norm over (H, W), group norm
   over groups of C/G channels (G = gcd(C, 8)), one (γ, β) per channel. In the classifier head (input
   (N, C), no locations) "instance" uses layer norm: one value per set would have no variance.
-- ``"renorm"``: Batch Renormalization per channel (Ioffe 2017, :mod:`bnlab.nn.renorm`): BN's set B per
-  feature map, corrected toward the running statistics; ``renorm_steps`` (the run's length in steps) scales
+- ``"renorm"``: Batch Renormalization (Ioffe 2017, :mod:`bnlab.nn.renorm`), per channel or per activation:
+  BN's set B, corrected toward the running statistics; ``renorm_steps`` (the run's length in steps) scales
   the paper's warm-up and relaxation to the run (:func:`renorm_schedule`).
+
+The old spellings ``norm="channel"`` and ``norm="activation"`` (batch normalization per channel / per
+activation) are still accepted, without a warning: they are what saved specs, scripts and the results of
+the studies say, and they read as one exact pair (:func:`bnlab.vocabulary.parse_norm`). ``model.spec``
+always speaks the new words.
 
 ``dense_norm`` (ablations, for the small-batch study) changes only the normalization after the dense layer
 of the head: ``True`` (default) the same as ``norm``; ``False`` none (the dense layer gets its bias back, so
 the normalization is in the conv blocks only); ``"layer"`` layer norm there (a set B inside one example:
 the dense layer's 64 values, instead of BN's m values).
+
+Every model is described by a :class:`bnlab.spec.ModelSpec`; :func:`build_model` builds from it (or from
+its plain dict, ``model.spec``, which checkpoints store).
 
 A conv or linear layer that feeds a BN has no bias: BN subtracts the mean, so a bias would be cancelled
 and β takes its role (§3.2). For a fully connected layer (input (N, C)) both variants are the same set B.
@@ -24,12 +33,12 @@ and β takes its role (§3.2). For a fully connected layer (input (N, C)) both v
 Every nonlinearity is its own module, so the input to one of them — a *pre-activation* — can be watched
 with a forward pre-hook (:class:`UnitRecorder`), as in the paper's Fig. 1(b, c):
 
->>> model = SmallCNN(in_channels=1, image_size=(8, 8), num_classes=10, norm="channel")
+>>> model = SmallCNN(in_channels=1, image_size=(8, 8), num_classes=10, norm="batch", per="channel")
 >>> model.pre_activation_layers()
 ['features.act1', 'features.act2', 'head.act3']
 >>> count_parameters(model)["bn"]                   # 2·C per BN layer: 2·16 + 2·32 + 2·64
 224
->>> count_parameters(SmallCNN(1, (8, 8), 10, norm="activation"))["bn"]   # 2·C·H·W for the conv layers
+>>> count_parameters(SmallCNN(1, (8, 8), 10, norm="batch", per="activation"))["bn"]  # 2·C·H·W for the convs
 3200
 """
 
@@ -44,15 +53,18 @@ from torch import nn
 
 from . import choices as _choices
 from . import nn as bnn
+from .spec import ModelSpec
 
 __all__ = [
     "NORMS",
+    "PER",
     "FAMILY_NORMS",
     "RENORM_NORMS",
     "ACTIVATIONS",
     "ARCHS",
     "SmallCNN",
     "PaperMLP",
+    "ModelSpec",
     "build_model",
     "model_spec",
     "count_parameters",
@@ -61,22 +73,18 @@ __all__ = [
     "UnitRecorder",
 ]
 
-# the choices live in bnlab.choices (torch-free), which the CLI parser reads too
+# the words live in bnlab.choices (torch-free), which the CLI parser reads too
+#: Normalizations of the models: batch, renorm, layer, instance, group, none (:mod:`bnlab.vocabulary`).
 NORMS = _choices.NORMS
-#: The rest of the normalization family, also accepted by the models (``bnlab train --norm`` offers them; its
-#: report draws the three above).
+#: Where ``batch`` and ``renorm`` pool: per channel or per activation.
+PER = _choices.PER
+#: The members whose set B stays within one sample.
 FAMILY_NORMS = _choices.FAMILY_NORMS
-#: Batch Renormalization per channel (offered by ``bnlab experiment small-batch``, not by ``bnlab train``).
+#: Batch Renormalization.
 RENORM_NORMS = _choices.RENORM_NORMS
 ACTIVATIONS = _choices.ACTIVATIONS
 ARCHS = _choices.ARCHS
 _PER_SAMPLE = FAMILY_NORMS  # the members whose sets stay within one sample
-
-
-def _check_choice(name: str, value, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(map(repr, choices))}")
-    return value
 
 
 def _activation(name: str) -> nn.Module:
@@ -114,31 +122,34 @@ def renorm_schedule(steps: int | None) -> dict:
                                    dmax_steps=(first, max(first, 5 * steps // 16)))}  # fmt: skip
 
 
-def _bn2d(norm: str, channels: int, size: tuple[int, int], renorm_steps: int | None) -> nn.Module:
+def _bn2d(norm: str, per: str | None, channels: int, size: tuple[int, int], renorm_steps: int | None) -> nn.Module:
     if norm in _PER_SAMPLE:
         return _family(norm, channels, size)
-    if norm == "activation":
-        return bnn.BatchNorm2d(channels, per="activation", spatial_size=size)
+    where = {"per": "activation", "spatial_size": size} if per == "activation" else {}
     if norm == "renorm":
-        return bnn.BatchRenorm2d(channels, **renorm_schedule(renorm_steps))
-    return bnn.BatchNorm2d(channels)
+        return bnn.BatchRenorm2d(channels, **where, **renorm_schedule(renorm_steps))
+    return bnn.BatchNorm2d(channels, **where)
 
 
-def _bn1d(norm: str, features: int, renorm_steps: int | None = None) -> nn.Module:
+def _bn1d(norm: str, per: str | None, features: int, renorm_steps: int | None = None) -> nn.Module:
     # input (N, C): both variants pool the same m values; spatial_size=() keeps per-activation eager
     if norm in _PER_SAMPLE:
         return _family(norm, features, ())
-    if norm == "activation":
-        return bnn.BatchNorm1d(features, per="activation", spatial_size=())
+    where = {"per": "activation", "spatial_size": ()} if per == "activation" else {}
     if norm == "renorm":
-        return bnn.BatchRenorm1d(features, **renorm_schedule(renorm_steps))
-    return bnn.BatchNorm1d(features)
+        return bnn.BatchRenorm1d(features, **where, **renorm_schedule(renorm_steps))
+    return bnn.BatchNorm1d(features, **where)
 
 
 class _Recordable(nn.Module):
     """Shared helpers: the spec to rebuild the model, and the names of its nonlinearities."""
 
-    spec: dict
+    model_spec: ModelSpec
+
+    @property
+    def spec(self) -> dict:
+        """The plain dict of :attr:`model_spec` (what checkpoints store; :func:`build_model` reads it)."""
+        return self.model_spec.to_dict()
 
     def pre_activation_layers(self) -> list[str]:
         """Names of the nonlinearity modules, first to last; their inputs are the pre-activations."""
@@ -146,8 +157,8 @@ class _Recordable(nn.Module):
 
 
 class SmallCNN(_Recordable):
-    """Conv blocks + classifier head, with ``norm`` in :data:`NORMS` (or the family, or ``"renorm"``) and
-    ``activation`` in :data:`ACTIVATIONS`.
+    """Conv blocks + classifier head, with ``norm`` in :data:`NORMS` (``per`` in :data:`PER` for ``batch`` and
+    ``renorm``; default ``channel``) and ``activation`` in :data:`ACTIVATIONS`.
 
     ``features``: for each width, conv 3×3 (padding 1) → BN → nonlinearity → max-pool 2×2;
     ``head``: flatten → linear ``hidden`` → BN → nonlinearity → linear ``num_classes`` (with bias: it feeds
@@ -161,56 +172,44 @@ class SmallCNN(_Recordable):
         in_channels: int,
         image_size: Sequence[int],
         num_classes: int,
-        norm: str = "channel",
+        norm: str = "batch",
         activation: str = "relu",
         widths: Sequence[int] = (16, 32),
         hidden: int = 64,
         dense_norm: bool | str = True,
         renorm_steps: int | None = None,
+        *,
+        per: str | None = None,
     ) -> None:
         super().__init__()
-        _check_choice("norm", norm, NORMS + FAMILY_NORMS + RENORM_NORMS)
-        _check_choice("activation", activation, ACTIVATIONS)
-        if not (isinstance(dense_norm, bool) or dense_norm == "layer"):
-            raise ValueError(f"dense_norm must be True, False or 'layer', got {dense_norm!r}")
-        if renorm_steps is not None and norm != "renorm":
-            raise ValueError(f"renorm_steps is for norm='renorm' only, got norm={norm!r}")
-        renorm_schedule(renorm_steps)  # checks it
         h, w = (int(s) for s in image_size)
-        self.spec = {
-            "arch": "cnn",
-            "in_channels": int(in_channels),
-            "image_size": [h, w],
-            "num_classes": int(num_classes),
-            "norm": norm,
-            "activation": activation,
-            "widths": [int(c) for c in widths],
-            "hidden": int(hidden),
-        }
-        # only when not the default, so the specs (and checkpoints) of the other models stay as they were
-        self.spec.update({} if dense_norm is True else {"dense_norm": dense_norm})
-        self.spec.update({} if renorm_steps is None else {"renorm_steps": renorm_steps})
+        spec = ModelSpec.cnn(int(in_channels), (h, w), int(num_classes), norm, activation,
+                             tuple(int(c) for c in widths), int(hidden), dense_norm, renorm_steps, per=per)  # fmt: skip
+        renorm_schedule(renorm_steps)  # checks it
+        self.model_spec = spec
+        norm, per, activation = spec.norm, spec.per, spec.activation
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         c_in = in_channels
-        for i, c in enumerate(widths, start=1):
+        for i, c in enumerate(spec.widths, start=1):
             layers[f"conv{i}"] = nn.Conv2d(c_in, c, 3, padding=1, bias=norm == "none")
             if norm != "none":
-                layers[f"bn{i}"] = _bn2d(norm, c, (h, w), renorm_steps)
+                layers[f"bn{i}"] = _bn2d(norm, per, c, (h, w), renorm_steps)
             layers[f"act{i}"] = _activation(activation)
             layers[f"pool{i}"] = nn.MaxPool2d(2)
             if h < 2 or w < 2:
                 raise ValueError(f"image_size {tuple(image_size)} is too small for {len(widths)} pooling stages")
             h, w, c_in = h // 2, w // 2, c
         self.features = nn.Sequential(layers)
-        k = len(widths) + 1
+        k = len(spec.widths) + 1
         head: OrderedDict[str, nn.Module] = OrderedDict()
         head["flatten"] = nn.Flatten()
+        dense_norm = spec.dense_norm
         dense = norm if dense_norm is True else (dense_norm or "none")
-        head[f"fc{k}"] = nn.Linear(c_in * h * w, hidden, bias=dense == "none")
+        head[f"fc{k}"] = nn.Linear(c_in * h * w, spec.hidden, bias=dense == "none")
         if dense != "none":
-            head[f"bn{k}"] = _bn1d(dense, hidden, renorm_steps)
+            head[f"bn{k}"] = _bn1d(dense, per, spec.hidden, renorm_steps)
         head[f"act{k}"] = _activation(activation)
-        head["out"] = nn.Linear(hidden, num_classes)
+        head["out"] = nn.Linear(spec.hidden, num_classes)
         self.head = nn.Sequential(head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -220,38 +219,37 @@ class SmallCNN(_Recordable):
 class PaperMLP(_Recordable):
     """The network of the paper's Fig. 1: 784-100-100-100-10, sigmoid, BN before each sigmoid (§4.1).
 
-    ``norm`` is ``"none"`` or ``"activation"`` (for a fully connected layer ``"channel"`` is the same set
-    B, and is accepted as a synonym). Weights start as small Gaussians, N(0, 1/fan_in), as the paper says
-    "small random Gaussian values" without giving the scale.
+    ``norm`` is ``"batch"`` (default; ``per`` defaults to ``"activation"``, and for a fully connected layer
+    ``"channel"`` is the same set B), ``"none"``, or another member of :data:`NORMS`. Weights start as small
+    Gaussians, N(0, 1/fan_in), as the paper says "small random Gaussian values" without giving the scale.
     """
 
     def __init__(
         self,
         in_features: int = 784,
         num_classes: int = 10,
-        norm: str = "activation",
+        norm: str = "batch",
         hidden: Sequence[int] = (100, 100, 100),
         activation: str = "sigmoid",
+        *,
+        per: str | None = None,
     ) -> None:
         super().__init__()
-        _check_choice("norm", norm, NORMS + FAMILY_NORMS)
-        _check_choice("activation", activation, ACTIVATIONS)
-        self.spec = {
-            "arch": "mlp",
-            "in_features": int(in_features),
-            "num_classes": int(num_classes),
-            "norm": norm,
-            "activation": activation,
-            "hidden": [int(n) for n in hidden],
-        }
+        spec = ModelSpec.mlp(int(in_features), int(num_classes), norm, tuple(int(n) for n in hidden), activation,
+                             per=per)  # fmt: skip
+        if spec.norm == "renorm":
+            raise ValueError("norm 'renorm' is for the CNN (SmallCNN); PaperMLP takes 'batch', 'layer', 'instance', "
+                             "'group' or 'none'")  # fmt: skip
+        self.model_spec = spec
+        norm, per = spec.norm, spec.per
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         layers["flatten"] = nn.Flatten()
         n_in = in_features
-        for i, n in enumerate(hidden, start=1):
+        for i, n in enumerate(spec.hidden, start=1):
             layers[f"fc{i}"] = nn.Linear(n_in, n, bias=norm == "none")
             if norm != "none":
-                layers[f"bn{i}"] = _bn1d(norm, n)
-            layers[f"act{i}"] = _activation(activation)
+                layers[f"bn{i}"] = _bn1d(norm, per, n)
+            layers[f"act{i}"] = _activation(spec.activation)
             n_in = n
         layers["out"] = nn.Linear(n_in, num_classes)
         self.layers = nn.Sequential(layers)
@@ -266,13 +264,14 @@ class PaperMLP(_Recordable):
         return self.layers(x)
 
 
-def build_model(spec: dict) -> nn.Module:
-    """Rebuild a model from its ``spec`` (the plain dict stored in checkpoints)."""
-    spec = dict(spec)
-    arch = _check_choice("arch", spec.pop("arch", None), ARCHS)
-    if arch == "cnn":
-        return SmallCNN(**spec)
-    return PaperMLP(**spec)
+def build_model(spec: ModelSpec | dict) -> nn.Module:
+    """Build a model from its :class:`~bnlab.spec.ModelSpec`, or from the plain dict stored in checkpoints
+    (``model.spec``; a dict written before the one vocabulary, ``norm="channel"``, is read too)."""
+    s = spec if isinstance(spec, ModelSpec) else ModelSpec.from_dict(spec)
+    if s.arch == "cnn":
+        return SmallCNN(s.in_channels, s.image_size, s.num_classes, s.norm, s.activation, s.widths, s.hidden,
+                        s.dense_norm, s.renorm_steps, per=s.per)  # fmt: skip
+    return PaperMLP(s.in_features, s.num_classes, s.norm, s.hidden, s.activation, per=s.per)
 
 
 def model_spec(model: nn.Module) -> dict:

@@ -60,7 +60,7 @@ BUGS = [
          old="from ..choices import DEFAULT_THREADS, LANGS\n",
          new="import torch  # noqa: F401\n\nfrom ..choices import DEFAULT_THREADS, LANGS\n",
          tests=[F + "test_quick_commands_take_little_cpu[args0]", F + "test_quick_commands_take_little_cpu[args1]"]),
-    dict(name="library-choices-drift-from-the-parser", path="src/bnlab/data.py",
+    dict(name="library-choices-drift-from-the-parser", path="src/bnlab/data/__init__.py",
          old="DATASETS = _choices.DATASETS", new="DATASETS = (\"digits\", \"mnist\")",
          tests=[H + "test_parser_choices_are_the_modules_own"]),
 ]

@@ -10,7 +10,7 @@ BUGS = [
          new="    Path(path).write_text(text, encoding=encoding)\n    return Path(path)",
          tests=[T + "test_a_planted_link_is_replaced_and_its_target_untouched[write_text]",
                 T + "test_a_planted_link_is_replaced_and_its_target_untouched[write_page]"]),
-    dict(name="history-json-through-link", path="src/bnlab/training.py",
+    dict(name="history-json-through-link", path="src/bnlab/training/state.py",
          old="    return _write_json(path, obj)",
          new="    open(path, \"w\").write(__import__(\"json\").dumps(finite_json(obj)))\n    return Path(path)",
          tests=[T + "test_a_planted_link_is_replaced_and_its_target_untouched[training.write_json]",

@@ -17,7 +17,7 @@ BUGS = [
     dict(name="watchdog-never-fires", path="src/bnlab/_lifeline.py",
          old="while os.getppid() == parent_pid:", new="while True:",
          tests=[T + "test_a_child_dies_with_its_parent_even_when_the_parent_is_killed[watchdog]"]),
-    dict(name="ctrl-c-in-last-step-asks-to-resume", path="src/bnlab/training.py",
+    dict(name="ctrl-c-in-last-step-asks-to-resume", path="src/bnlab/training/loop.py",
          old="if step == total_steps:  # the last step", new="if False:  # the last step",
          tests=[T + "test_ctrl_c_during_the_last_step_is_a_finished_run"]),
     dict(name="launcher-does-not-forward-ctrl-c", path="src/bnlab/parallel.py",

@@ -88,7 +88,7 @@ BUGS = [
          old="        return moments.batch_stats(x, torch_reduce_axes(x.dim()))",
          new="        return torch.var_mean(x, dim=torch_reduce_axes(x.dim()), correction=0)[::-1]",
          tests=[f"{_HALF}[small-fp16-300]"]),
-    dict(name="training-does-not-report-variance-overflow-as-divergence", path="src/bnlab/training.py",
+    dict(name="training-does-not-report-variance-overflow-as-divergence", path="src/bnlab/training/loop.py",
          old="except VarianceOverflowError:", new="except ZeroDivisionError:",
          tests=["tests/test_hardening.py::test_a_huge_learning_rate_stops_before_any_nan_weights_are_saved"]),
 ]  # fmt: skip

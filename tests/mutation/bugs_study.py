@@ -29,9 +29,9 @@ BUGS = [
     ),
     dict(
         name="ablation-ln-member-builds-bn",
-        path="src/bnlab/report/small_batch.py",
-        old='        return SmallCNN(c, (h, w), data.num_classes, "channel", dense_norm="layer")',
-        new='        return SmallCNN(c, (h, w), data.num_classes, "channel", dense_norm=True)',
+        path="src/bnlab/vocabulary.py",
+        old='DENSE_SUFFIXES = {"-conv": False, "-ln": "layer"}',
+        new='DENSE_SUFFIXES = {"-conv": False, "-ln": True}',
         tests=[T + "test_each_member_builds_its_set_b[channel-ln]", T + "test_the_ablation_head_does_not_mix_examples"],
     ),
     dict(

@@ -7,7 +7,7 @@ import signal
 import sys
 from pathlib import Path
 
-from ..choices import ACTIVATIONS, ARCHS, DATASETS, FAMILY_NORMS, NORMS, OPTIMIZERS
+from ..choices import ACTIVATIONS, ARCHS, BATCH_NORMS, DATASETS, LEGACY_NORMS, NORMS, OPTIMIZERS, PER, RENORM_NORMS
 from .common import (
     EXIT_DIVERGED,
     EXIT_FAILED,
@@ -27,6 +27,9 @@ from .common import (
     writable_dir,
 )
 from .messages import MSG
+
+# Batch Renorm needs its schedule scaled to the run (bnlab experiment small-batch offers it), not offered here
+TRAIN_NORMS = tuple(n for n in NORMS if n not in RENORM_NORMS)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -48,12 +51,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--model", choices=ARCHS, default="cnn",
                    help="cnn: small CNN; mlp: the paper's Fig. 1 network 3×100 (default: cnn) / cnn: CNN pequeña; "
                    "mlp: la red de la Fig. 1 del artículo")  # fmt: skip
-    p.add_argument("--norm", choices=NORMS + FAMILY_NORMS, default="channel",
-                   help="none, activation (per-activation BN) or channel (convolutional BN) (default: channel); "
-                   "or, with sets within one sample instead of the mini-batch, layer, instance or group (8 groups) "
-                   "/ none, activation (BN por activación) o channel (BN convolucional) (por defecto: channel); o, "
-                   "con conjuntos dentro de un ejemplo en lugar del minilote, layer, instance o group (8 grupos)",
+    p.add_argument("--norm", choices=TRAIN_NORMS + LEGACY_NORMS, default="batch",
+                   help="batch (batch normalization; see --per), or, with sets within one sample instead of the "
+                   "mini-batch, layer, instance or group (8 groups), or none (default: batch); channel and activation "
+                   "are the old spellings of --norm batch --per channel and --norm batch --per activation "
+                   "/ batch (normalización por lotes; ver --per), o, con conjuntos dentro de un ejemplo en lugar del "
+                   "minilote, layer, instance o group (8 grupos), o none (por defecto: batch); channel y activation "
+                   "son las grafías antiguas de --norm batch --per channel y --norm batch --per activation",
                    )  # fmt: skip
+    p.add_argument("--per", choices=PER, default=None,
+                   help="for batch: channel (convolutional BN, one statistic per feature map; the default "
+                   "for cnn) or activation (one per activation; the default for mlp) / para batch: channel "
+                   "(BN convolucional, un estadístico por mapa de características; por defecto en cnn) o activation "
+                   "(uno por activación; por defecto en mlp)")  # fmt: skip
     p.add_argument("--activation", choices=ACTIVATIONS, default="relu",
                    help="nonlinearity (default: relu) / no linealidad")  # fmt: skip
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="momentum",
@@ -80,21 +90,47 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _build(args, data, lang: str = "en"):
-    from ..models import PaperMLP, SmallCNN
+def _spec(args, data, lang: str = "en"):
+    """The :class:`bnlab.spec.ModelSpec` the options name (``--norm channel`` is ``--norm batch --per channel``)."""
+    from ..spec import ModelSpec
 
     c, h, w = data.image_shape
-    if args.model == "mlp":
-        return PaperMLP(c * h * w, data.num_classes, norm=args.norm, activation=args.activation)
     try:
-        return SmallCNN(c, (h, w), data.num_classes, norm=args.norm, activation=args.activation)
+        if args.model == "mlp":
+            return ModelSpec.mlp(c * h * w, data.num_classes, args.norm, activation=args.activation, per=args.per)
+        return ModelSpec.cnn(c, (h, w), data.num_classes, args.norm, args.activation, per=args.per)
+    except ValueError as err:  # e.g. --norm layer --per activation
+        raise UsageError(str(err)) from None
+
+
+def _build(args, data, lang: str = "en"):
+    from ..models import build_model
+
+    spec = _spec(args, data, lang)
+    try:
+        return build_model(spec)
     except ValueError as err:  # e.g. images too small for the pooling stages
+        c, h, w = data.image_shape
         raise UsageError(MSG[lang]["too_small"].format(err=err, shape=f"{c}×{h}×{w}")) from None
+
+
+def _label(args) -> str:
+    """The run's short name (``channel``, ``activation``, ``layer``, …): the figure's and the progress bar's."""
+    from ..i18n import t
+    from ..vocabulary import LEGACY_SPELLINGS, parse_norm
+
+    per = getattr(args, "per", None)  # absent in a namespace made before --per
+    if per is not None and args.norm in LEGACY_SPELLINGS and LEGACY_SPELLINGS[args.norm][1] != per:
+        said = LEGACY_SPELLINGS[args.norm][1]
+        raise UsageError(t("cli.spec.per_conflicts", args.lang, norm=args.norm, said=said, per=per))
+    if per is not None and args.norm not in (*BATCH_NORMS, *LEGACY_NORMS):
+        raise UsageError(t("cli.spec.per_not_for_norm", args.lang, norm=args.norm))
+    return parse_norm(args.norm, per, default_per="activation" if args.model == "mlp" else "channel").label
 
 
 def _train_title(args, lang: str) -> str:
     rate = {"en": "learning rate", "es": "tasa de aprendizaje"}[lang]
-    return f"{args.dataset}, {args.model}, {args.norm}, {args.activation}, {args.optimizer}, {rate} {args.lr:g}"
+    return f"{args.dataset}, {args.model}, {_label(args)}, {args.activation}, {args.optimizer}, {rate} {args.lr:g}"
 
 
 def run(args) -> int:
@@ -103,6 +139,7 @@ def run(args) -> int:
     lang = args.lang
 
     m = MSG[lang]
+    _label(args)  # --norm and --per agree, before anything is read or written
     check_data(args.dataset, args.data, lang)
     from ..training import (
         CHECKPOINT_NAME,
@@ -146,7 +183,7 @@ def run(args) -> int:
     meta = {"dataset": args.dataset, "data": str(args.data.resolve()) if args.data else None, "seed": args.seed}
     try:
         result = fit(model, data, config, out_dir=args.out, resume=args.resume, progress=not args.quiet,
-                     desc=f"{args.model}/{args.norm}", meta=meta, lang=lang, replica=replica,
+                     desc=f"{args.model}/{_label(args)}", meta=meta, lang=lang, replica=replica,
                      allow_legacy=args.allow_legacy)  # fmt: skip
     except TrainingInterrupted as stop:
         if replica is not None and not replica.is_main:
@@ -180,7 +217,7 @@ def run(args) -> int:
         from ..i18n.numbers import percent as pct
         from ..report.plots import curves_figure
 
-        run = {"norm": args.norm, "history": result.history}
+        run = {"norm": _label(args), "history": result.history}
         curves_figure([run], _train_title(args, lang), lang, fig)
     except KeyboardInterrupt:
         print(m["interrupted_after_save"].format(ckpt=ckpt), file=sys.stderr)

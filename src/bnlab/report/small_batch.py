@@ -54,6 +54,7 @@ from ..i18n import languages, numbers, t
 from ..io import make_dirs, save_figure, write_json
 from ..models import SmallCNN, bn_layers
 from ..training import TrainConfig, evaluate, fit, seed_everything
+from ..vocabulary import parse_norm
 
 __all__ = ["run_small_batch", "summarize", "findings", "build", "BATCH_SIZES", "NORMS", "BN_LIKE", "PER_SAMPLE"]
 
@@ -70,13 +71,9 @@ _EXTRA_COLORS = {"channel-conv": "#17becf", "channel-ln": "#bcbd22", "renorm": "
 def build(member: str, data, steps: int) -> torch.nn.Module:
     """The CNN for one member of :data:`NORMS`, for a run of ``steps`` training steps."""
     c, h, w = data.image_shape
-    if member == "channel-conv":
-        return SmallCNN(c, (h, w), data.num_classes, "channel", dense_norm=False)
-    if member == "channel-ln":
-        return SmallCNN(c, (h, w), data.num_classes, "channel", dense_norm="layer")
-    if member == "renorm":
-        return SmallCNN(c, (h, w), data.num_classes, "renorm", renorm_steps=steps)
-    return SmallCNN(c, (h, w), data.num_classes, member)
+    n = parse_norm(member)  # the member's name is its run label: channel-ln is (batch, channel), layer norm in the head
+    return SmallCNN(c, (h, w), data.num_classes, n.norm, dense_norm=n.dense_norm, per=n.per,
+                    renorm_steps=steps if n.norm == "renorm" else None)  # fmt: skip
 
 
 def _cpu_seconds() -> float:
