@@ -131,7 +131,7 @@ def _family_table(text):
 @pytest.mark.parametrize("shape, layout", [((2, 5, 3, 12), "NHWC"), ((3, 12, 1, 4), "NCHW"), ((1, 1, 1, 1), "NCHW")])
 def test_family_table_counts_every_gamma_and_beta(lang, shape, layout):
     """The γ/β row: 2·C for BN per channel, instance and group norm; 2·C·H·W per activation and for layer norm."""
-    from bnlab.explain.words import integer
+    from bnlab.i18n.numbers import integer
 
     C = shape[layout.index("C")]
     G = 4 if C % 4 == 0 else 1

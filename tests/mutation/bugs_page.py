@@ -4,8 +4,9 @@ PAGE = "src/bnlab/assets/explain_page.html"
 T_PAGE = "tests/test_explain_page.py"
 
 BUGS = [
-    dict(name="es-10000-without-group-space", path="src/bnlab/explain/words.py", old="abs(n) >= 10_000",
-         new="abs(n) > 10_000", tests=["tests/test_explain.py::test_spanish_groups_from_five_digits_on"]),
+    dict(name="es-10000-without-group-space", path="src/bnlab/i18n/numbers.py",
+         old="if len(digits) < min_digits:", new="if len(digits) <= min_digits:",
+         tests=["tests/test_explain.py::test_spanish_groups_from_five_digits_on"]),
     dict(name="page-es-10000-without-group-space", path=PAGE, old='DATA.lang === "es" && n < 10000',
          new='DATA.lang === "es" && n <= 10000',
          tests=[f"{T_PAGE}::test_numbers_group_from_five_digits_on_in_spanish[es]"]),

@@ -16,9 +16,10 @@ effective mini-batch is m' = m·p·q. :func:`explain` answers it for a concrete 
 ``e.text`` is a multi-line explanation in ``lang`` ("en" or "es"); ``e.save_figure(path)`` draws a small
 slice of the tensor and colours the values of one set B for both variants side by side.
 
-Everything is derived from :mod:`bnlab.axes`; this package only words and draws it: :mod:`.words` (counts
-in words, en/es), :mod:`.text` (batch norm's text), :mod:`.family` (layer, instance and group norm),
-:mod:`.figure` (matplotlib, loaded only to draw).
+Everything is derived from :mod:`bnlab.axes`; this package only words and draws it: :mod:`.text` (batch
+norm's text), :mod:`.family` (layer, instance and group norm), :mod:`.figure` (matplotlib, loaded only to
+draw). The words are in the ``explain`` catalogs (:mod:`bnlab.i18n`), counts agreeing with their nouns through
+:mod:`bnlab.i18n.words`.
 """
 
 from __future__ import annotations
@@ -30,11 +31,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..axes import LAYOUTS, PER, check_norm, effective_batch_size, feature_shape, norm_set, reduce_axes
+from ..i18n import languages
 from .family import family_counts, render_family_text
 from .text import render_ghost_text, render_text
-from .words import LANGS
 
 __all__ = ["Explanation", "explain", "explain_family", "LANGS"]
+
+#: The shipped languages of the text and the figure (a language added to the catalogs works too).
+LANGS = ("en", "es")
 
 
 @dataclass(frozen=True)
@@ -171,8 +175,9 @@ def _check_shape(shape: Sequence[int], layout: str) -> tuple[str, tuple[int, ...
 
 
 def _check_lang(lang: str) -> str:
-    if not isinstance(lang, str) or lang.lower() not in LANGS:
-        raise ValueError(f"unknown lang {lang!r}; use one of {', '.join(map(repr, LANGS))}")
+    langs = languages()
+    if not isinstance(lang, str) or lang.lower() not in langs:
+        raise ValueError(f"unknown lang {lang!r}; use one of {', '.join(map(repr, langs))}")
     return lang.lower()
 
 

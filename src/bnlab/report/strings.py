@@ -8,7 +8,7 @@ are formatted by :func:`pct`, :func:`num`, :func:`secs` and :func:`integer`, whi
 from __future__ import annotations
 
 # whole numbers as bnlab.explain writes them (English: 2,048 and 25,088; Spanish, RAE: 2048 and 25 088)
-from ..explain.words import integer  # noqa: F401  (re-exported for the report)
+from ..i18n.numbers import integer  # noqa: F401  (re-exported for the report)
 
 LANGS = ("en", "es")
 
