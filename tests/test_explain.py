@@ -310,7 +310,7 @@ def test_no_locations_no_elements_paragraph():
 
 _WORDS = {
     "en": r"In words: ([\d,]+) means?, ([\d,]+) variances?, ([\d,]+) γ and ([\d,]+) β",
-    "es": r"Dicho con palabras: ([\d ]+) medias?, ([\d ]+) varianzas?, ([\d ]+) γ y ([\d ]+) β",
+    "es": r"Es decir: ([\d ]+) medias?, ([\d ]+) varianzas?, ([\d ]+) γ y ([\d ]+) β",
 }
 
 
@@ -480,7 +480,7 @@ def test_exact_sentences_with_one_feature_map():
     es = " ".join(explain((2, 4, 4, 1), layout="NHWC", lang="es").text.split())
     assert "C=1 canal (mapa de características)." in es
     assert "El único mapa tiene 4×4 = 16 ubicaciones, en cada uno de los 2 ejemplos del minilote." in es
-    assert "Dicho con palabras: 1 media, 1 varianza, 1 γ y 1 β, una de cada por mapa de características." in es
+    assert "Es decir: 1 media, 1 varianza, 1 γ y 1 β, una de cada por mapa de características." in es
     assert "1 par (a, b) en total" in es
 
 

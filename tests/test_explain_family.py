@@ -122,7 +122,8 @@ def test_group_channel_range_is_the_channels_of_group_g(lang, C, G):
 def _family_table(text):
     """The rows of the family's side-by-side table: name -> its cells (columns are 3+ spaces apart)."""
     lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(("The family side", "La familia lado")))
+    heads = ("The family side", "Las variantes de la familia")
+    start = next(i for i, line in enumerate(lines) if line.startswith(heads))
     rows = [re.split(r" {3,}", line.strip()) for line in lines[start + 1 : start + 6]]
     return {row[0]: row[1:] for row in rows[1:]}
 

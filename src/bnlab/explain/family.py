@@ -101,8 +101,11 @@ def render_family_text(e: Explanation) -> str:
         kept = "·".join(e.layout[1:])
         add(fill("params_layer", letters=kept, params=e.num_params))
     else:
-        cls = "GroupNorm" if e.norm == "group" else "InstanceNorm2d"
-        add(fill("params_channel", cls=cls, params=e.num_params))
+        if e.norm == "group":
+            add(fill("params_channel", cls="GroupNorm", params=e.num_params))
+        else:  # torch's and bnlab's InstanceNorm have no γ/β unless affine=True
+            cls = f"InstanceNorm{max(len(spatial), 1)}d"
+            add(fill("params_instance", cls=cls, params=e.num_params))
     add(fill("batch_no"))
     add(fill("inference"))
     lines.append("")

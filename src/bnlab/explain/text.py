@@ -4,6 +4,7 @@ English and Spanish, and how they are put together for one shape."""
 from __future__ import annotations
 
 import math
+import re
 import textwrap
 from typing import TYPE_CHECKING
 
@@ -112,6 +113,13 @@ def render_text(e: Explanation) -> str:
     add(fill("table_title"))
     lines.extend(_table(e))
     lines.append("")
+    if not fc:  # the paper's k, and what torch and Keras call these variants
+        nact = math.prod(feature_shape(e.shape, reduce_axes(e.layout, per="activation")))
+        add(fill("index_k", nact=nact, c=C))
+        kept = [e.layout[a] for a in (channel_axis(e.layout), *spatial)]
+        reduced = ", ".join(e.layout[a] for a in (0, *spatial))
+        add(fill("libraries", cls=f"BatchNorm{len(spatial)}d", reduced=reduced, letters="·".join(kept)))
+        lines.append("")
 
     # why, and what inference does with it
     if fc:
@@ -123,7 +131,8 @@ def render_text(e: Explanation) -> str:
     unit = fill("unit_fc") if fc else fill(f"unit_{e.per}")
     add(fill("inference", unit=unit, sets=sets, size=size))
     lines.append("  a = γ/√(Var[x]+ε),  b = β − γ·E[x]/√(Var[x]+ε)")
-    add(fill("fold"))
+    add(fill("fold_activation", sets=sets) if e.per == "activation" and not fc else fill("fold"))
+    add(fill("running"))
     return "\n".join(lines)
 
 
@@ -131,7 +140,13 @@ def wrap(line: str, width: int = 100) -> str:
     """Wrap one paragraph to ``width`` columns; continuation lines are indented two more spaces."""
     indent = " " * (len(line) - len(line.lstrip(" ")))
     sub = indent + "  " if indent else ""
-    return textwrap.fill(line, width=width, subsequent_indent=sub, break_on_hyphens=False, break_long_words=False)
+    # a number grouped with spaces (Spanish 12 544) is one word: never split across two lines
+    line = _GROUP_SPACE.sub("\u00a0", line)
+    text = textwrap.fill(line, width=width, subsequent_indent=sub, break_on_hyphens=False, break_long_words=False)
+    return text.replace("\u00a0", " ")
+
+
+_GROUP_SPACE = re.compile(r"(?<=\d) (?=\d{3}(?!\d))")
 
 
 def _table(e: Explanation) -> list[str]:
