@@ -547,8 +547,10 @@ def _flat(text: str) -> str:
 
 
 @pytest.mark.parametrize("lang", ["en", "es"])
-@pytest.mark.parametrize(("shape", "layout", "per"), [((32, 28, 28, 12), "NHWC", "channel"),
-                                                      ((32, 12, 28, 28), "NCHW", "activation"), ((8, 10), "NC", "channel")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("shape", "layout", "per"),
+    [((32, 28, 28, 12), "NHWC", "channel"), ((32, 12, 28, 28), "NCHW", "activation"), ((8, 10), "NC", "channel")],
+)
 def test_alg2_factor_is_written_with_m_prime(shape, layout, per, lang):
     """Alg. 2's unbiasing factor is m'/(m'−1) with m' the values of one set B (m·p·q per channel), never m/(m−1)."""
     e = explain(shape, layout=layout, per=per, lang=lang)
@@ -612,8 +614,10 @@ def test_per_activation_after_a_conv_is_not_said_to_fold_into_its_weights(lang):
 @pytest.mark.parametrize("lang", ["en", "es"])
 def test_running_statistics_are_named_once_as_the_ema_standing_in_for_the_population(lang):
     text = _flat(explain((32, 28, 28, 12), layout="NHWC", lang=lang).text)
-    name = {"en": "running statistics (running_mean, running_var): an exponential moving average (EMA)",
-            "es": "estadísticas acumuladas (running_mean, running_var): una media móvil exponencial (EMA)"}[lang]  # fmt: skip
+    name = {
+        "en": "running statistics (running_mean, running_var): an exponential moving average (EMA)",
+        "es": "estadísticas acumuladas (running_mean, running_var): una media móvil exponencial (EMA)",
+    }[lang]
     assert text.count(name) == 1 and "bnlab.recalibrate" in text
 
 
