@@ -685,3 +685,71 @@ def test_a_grouped_number_is_never_split_over_two_lines(lang):
         for per in ("channel", "activation"):
             text = explain(shape, layout="NHWC", per=per, lang=lang).text
             assert not re.search(r"\d\n *\d{3}(?!\d)", text), text
+
+
+# ------------------------------------------------------------------ a masked set B (issue 17)
+
+
+@pytest.mark.parametrize(
+    ("shape", "layout", "per", "k", "axis"),
+    [((6, 3, 4, 5), "NCHW", "channel", 2, None), ((6, 3, 4, 5), "NCHW", "channel", 4, "N"),
+     ((7, 3, 5), "NCL", "activation", 3, "N"), ((5, 9, 2), "NCL", "channel", 1, "L")],
+)  # fmt: skip
+def test_masked_set_b_counts_are_those_of_a_real_masked_forward(shape, layout, per, k, axis):
+    """m' in the text is the count bnlab.nn.functional.batch_norm(mask=) uses: read back from the running variance
+    it writes (momentum 1: running_var = m'/(m'−1)·σ²_B over the masked-in values)."""
+    import torch
+
+    from bnlab.nn import functional as F
+
+    e = explain(shape, layout=layout, per=per, mask_last=k, mask_axis=axis)
+    x = torch.from_numpy(np.random.default_rng(1).standard_normal(shape))
+    mask = torch.ones(shape, dtype=torch.bool)
+    mask[(slice(None),) * e.mask_axis + (slice(-k, None),)] = False
+    rm, rv = torch.zeros(e.feature_shape, dtype=x.dtype), torch.ones(e.feature_shape, dtype=x.dtype)
+    F.batch_norm(x, rm, rv, training=True, momentum=1.0, axes=e.axes, mask=mask)
+    biased = np.var(x.numpy(), axis=e.axes, where=mask.numpy())
+    ratio = rv.numpy() / biased  # m'/(m'−1)
+    np.testing.assert_allclose(ratio / (ratio - 1), e.set_size, rtol=1e-6)
+    assert int(mask.sum()) == e.set_size * e.num_sets and e.full_set_size == math.prod(shape[a] for a in e.axes)
+    assert e.set_size < e.full_set_size
+
+
+@pytest.mark.parametrize("lang", ["en", "es"])
+def test_masked_text_says_m_prime_counts_the_masked_in_values_and_its_numpy_runs(lang):
+    e = explain((32, 28, 28, 12), layout="NHWC", mask_last=4, lang=lang)
+    text = _flat(e.text)
+    want = {"en": "m' is the count of masked-in values per feature: m' = 32·28·(28−4) = 21,504 values, of 25,088",
+            "es": "m' es el número de valores dentro de la máscara por característica: m' = 32·28·(28−4) = 21 504 "
+                  "valores, de 25 088"}[lang]  # fmt: skip
+    assert want in text
+    assert ("here m' = 21,504" if lang == "en" else "aquí m' = 21 504") in text  # Alg. 2's factor uses m'
+    code = [line.split("#")[0].strip() for line in e.text.splitlines() if "np." in line]
+    t = np.random.default_rng(2).standard_normal((4, 5, 6, 3))  # the same lines on a smaller tensor
+    ns = {"np": np, "t": t}
+    for line in code:
+        exec(line, ns)
+    np.testing.assert_allclose(ns["mu_B"], t[:, :, :-4, :].mean(axis=(0, 1, 2)))
+    np.testing.assert_allclose(ns["var_B"], t[:, :, :-4, :].var(axis=(0, 1, 2)))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [(dict(per="activation", mask_last=4), "sets B of the last 4 positions of W are empty"),
+     (dict(per="activation", mask_last=31, mask_axis="N"), "keeps m' = 1 value"),
+     (dict(mask_last=28), "from 1 to 27"), (dict(mask_last=0), "from 1 to 27"),
+     (dict(mask_last=2, mask_axis="C"), "other than C"), (dict(mask_last=2, norm="layer"), "applies to batch norm"),
+     (dict(mask_last=2, virtual_batch=2), "without virtual_batch")],
+)  # fmt: skip
+def test_a_mask_that_empties_a_set_b_is_refused_as_the_functional_refuses_it(kwargs, words):
+    with pytest.raises(ValueError, match=re.escape(words)):
+        explain((32, 28, 28, 12), layout="NHWC", **kwargs)
+
+
+def test_cli_mask_last():
+    cmd = [sys.executable, "-m", "bnlab", "explain", "16,3,10", "--layout", "NCL", "--mask-last", "3", "--lang", "en"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout
+    assert "m' = 16·(10−3) = 112 values, of 160" in _flat(out)
+    bad = subprocess.run([sys.executable, "-m", "bnlab", "explain", "16,3,10", "--layout", "NCL", "--mask-last",
+                          "10"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert bad.returncode == 2 and "from 1 to 9" in bad.stderr and "Traceback" not in bad.stderr

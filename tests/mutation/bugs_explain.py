@@ -33,4 +33,19 @@ BUGS = [
          old="Es decir: {sets:mean}, {sets:variance}, {sets} γ y {sets} β, una de cada por mapa",
          new="Dicho con palabras: {sets:mean}, {sets:variance}, {sets} γ y {sets} β, una de cada por mapa",
          tests=[f"{T}::test_no_spanish_calques_in_the_explainer_texts_and_docs"]),
+    # a masked set B (issue 17)
+    dict(name="masked-count-subtracts-k-once", path="src/bnlab/explain/__init__.py",
+         old="return full // shape[axis] * (shape[axis] - k), False", new="return full - k, False",
+         tests=[f"{T}::test_masked_set_b_counts_are_those_of_a_real_masked_forward[shape0-NCHW-channel-2-None]"]),
+    dict(name="masked-inference-uses-the-full-set", path=TEXT,
+         old='add(fill("inference", unit=unit, sets=sets, size=e.set_size))',
+         new='add(fill("inference", unit=unit, sets=sets, size=size))',
+         tests=[f"{T}::test_masked_text_says_m_prime_counts_the_masked_in_values_and_its_numpy_runs[en]"]),
+    dict(name="masked-numpy-without-where", path=TEXT,
+         old='where = ", where=mask" if e.mask_last is not None else ""', new='where = ""',
+         tests=[f"{T}::test_masked_text_says_m_prime_counts_the_masked_in_values_and_its_numpy_runs[es]"]),
+    dict(name="masked-empty-sets-accepted", path="src/bnlab/explain/__init__.py", old="if empty or m_in < 2:",
+         new="if m_in < 2:",
+         tests=[f"{T}::test_a_mask_that_empties_a_set_b_is_refused_as_the_functional_refuses_it"
+                f"[kwargs0-sets B of the last 4 positions of W are empty]"]),
 ]  # fmt: skip

@@ -52,6 +52,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    "página interactiva (un solo archivo HTML autónomo; SHAPE es opcional)")  # fmt: skip
     p.add_argument("--virtual-batch", metavar="K", type=int, default=None,
                    help="ghost BN: statistics per run of K examples / BN fantasma: estadísticas por tanda de K")
+    p.add_argument("--mask-last", metavar="K", type=int, default=None,
+                   help="a masked set B: the last K positions of --mask-axis are padding, as mask= of "
+                   "bnlab.nn.functional.batch_norm / conjunto B con máscara: las últimas K posiciones de --mask-axis "
+                   "son relleno")  # fmt: skip
+    p.add_argument("--mask-axis", metavar="AXIS", default=None,
+                   help="the axis --mask-last masks, a letter of the layout (default: the last spatial axis, N "
+                   "without one) / el eje que enmascara --mask-last (por defecto, el último eje espacial)")  # fmt: skip
     add_lang(p)
     return p
 
@@ -121,7 +128,7 @@ def run(args) -> int:
     layout, assumed = (args.layout, "") if args.layout is not None else _assumed_layout(shape, lang)
     try:
         e = explain(shape, layout=layout, per=args.per, lang=lang, norm=args.norm, groups=args.groups,
-                    virtual_batch=args.virtual_batch)  # fmt: skip
+                    virtual_batch=args.virtual_batch, mask_last=args.mask_last, mask_axis=args.mask_axis)  # fmt: skip
     except ValueError as err:
         raise UsageError(str(err)) from None
     if assumed:

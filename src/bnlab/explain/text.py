@@ -50,7 +50,7 @@ def render_text(e: Explanation) -> str:
     spatial = spatial_axes(e.layout)
     nloc = math.prod(e.shape[a] for a in spatial)
     fc = not spatial  # layout NC: no locations, the two variants coincide
-    sets, size = e.num_sets, e.set_size
+    sets, size = e.num_sets, e.full_set_size or e.set_size  # size: set B without a mask; e.set_size: m'
     lines: list[str] = []
 
     def add(paragraph: str) -> None:  # prose is wrapped; code, formulas and the table are not
@@ -99,12 +99,20 @@ def render_text(e: Explanation) -> str:
     if e.set_size == 1:
         add("  " + fill("tiny"))
     lines.append("")
+    if e.mask_last is not None:  # a masked set B: m' counts the masked-in values
+        add(_mask_paragraph(e, fill))
+        lines.append("")
 
     # the same in NumPy
     add(fill("numpy"))
     axes = repr(tuple(e.axes))
-    mean_expr = f"  mu_B  = np.mean(t, axis={axes})"
-    var_expr = f"  var_B = np.var(t, axis={axes})"
+    where = ", where=mask" if e.mask_last is not None else ""
+    if e.mask_last is not None:
+        index = ", ".join(f"-{e.mask_last}:" if a == e.mask_axis else ":" for a in range(len(e.layout)))
+        comment = fill("comment_mask", start=e.shape[e.mask_axis] - e.mask_last, letter=e.layout[e.mask_axis])
+        lines.append(f"  mask = np.ones(t.shape, bool); mask[{index}] = False   " + comment)
+    mean_expr = f"  mu_B  = np.mean(t, axis={axes}{where})"
+    var_expr = f"  var_B = np.var(t, axis={axes}{where})"
     width = max(len(mean_expr), len(var_expr)) + 3
     lines.append(mean_expr.ljust(width) + fill("comment_mean", fshape=e.feature_shape))
     lines.append(var_expr.ljust(width) + fill("comment_var"))
@@ -129,11 +137,20 @@ def render_text(e: Explanation) -> str:
     else:
         add(fill("why_activation", sets=sets, m=n))
     unit = fill("unit_fc") if fc else fill(f"unit_{e.per}")
-    add(fill("inference", unit=unit, sets=sets, size=size))
+    add(fill("inference", unit=unit, sets=sets, size=e.set_size))
     lines.append("  a = γ/√(Var[x]+ε),  b = β − γ·E[x]/√(Var[x]+ε)")
     add(fill("fold_activation", sets=sets) if e.per == "activation" and not fc else fill("fold"))
     add(fill("running"))
     return "\n".join(lines)
+
+
+def _mask_paragraph(e: Explanation, fill) -> str:
+    """What a masked set B keeps: the last K positions of one axis are padding; m' counts the rest."""
+    a, k = e.mask_axis, e.mask_last
+    factors = [f"({e.shape[i]}−{k})" if i == a else str(e.shape[i]) for i in e.axes]
+    start = e.shape[a] - k
+    return fill("mask", letter=e.layout[a], start=start, k=k, s=e.shape[a], formula="·".join(factors),
+                m_in=e.set_size, full=e.full_set_size)  # fmt: skip
 
 
 def wrap(line: str, width: int = 100) -> str:
@@ -158,9 +175,17 @@ def _table(e: Explanation) -> list[str]:
     for p in PER:
         axes = reduce_axes(e.layout, per=p)
         fshape = feature_shape(e.shape, axes)
+        size, empty = effective_batch_size(e.shape, axes), False
+        if e.mask_last is not None:
+            from . import masked_count
+
+            size, empty = masked_count(e.shape, axes, e.mask_axis, e.mask_last)
+        n_sets = math.prod(fshape)
         cells[p] = [
             repr(axes),
-            fill("row_sets_cell", sets=math.prod(fshape), size=effective_batch_size(e.shape, axes)),
+            fill("row_sets_empty", sets=n_sets, empty=n_sets * e.mask_last // e.shape[e.mask_axis])
+            if empty
+            else fill("row_sets_cell", sets=n_sets, size=size),
             repr(fshape),
             _params_formula(e, p),
         ]
