@@ -753,3 +753,28 @@ def test_cli_mask_last():
     bad = subprocess.run([sys.executable, "-m", "bnlab", "explain", "16,3,10", "--layout", "NCL", "--mask-last",
                           "10"], capture_output=True, text=True, timeout=120)  # fmt: skip
     assert bad.returncode == 2 and "from 1 to 9" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_third_language_adds_its_nouns_in_its_own_catalog(tmp_path, monkeypatch):
+    """The agreement's nouns are catalog data (core.json's @words): a made-up language 'xx' with three plural
+    forms brings its own; what it lacks (a noun, a template) falls back to English."""
+    import json
+
+    from bnlab.i18n.words import say
+
+    root = tmp_path / "catalogs" / "xx"
+    root.mkdir(parents=True)
+    core = {
+        "@plural-forms": "nplurals=3; plural=(n == 0 ? 0 : n == 1 ? 1 : 2);",
+        "@number": {"decimal": "'", "group": "_", "group_min_digits": 4, "percent": "pc {}"},
+        "@words": {"nouns": {"value": ["valorzero", "valoro", "valoroj"]},
+                   "phrases": {"": ["{n} {noun}", "{n} {noun}"], "the": ["la sola {noun}", "la {n} {noun}"]}},
+    }  # fmt: skip
+    (root / "core.json").write_text(json.dumps(core), "utf-8")
+    (root / "explain.json").write_text(json.dumps({"bn": {"numpy": "En NumPy-xx:"}}), "utf-8")
+    monkeypatch.setenv("BNLAB_CATALOGS", str(tmp_path / "catalogs"))
+    assert [say("xx", "{n:value}", n=k) for k in (0, 1, 25088)] == ["0 valorzero", "1 valoro", "25_088 valoroj"]
+    assert say("xx", "{n:the value}", n=1) == "la sola valoro"
+    assert say("xx", "{n:mean}", n=2) == "2 means"  # a noun xx lacks: English's
+    text = explain((32, 28, 28, 12), layout="NHWC", lang="xx").text
+    assert "En NumPy-xx:" in text and "m' = 25_088 valoroj" in _flat(text)

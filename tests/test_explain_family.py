@@ -141,3 +141,17 @@ def test_family_table_counts_every_gamma_and_beta(lang, shape, layout):
     chw = math.prod(shape[1:])
     expect = [2 * C, 2 * chw, 2 * chw, 2 * C, 2 * C]  # BN channel, BN activation, layer, instance, group
     assert row == [integer(n, lang) for n in expect], row
+
+
+@pytest.mark.parametrize("lang", ["en", "es"])
+def test_family_figure_says_how_many_locations_are_drawn(tmp_path, lang):
+    """Issue 18 §5: like the BN figure, the family figure says how many locations a map has and how many it draws."""
+    import matplotlib
+
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        e = bnlab.explain((32, 28, 28, 16), layout="NHWC", norm="group", groups=4, lang=lang)
+        path = e.save_figure(tmp_path / "family.svg")
+    text = " ".join(re.findall(r"<text[^>]*>(.*?)</text>", path.read_text(encoding="utf-8"), flags=re.S))
+    want = {"en": "28×28 = 784 locations per map (4 shown, in a row)",
+            "es": "28×28 = 784 ubicaciones por mapa (4 en el dibujo, en fila)"}[lang]  # fmt: skip
+    assert want in text

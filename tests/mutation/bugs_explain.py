@@ -49,3 +49,16 @@ BUGS = [
          tests=[f"{T}::test_a_mask_that_empties_a_set_b_is_refused_as_the_functional_refuses_it"
                 f"[kwargs0-sets B of the last 4 positions of W are empty]"]),
 ]  # fmt: skip
+BUGS += [
+    dict(name="family-figure-without-locations-note", path="src/bnlab/explain/figure.py",
+         old='return _finish(fig, e, tf, path, dpi, note=note if real_s else tf("fig_no_spatial"))',
+         new="return _finish(fig, e, tf, path, dpi)",
+         tests=["tests/test_explain_family.py::test_family_figure_says_how_many_locations_are_drawn[en]"]),
+]  # fmt: skip
+BUGS += [
+    dict(name="nouns-two-forms-only", path="src/bnlab/i18n/words.py",
+         old="form = forms[min(plural_index(number, self.lang), len(forms) - 1)]", new="form = forms[number != 1]",
+         tests=[f"{T}::test_a_third_language_adds_its_nouns_in_its_own_catalog"]),
+    dict(name="nouns-no-english-fallback", path="src/bnlab/i18n/words.py", old="for source in (lang, DEFAULT_LANG):",
+         new="for source in (lang,):", tests=[f"{T}::test_a_third_language_adds_its_nouns_in_its_own_catalog"]),
+]  # fmt: skip

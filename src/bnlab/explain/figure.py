@@ -122,9 +122,9 @@ def save_figure(e: Explanation, path: Path, dpi: int = 100) -> Path:
     return _finish(fig, e, t, path, dpi)
 
 
-def _finish(fig: Figure, e: Explanation, t: Callable[..., str], path: Path, dpi: int) -> Path:
-    """Title, legend (in set B / other values) and save: the same for both figures."""
-    fig.suptitle(t("fig_title", shape=e.shape, layout=e.layout), fontsize=12)
+def _finish(fig: Figure, e: Explanation, t: Callable[..., str], path: Path, dpi: int, note: str = "") -> Path:
+    """Title (and a note under it), legend (in set B / other values) and save: the same for both figures."""
+    fig.suptitle(t("fig_title", shape=e.shape, layout=e.layout) + (f"\n{note}" if note else ""), fontsize=12)
     fig.legend(
         handles=[
             Patch(facecolor=_IN_B, edgecolor=_EDGE, label=t("fig_legend_in")),
@@ -191,4 +191,6 @@ def _save_family_figure(e: Explanation, path: Path, dpi: int = 100) -> Path:
         ax.set_ylim(-n_show * 1.6 - 0.8, 2.2)
         ax.set_aspect("equal")
         ax.axis("off")
-    return _finish(fig, e, tf, path, dpi)
+    _, _, _, real_s, _ = _shown_grid(e)  # how many locations a map has, and how many are drawn (in a row)
+    note = tf("fig_spatial", real=Shown(nloc, real_s + (f" = {nloc}" if "×" in real_s else "")), shown=l_show)
+    return _finish(fig, e, tf, path, dpi, note=note if real_s else tf("fig_no_spatial"))
