@@ -279,9 +279,9 @@ def test_bnlab_explain_works_after_importing_the_submodule_first():
     assert out.stdout.strip() == "12544"
 
 
-@pytest.mark.parametrize("name", ["", ".words"])
+@pytest.mark.parametrize("name", ["bnlab.explain", "bnlab.i18n.words"])
 def test_doctests(name):
-    module = importlib.import_module("bnlab.explain" + name)
+    module = importlib.import_module(name)
     result = doctest.testmod(module, verbose=False)
     assert result.attempted > 0 and result.failed == 0
 
@@ -310,7 +310,7 @@ def test_no_locations_no_elements_paragraph():
 
 _WORDS = {
     "en": r"In words: ([\d,]+) means?, ([\d,]+) variances?, ([\d,]+) γ and ([\d,]+) β",
-    "es": r"Dicho con palabras: ([\d ]+) medias?, ([\d ]+) varianzas?, ([\d ]+) γ y ([\d ]+) β",
+    "es": r"Es decir: ([\d ]+) medias?, ([\d ]+) varianzas?, ([\d ]+) γ y ([\d ]+) β",
 }
 
 
@@ -350,8 +350,13 @@ def test_per_activation_counts_means_and_variances_not_statistics():
     assert "18,432 statistics" not in text and "each location has its own" not in text
 
 
-@pytest.mark.parametrize("lang, word", [("en", "the average over the training mini-batches B"),
-                                        ("es", "el promedio sobre los minilotes B de entrenamiento")])
+@pytest.mark.parametrize(
+    "lang, word",
+    [
+        ("en", "the average over the training mini-batches B"),
+        ("es", "el promedio sobre los minilotes B de entrenamiento"),
+    ],
+)
 def test_e_b_notation_is_explained(lang, word):
     text = " ".join(explain((32, 28, 28, 12), layout="NHWC", lang=lang).text.split())
     assert "E_B[μ_B]" in text and word in text
@@ -373,7 +378,7 @@ def test_spanish_numbers_follow_the_rae():
 
 def test_spanish_groups_from_five_digits_on():
     """The boundary: 9999 together, 10 000 with its group space (RAE); English groups both."""
-    from bnlab.explain.words import integer
+    from bnlab.i18n.numbers import integer
 
     assert [integer(n, "es") for n in (9999, 10_000, 99_999, 100_000)] == ["9999", "10 000", "99 999", "100 000"]
     assert [integer(n, "en") for n in (9999, 10_000)] == ["9,999", "10,000"]
@@ -481,7 +486,7 @@ def test_exact_sentences_with_one_feature_map():
     es = " ".join(explain((2, 4, 4, 1), layout="NHWC", lang="es").text.split())
     assert "C=1 canal (mapa de características)." in es
     assert "El único mapa tiene 4×4 = 16 ubicaciones, en cada uno de los 2 ejemplos del minilote." in es
-    assert "Dicho con palabras: 1 media, 1 varianza, 1 γ y 1 β, una de cada por mapa de características." in es
+    assert "Es decir: 1 media, 1 varianza, 1 γ y 1 β, una de cada por mapa de características." in es
     assert "1 par (a, b) en total" in es
 
 
@@ -533,3 +538,244 @@ def test_figure_words_agree_with_counts_of_one(tmp_path, lang, kwargs):
     words = re.findall(r"<text[^>]*>(.*?)</text>", path.read_text(encoding="utf-8"), flags=re.S)
     assert words and [m for label in words for m in number_mistakes(label, lang)] == []
     assert any(("1 value" if lang == "en" else "1 valor") in w for w in words)
+
+
+# ------------------------------------------------------------------ a critical reader's pass (issue 18)
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+@pytest.mark.parametrize("lang", ["en", "es"])
+@pytest.mark.parametrize(
+    ("shape", "layout", "per"),
+    [((32, 28, 28, 12), "NHWC", "channel"), ((32, 12, 28, 28), "NCHW", "activation"), ((8, 10), "NC", "channel")],
+)
+def test_alg2_factor_is_written_with_m_prime(shape, layout, per, lang):
+    """Alg. 2's unbiasing factor is m'/(m'−1) with m' the values of one set B (m·p·q per channel), never m/(m−1)."""
+    e = explain(shape, layout=layout, per=per, lang=lang)
+    text = _flat(e.text)
+    assert "m/(m−1)" not in text and "m'/(m'−1)·E_B[σ²_B]" in text
+    here = {"en": "(here m' = {})", "es": "(aquí m' = {})"}[lang]
+    assert here.format(bnlab.i18n.numbers.integer(e.set_size, lang)) in text
+
+
+@pytest.mark.parametrize("lang", ["en", "es"])
+def test_the_papers_index_k_is_an_activation_in_s3_and_a_feature_map_in_s3_2(lang):
+    text = _flat(explain((32, 28, 28, 12), layout="NHWC", lang=lang).text)
+    want = {
+        "en": "means one activation in §3 and one feature map in §3.2: per activation k runs over the 9,408 pairs "
+        "(location, channel), per channel over the 12 feature maps",
+        "es": "designa una activación en la §3 y un mapa de características en la §3.2: por activación, k recorre "
+        "los 9408 pares (ubicación, canal); por canal, los 12 mapas",
+    }[lang]
+    assert want in text
+
+
+@pytest.mark.parametrize("lang", ["en", "es"])
+def test_which_variant_torch_and_keras_implement_and_the_reshape_is_true(lang):
+    """The text names torch's BatchNorm2d as per channel and BatchNorm1d(C·H·W) on x.flatten(1) as per activation:
+    both checked against the float64 reference (Alg. 1) with the axes bnlab.explain gives."""
+    import torch
+
+    from bnlab import reference
+
+    text = _flat(explain((4, 3, 2, 5), layout="NCHW", lang=lang).text)
+    assert "torch.nn.BatchNorm2d" in text and "BatchNormalization(axis=-1)" in text
+    assert "x.flatten(1)" in text and "torch.nn.BatchNorm1d(C·H·W)" in text
+    assert "BatchNorm3d" in explain((2, 3, 2, 2, 2), layout="NCDHW", lang=lang).text
+    x = np.random.default_rng(0).normal(size=(4, 3, 2, 5))
+    for per, layer, inp in (("channel", torch.nn.BatchNorm2d(3), torch.tensor(x)),
+                            ("activation", torch.nn.BatchNorm1d(3 * 2 * 5), torch.tensor(x).flatten(1))):  # fmt: skip
+        e = explain(x.shape, layout="NCHW", per=per)
+        ones = np.ones(e.feature_shape)
+        want, _ = reference.forward(x, ones, 0 * ones, axes=e.axes, eps=layer.eps)
+        got = layer.double().train()(inp).detach().numpy().reshape(x.shape)
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("lang", ["en", "es"])
+def test_per_activation_after_a_conv_is_not_said_to_fold_into_its_weights(lang):
+    """9,408 different (a, b) cannot go into a convolution's shared weights: the text says what is true instead."""
+    act = _flat(explain((32, 28, 28, 12), layout="NHWC", per="activation", lang=lang).text)
+    fold = {"en": "it can be folded into the weights and bias of the layer before it",
+            "es": "se puede fusionar con los pesos y el sesgo de la capa anterior"}[lang]  # fmt: skip
+    assert fold not in act
+    true = {
+        "en": "a fixed per-location affine map, 9,408 pairs (a, b), applied after the convolution",
+        "es": "una transformación afín fija por ubicación, 9408 pares (a, b), aplicada después de la convolución",
+    }
+    assert true[lang] in act and ("locally connected" in act or "localmente conectada" in act)
+    # per channel (one (a, b) per map) and in a dense layer (NC) the fold is true and still said
+    assert fold in _flat(explain((32, 28, 28, 12), layout="NHWC", per="channel", lang=lang).text)
+    assert fold in _flat(explain((8, 10), layout="NC", per="activation", lang=lang).text)
+
+
+@pytest.mark.parametrize("lang", ["en", "es"])
+def test_running_statistics_are_named_once_as_the_ema_standing_in_for_the_population(lang):
+    text = _flat(explain((32, 28, 28, 12), layout="NHWC", lang=lang).text)
+    name = {
+        "en": "running statistics (running_mean, running_var): an exponential moving average (EMA)",
+        "es": "estadísticas acumuladas (running_mean, running_var): una media móvil exponencial (EMA)",
+    }[lang]
+    assert text.count(name) == 1 and "bnlab.recalibrate" in text
+
+
+@pytest.mark.parametrize("lang", ["en", "es"])
+def test_instance_norm_says_torchs_default_is_affine_false(lang):
+    """What the text says about InstanceNorm2d's γ/β is what torch and bnlab do."""
+    import torch
+
+    import bnlab.nn
+
+    e = explain((32, 28, 28, 16), layout="NHWC", norm="instance", lang=lang)
+    text = _flat(e.text)
+    assert "torch.nn.InstanceNorm2d" in text and "affine=False" in text and "affine=True" in text
+    for cls in (torch.nn.InstanceNorm2d, bnlab.nn.InstanceNorm2d):
+        assert cls(16).affine is False and not list(cls(16).parameters())
+        assert sum(p.numel() for p in cls(16, affine=True).parameters()) == e.num_params
+    assert "InstanceNorm1d" in explain((4, 16, 9), layout="NCL", norm="instance", lang=lang).text
+
+
+@pytest.mark.parametrize("lang", ["en", "es"])
+def test_cli_first_line_states_the_assumed_layout_and_how_to_ask_for_nchw(lang):
+    """`bnlab explain 32,16,8,8` reads NHWC (C = 8): the first line says so and how to get PyTorch's C = 16."""
+    run = [sys.executable, "-m", "bnlab", "explain"]
+    out = subprocess.run([*run, "32,16,8,8", "--lang", lang], capture_output=True, text=True, timeout=120, check=True)
+    first = " ".join(out.stdout.split("\n\n")[0].splitlines()[:2])
+    assert "NHWC" in first and "C = 8" in first and "--layout NCHW" in first and "C = 16" in first
+    nchw = subprocess.run([*run, "32,16,8,8", "--layout", "NCHW", "--lang", lang], capture_output=True, text=True,
+                          timeout=120, check=True).stdout  # fmt: skip
+    assert nchw.startswith(explain((32, 16, 8, 8), layout="NCHW", lang=lang).text.splitlines()[0])
+    assert "C=16" in nchw.splitlines()[0] + nchw.splitlines()[1]
+    dense = subprocess.run([*run, "8,10", "--lang", lang], capture_output=True, text=True, timeout=120, check=True)
+    assert "NC" in dense.stdout.splitlines()[0] and "m' = m = 8" in _flat(dense.stdout)
+
+
+_CALQUES = ["Dicho con palabras", "lado a lado", "Miembro", "miembro", "totalmente conectada", "Qué mirar",
+            "modo entrenamiento", "a lo largo de los elementos", "iluminad", "tienen semilla", "Palabras que usa",
+            "m/(m−1)"]  # fmt: skip
+
+
+def test_no_spanish_calques_in_the_explainer_texts_and_docs():
+    """Issue 18 §3: the Spanish reader's list, in every explain text and in the tutorial and explainer pages."""
+    from pathlib import Path
+
+    texts = {}
+    for norm, kw in (("batch", {}), ("layer", {}), ("instance", {}), ("group", {"groups": 4})):
+        for layout, shape in (("NHWC", (32, 28, 28, 16)), ("NC", (8, 16))):
+            for per in ("channel", "activation"):
+                e = explain(shape, layout=layout, norm=norm, per=per, lang="es", **kw)
+                texts[f"{norm}/{layout}/{per}"] = e.text
+    texts["ghost"] = explain((8, 4, 4, 16), virtual_batch=2, lang="es").text
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    for name in ("tutorial.es.md", "explainer.es.md", "tutorial.md", "explainer.md"):
+        texts[name] = (docs / name).read_text(encoding="utf-8")
+    found = {name: [c for c in _CALQUES if c in " ".join(text.split())] for name, text in texts.items()}
+    assert not {k: v for k, v in found.items() if v}
+
+
+@pytest.mark.parametrize("lang", ["en", "es"])
+def test_a_grouped_number_is_never_split_over_two_lines(lang):
+    """The Spanish 12 544 is one number: the wrap keeps its group space."""
+    from bnlab.explain.text import wrap
+
+    assert wrap("a" * 95 + " 12 544 pares") == "a" * 95 + "\n12 544 pares"  # "12" alone would fit on line 1
+    for shape in ((32, 28, 28, 16), (32, 28, 28, 12), (64, 56, 56, 32)):
+        for per in ("channel", "activation"):
+            text = explain(shape, layout="NHWC", per=per, lang=lang).text
+            assert not re.search(r"\d\n *\d{3}(?!\d)", text), text
+
+
+# ------------------------------------------------------------------ a masked set B (issue 17)
+
+
+@pytest.mark.parametrize(
+    ("shape", "layout", "per", "k", "axis"),
+    [((6, 3, 4, 5), "NCHW", "channel", 2, None), ((6, 3, 4, 5), "NCHW", "channel", 4, "N"),
+     ((7, 3, 5), "NCL", "activation", 3, "N"), ((5, 9, 2), "NCL", "channel", 1, "L")],
+)  # fmt: skip
+def test_masked_set_b_counts_are_those_of_a_real_masked_forward(shape, layout, per, k, axis):
+    """m' in the text is the count bnlab.nn.functional.batch_norm(mask=) uses: read back from the running variance
+    it writes (momentum 1: running_var = m'/(m'−1)·σ²_B over the masked-in values)."""
+    import torch
+
+    from bnlab.nn import functional as F
+
+    e = explain(shape, layout=layout, per=per, mask_last=k, mask_axis=axis)
+    x = torch.from_numpy(np.random.default_rng(1).standard_normal(shape))
+    mask = torch.ones(shape, dtype=torch.bool)
+    mask[(slice(None),) * e.mask_axis + (slice(-k, None),)] = False
+    rm, rv = torch.zeros(e.feature_shape, dtype=x.dtype), torch.ones(e.feature_shape, dtype=x.dtype)
+    F.batch_norm(x, rm, rv, training=True, momentum=1.0, axes=e.axes, mask=mask)
+    biased = np.var(x.numpy(), axis=e.axes, where=mask.numpy())
+    ratio = rv.numpy() / biased  # m'/(m'−1)
+    np.testing.assert_allclose(ratio / (ratio - 1), e.set_size, rtol=1e-6)
+    assert int(mask.sum()) == e.set_size * e.num_sets and e.full_set_size == math.prod(shape[a] for a in e.axes)
+    assert e.set_size < e.full_set_size
+
+
+@pytest.mark.parametrize("lang", ["en", "es"])
+def test_masked_text_says_m_prime_counts_the_masked_in_values_and_its_numpy_runs(lang):
+    e = explain((32, 28, 28, 12), layout="NHWC", mask_last=4, lang=lang)
+    text = _flat(e.text)
+    want = {"en": "m' is the count of masked-in values per feature: m' = 32·28·(28−4) = 21,504 values, of 25,088",
+            "es": "m' es el número de valores dentro de la máscara por característica: m' = 32·28·(28−4) = 21 504 "
+                  "valores, de 25 088"}[lang]  # fmt: skip
+    assert want in text
+    assert ("here m' = 21,504" if lang == "en" else "aquí m' = 21 504") in text  # Alg. 2's factor uses m'
+    code = [line.split("#")[0].strip() for line in e.text.splitlines() if "np." in line]
+    t = np.random.default_rng(2).standard_normal((4, 5, 6, 3))  # the same lines on a smaller tensor
+    ns = {"np": np, "t": t}
+    for line in code:
+        exec(line, ns)
+    np.testing.assert_allclose(ns["mu_B"], t[:, :, :-4, :].mean(axis=(0, 1, 2)))
+    np.testing.assert_allclose(ns["var_B"], t[:, :, :-4, :].var(axis=(0, 1, 2)))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [(dict(per="activation", mask_last=4), "sets B of the last 4 positions of W are empty"),
+     (dict(per="activation", mask_last=31, mask_axis="N"), "keeps m' = 1 value"),
+     (dict(mask_last=28), "from 1 to 27"), (dict(mask_last=0), "from 1 to 27"),
+     (dict(mask_last=2, mask_axis="C"), "other than C"), (dict(mask_last=2, norm="layer"), "applies to batch norm"),
+     (dict(mask_last=2, virtual_batch=2), "without virtual_batch")],
+)  # fmt: skip
+def test_a_mask_that_empties_a_set_b_is_refused_as_the_functional_refuses_it(kwargs, words):
+    with pytest.raises(ValueError, match=re.escape(words)):
+        explain((32, 28, 28, 12), layout="NHWC", **kwargs)
+
+
+def test_cli_mask_last():
+    cmd = [sys.executable, "-m", "bnlab", "explain", "16,3,10", "--layout", "NCL", "--mask-last", "3", "--lang", "en"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout
+    assert "m' = 16·(10−3) = 112 values, of 160" in _flat(out)
+    bad = subprocess.run([sys.executable, "-m", "bnlab", "explain", "16,3,10", "--layout", "NCL", "--mask-last",
+                          "10"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert bad.returncode == 2 and "from 1 to 9" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_third_language_adds_its_nouns_in_its_own_catalog(tmp_path, monkeypatch):
+    """The agreement's nouns are catalog data (core.json's @words): a made-up language 'xx' with three plural
+    forms brings its own; what it lacks (a noun, a template) falls back to English."""
+    import json
+
+    from bnlab.i18n.words import say
+
+    root = tmp_path / "catalogs" / "xx"
+    root.mkdir(parents=True)
+    core = {
+        "@plural-forms": "nplurals=3; plural=(n == 0 ? 0 : n == 1 ? 1 : 2);",
+        "@number": {"decimal": "'", "group": "_", "group_min_digits": 4, "percent": "pc {}"},
+        "@words": {"nouns": {"value": ["valorzero", "valoro", "valoroj"]},
+                   "phrases": {"": ["{n} {noun}", "{n} {noun}"], "the": ["la sola {noun}", "la {n} {noun}"]}},
+    }  # fmt: skip
+    (root / "core.json").write_text(json.dumps(core), "utf-8")
+    (root / "explain.json").write_text(json.dumps({"bn": {"numpy": "En NumPy-xx:"}}), "utf-8")
+    monkeypatch.setenv("BNLAB_CATALOGS", str(tmp_path / "catalogs"))
+    assert [say("xx", "{n:value}", n=k) for k in (0, 1, 25088)] == ["0 valorzero", "1 valoro", "25_088 valoroj"]
+    assert say("xx", "{n:the value}", n=1) == "la sola valoro"
+    assert say("xx", "{n:mean}", n=2) == "2 means"  # a noun xx lacks: English's
+    text = explain((32, 28, 28, 12), layout="NHWC", lang="xx").text
+    assert "En NumPy-xx:" in text and "m' = 25_088 valoroj" in _flat(text)

@@ -122,7 +122,8 @@ def test_group_channel_range_is_the_channels_of_group_g(lang, C, G):
 def _family_table(text):
     """The rows of the family's side-by-side table: name -> its cells (columns are 3+ spaces apart)."""
     lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(("The family side", "La familia lado")))
+    heads = ("The family side", "Las variantes de la familia")
+    start = next(i for i, line in enumerate(lines) if line.startswith(heads))
     rows = [re.split(r" {3,}", line.strip()) for line in lines[start + 1 : start + 6]]
     return {row[0]: row[1:] for row in rows[1:]}
 
@@ -131,7 +132,7 @@ def _family_table(text):
 @pytest.mark.parametrize("shape, layout", [((2, 5, 3, 12), "NHWC"), ((3, 12, 1, 4), "NCHW"), ((1, 1, 1, 1), "NCHW")])
 def test_family_table_counts_every_gamma_and_beta(lang, shape, layout):
     """The γ/β row: 2·C for BN per channel, instance and group norm; 2·C·H·W per activation and for layer norm."""
-    from bnlab.explain.words import integer
+    from bnlab.i18n.numbers import integer
 
     C = shape[layout.index("C")]
     G = 4 if C % 4 == 0 else 1
@@ -140,3 +141,17 @@ def test_family_table_counts_every_gamma_and_beta(lang, shape, layout):
     chw = math.prod(shape[1:])
     expect = [2 * C, 2 * chw, 2 * chw, 2 * C, 2 * C]  # BN channel, BN activation, layer, instance, group
     assert row == [integer(n, lang) for n in expect], row
+
+
+@pytest.mark.parametrize("lang", ["en", "es"])
+def test_family_figure_says_how_many_locations_are_drawn(tmp_path, lang):
+    """Issue 18 §5: like the BN figure, the family figure says how many locations a map has and how many it draws."""
+    import matplotlib
+
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        e = bnlab.explain((32, 28, 28, 16), layout="NHWC", norm="group", groups=4, lang=lang)
+        path = e.save_figure(tmp_path / "family.svg")
+    text = " ".join(re.findall(r"<text[^>]*>(.*?)</text>", path.read_text(encoding="utf-8"), flags=re.S))
+    want = {"en": "28×28 = 784 locations per map (4 shown, in a row)",
+            "es": "28×28 = 784 ubicaciones por mapa (4 en el dibujo, en fila)"}[lang]  # fmt: skip
+    assert want in text

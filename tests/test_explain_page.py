@@ -390,7 +390,7 @@ def test_counts_of_one_read_in_the_singular(browser, pages, lang, lit_text, more
 
 
 def test_spanish_numbers_are_grouped_as_explain_groups_them(browser, pages):
-    from bnlab.explain.words import integer
+    from bnlab.i18n.numbers import integer
 
     _open(browser, pages["es"])
     _set_controls(browser, (32, 28, 28, 16), "NHWC", "group", groups=4)  # sets of 4·28·28 = 3136 values
@@ -411,7 +411,7 @@ def _text(driver, element_id):
 
 @pytest.mark.parametrize("lang", ["en", "es"])
 def test_numbers_group_from_five_digits_on_in_spanish(browser, pages, lang):
-    from bnlab.explain.words import integer
+    from bnlab.i18n.numbers import integer
 
     _open(browser, pages[lang])
     for shape, sets in (((1, 100, 100, 1), 10_000), ((1, 9, 11, 101), 9999)):  # H·W·C sets B per activation
@@ -536,7 +536,7 @@ def test_counts_are_exact_beyond_two_to_the_53(browser, tmp_path, lang):
     import subprocess
     import sys
 
-    from bnlab.explain.words import integer
+    from bnlab.i18n.numbers import integer
 
     path = tmp_path / "huge.html"
     shape = (HUGE, 3, 3, 8)
@@ -605,19 +605,6 @@ def test_a_wrong_groups_for_a_huge_channel_count_answers_at_once(browser, pages)
     assert _text(browser, "member") == f"group norm, G = {HUGE:,}: one set per sample and group of channels"
     assert _text(browser, "set-size") == "m' = (C/G)·p·q = 2·1·1 = 2"
     assert not _console_errors(browser)
-
-
-def test_english_and_spanish_tables_have_the_same_keys_and_blanks():
-    """Every text table of explain: the same keys in both languages, the same {fields} in each (the page's words
-    are the page catalog: tests/test_i18n.py checks them the same way)."""
-    from bnlab.explain.family import FAMILY_TEXT
-    from bnlab.explain.text import TEXT
-
-    for table in (TEXT, FAMILY_TEXT):
-        assert table["en"].keys() == table["es"].keys()
-        for key, en in table["en"].items():
-            fields = [re.findall(r"\{(\w+)", s) for s in (en, table["es"][key])]
-            assert sorted(fields[0]) == sorted(fields[1]), key
 
 
 # ------------------------------------------------- issue 18 §4: the page's rough edges, each in the real browser

@@ -6,9 +6,9 @@ T_PAGE = "tests/test_explain_page.py"
 BUGS = [
     dict(
         name="es-10000-without-group-space",
-        path="src/bnlab/explain/words.py",
-        old="abs(n) >= 10_000",
-        new="abs(n) > 10_000",
+        path="src/bnlab/i18n/numbers.py",
+        old="if len(digits) < min_digits:",
+        new="if len(digits) <= min_digits:",
         tests=["tests/test_explain.py::test_spanish_groups_from_five_digits_on"],
     ),
     dict(

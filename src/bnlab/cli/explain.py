@@ -30,8 +30,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="tensor shape, e.g. 32,28,28,16 / forma del tensor, p. ej. 32,28,28,16")  # fmt: skip
     p.add_argument(
         "--layout",
-        default="NHWC",
-        help="axis order: NHWC, NCHW, NC, NCL, NLC, NCDHW, NDHWC (default: NHWC) / orden de los ejes",
+        default=None,
+        help="axis order: NHWC, NCHW, NC, NCL, NLC, NCDHW, NDHWC (default: channels last, NHWC for 4 sizes; the "
+        "first line of the output says which was assumed) / orden de los ejes (por defecto, canales al final: NHWC "
+        "con 4 tamaños; la primera línea de la salida dice cuál se supuso)",
     )
     p.add_argument("--per", choices=PER, default="channel",
                    help="channel: convolutional BN; activation: per-activation BN (default: channel) / channel: BN "
@@ -50,8 +52,35 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    "página interactiva (un solo archivo HTML autónomo; SHAPE es opcional)")  # fmt: skip
     p.add_argument("--virtual-batch", metavar="K", type=int, default=None,
                    help="ghost BN: statistics per run of K examples / BN fantasma: estadísticas por tanda de K")
+    p.add_argument("--mask-last", metavar="K", type=int, default=None,
+                   help="a masked set B: the last K positions of --mask-axis are padding, as mask= of "
+                   "bnlab.nn.functional.batch_norm / conjunto B con máscara: las últimas K posiciones de --mask-axis "
+                   "son relleno")  # fmt: skip
+    p.add_argument("--mask-axis", metavar="AXIS", default=None,
+                   help="the axis --mask-last masks, a letter of the layout (default: the last spatial axis, N "
+                   "without one) / el eje que enmascara --mask-last (por defecto, el último eje espacial)")  # fmt: skip
     add_lang(p)
     return p
+
+
+# Without --layout: channels last, as bnlab's seed (NHWC); PyTorch's channels-first order is named in the output.
+_DEFAULT_LAYOUT = {2: "NC", 3: "NLC", 4: "NHWC", 5: "NDHWC"}
+_CHANNELS_FIRST = {3: "NCL", 4: "NCHW", 5: "NCDHW"}
+
+
+def _assumed_layout(shape: tuple[int, ...], lang: str) -> tuple[str, str]:
+    """The layout taken when --layout is not given, and the line that says so (and how to ask for torch's)."""
+    from ..i18n import t
+    from ..i18n.numbers import integer
+
+    layout = _DEFAULT_LAYOUT.get(len(shape), "NHWC")
+    if len(layout) != len(shape):  # a size count no layout has: explain's own message names the fix
+        return layout, ""
+    line = t("cli.explain_layout_assumed", lang, layout=layout, c=integer(shape[-1], lang))
+    other = _CHANNELS_FIRST.get(len(shape))
+    if other:
+        line += " " + t("cli.explain_layout_other", lang, other=other, c_other=integer(shape[1], lang))
+    return layout, line
 
 
 def _parse_shape(text: str, lang: str) -> tuple[int, ...]:
@@ -96,11 +125,16 @@ def run(args) -> int:
             _check_figure_path(args.figure, lang)
         except OSError as err:  # e.g. a name too long for the file system
             raise unwritable("--figure", args.figure, err, lang) from None
+    layout, assumed = (args.layout, "") if args.layout is not None else _assumed_layout(shape, lang)
     try:
-        e = explain(shape, layout=args.layout, per=args.per, lang=lang, norm=args.norm, groups=args.groups,
-                    virtual_batch=args.virtual_batch)  # fmt: skip
+        e = explain(shape, layout=layout, per=args.per, lang=lang, norm=args.norm, groups=args.groups,
+                    virtual_batch=args.virtual_batch, mask_last=args.mask_last, mask_axis=args.mask_axis)  # fmt: skip
     except ValueError as err:
         raise UsageError(str(err)) from None
+    if assumed:
+        from ..explain.text import wrap
+
+        print(wrap(assumed.replace("--layout ", "--layout\u00a0")))  # the option stays with its value
     print(e.text)
     if args.figure is not None:
         try:
@@ -128,7 +162,7 @@ def _write_page(args, lang: str) -> int:
         raise unwritable("--html", args.html, err, lang) from None
     if is_folder:
         raise UsageError(MSG[lang]["is_folder"].format(flag="--html", path=args.html, example=args.html / "setb.html"))
-    kwargs = {"layout": args.layout, "norm": args.norm, "per": args.per, "groups": args.groups}
+    kwargs = {"layout": args.layout or "NHWC", "norm": args.norm, "per": args.per, "groups": args.groups}
     if args.shape is not None:
         kwargs["shape"] = _parse_shape(args.shape, lang)
     try:

@@ -16,13 +16,15 @@ effective mini-batch is m' = m·p·q. :func:`explain` answers it for a concrete 
 ``e.text`` is a multi-line explanation in ``lang`` ("en" or "es"); ``e.save_figure(path)`` draws a small
 slice of the tensor and colours the values of one set B for both variants side by side.
 
-Everything is derived from :mod:`bnlab.axes`; this package only words and draws it: :mod:`.words` (counts
-in words, en/es), :mod:`.text` (batch norm's text), :mod:`.family` (layer, instance and group norm),
-:mod:`.figure` (matplotlib, loaded only to draw).
+Everything is derived from :mod:`bnlab.axes`; this package only words and draws it: :mod:`.text` (batch
+norm's text), :mod:`.family` (layer, instance and group norm), :mod:`.figure` (matplotlib, loaded only to
+draw). The words are in the ``explain`` catalogs (:mod:`bnlab.i18n`), counts agreeing with their nouns through
+:mod:`bnlab.i18n.words`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import operator
 from collections.abc import Sequence
@@ -30,11 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..axes import LAYOUTS, PER, check_norm, effective_batch_size, feature_shape, norm_set, reduce_axes
+from ..i18n import languages
 from .family import family_counts, render_family_text
 from .text import render_ghost_text, render_text
-from .words import LANGS
 
 __all__ = ["Explanation", "explain", "explain_family", "LANGS"]
+
+#: The shipped languages of the text and the figure (a language added to the catalogs works too).
+LANGS = ("en", "es")
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,12 @@ class Explanation:
     # ghost BN (explain(..., virtual_batch=k)): batch norm within runs of k examples; axes are then those of
     # split_shape, the batch axis split into (N/k, k)
     virtual_batch: int | None = None
+    # a masked set B (explain(..., mask_last=K)): the last K positions of axis ``layout[mask_axis]`` are masked
+    # out (padding); set_size is then m', the count of masked-in values per set, and full_set_size the count
+    # without the mask
+    mask_last: int | None = None
+    mask_axis: int | None = None
+    full_set_size: int | None = None
 
     @property
     def text(self) -> str:
@@ -96,6 +107,8 @@ def explain(
     norm: str = "batch",
     groups: int | None = None,
     virtual_batch: int | None = None,
+    mask_last: int | None = None,
+    mask_axis: str | None = None,
 ) -> Explanation:
     """Explain which values form one set B for a tensor of ``shape`` in ``layout``.
 
@@ -105,12 +118,39 @@ def explain(
     ``"instance"`` or ``"group"`` (with ``groups=G``); see :func:`explain_family`. ``virtual_batch=k``: ghost
     BN, batch norm within each run of k consecutive examples (:func:`bnlab.axes.norm_set`).
 
+    ``mask_last=K``: a masked set B (``mask=`` of :func:`bnlab.nn.functional.batch_norm`), the last K positions
+    of axis ``mask_axis`` (a letter of the layout: the last spatial axis by default, N without one) masked out
+    as padding; ``set_size`` is then m', the count of masked-in values of each set B.
+
     >>> e = explain((8, 4, 4, 16), virtual_batch=2)
     >>> e.split_shape, e.axes, e.num_sets, e.set_size, e.num_params
     ((4, 2, 4, 4, 16), (1, 2, 3), 64, 32, 32)
+    >>> e = explain((32, 28, 28, 12), mask_last=4)                # the last 4 columns (W) are padding
+    >>> e.mask_axis, e.full_set_size, e.set_size                   # m' = 32·28·(28−4)
+    (2, 25088, 21504)
     """
     layout, shape = _check_shape(shape, layout)
     lang = _check_lang(lang)
+    if mask_last is not None or mask_axis is not None:
+        if virtual_batch is not None or check_norm(norm) != "batch" or groups is not None:
+            raise ValueError(
+                "mask_last (a masked set B) applies to batch norm without virtual_batch, as mask= of "
+                "bnlab.nn.functional.batch_norm; drop mask_last or use norm='batch' without virtual_batch"
+            )
+        e = explain(shape, layout=layout, per=per, lang=lang)
+        axis, full = _mask_axis(layout, shape, mask_last, mask_axis), e.set_size
+        m_in, empty = masked_count(shape, e.axes, axis, mask_last)
+        if empty or m_in < 2:
+            if empty:
+                where = f"the sets B of the last {mask_last} positions of {layout[axis]} are empty"
+                fix = "mask samples instead (mask_axis='N') or use per='channel'"
+            else:
+                where, fix = f"each set B keeps m' = {m_in} value" + "s" * (m_in != 1), "mask fewer positions"
+            raise ValueError(
+                f"mask_last={mask_last} on axis {layout[axis]} with per={per!r}: {where}, and "
+                f"bnlab.nn.functional.batch_norm refuses a set B of fewer than 2 masked-in values; {fix}"
+            )
+        return dataclasses.replace(e, set_size=m_in, mask_last=mask_last, mask_axis=axis, full_set_size=full)
     if virtual_batch is not None:
         if check_norm(norm) != "batch" or groups is not None:
             raise ValueError(f"virtual_batch (ghost BN) only applies to norm='batch', got norm={norm!r}")
@@ -147,6 +187,35 @@ def explain(
     )
 
 
+def _mask_axis(layout: str, shape: tuple[int, ...], k, letter) -> int:
+    """The axis ``mask_last`` masks: ``letter`` (default: the last spatial axis, N without one), checked."""
+    spatial = [a for a, name in enumerate(layout) if name not in "NC"]
+    if letter is None:
+        axis = spatial[-1] if spatial else 0
+    elif not isinstance(letter, str) or letter.upper() not in layout or letter.upper() == "C":
+        names = ", ".join(name for name in layout if name != "C")
+        raise ValueError(f"mask_axis must be one of the layout's axes other than C ({names}), got {letter!r}")
+    else:
+        axis = layout.index(letter.upper())
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < shape[axis]:
+        raise ValueError(
+            f"mask_last must be a whole number from 1 to {shape[axis] - 1} (the positions of {layout[axis]} "
+            f"= {shape[axis]} masked out at its end, leaving at least one), got {k!r}"
+        )
+    return axis
+
+
+def masked_count(shape: tuple[int, ...], axes: tuple[int, ...], axis: int, k: int) -> tuple[int, bool]:
+    """(m', empty): the masked-in values of a set B when the last ``k`` positions of ``axis`` are masked out.
+
+    If ``axis`` is reduced, every set loses the same share: m' = (set size)·(size − k)/size; otherwise the
+    sets at the masked positions are empty (``empty`` is True) and the others keep every value."""
+    full = math.prod(shape[a] for a in axes)
+    if axis in axes:
+        return full // shape[axis] * (shape[axis] - k), False
+    return full, True
+
+
 def _check_shape(shape: Sequence[int], layout: str) -> tuple[str, tuple[int, ...]]:
     if not isinstance(layout, str) or layout.upper() not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
@@ -171,8 +240,9 @@ def _check_shape(shape: Sequence[int], layout: str) -> tuple[str, tuple[int, ...
 
 
 def _check_lang(lang: str) -> str:
-    if not isinstance(lang, str) or lang.lower() not in LANGS:
-        raise ValueError(f"unknown lang {lang!r}; use one of {', '.join(map(repr, LANGS))}")
+    langs = languages()
+    if not isinstance(lang, str) or lang.lower() not in langs:
+        raise ValueError(f"unknown lang {lang!r}; use one of {', '.join(map(repr, langs))}")
     return lang.lower()
 
 

@@ -5,6 +5,7 @@ only, and this module only when a figure is saved, so the text needs neither."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,14 +14,20 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
 from ..axes import PER, channel_axis, effective_batch_size, feature_shape, reduce_axes
+from ..i18n.words import Shown
+from ..i18n.words import t as tr
 from ..io import make_dirs
 from ..io import save_figure as _save_atomically
-from .family import FAMILY_TEXT, family_sets, member_key
-from .text import TEXT, spatial_axes
-from .words import Shown, say
+from .family import family_sets, member_key
+from .text import spatial_axes
 
 if TYPE_CHECKING:
     from . import Explanation
+
+
+def _words(section: str, lang: str) -> Callable[..., str]:
+    """The figure's templates of one section of the explain catalog (``bn`` or ``family``) in ``lang``."""
+    return lambda key, **values: tr(f"explain.{section}.{key}", lang, **values)
 
 
 _SHOW_N, _SHOW_C, _SHOW_SIDE, _SHOW_LEN, _SHOW_D = 3, 3, 4, 6, 2
@@ -43,7 +50,7 @@ def _shown_grid(e: Explanation) -> tuple[int, int, int, str, str]:
     return shown[0], shown[1], shown[2], "×".join(map(str, real)), "×".join(map(str, shown))
 
 
-def _draw_panel(ax, e: Explanation, per: str, t: dict) -> None:
+def _draw_panel(ax, e: Explanation, per: str, t: Callable[..., str]) -> None:
     n_real, c_real = e.shape[0], e.shape[channel_axis(e.layout)]
     n_show, c_show = min(n_real, _SHOW_N), min(c_real, _SHOW_C)
     depth, rows, cols, real_s, shown_s = _shown_grid(e)
@@ -80,20 +87,20 @@ def _draw_panel(ax, e: Explanation, per: str, t: dict) -> None:
     right = x0 + c_show * (block_w + gap_x) - gap_x
     bottom = top - n_show * (block_h + gap_y) + gap_y
     if c_real > c_show:
-        more_c = say(e.lang, t["fig_more_c"], c=c_real)
+        more_c = t("fig_more_c", c=c_real)
         ax.text(right + 0.4, top - block_h / 2, more_c, ha="left", va="center", fontsize=10)
     if n_real > n_show:
-        more_n = say(e.lang, t["fig_more_n"], n=n_real)
+        more_n = t("fig_more_n", n=n_real)
         ax.text(x0 + block_w / 2, bottom - 0.4, more_n, ha="center", va="top", fontsize=10)
     nloc = math.prod(e.shape[a] for a in spatial_axes(e.layout))
-    note = say(e.lang, t["fig_spatial"], real=Shown(nloc, real_s), shown=shown_s) if real_s else t["fig_no_spatial"]
+    note = t("fig_spatial", real=Shown(nloc, real_s), shown=shown_s) if real_s else t("fig_no_spatial")
     ax.text(x0, bottom - 1.6, note, ha="left", va="top", fontsize=10, color="#222222")
     axes = reduce_axes(e.layout, per=per)
     fshape = feature_shape(e.shape, axes)
     key = f"fig_{per}_fc" if not spatial_axes(e.layout) else f"fig_{per}"
-    title = say(e.lang, t[key], size=effective_batch_size(e.shape, axes))
+    title = t(key, size=effective_batch_size(e.shape, axes))
     ax.set_title(title, fontsize=11, fontweight="bold" if per == e.per else "normal")
-    foot = say(e.lang, t["fig_foot"], sets=math.prod(fshape))
+    foot = t("fig_foot", sets=math.prod(fshape))
     ax.text(x0, bottom - 2.6, foot, ha="left", va="top", fontsize=10)
     ax.set_xlim(0, max(right + 4.2, 15))
     ax.set_ylim(bottom - 4.6, top + 1.6)
@@ -106,7 +113,7 @@ def save_figure(e: Explanation, path: Path, dpi: int = 100) -> Path:
     if e.norm != "batch":
         return _save_family_figure(e, path, dpi=dpi)
     # A Figure on its own Agg canvas, not pyplot: no global backend switch, nothing left open.
-    t = TEXT[e.lang]
+    t = _words("bn", e.lang)
     fig = Figure(figsize=(12, 5.6), layout="constrained")
     FigureCanvasAgg(fig)
     axs = fig.subplots(1, 2)
@@ -115,13 +122,13 @@ def save_figure(e: Explanation, path: Path, dpi: int = 100) -> Path:
     return _finish(fig, e, t, path, dpi)
 
 
-def _finish(fig: Figure, e: Explanation, t: dict, path: Path, dpi: int) -> Path:
-    """Title, legend (in set B / other values) and save: the same for both figures."""
-    fig.suptitle(say(e.lang, t["fig_title"], shape=e.shape, layout=e.layout), fontsize=12)
+def _finish(fig: Figure, e: Explanation, t: Callable[..., str], path: Path, dpi: int, note: str = "") -> Path:
+    """Title (and a note under it), legend (in set B / other values) and save: the same for both figures."""
+    fig.suptitle(t("fig_title", shape=e.shape, layout=e.layout) + (f"\n{note}" if note else ""), fontsize=12)
     fig.legend(
         handles=[
-            Patch(facecolor=_IN_B, edgecolor=_EDGE, label=t["fig_legend_in"]),
-            Patch(facecolor=_OUT_B, edgecolor=_EDGE, label=t["fig_legend_out"]),
+            Patch(facecolor=_IN_B, edgecolor=_EDGE, label=t("fig_legend_in")),
+            Patch(facecolor=_OUT_B, edgecolor=_EDGE, label=t("fig_legend_out")),
         ],
         loc="outside lower center",
         ncol=2,
@@ -145,7 +152,7 @@ def _in_family_set(norm: str, n: int, c: int, loc: int, cg: int) -> bool:
 
 def _save_family_figure(e: Explanation, path: Path, dpi: int = 100) -> Path:
     """The family side by side: samples × channels × locations, the set B of value (0, 0, 0) coloured."""
-    tf = FAMILY_TEXT[e.lang]
+    tf = _words("family", e.lang)
     sets = {k: s for k, s in family_sets(e).items() if k != "batch_activation"}
     C = e.shape[channel_axis(e.layout)]
     nloc = math.prod(e.shape[a] for a in spatial_axes(e.layout))
@@ -173,15 +180,17 @@ def _save_family_figure(e: Explanation, path: Path, dpi: int = 100) -> Path:
         for ni in range(n_show):
             ax.text(-0.3, -ni * 1.6 + 0.5, f"n={ni}", ha="right", va="center", fontsize=8)
         if C > c_show:
-            ax.text(width, 0.5, say(e.lang, tf["fig_more_c"], c=C), ha="left", va="center", fontsize=8)
+            ax.text(width, 0.5, tf("fig_more_c", c=C), ha="left", va="center", fontsize=8)
         if e.shape[0] > n_show:
-            ax.text(0, -n_show * 1.6 + 0.6, say(e.lang, tf["fig_more_n"], n=e.shape[0]), va="top", fontsize=8)
+            ax.text(0, -n_show * 1.6 + 0.6, tf("fig_more_n", n=e.shape[0]), va="top", fontsize=8)
         chosen = key == member_key(e.norm, e.per)
-        title = say(e.lang, tf["fig_panel"], name=tf[key], sets=s.num_sets, size=s.set_size,
+        title = tf("fig_panel", name=tf(key), sets=s.num_sets, size=s.set_size,
                      params=2 * math.prod(s.param_shape))  # fmt: skip
         ax.set_title(title, fontsize=10, fontweight="bold" if chosen else "normal")
         ax.set_xlim(-1.5, width + 2.5)
         ax.set_ylim(-n_show * 1.6 - 0.8, 2.2)
         ax.set_aspect("equal")
         ax.axis("off")
-    return _finish(fig, e, tf, path, dpi)
+    _, _, _, real_s, _ = _shown_grid(e)  # how many locations a map has, and how many are drawn (in a row)
+    note = tf("fig_spatial", real=Shown(nloc, real_s + (f" = {nloc}" if "×" in real_s else "")), shown=l_show)
+    return _finish(fig, e, tf, path, dpi, note=note if real_s else tf("fig_no_spatial"))
