@@ -1,4 +1,4 @@
-"""Progress bars for long work (training, Alg. 2 recalibration), labelled in English or Spanish.
+"""Progress bars for long work (training, Alg. 2 recalibration), labelled in the language of the command.
 
 A bottom layer: it needs only tqdm and the catalogs (:mod:`bnlab.i18n`: what a bar counts, ``cli.progress.*``), so
 :mod:`bnlab.inference` and :mod:`bnlab.training` share it.
@@ -10,7 +10,7 @@ import sys
 
 from tqdm import tqdm
 
-from .i18n import languages, t
+from .i18n import DEFAULT_LANG, languages, t
 
 __all__ = ["progress_bar", "UNITS"]
 
@@ -35,8 +35,6 @@ def progress_bar(
     """A tqdm bar on stderr that counts ``unit`` (one of :data:`UNITS`) in ``lang``; it shows its final count,
     then it is removed when closed. When stderr is not a terminal (a log file, a pipe) it is redrawn at most
     every 30 s instead of several times a second, so logs stay small."""
-    if lang not in languages():
-        raise ValueError(f"unknown lang {lang!r}; use one of {', '.join(map(repr, languages()))}")
     if unit not in UNITS:
         raise ValueError(f"unknown unit {unit!r}; use one of {', '.join(map(repr, UNITS))}")
     tty = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
@@ -44,7 +42,7 @@ def progress_bar(
         total=total,
         initial=initial,
         desc=desc,
-        unit=t(f"cli.progress.{unit}", lang),
+        unit=t(f"cli.progress.{unit}", lang if lang in languages() else DEFAULT_LANG),  # the caller checks lang
         disable=not enabled,
         leave=False,
         dynamic_ncols=tty,
