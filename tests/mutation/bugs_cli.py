@@ -100,4 +100,11 @@ BUGS = [
     dict(name="spanish-loss-with-a-point", path="src/bnlab/cli/train.py",
          old="loss=decimal(test[\"loss\"], lang, 4)", new="loss=f\"{test['loss']:.4f}\"",
          tests=[F + "test_spanish_numbers_use_a_decimal_comma"]),
+    dict(name="legacy-warning-not-translated", path="src/bnlab/cli/common.py",
+         old="            if not isinstance(w.message, LegacyCheckpointWarning):", new="            if True:",
+         tests=[H + "test_a_legacy_checkpoint_is_said_in_the_commands_language"]),
+    dict(name="nproc-launcher-refuses-allowed-legacy", path="src/bnlab/cli/train.py",
+         old="read_training_checkpoint(ckpt, lang, args.allow_legacy, say_legacy=False)",
+         new="read_training_checkpoint(ckpt, lang)",
+         tests=[H + "test_train_nproc_resumes_a_legacy_checkpoint_with_allow_legacy"]),
 ]

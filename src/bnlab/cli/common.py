@@ -7,10 +7,12 @@ Every word comes from the ``cli`` catalogs (:func:`bnlab.i18n.t`); numbers are w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import os
 import re
 import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -281,12 +283,40 @@ def remove_if_empty(path: Path) -> None:
             pass
 
 
-def read_training_checkpoint(path: Path, lang: str, allow_legacy: bool = False) -> dict:
+@contextlib.contextmanager
+def checkpoint_warnings(lang: str, show: bool = True):
+    """While a checkpoint loads: the library's (English) warning about a legacy checkpoint is given again in the
+    command's language; with ``show`` False it is not given at all (the command said it already, or another
+    process of the command says it). Other warnings pass as they are."""
+    from ..inference import LegacyCheckpointWarning
+
+    if not show:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=LegacyCheckpointWarning)
+            yield
+        return
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", LegacyCheckpointWarning)
+            yield
+    finally:  # also when the load failed: what was said before the error is still said
+        for w in caught:
+            if not isinstance(w.message, LegacyCheckpointWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+            else:
+                m = w.message
+                text = t("cli.legacy_checkpoint", lang, path=m.path, version=m.version, current=m.current)
+                warnings.warn(text, UserWarning, stacklevel=3)
+
+
+def read_training_checkpoint(path: Path, lang: str, allow_legacy: bool = False, say_legacy: bool = True) -> dict:
     from ..inference import CheckpointError
     from ..training import load_training_state
 
     try:
-        return load_training_state(path, allow_legacy=allow_legacy)
+        with checkpoint_warnings(lang, show=say_legacy):
+            return load_training_state(path, allow_legacy=allow_legacy)
     except CheckpointError as err:
         raise UsageError(t("cli.not_ckpt", lang, path=path, err=err)) from None
     except OSError as err:  # a folder, no permission, ...

@@ -15,6 +15,7 @@ from .common import (
     add_threads,
     both,
     check_data,
+    checkpoint_warnings,
     lines,
     load,
     set_threads,
@@ -55,7 +56,8 @@ def run(args) -> int:
         args.checkpoint = args.checkpoint / CHECKPOINT_NAME
     set_threads(args.threads)
     try:
-        model, saved = load_trained(args.checkpoint, allow_legacy=args.allow_legacy)
+        with checkpoint_warnings(lang):
+            model, saved = load_trained(args.checkpoint, allow_legacy=args.allow_legacy)
     except CheckpointError as err:
         raise UsageError(t("cli.not_ckpt", lang, path=args.checkpoint, err=err)) from None
     except OSError as err:  # no permission, ...

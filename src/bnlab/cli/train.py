@@ -22,6 +22,7 @@ from .common import (
     batch_size,
     both,
     check_data,
+    checkpoint_warnings,
     lines,
     load,
     positive_float,
@@ -100,7 +101,7 @@ def run(args) -> int:
     writable_dir(args.out, "--out", lang)
     if args.nproc > 1 and replica is None:  # every process runs this command as one replica
         if args.resume and ckpt.exists():  # a damaged checkpoint is said at once, before N processes start
-            read_training_checkpoint(ckpt, lang)
+            read_training_checkpoint(ckpt, lang, args.allow_legacy, say_legacy=False)  # rank 0 says it
         return _launch_train(args, ckpt, lang)
     saved = None
     if args.resume and (replica is None or replica.is_main):
@@ -124,9 +125,10 @@ def run(args) -> int:
                          seed=args.seed)  # fmt: skip
     meta = {"dataset": args.dataset, "data": str(args.data.resolve()) if args.data else None, "seed": args.seed}
     try:
-        result = fit(model, data, config, out_dir=args.out, resume=args.resume, progress=not args.quiet,
-                     desc=f"{args.model}/{args.norm}", meta=meta, lang=lang, replica=replica,
-                     allow_legacy=args.allow_legacy)  # fmt: skip
+        with checkpoint_warnings(lang, show=False):  # read above, where a legacy checkpoint was said
+            result = fit(model, data, config, out_dir=args.out, resume=args.resume, progress=not args.quiet,
+                         desc=f"{args.model}/{args.norm}", meta=meta, lang=lang, replica=replica,
+                         allow_legacy=args.allow_legacy)  # fmt: skip
     except TrainingInterrupted as stop:
         if replica is not None and not replica.is_main:
             return EXIT_INTERRUPTED

@@ -60,6 +60,7 @@ from .layers import accumulation_dtype, bn_layers, describe, is_uninitialized, p
 
 __all__ = ["recalibrate"]
 
+
 def _input_of(batch, index: int) -> torch.Tensor:
     """A batch is a tensor, or a tuple/list whose first item is the input (``(x, y)`` from a DataLoader)."""
     if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
