@@ -249,6 +249,42 @@ def test_a_legacy_checkpoint_is_evaluated_only_with_allow_legacy(run_dir, tmp_pa
     assert "Test accuracy" in capsys.readouterr().out
 
 
+def test_a_legacy_checkpoint_is_said_in_the_commands_language(run_dir, tmp_path, capsys):
+    """The library warns in English; the command says it once, in its language (evaluate, and train --resume)."""
+    from bnlab.inference.checkpoint import _encode
+
+    state = _encode(load_checkpoint(run_dir / "last.pt"))
+    out = tmp_path / "old"
+    out.mkdir()
+    torch.save({"format": "bnlab-checkpoint", "version": 1, "state": state}, out / "last.pt")  # bnlab 0.1
+    spanish = "es un punto de control antiguo (versión 1 del formato"
+    with pytest.warns(UserWarning) as said:
+        assert main(["evaluate", str(out), "--allow-legacy", "--quiet", "--lang", "es"]) == 0
+    texts = [str(w.message) for w in said]
+    assert [spanish in s for s in texts].count(True) == 1 and not any("legacy version" in s for s in texts), texts
+    # train --resume reads it (then stops: the run has done its one epoch), saying it the same way
+    with pytest.warns(UserWarning) as said:
+        assert main(["train", "--out", str(out), "--resume", "--allow-legacy", "--epochs", "1", "--lang", "es"]) == 2
+    texts = [str(w.message) for w in said]
+    assert [spanish in s for s in texts].count(True) == 1 and not any("legacy version" in s for s in texts), texts
+    assert "ya hizo" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # starts two replicas
+def test_train_nproc_resumes_a_legacy_checkpoint_with_allow_legacy(run_dir, tmp_path, capfd):
+    """The launcher's early check of the checkpoint honours --allow-legacy (it refused the file before)."""
+    from bnlab.inference.checkpoint import _encode
+
+    out = tmp_path / "old"
+    out.mkdir()
+    torch.save({"format": "bnlab-checkpoint", "version": 1, "state": _encode(load_checkpoint(run_dir / "last.pt"))},
+               out / "last.pt")  # fmt: skip
+    argv = ["train", "--out", str(out), "--resume", "--allow-legacy", "--epochs", "1", "--nproc", "2", "--lang", "en"]
+    assert main(argv) == 2  # rank 0 read it, and found the one epoch already done
+    err = capfd.readouterr().err
+    assert "has already done" in err and "is not a training checkpoint" not in err, err
+
+
 def test_a_hostile_model_spec_is_refused_without_allocating(run_dir, tmp_path, capsys):
     state = load_checkpoint(run_dir / "last.pt")
     state["model_spec"]["widths"] = [4096, 4096]

@@ -4,7 +4,11 @@ each language writes them, and a third language added with one catalog per domai
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +16,7 @@ from bnlab import i18n
 from bnlab.i18n import numbers
 
 SHIPPED = i18n._SHIPPED
+SRC = Path(i18n.__file__).resolve().parents[2]  # the bnlab under test (a copy, for tests/mutation)
 
 
 def _domains(lang: str) -> set[str]:
@@ -124,6 +129,18 @@ def third_language(tmp_path, monkeypatch):
         ),
         "utf-8",
     )
+    (root / "cli.json").write_text(
+        json.dumps(
+            {
+                "error": "eraro",
+                "need_data": "XX --data {dataset}: {what}",
+                "arg": {"not_number": "XX {text} ne nombro"},
+                "help": {"help": "XX helpo"},
+                "progress": {"batch": "XX-aro"},
+            }
+        ),
+        "utf-8",
+    )
     monkeypatch.setenv("BNLAB_CATALOGS", str(tmp_path / "catalogs"))
     return root
 
@@ -135,3 +152,75 @@ def test_a_third_language_is_one_catalog_per_domain(third_language):
     assert numbers.percent(0.5, "xx") == "pc 50'0"
     # a key the tiny catalog lacks falls back to English instead of failing
     assert i18n.t("core.no", "xx") == "no"
+
+
+def test_the_locale_picks_a_language_the_catalogs_have(third_language):
+    assert i18n.from_locale({"LANG": "es_MX.UTF-8"}) == "es"
+    assert i18n.from_locale({"LC_ALL": "xx_YY.UTF-8", "LANG": "es_ES"}) == "xx"  # LC_ALL first
+    assert i18n.from_locale({"LANG": "fr_FR.UTF-8"}) == "en"  # no French catalog
+    assert i18n.from_locale({"LANG": "C.UTF-8"}) == i18n.from_locale({}) == "en"
+
+
+def _bnlab(*args: str, lang_env: str = "C.UTF-8") -> subprocess.CompletedProcess:
+    path = os.environ.get("PYTHONPATH", "")
+    env = {**os.environ, "LANG": lang_env, "LC_ALL": "", "LC_MESSAGES": "", "PYTHONPATH": f"{SRC}:{path}"}
+    return subprocess.run([sys.executable, "-m", "bnlab", *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_the_command_speaks_a_third_language(third_language):
+    """``--lang xx`` (or an xx locale) is accepted; the command says what xx's catalog has, English for the rest."""
+    for r in (_bnlab("train", "--dataset", "cifar10", "--lang", "xx"), _bnlab("train", "--dataset", "cifar10",
+                                                                              lang_env="xx_YY.UTF-8")):  # fmt: skip
+        assert r.returncode == 2, r.stderr
+        # xx's "error" and "need_data"; the English "what" and "try_help", which xx lacks
+        assert "bnlab train: eraro: XX --data cifar10: the cifar-10-batches-py directory" in r.stderr, r.stderr
+        assert "Try 'bnlab train --help' for more information." in r.stderr
+    r = _bnlab("train", "--lr", "fast", "--lang", "xx")  # an argument type's message, nested in the catalog
+    assert r.returncode == 2 and "argument --lr: XX 'fast' ne nombro" in r.stderr, r.stderr
+    r = _bnlab("--lang", "xx", "--help")  # the help texts of every language side by side, xx after en and es
+    assert r.returncode == 0, r.stderr
+    text = " ".join(r.stdout.split())  # as argparse wraps it
+    assert "show this help and exit / muestra esta ayuda y termina / XX helpo" in text
+    assert text.count("show the version and exit") == 1  # xx lacks it: English once, not twice
+    assert "--lang {en,es,xx}" in text
+
+
+def test_a_progress_bar_in_a_third_language(third_language, capsys):
+    import torch
+
+    from bnlab.inference import recalibrate
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2))
+    recalibrate(model, [torch.randn(4, 1, 3, 3) for _ in range(3)], lang="xx")
+    err = capsys.readouterr().err
+    assert "recalibrate:" in err and "/3 [" in err and "XX-aro" in err  # English label, xx unit
+
+
+# -- the keys of the cli domain: each one the code uses exists, each one the catalogs hold is used ----------------
+_KEY = re.compile(r"""(?<=["'])cli\.[A-Za-z0-9_.]*(?=["'{])""")
+
+
+def _cli_keys_in_the_code() -> set[str]:
+    """Every literal "cli...." in the package's sources (i18n's own docstrings aside); one ending with "." is the
+    start of a key made at run time (f"cli.splits.{split}")."""
+    found: set[str] = set()
+    for path in (SRC / "bnlab").rglob("*.py"):
+        if "i18n" not in path.relative_to(SRC / "bnlab").parts:
+            found.update(_KEY.findall(path.read_text("utf-8")))
+    return found
+
+
+def test_the_key_scan_finds_literal_and_run_time_keys():
+    assert _KEY.findall("""t("cli.error", lang) t(f"cli.splits.{x}", lang) 'cli.a_b.c' "bnlab.cli.main" """) == [
+        "cli.error", "cli.splits.", "cli.a_b.c"]  # fmt: skip
+
+
+@pytest.mark.parametrize("lang", ["en", "es"])
+def test_every_cli_key_the_code_uses_is_in_the_catalogs_and_every_entry_is_used(lang):
+    held = set(i18n.keys("cli", lang))
+    used = _cli_keys_in_the_code()
+    assert len(used) > 100 and len(held) > 100
+    missing = {k for k in used if not any(h == k or h.startswith(k if k.endswith(".") else k + ".") for h in held)}
+    assert not missing, f"used in src/ but not in catalogs/{lang}/cli.json: {sorted(missing)}"
+    dead = {h for h in held if not any(h == k or h.startswith(k if k.endswith(".") else k + ".") for k in used)}
+    assert not dead, f"in catalogs/{lang}/cli.json but used nowhere in src/: {sorted(dead)}"

@@ -1,20 +1,23 @@
 """``python -m bnlab``: the same as the ``bnlab`` command."""
 
-import os
 import sys
 
 
-def _spanish(argv: list[str]) -> bool:
-    """Whether the command asked for Spanish (``--lang es``, else a Spanish locale), as the CLI decides."""
-    if "--lang" in argv[:-1]:
-        return argv[argv.index("--lang") + 1] == "es"
-    return os.environ.get("LANG", "").startswith("es")
+def _interrupted_at_import() -> str:
+    """The "Interrupted." of the ``bnlab`` command, in the language it would speak (``--lang``, else the locale).
+
+    Ctrl-C came while the command itself was being imported: the catalogs (standard library only) are read here."""
+    from .i18n import from_locale, languages, t
+
+    argv = sys.argv[1:]
+    given = argv[argv.index("--lang") + 1] if "--lang" in argv[:-1] else None
+    return t("cli.interrupted_plain", given if given in languages() else from_locale())
 
 
 try:
     from .cli import main
 except KeyboardInterrupt:  # Ctrl-C while the command itself is still being imported: one line, no traceback
-    print("Interrumpido." if _spanish(sys.argv) else "Interrupted.", file=sys.stderr)
+    print(_interrupted_at_import(), file=sys.stderr)
     raise SystemExit(130) from None
 
 if __name__ == "__main__":

@@ -1,15 +1,14 @@
 """The names bnlab accepts, in one place: the ``bnlab`` parser and the library both import them from here.
 
-Standard library only (imports nothing at all), so building the command-line parser imports no torch.
+Standard library only (it imports nothing when imported), so building the command-line parser imports no torch.
 """
 
 from __future__ import annotations
 
-__all__ = ["LANGS", "DATASETS", "ARCHS", "NORMS", "BATCH_NORMS", "FAMILY_NORMS", "RENORM_NORMS", "LEGACY_NORMS",
+__all__ = ["DATASETS", "ARCHS", "NORMS", "BATCH_NORMS", "FAMILY_NORMS", "RENORM_NORMS", "LEGACY_NORMS",
            "ACTIVATIONS", "OPTIMIZERS", "FAMILY", "PER", "SPLITS", "DEFAULT_THREADS"]  # fmt: skip
+__all__ += ["LANGS"]  # noqa: F822  (given by __getattr__ below, from the catalogs)
 
-#: Languages of messages and reports.
-LANGS = ("en", "es")
 #: Names accepted by :func:`bnlab.data.load_dataset`.
 DATASETS = ("digits", "mnist", "cifar10")
 #: Networks of :func:`bnlab.models.build_model`: a small CNN, or the paper's Fig. 1 MLP.
@@ -40,3 +39,14 @@ SPLITS = ("test", "val", "train")
 #: Torch threads of every ``bnlab`` command that trains or evaluates (``--threads``): the networks bnlab
 #: trains are small, and a second thread costs more in synchronisation than it saves (see ``bnlab demo --help``).
 DEFAULT_THREADS = 1
+
+
+def __getattr__(name: str):
+    # LANGS, the languages of messages and reports: those the catalogs have (bnlab.i18n.languages(): en, es,
+    # and any language added with one catalog per domain), read when asked for, so write ``choices.LANGS``
+    # where it is used rather than copying it at import time
+    if name == "LANGS":
+        from .i18n import languages
+
+        return languages()
+    raise AttributeError(f"module 'bnlab.choices' has no attribute {name!r}")

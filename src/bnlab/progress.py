@@ -1,6 +1,7 @@
-"""Progress bars for long work (training, Alg. 2 recalibration), labelled in English or Spanish.
+"""Progress bars for long work (training, Alg. 2 recalibration), labelled in the language of the command.
 
-A bottom layer: it needs only tqdm, so :mod:`bnlab.inference` and :mod:`bnlab.training` share it.
+A bottom layer: it needs only tqdm and the catalogs (:mod:`bnlab.i18n`: what a bar counts, ``cli.progress.*``), so
+:mod:`bnlab.inference` and :mod:`bnlab.training` share it.
 """
 
 from __future__ import annotations
@@ -9,13 +10,13 @@ import sys
 
 from tqdm import tqdm
 
-__all__ = ["progress_bar"]
+from .i18n import DEFAULT_LANG, languages, t
 
-#: What the bar counts, in each language (tqdm's own default, "it", means nothing to a reader).
-UNITS = {
-    "step": {"en": "step", "es": "paso"},
-    "batch": {"en": "batch", "es": "minilote"},
-}
+__all__ = ["progress_bar", "UNITS"]
+
+#: What a bar may count (tqdm's own default, "it", means nothing to a reader); the words are the catalog
+#: entries ``cli.progress.<unit>`` of each language.
+UNITS = ("step", "batch")
 
 
 class _Bar(tqdm):
@@ -31,15 +32,17 @@ class _Bar(tqdm):
 def progress_bar(
     total: int | None, initial: int = 0, desc: str = "", enabled: bool = True, lang: str = "en", unit: str = "step"
 ) -> tqdm:
-    """A tqdm bar on stderr that counts ``unit`` (a key of :data:`UNITS`) in ``lang``; it shows its final count,
+    """A tqdm bar on stderr that counts ``unit`` (one of :data:`UNITS`) in ``lang``; it shows its final count,
     then it is removed when closed. When stderr is not a terminal (a log file, a pipe) it is redrawn at most
     every 30 s instead of several times a second, so logs stay small."""
+    if unit not in UNITS:
+        raise ValueError(f"unknown unit {unit!r}; use one of {', '.join(map(repr, UNITS))}")
     tty = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
     return _Bar(
         total=total,
         initial=initial,
         desc=desc,
-        unit=UNITS[unit].get(lang, UNITS[unit]["en"]),
+        unit=t(f"cli.progress.{unit}", lang if lang in languages() else DEFAULT_LANG),  # the caller checks lang
         disable=not enabled,
         leave=False,
         dynamic_ncols=tty,

@@ -98,9 +98,9 @@ BUGS = [
          old="    except WriteError as err:  # an output file, not the data\n"
              "        raise unwritable(\"--out\", args.out, err, lang) from None\n"
              "    except (ValueError, OSError) as err:\n"
-             "        raise UsageError(MSG[lang][\"bad_data\"]",
+             "        raise UsageError(t(\"cli.bad_data\"",
          new="    except (ValueError, OSError) as err:\n"
-             "        raise UsageError(MSG[lang][\"bad_data\"]",
+             "        raise UsageError(t(\"cli.bad_data\"",
          tests=[T + "test_experiment_on_a_full_disk_names_the_output_not_the_data"]),
     dict(name="page-groups-unchecked-for-other-norms", path="src/bnlab/explain_page.py",
          old="        check_groups(groups, dims[layout.index(\"C\")])",

@@ -38,7 +38,8 @@ BUGS = [
          tests=["tests/test_launcher.py::test_replicas_leave_the_launchers_process_group",
                 "tests/test_distributed_train.py::test_ctrl_c_stops_every_rank_after_the_same_step_and_leaves_no_process"]),
     dict(name="no-resume-check-before-replicas", path="src/bnlab/cli/train.py",
-         old="            read_training_checkpoint(ckpt, lang)\n        return _launch_train",
+         old="            read_training_checkpoint(ckpt, lang, args.allow_legacy, say_legacy=False)  # rank 0 says it\n"
+             "        return _launch_train",
          new="            pass\n        return _launch_train",
          tests=[T + "test_resume_from_a_damaged_checkpoint_is_refused_before_any_replica_starts"]),
     dict(name="bench-child-gets-terminal-ctrl-c", path="src/bnlab/cli/signals.py",

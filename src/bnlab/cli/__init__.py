@@ -1,10 +1,13 @@
 """The ``bnlab`` command: demo, train, evaluate, explain, experiment, bench (one module each).
 
-Help texts are in English and Spanish side by side; messages are in one language, chosen by ``--lang``
-or, by default, from the locale (``LC_ALL``, ``LC_MESSAGES``, ``LANG``: a value starting with ``es`` gives
-Spanish). Exit status: 0 on success, 1 when training diverged (NaN/inf loss) or a replica of ``train --nproc``
-failed, 2 for bad arguments or unreadable input, 130 when interrupted (143 when the launcher of
-``train --nproc`` got SIGTERM).
+Every word comes from the ``cli`` catalogs (:mod:`bnlab.i18n`). Help texts are in English and Spanish side by
+side; messages are in one language, chosen by ``--lang`` or, by default, from the locale (``LC_ALL``,
+``LC_MESSAGES``, ``LANG``: ``es_ES.UTF-8`` gives Spanish; a language added with one catalog per domain is
+chosen the same way, and its help texts follow the English and Spanish ones).
+
+Exit status: 0 on success, 1 when training diverged (NaN/inf loss) or a replica of ``train --nproc`` failed,
+2 for bad arguments or unreadable input, 130 when interrupted (143 when the launcher of ``train --nproc`` got
+SIGTERM).
 
 Each subcommand module has ``add_parser(subparsers)`` and ``run(args)``; :func:`main` parses and dispatches.
 Every command that trains or evaluates takes ``--threads N`` (default 1, applied by
@@ -18,7 +21,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from ..choices import ACTIVATIONS, DATASETS, FAMILY_NORMS, LANGS, NORMS, OPTIMIZERS
+from ..choices import ACTIVATIONS, DATASETS, FAMILY_NORMS, NORMS, OPTIMIZERS
+from ..i18n import t
 from . import bench, demo, evaluate, experiment, explain, train
 from .common import (
     EXIT_BROKEN_PIPE,
@@ -29,17 +33,18 @@ from .common import (
     Parser,
     UsageError,
     add_lang,
+    both,
     default_lang,
     lang_from_argv,
+    lines,
     restore_threads,
     speaks,
 )
-from .messages import MSG
 from .signals import SigintWatch, quiet_broken_pipe
 
 __all__ = ["main", "build_parser", "default_lang"]
 __all__ += ["EXIT_DIVERGED", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED", "EXIT_BROKEN_PIPE"]
-__all__ += ["LANGS", "DATASETS", "NORMS", "FAMILY_NORMS", "ACTIVATIONS", "OPTIMIZERS", "MSG", "UsageError"]
+__all__ += ["DATASETS", "NORMS", "FAMILY_NORMS", "ACTIVATIONS", "OPTIMIZERS", "UsageError"]
 
 #: name -> module with ``add_parser(subparsers)`` and ``run(args)``, in the order of ``bnlab --help``
 COMMANDS = {"demo": demo, "train": train, "evaluate": evaluate, "explain": explain, "experiment": experiment,
@@ -53,20 +58,13 @@ def build_parser() -> Parser:
 
     parser = Parser(
         prog="bnlab",
-        description=(
-            "Batch normalization in convolutional networks (Ioffe & Szegedy 2015): what set B is, and what it\n"
-            "changes.\n"
-            "Normalización por lotes en redes convolucionales (Ioffe y Szegedy 2015): qué es el conjunto B y\n"
-            "qué cambia."
-        ),
-        epilog=(
-            "Start with / Empieza con:  bnlab demo\n"
-            "Each command has its own help / Cada orden tiene su ayuda:  bnlab COMMAND --help"
-        ),
+        description=lines("cli.help.top.description"),
+        epilog=f"{both('cli.help.top.start_with')}:  bnlab demo\n"
+        f"{both('cli.help.top.each_command')}:  bnlab COMMAND --help",
     )
     add_lang(parser, top=True)
     parser.add_argument("--version", action="version", version=f"bnlab {__version__}",
-                        help="show the version and exit / muestra la versión y termina")  # fmt: skip
+                        help=both("cli.help.top.version"))  # fmt: skip
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     for module in COMMANDS.values():
@@ -84,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _dispatch(argv, lang)
         except KeyboardInterrupt:  # at any moment, start-up included
             if speaks():
-                print(MSG[lang]["interrupted_plain"], file=sys.stderr)
+                print(t("cli.interrupted_plain", lang), file=sys.stderr)
             return EXIT_INTERRUPTED
         except BrokenPipeError:
             return quiet_broken_pipe()
@@ -94,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # an error that follows Ctrl-C is the interrupt's doing (e.g. a library that was stopped half-way
             # in code of its own that imports lazily): report the interrupt
             if speaks():
-                print(MSG[lang]["interrupted_plain"], file=sys.stderr)
+                print(t("cli.interrupted_plain", lang), file=sys.stderr)
             return EXIT_INTERRUPTED
         finally:
             restore_threads()
@@ -117,7 +115,7 @@ def _dispatch(argv: list[str], lang: str) -> int:
         sys.stdout.flush()  # a closed pipe shows here, inside the handler below
         return code
     except UsageError as err:
-        m = MSG[args.lang]
         if speaks():
-            print(f"{prog}: {m['error']}: {err}\n{m['try_help'].format(prog=prog)}", file=sys.stderr)
+            lang = args.lang
+            print(f"{prog}: {t('cli.error', lang)}: {err}\n{t('cli.try_help', lang, prog=prog)}", file=sys.stderr)
         return EXIT_USAGE

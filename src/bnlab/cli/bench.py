@@ -6,21 +6,19 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import add_lang
-from .messages import MSG
+from ..i18n import t
+from .common import add_lang, both, lines
 from .signals import start_child
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "bench",
-        help="run the CPU benchmark (benchmarks/cpu.py) / ejecuta el benchmark de CPU (benchmarks/cpu.py)",
-        description="Run benchmarks/cpu.py from the source checkout, passing ARGS on (e.g. bnlab bench --quick).\n"
-        "Ejecuta benchmarks/cpu.py de la copia del código fuente, pasándole ARGS (p. ej. bnlab bench --quick).",
+        help=both("cli.help.bench.help"),
+        description=lines("cli.help.bench.description"),
     )
     add_lang(p)
-    p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
-                   help="arguments for the benchmark / argumentos para el benchmark")  # fmt: skip
+    p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help=both("cli.help.bench.args"))
     return p
 
 
@@ -33,9 +31,9 @@ def run(args) -> int:
     lang = args.lang
     path = _find_benchmark()
     if path is None:
-        print(MSG[lang]["bench_missing"], file=sys.stderr)
+        print(t("cli.bench_missing", lang), file=sys.stderr)
         return 1
-    print(MSG[lang]["bench_running"].format(path=path), file=sys.stderr)
+    print(t("cli.bench_running", lang, path=path), file=sys.stderr)
     passthrough = args.args[1:] if args.args[:1] == ["--"] else args.args
     child = start_child([sys.executable, str(path), *passthrough, *args.extra])
     try:

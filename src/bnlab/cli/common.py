@@ -1,20 +1,24 @@
 """What the subcommands share: exit codes, the bilingual parser, argument types, checks, the thread policy.
 
-Standard library only: torch is imported by the commands that need it, when they run.
+Every word comes from the ``cli`` catalogs (:func:`bnlab.i18n.t`); numbers are written by
+:mod:`bnlab.i18n.numbers`. Standard library only: torch is imported by the commands that need it, when they run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import os
 import re
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ..choices import DEFAULT_THREADS, LANGS
-from .messages import MSG
+from .. import choices
+from ..choices import DEFAULT_THREADS
+from ..i18n import from_locale, t
 
 EXIT_DIVERGED = 1
 EXIT_FAILED = 1  # a replica of `train --nproc N` failed or was killed
@@ -22,26 +26,26 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # as a process killed by SIGPIPE, e.g. `bnlab explain ... | head`
 
+#: The languages ``--help`` shows side by side, so that a reader finds their own whatever the locale says (a
+#: language added through the catalogs is shown after them when it is the one chosen).
+HELP_LANGUAGES = ("en", "es")
+
 
 class UsageError(Exception):
     """A bad argument found after parsing; ``flag`` names the option at fault."""
 
 
-def default_lang(environ: os._Environ | dict | None = None) -> str:
-    """``"es"`` when the locale is Spanish (LC_ALL, then LC_MESSAGES, then LANG), else ``"en"``."""
-    env = os.environ if environ is None else environ
-    for var in ("LC_ALL", "LC_MESSAGES", "LANG"):
-        value = env.get(var)
-        if value:
-            return "es" if value.lower().startswith("es") else "en"
-    return "en"
+def default_lang(environ: Mapping[str, str] | None = None) -> str:
+    """The language of the locale (LC_ALL, then LC_MESSAGES, then LANG) when a catalog has it, else ``"en"``."""
+    return from_locale(environ)
 
 
 def lang_from_argv(argv: Sequence[str]) -> str | None:
+    langs = choices.LANGS
     for i, a in enumerate(argv):
-        if a == "--lang" and i + 1 < len(argv) and argv[i + 1] in LANGS:
+        if a == "--lang" and i + 1 < len(argv) and argv[i + 1] in langs:
             return argv[i + 1]
-        if a.startswith("--lang=") and a.split("=", 1)[1] in LANGS:
+        if a.startswith("--lang=") and a.split("=", 1)[1] in langs:
             return a.split("=", 1)[1]
     return None
 
@@ -54,14 +58,38 @@ def speaks() -> bool:
         return True
 
 
-# -- argument types with bilingual messages ---------------------------------------------------------------
+# -- help texts: every language of --help side by side ------------------------------------------------------
+def _help_languages() -> tuple[str, ...]:
+    return HELP_LANGUAGES if Parser.lang in HELP_LANGUAGES else (*HELP_LANGUAGES, Parser.lang)
+
+
+def _each(key: str, fields: dict) -> list[str]:
+    texts: list[str] = []
+    for lang in _help_languages():
+        text = t(key, lang, **fields)
+        if text not in texts:  # a key the added language lacks falls back to English: say it once
+            texts.append(text)
+    return texts
+
+
+def both(key: str, **fields) -> str:
+    """A help text as ``--help`` shows it: ``"show this help and exit / muestra esta ayuda y termina"``."""
+    return " / ".join(_each(key, fields))
+
+
+def lines(key: str, **fields) -> str:
+    """A help description, one language after the other (each may span lines)."""
+    return "\n".join(_each(key, fields))
+
+
+# -- argument types (their messages in the language of the command) --------------------------------------
 def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer / no es un entero") from None
+        raise argparse.ArgumentTypeError(t("cli.arg.not_integer", Parser.lang, text=repr(text))) from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1 / debe ser al menos 1")
+        raise argparse.ArgumentTypeError(t("cli.arg.at_least_1", Parser.lang, value=value))
     return value
 
 
@@ -69,19 +97,16 @@ def positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number / no es un número") from None
+        raise argparse.ArgumentTypeError(t("cli.arg.not_number", Parser.lang, text=repr(text))) from None
     if not (value > 0 and value != float("inf")):
-        raise argparse.ArgumentTypeError(f"{text} must be a positive number / debe ser un número positivo")
+        raise argparse.ArgumentTypeError(t("cli.arg.not_positive", Parser.lang, text=text))
     return value
 
 
 def batch_size(text: str) -> int:
     value = positive_int(text)
     if value < 2:
-        raise argparse.ArgumentTypeError(
-            "batch normalization needs at least 2 examples per batch / la normalización por lotes necesita "
-            "al menos 2 ejemplos por lote"
-        )
+        raise argparse.ArgumentTypeError(t("cli.arg.batch_of_1", Parser.lang))
     return value
 
 
@@ -89,18 +114,13 @@ def seeds(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(s) for s in text.replace(" ", "").split(",") if s != "")
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: give seeds as integers separated by commas, e.g. 0,1 / da las semillas como enteros "
-            f"separados por comas, p. ej. 0,1"
-        ) from None
+        raise argparse.ArgumentTypeError(t("cli.arg.seeds", Parser.lang, text=repr(text))) from None
     if not values or any(s < 0 for s in values):
-        raise argparse.ArgumentTypeError(f"{text!r}: at least one seed ≥ 0 / al menos una semilla ≥ 0")
+        raise argparse.ArgumentTypeError(t("cli.arg.no_seed", Parser.lang, text=repr(text)))
     return values
 
 
 # -- parser -----------------------------------------------------------------------------------------------
-_SUGGEST = {"en": "did you mean {name}?", "es": "¿quiso decir {name}?"}
-_UNRECOGNIZED = {"en": "unrecognized arguments: %s", "es": "argumentos no reconocidos: %s"}
 _INVALID_CHOICE = re.compile(r"invalid choice: '([^']*)' \(choose from (.*)\)")
 
 
@@ -108,16 +128,20 @@ def suggestion(word: str, candidates: Sequence[str], lang: str) -> str | None:
     """Suggest "did you mean --epochs?" for a mistyped ``word``, or None when nothing is close (difflib)."""
     names = {c.lstrip("-"): c for c in candidates}  # "--" in both would make any two options look alike
     close = difflib.get_close_matches(word.lstrip("-"), list(names), n=1, cutoff=0.6)
-    return _SUGGEST[lang].format(name=names[close[0]]) if close else None
+    return t("cli.parser.did_you_mean", lang, name=names[close[0]]) if close else None
 
 
 class Formatter(argparse.RawDescriptionHelpFormatter):
     def add_usage(self, usage, actions, groups, prefix=None):
-        return super().add_usage(usage, actions, groups, prefix="usage / uso: " if prefix is None else prefix)
+        if prefix is None:
+            prefix = both("cli.parser.usage") + ": "
+        return super().add_usage(usage, actions, groups, prefix=prefix)
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with bilingual section titles and errors that say how to get help (and suggest a near name)."""
+    """argparse with bilingual section titles and errors that say how to get help (and suggest a near name).
+
+    ``lang`` (set by :func:`bnlab.cli.main` before the parser is built) is the language of its messages."""
 
     lang = "en"
 
@@ -125,25 +149,23 @@ class Parser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", Formatter)
         kwargs.setdefault("add_help", False)
         super().__init__(*args, **kwargs)
-        self._positionals.title = "arguments / argumentos"
-        self._optionals.title = "options / opciones"
-        self.add_argument(
-            "-h", "--help", action="help", default=argparse.SUPPRESS,
-            help="show this help and exit / muestra esta ayuda y termina",
-        )  # fmt: skip
+        self._positionals.title = both("cli.parser.arguments")
+        self._optionals.title = both("cli.parser.options")
+        self.add_argument("-h", "--help", action="help", default=argparse.SUPPRESS, help=both("cli.help.help"))
 
     def error(self, message: str):
-        m = MSG[Parser.lang]
+        lang = Parser.lang
         found = _INVALID_CHOICE.search(message)  # a mistyped command or choice (as Python 3.14's suggest_on_error)
         if found and "did you mean" not in message and "maybe you meant" not in message:
-            near = suggestion(found.group(1), re.findall(r"'([^']*)'", found.group(2)), Parser.lang)
+            near = suggestion(found.group(1), re.findall(r"'([^']*)'", found.group(2)), lang)
             message += f"; {near}" if near else ""
         self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: {m['error']}: {message}\n{m['try_help'].format(prog=self.prog)}\n")
+        error, try_help = t("cli.error", lang), t("cli.try_help", lang, prog=self.prog)
+        self.exit(EXIT_USAGE, f"{self.prog}: {error}: {message}\n{try_help}\n")
 
     def unrecognized(self, extra: Sequence[str], lang: str):
         """Refuse the ``extra`` arguments that parsing left, suggesting the option meant for a mistyped one."""
-        message = _UNRECOGNIZED[lang] % " ".join(extra)
+        message = t("cli.parser.unrecognized", lang, args=" ".join(extra))
         options = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
         for word in extra:
             if word.startswith("--"):
@@ -164,28 +186,28 @@ class Parser(argparse.ArgumentParser):
 
 
 def add_lang(p: argparse.ArgumentParser, top: bool = False) -> None:
-    p.add_argument(
-        "--lang", choices=LANGS, default=None if top else argparse.SUPPRESS,
-        help="language of messages and reports (default: from the locale) / idioma de los mensajes e informes "
-        "(por defecto: el de la configuración regional)",
-    )  # fmt: skip
+    p.add_argument("--lang", choices=choices.LANGS, default=None if top else argparse.SUPPRESS,
+                   help=both("cli.help.lang"))  # fmt: skip
 
 
 def add_allow_legacy(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--allow-legacy", action="store_true",
-                   help="also read a checkpoint of bnlab 0.1 (format version 1, without digests: damage in it "
-                   "cannot be detected) / leer también un punto de control de bnlab 0.1 (versión 1 del formato, "
-                   "sin resúmenes SHA-256: no se detectan daños en él)")  # fmt: skip
+    p.add_argument("--allow-legacy", action="store_true", help=both("cli.help.allow_legacy"))
 
 
 def add_threads(p: argparse.ArgumentParser) -> None:
     """``--threads N``: the one thread policy of every command that trains or evaluates (see :func:`set_threads`)."""
-    p.add_argument("--threads", type=positive_int, default=DEFAULT_THREADS, metavar="N",
-                   help=f"torch threads (default: {DEFAULT_THREADS}: the small networks bnlab trains run as fast on "
-                   "one thread, and more threads on a busy machine make them many times slower; with --nproc, per "
-                   f"process) / hilos de torch (por defecto: {DEFAULT_THREADS}: las redes pequeñas que entrena bnlab "
-                   "van igual de rápido con un hilo, y más hilos en una máquina ocupada las hacen mucho más lentas; "
-                   "con --nproc, por proceso)")  # fmt: skip
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=DEFAULT_THREADS,
+        metavar="N",
+        help=both("cli.help.threads", threads=DEFAULT_THREADS),
+    )
+
+
+def add_quiet(p: argparse.ArgumentParser, bars: int = 1) -> None:
+    """``--quiet``: no progress bar(s)."""
+    p.add_argument("--quiet", action="store_true", help=both("cli.help.quiet" if bars > 1 else "cli.help.quiet_one"))
 
 
 # -- the thread policy ------------------------------------------------------------------------------------
@@ -218,17 +240,16 @@ def restore_threads() -> None:
 
 # -- checks shared by the commands ------------------------------------------------------------------------
 def check_data(dataset: str, data: Path | None, lang: str, flag: str = "--data") -> None:
-    m = MSG[lang]
     if dataset == "digits":
         if data is not None:
-            raise UsageError(m["digits_no_data"])
+            raise UsageError(t("cli.digits_no_data", lang))
         return
     if data is None:
         if dataset == "mnist":  # the 10,000 digits shipped with bnlab
             return
-        raise UsageError(m["need_data"].format(dataset=dataset, what=m[f"what_{dataset}"]))
+        raise UsageError(t("cli.need_data", lang, dataset=dataset, what=t(f"cli.what.{dataset}", lang)))
     if not data.exists():
-        raise UsageError(m["no_path"].format(flag=flag, path=data))
+        raise UsageError(t("cli.no_path", lang, flag=flag, path=data))
 
 
 def load(dataset: str, data: Path | None, seed: int, lang: str):
@@ -238,19 +259,18 @@ def load(dataset: str, data: Path | None, seed: int, lang: str):
         return load_dataset(dataset, data, seed=seed)
     except (ValueError, OSError) as err:
         path = MNIST10K if data is None and dataset == "mnist" else data
-        raise UsageError(MSG[lang]["bad_data"].format(flag="--data", path=path, err=err)) from None
+        raise UsageError(t("cli.bad_data", lang, flag="--data", path=path, err=err)) from None
 
 
 def writable_dir(path: Path, flag: str, lang: str) -> bool:
     """Check that ``path`` is (or can become) a writable folder; return whether it existed before."""
-    m = MSG[lang]
     if path.exists() and not path.is_dir():
-        raise UsageError(m["out_not_dir"].format(flag=flag, path=path))
+        raise UsageError(t("cli.out_not_dir", lang, flag=flag, path=path))
     existed = path.exists()
     probe = path if existed else next((p for p in path.parents if p.exists()), Path.cwd())
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        err = "not a folder" if not probe.is_dir() else f"no permission to write in {probe}"
-        raise UsageError(m["out_unwritable"].format(flag=flag, path=path, err=err))
+        err = t("cli.why_not_a_folder", lang) if not probe.is_dir() else t("cli.why_no_permission", lang, folder=probe)
+        raise UsageError(t("cli.out_unwritable", lang, flag=flag, path=path, err=err))
     return existed
 
 
@@ -263,18 +283,46 @@ def remove_if_empty(path: Path) -> None:
             pass
 
 
-def read_training_checkpoint(path: Path, lang: str, allow_legacy: bool = False) -> dict:
+@contextlib.contextmanager
+def checkpoint_warnings(lang: str, show: bool = True):
+    """While a checkpoint loads: the library's (English) warning about a legacy checkpoint is given again in the
+    command's language; with ``show`` False it is not given at all (the command said it already, or another
+    process of the command says it). Other warnings pass as they are."""
+    from ..inference import LegacyCheckpointWarning
+
+    if not show:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=LegacyCheckpointWarning)
+            yield
+        return
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", LegacyCheckpointWarning)
+            yield
+    finally:  # also when the load failed: what was said before the error is still said
+        for w in caught:
+            if not isinstance(w.message, LegacyCheckpointWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+            else:
+                m = w.message
+                text = t("cli.legacy_checkpoint", lang, path=m.path, version=m.version, current=m.current)
+                warnings.warn(text, UserWarning, stacklevel=3)
+
+
+def read_training_checkpoint(path: Path, lang: str, allow_legacy: bool = False, say_legacy: bool = True) -> dict:
     from ..inference import CheckpointError
     from ..training import load_training_state
 
     try:
-        return load_training_state(path, allow_legacy=allow_legacy)
+        with checkpoint_warnings(lang, show=say_legacy):
+            return load_training_state(path, allow_legacy=allow_legacy)
     except CheckpointError as err:
-        raise UsageError(MSG[lang]["not_ckpt"].format(path=path, err=err)) from None
+        raise UsageError(t("cli.not_ckpt", lang, path=path, err=err)) from None
     except OSError as err:  # a folder, no permission, ...
-        raise UsageError(MSG[lang]["unreadable"].format(flag="CHECKPOINT", path=path, err=err)) from None
+        raise UsageError(t("cli.unreadable", lang, flag="CHECKPOINT", path=path, err=err)) from None
 
 
 def unwritable(flag: str, path: Path, err: OSError, lang: str) -> UsageError:
     """The message for a file that could not be written (a full disk, no permission, a name too long...)."""
-    return UsageError(MSG[lang]["out_unwritable"].format(flag=flag, path=path, err=err))
+    return UsageError(t("cli.out_unwritable", lang, flag=flag, path=path, err=err))

@@ -5,30 +5,33 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import UsageError, add_lang, add_threads, positive_int, remove_if_empty, seeds, set_threads, writable_dir
-from .messages import MSG
+from .common import (
+    add_lang,
+    add_quiet,
+    add_threads,
+    both,
+    lines,
+    positive_int,
+    remove_if_empty,
+    seeds,
+    set_threads,
+    unwritable,
+    writable_dir,
+)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "demo",
-        help="train a CNN without BN, with BN per activation and per channel; write an HTML report / "
-        "entrena una CNN sin BN, con BN por activación y por canal; escribe un informe HTML",
-        description="Train the same CNN on scikit-learn's digits without BN, with BN per activation and per channel,\n"
-        "and write DIR/index.html (about 40 seconds: it runs on one CPU core).\n"
-        "Entrena la misma CNN con los dígitos de scikit-learn sin BN, con BN por activación y por canal,\n"
-        "y escribe DIR/index.html (unos 40 segundos: usa un núcleo de la CPU).",
+        help=both("cli.help.demo.help"),
+        description=lines("cli.help.demo.description"),
     )
-    p.add_argument("--out", metavar="DIR", default="bnlab-demo",
-                   help="folder for the report (default: bnlab-demo) / carpeta del informe")  # fmt: skip
+    p.add_argument("--out", metavar="DIR", default="bnlab-demo", help=both("cli.help.demo.out"))
     add_lang(p)
-    p.add_argument("--epochs", type=positive_int, default=8,
-                   help="epochs per run (default: 8) / épocas por ejecución")  # fmt: skip
-    p.add_argument("--seeds", type=seeds, default=(0, 1), metavar="S1,S2,...",
-                   help="seeds; each run is repeated per seed (default: 0,1) / semillas; cada ejecución se repite "
-                   "con cada una")  # fmt: skip
+    p.add_argument("--epochs", type=positive_int, default=8, help=both("cli.help.demo.epochs"))
+    p.add_argument("--seeds", type=seeds, default=(0, 1), metavar="S1,S2,...", help=both("cli.help.demo.seeds"))
     add_threads(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bars / sin barras de progreso")
+    add_quiet(p, bars=2)
     return p
 
 
@@ -48,5 +51,5 @@ def run(args) -> int:
             remove_if_empty(out)
         raise
     except OSError as err:
-        raise UsageError(MSG[lang]["out_unwritable"].format(flag="--out", path=out, err=err)) from None
+        raise unwritable("--out", out, err, lang) from None
     return 0

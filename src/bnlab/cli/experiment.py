@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..i18n import t
 from .common import (
     Parser,
     UsageError,
     add_lang,
+    add_quiet,
     add_threads,
+    both,
+    lines,
     positive_float,
     positive_int,
     remove_if_empty,
@@ -18,15 +22,13 @@ from .common import (
     unwritable,
     writable_dir,
 )
-from .messages import MSG
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "experiment",
-        help="reproduce an experiment of the paper / reproduce un experimento del artículo",
-        description="Reproduce an experiment of Ioffe & Szegedy (2015).\n"
-        "Reproduce un experimento de Ioffe y Szegedy (2015).",
+        help=both("cli.help.experiment.help"),
+        description=lines("cli.help.experiment.description"),
     )
     exp = p.add_subparsers(dest="experiment", metavar="EXPERIMENT", parser_class=Parser)
     exp.required = True
@@ -45,33 +47,24 @@ def run(args) -> int:
 def _add_paper_fig1(exp) -> None:
     q = exp.add_parser(
         "paper-fig1",
-        help="Fig. 1: 3×100 sigmoid MLP with and without BN on MNIST / Fig. 1: MLP sigmoide 3×100 con y sin BN "
-        "en MNIST",
-        description="The paper's Fig. 1: a 784-100-100-100-10 sigmoid network, with and without BN, batches of 60.\n"
-        "La Fig. 1 del artículo: una red sigmoide 784-100-100-100-10, con y sin BN, lotes de 60.",
+        help=both("cli.help.paper_fig1.help"),
+        description=lines("cli.help.paper_fig1.description"),
     )
-    q.add_argument("--data", metavar="PATH", type=Path, default=None,
-                   help="MNIST: a directory of IDX files or an .npz (default: the 10,000-image subset shipped with "
-                   "bnlab) / MNIST: un directorio IDX o un .npz (por defecto: el subconjunto de 10 000 imágenes que "
-                   "viene con bnlab)")  # fmt: skip
+    q.add_argument("--data", metavar="PATH", type=Path, default=None, help=both("cli.help.paper_fig1.data"))
     q.add_argument("--out", metavar="DIR", type=Path, default=Path("bnlab-paper-fig1"),
-                   help="output folder (default: bnlab-paper-fig1) / carpeta de salida")  # fmt: skip
-    q.add_argument("--steps", type=positive_int, default=10_000,
-                   help="training steps (default: 10000; the paper: 50000) / pasos de entrenamiento (el artículo: "
-                   "50000)")  # fmt: skip
-    q.add_argument("--lr", type=positive_float, default=0.1,
-                   help="SGD learning rate (default: 0.1; not given in the paper) / tasa de aprendizaje de SGD "
-                   "(no la da el artículo)")  # fmt: skip
-    q.add_argument("--seed", type=int, default=0, help="random seed (default: 0) / semilla aleatoria")
+                   help=both("cli.help.paper_fig1.out"))  # fmt: skip
+    q.add_argument("--steps", type=positive_int, default=10_000, help=both("cli.help.paper_fig1.steps"))
+    q.add_argument("--lr", type=positive_float, default=0.1, help=both("cli.help.paper_fig1.lr"))
+    q.add_argument("--seed", type=int, default=0, help=both("cli.help.seed"))
     add_threads(q)
-    q.add_argument("--quiet", action="store_true", help="no progress bars / sin barras de progreso")
+    add_quiet(q, bars=2)
     add_lang(q)
 
 
 def _run_paper_fig1(args) -> int:
     lang = args.lang
     if args.data is not None and not args.data.exists():
-        raise UsageError(MSG[lang]["no_path"].format(flag="--data", path=args.data))
+        raise UsageError(t("cli.no_path", lang, flag="--data", path=args.data))
     existed = writable_dir(args.out, "--out", lang)
     from ..data import MNIST10K
     from ..io import WriteError
@@ -89,7 +82,7 @@ def _run_paper_fig1(args) -> int:
     except WriteError as err:  # an output file, not the data
         raise unwritable("--out", args.out, err, lang) from None
     except (ValueError, OSError) as err:
-        raise UsageError(MSG[lang]["bad_data"].format(flag="--data", path=data, err=err)) from None
+        raise UsageError(t("cli.bad_data", lang, flag="--data", path=data, err=err)) from None
     return 0
 
 
@@ -100,44 +93,27 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
     except ValueError:
         sizes = ()
     if not sizes or any(m < 2 for m in sizes):
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: give mini-batch sizes of at least 2 separated by commas, e.g. 2,4,8 / da tamaños de "
-            f"minilote de al menos 2 separados por comas, p. ej. 2,4,8"
-        )
+        raise argparse.ArgumentTypeError(t("cli.arg.batch_sizes", Parser.lang, text=repr(text)))
     return sizes
 
 
 def _add_small_batch(exp) -> None:
     q = exp.add_parser(
         "small-batch",
-        help="accuracy vs mini-batch size m: no BN, BN per activation, BN per channel on MNIST 28×28 / "
-        "exactitud según el tamaño m del minilote: sin BN, BN por activación, BN por canal con MNIST 28×28",
-        description="Train the same CNN on the 10,000 MNIST digits shipped with bnlab, without BN, with BN per\n"
-        "activation (set B = m values) and per channel (set B = m·p·q values), for several mini-batch sizes m\n"
-        "with the same number of samples seen; report test accuracy with recalibrated (Alg. 2) statistics.\n"
-        "A few minutes on 2 CPU cores. See docs/small-batch.md.\n"
-        "Entrena la misma CNN con los 10 000 dígitos MNIST que trae bnlab, sin BN, con BN por activación\n"
-        "(conjunto B = m valores) y por canal (conjunto B = m·p·q valores), para varios tamaños m de minilote\n"
-        "con el mismo número de ejemplos vistos; da la exactitud de prueba con estadísticas recalibradas\n"
-        "(Alg. 2). Unos minutos en 2 núcleos de CPU. Ver docs/small-batch.md.",
+        help=both("cli.help.small_batch.help"),
+        description=lines("cli.help.small_batch.description"),
     )
     q.add_argument("--out", metavar="DIR", type=Path, default=Path("bnlab-small-batch"),
-                   help="output folder (default: bnlab-small-batch) / carpeta de salida")  # fmt: skip
+                   help=both("cli.help.small_batch.out"))  # fmt: skip
     q.add_argument("--batch-sizes", type=_batch_sizes, default=(2, 4, 8, 16, 32, 64), metavar="M1,M2,...",
-                   help="mini-batch sizes (default: 2,4,8,16,32,64) / tamaños de minilote")  # fmt: skip
+                   help=both("cli.help.small_batch.batch_sizes"))  # fmt: skip
     q.add_argument("--seeds", type=seeds, default=(0, 1, 2), metavar="S1,S2,...",
-                   help="seeds (default: 0,1,2) / semillas")  # fmt: skip
-    q.add_argument("--samples", type=positive_int, default=1280,
-                   help="training samples seen by every run (default: 1280) / ejemplos de entrenamiento que ve "
-                   "cada ejecución")  # fmt: skip
-    q.add_argument("--lr", type=positive_float, default=0.1,
-                   help="SGD (momentum 0.9) learning rate at m = 32, scaled as lr·m/32 (default: 0.1) / tasa de "
-                   "aprendizaje de SGD (momento 0,9) para m = 32, escalada como lr·m/32")  # fmt: skip
-    q.add_argument("--data", metavar="PATH", type=Path, default=None,
-                   help="MNIST directory or .npz (default: the 10,000 digits shipped with bnlab) / directorio MNIST "
-                   "o .npz (por defecto: los 10 000 dígitos que trae bnlab)")  # fmt: skip
+                   help=both("cli.help.small_batch.seeds"))  # fmt: skip
+    q.add_argument("--samples", type=positive_int, default=1280, help=both("cli.help.small_batch.samples"))
+    q.add_argument("--lr", type=positive_float, default=0.1, help=both("cli.help.small_batch.lr"))
+    q.add_argument("--data", metavar="PATH", type=Path, default=None, help=both("cli.help.small_batch.data"))
     add_threads(q)
-    q.add_argument("--quiet", action="store_true", help="no progress bars / sin barras de progreso")
+    add_quiet(q, bars=2)
     add_lang(q)
 
 
@@ -148,7 +124,7 @@ def _run_small_batch(args) -> int:
     lang = args.lang
 
     if args.data is not None and not args.data.exists():
-        raise UsageError(MSG[lang]["no_path"].format(flag="--data", path=args.data))
+        raise UsageError(t("cli.no_path", lang, flag="--data", path=args.data))
     set_threads(args.threads)
     try:
         run_small_batch(args.out, batch_sizes=args.batch_sizes, seeds=args.seeds, samples=args.samples,

@@ -10,55 +10,31 @@ import re
 from pathlib import Path
 
 from ..choices import FAMILY, PER
-from .common import UsageError, add_lang, unwritable
-from .messages import MSG
+from ..i18n import t
+from .common import UsageError, add_lang, both, lines, unwritable
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "explain",
-        help="which values form one set B for a tensor shape / qué valores forman un conjunto B para una forma",
-        description="Say which values share one mean and variance (set B) for a tensor of SHAPE, how many sets\n"
-        "there are, how many values each pools, and the γ/β counts of both variants.\n"
-        "Dice qué valores comparten una media y una varianza (conjunto B) para un tensor de forma SHAPE,\n"
-        "cuántos conjuntos hay, cuántos valores reúne cada uno y cuántos γ/β tiene cada variante.",
-        epilog="Example / Ejemplo:  bnlab explain 32,28,28,16 --layout NHWC --per channel --figure setb.png",
+        help=both("cli.help.explain.help"),
+        description=lines("cli.help.explain.description"),
+        epilog=f"{both('cli.help.explain.example')}:  bnlab explain 32,28,28,16 --layout NHWC --per channel "
+        "--figure setb.png",
     )
     # "-1,28,28,16" is a (bad) SHAPE, not an option: let argparse take it as a positional
     p._negative_number_matcher = re.compile(r"^-\d[\d,x× ]*$")
-    p.add_argument("shape", metavar="SHAPE", nargs="?",
-                   help="tensor shape, e.g. 32,28,28,16 / forma del tensor, p. ej. 32,28,28,16")  # fmt: skip
-    p.add_argument(
-        "--layout",
-        default=None,
-        help="axis order: NHWC, NCHW, NC, NCL, NLC, NCDHW, NDHWC (default: channels last, NHWC for 4 sizes; the "
-        "first line of the output says which was assumed) / orden de los ejes (por defecto, canales al final: NHWC "
-        "con 4 tamaños; la primera línea de la salida dice cuál se supuso)",
-    )
-    p.add_argument("--per", choices=PER, default="channel",
-                   help="channel: convolutional BN; activation: per-activation BN (default: channel) / channel: BN "
-                   "convolucional; activation: BN por activación")  # fmt: skip
-    p.add_argument("--figure", metavar="PNG", type=Path,
-                   help="also draw one set B for both variants into this file / dibuja además un conjunto B de "
-                   "ambas variantes en este archivo")  # fmt: skip
-    p.add_argument("--norm", choices=FAMILY, default="batch",
-                   help="member of the family: batch (default), layer, instance, group / miembro de la familia: "
-                   "batch (por defecto), layer (por capa), instance (por instancia), group (por grupos)")  # fmt: skip
-    p.add_argument("--groups", metavar="G", type=int, default=None,
-                   help="number of channel groups for --norm group (a divisor of C) / número de grupos de canales "
-                   "para --norm group (un divisor de C)")  # fmt: skip
-    p.add_argument("--html", metavar="PAGE.html", type=Path, default=None,
-                   help="write the interactive page (one self-contained HTML file, SHAPE optional) / escribe la "
-                   "página interactiva (un solo archivo HTML autónomo; SHAPE es opcional)")  # fmt: skip
+    p.add_argument("shape", metavar="SHAPE", nargs="?", help=both("cli.help.explain.shape"))
+    p.add_argument("--layout", default=None, help=both("cli.help.explain.layout"))
+    p.add_argument("--per", choices=PER, default="channel", help=both("cli.help.explain.per"))
+    p.add_argument("--figure", metavar="PNG", type=Path, help=both("cli.help.explain.figure"))
+    p.add_argument("--norm", choices=FAMILY, default="batch", help=both("cli.help.explain.norm"))
+    p.add_argument("--groups", metavar="G", type=int, default=None, help=both("cli.help.explain.groups"))
+    p.add_argument("--html", metavar="PAGE.html", type=Path, default=None, help=both("cli.help.explain.html"))
     p.add_argument("--virtual-batch", metavar="K", type=int, default=None,
-                   help="ghost BN: statistics per run of K examples / BN fantasma: estadísticas por tanda de K")
-    p.add_argument("--mask-last", metavar="K", type=int, default=None,
-                   help="a masked set B: the last K positions of --mask-axis are padding, as mask= of "
-                   "bnlab.nn.functional.batch_norm / conjunto B con máscara: las últimas K posiciones de --mask-axis "
-                   "son relleno")  # fmt: skip
-    p.add_argument("--mask-axis", metavar="AXIS", default=None,
-                   help="the axis --mask-last masks, a letter of the layout (default: the last spatial axis, N "
-                   "without one) / el eje que enmascara --mask-last (por defecto, el último eje espacial)")  # fmt: skip
+                   help=both("cli.help.explain.virtual_batch"))  # fmt: skip
+    p.add_argument("--mask-last", metavar="K", type=int, default=None, help=both("cli.help.explain.mask_last"))
+    p.add_argument("--mask-axis", metavar="AXIS", default=None, help=both("cli.help.explain.mask_axis"))
     add_lang(p)
     return p
 
@@ -90,7 +66,7 @@ def _parse_shape(text: str, lang: str) -> tuple[int, ...]:
     except ValueError:
         shape = ()
     if not shape or any(n < 1 for n in shape):
-        raise UsageError(MSG[lang]["bad_shape"].format(shape=text))
+        raise UsageError(t("cli.bad_shape", lang, shape=repr(text)))
     return shape
 
 
@@ -98,17 +74,17 @@ _FIGURE_FORMATS = ("png", "svg", "pdf", "jpg", "jpeg", "eps", "ps", "tif", "tiff
 
 
 def _check_figure_path(path: Path, lang: str) -> None:
-    m = MSG[lang]
     # "" (Path('.')), a folder, or only a suffix such as ".png" (which would write a hidden file)
     if path.name in ("", ".", "..") or path.name.lower().lstrip(".") in _FIGURE_FORMATS:
-        raise UsageError(m["figure_empty"])
+        raise UsageError(t("cli.figure_empty", lang))
     suffix = path.suffix.lower().lstrip(".")
     if suffix not in _FIGURE_FORMATS:
-        raise UsageError(m["figure_format"].format(path=path, suffix=path.suffix, formats=", ".join(_FIGURE_FORMATS)))
+        formats = ", ".join(_FIGURE_FORMATS)
+        raise UsageError(t("cli.figure_format", lang, path=path, suffix=repr(path.suffix), formats=formats))
     if not path.parent.exists():
-        raise UsageError(m["no_path"].format(flag="--figure", path=path.parent))
+        raise UsageError(t("cli.no_path", lang, flag="--figure", path=path.parent))
     if path.is_dir():
-        raise UsageError(m["is_folder"].format(flag="--figure", path=path, example=path / "setb.png"))
+        raise UsageError(t("cli.is_folder", lang, flag="--figure", path=path, example=path / "setb.png"))
 
 
 def run(args) -> int:
@@ -118,7 +94,7 @@ def run(args) -> int:
     if args.html is not None:
         return _write_page(args, lang)
     if args.shape is None:
-        raise UsageError(MSG[lang]["bad_shape"].format(shape=""))
+        raise UsageError(t("cli.bad_shape", lang, shape=repr("")))
     shape = _parse_shape(args.shape, lang)
     if args.figure is not None:  # check before printing anything
         try:
@@ -141,27 +117,21 @@ def run(args) -> int:
             e.save_figure(args.figure)
         except OSError as err:
             raise unwritable("--figure", args.figure, err, lang) from None
-        print(MSG[lang]["figure_saved"].format(path=args.figure))
+        print(t("cli.figure_saved", lang, path=args.figure))
     return 0
-
-
-_PAGE_MSG = {
-    "en": "Interactive page written to {path} (open it in a browser)",
-    "es": "Página interactiva escrita en {path} (ábrela en un navegador)",
-}
 
 
 def _write_page(args, lang: str) -> int:
     from ..explain_page import write_page
 
     if not args.html.parent.exists():
-        raise UsageError(MSG[lang]["no_path"].format(flag="--html", path=args.html.parent))
+        raise UsageError(t("cli.no_path", lang, flag="--html", path=args.html.parent))
     try:
         is_folder = args.html.is_dir()
     except OSError as err:  # e.g. a name too long for the file system
         raise unwritable("--html", args.html, err, lang) from None
     if is_folder:
-        raise UsageError(MSG[lang]["is_folder"].format(flag="--html", path=args.html, example=args.html / "setb.html"))
+        raise UsageError(t("cli.is_folder", lang, flag="--html", path=args.html, example=args.html / "setb.html"))
     kwargs = {"layout": args.layout or "NHWC", "norm": args.norm, "per": args.per, "groups": args.groups}
     if args.shape is not None:
         kwargs["shape"] = _parse_shape(args.shape, lang)
@@ -171,5 +141,5 @@ def _write_page(args, lang: str) -> int:
         raise UsageError(str(err)) from None
     except OSError as err:  # a folder of that name, a full disk, a name too long, ...
         raise unwritable("--html", args.html, err, lang) from None
-    print(_PAGE_MSG[lang].format(path=args.html))
+    print(t("cli.page_saved", lang, path=args.html))
     return 0

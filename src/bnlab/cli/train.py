@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 from ..choices import ACTIVATIONS, ARCHS, BATCH_NORMS, DATASETS, LEGACY_NORMS, NORMS, OPTIMIZERS, PER, RENORM_NORMS
+from ..i18n import t
+from ..i18n.numbers import integer
 from .common import (
     EXIT_DIVERGED,
     EXIT_FAILED,
@@ -15,9 +17,13 @@ from .common import (
     UsageError,
     add_allow_legacy,
     add_lang,
+    add_quiet,
     add_threads,
     batch_size,
+    both,
     check_data,
+    checkpoint_warnings,
+    lines,
     load,
     positive_float,
     positive_int,
@@ -26,7 +32,6 @@ from .common import (
     unwritable,
     writable_dir,
 )
-from .messages import MSG
 
 # Batch Renorm needs its schedule scaled to the run (bnlab experiment small-batch offers it), not offered here
 TRAIN_NORMS = tuple(n for n in NORMS if n not in RENORM_NORMS)
@@ -35,56 +40,25 @@ TRAIN_NORMS = tuple(n for n in NORMS if n not in RENORM_NORMS)
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "train",
-        help="train one network, with checkpoints each epoch / entrena una red, con puntos de control por época",
-        description="Train one network; a checkpoint is saved in --out at the end of every epoch and on Ctrl-C,\n"
-        "and --resume continues exactly where it stopped.\n"
-        "Entrena una red; se guarda un punto de control en --out al final de cada época y con Ctrl-C,\n"
-        "y --resume continúa exactamente donde se detuvo.",
+        help=both("cli.help.train.help"),
+        description=lines("cli.help.train.description"),
     )
-    p.add_argument("--dataset", choices=DATASETS, default="digits",
-                   help="dataset (default: digits; mnist: the 10,000 digits shipped with bnlab) / conjunto de datos "
-                   "(mnist: los 10 000 dígitos que trae bnlab)")  # fmt: skip
-    p.add_argument("--data", metavar="PATH", type=Path,
-                   help="where cifar10 is, or another MNIST (a directory of IDX files or an .npz; not needed for "
-                   "digits and mnist) / dónde está cifar10, u otro MNIST (un directorio IDX o un .npz; no hace falta "
-                   "para digits ni mnist)")  # fmt: skip
-    p.add_argument("--model", choices=ARCHS, default="cnn",
-                   help="cnn: small CNN; mlp: the paper's Fig. 1 network 3×100 (default: cnn) / cnn: CNN pequeña; "
-                   "mlp: la red de la Fig. 1 del artículo")  # fmt: skip
-    p.add_argument("--norm", choices=TRAIN_NORMS + LEGACY_NORMS, default="batch",
-                   help="batch (batch normalization; see --per), or, with sets within one sample instead of the "
-                   "mini-batch, layer, instance or group (8 groups), or none (default: batch); channel and activation "
-                   "are the old spellings of --norm batch --per channel and --norm batch --per activation "
-                   "/ batch (normalización por lotes; ver --per), o, con conjuntos dentro de un ejemplo en lugar del "
-                   "minilote, layer, instance o group (8 grupos), o none (por defecto: batch); channel y activation "
-                   "son las grafías antiguas de --norm batch --per channel y --norm batch --per activation",
-                   )  # fmt: skip
-    p.add_argument("--per", choices=PER, default=None,
-                   help="for batch: channel (convolutional BN, one statistic per feature map; the default "
-                   "for cnn) or activation (one per activation; the default for mlp) / para batch: channel "
-                   "(BN convolucional, un estadístico por mapa de características; por defecto en cnn) o activation "
-                   "(uno por activación; por defecto en mlp)")  # fmt: skip
-    p.add_argument("--activation", choices=ACTIVATIONS, default="relu",
-                   help="nonlinearity (default: relu) / no linealidad")  # fmt: skip
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default="momentum",
-                   help="sgd, momentum (SGD with 0.9) or adam (default: momentum) / optimizador")  # fmt: skip
-    p.add_argument("--lr", type=positive_float, default=0.05,
-                   help="learning rate (default: 0.05) / tasa de aprendizaje")  # fmt: skip
-    p.add_argument("--batch-size", type=batch_size, default=32,
-                   help="mini-batch size m (default: 32) / tamaño del minilote m")  # fmt: skip
-    p.add_argument("--epochs", type=positive_int, default=10, help="epochs (default: 10) / épocas")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0) / semilla aleatoria")
-    p.add_argument("--out", metavar="DIR", type=Path, default=Path("bnlab-train"),
-                   help="folder for checkpoint, history and figure (default: bnlab-train) / carpeta para el punto "
-                   "de control, el historial y la figura")  # fmt: skip
-    p.add_argument("--resume", action="store_true",
-                   help="continue from DIR/last.pt / continuar desde DIR/last.pt")  # fmt: skip
+    p.add_argument("--dataset", choices=DATASETS, default="digits", help=both("cli.help.train.dataset"))
+    p.add_argument("--data", metavar="PATH", type=Path, help=both("cli.help.train.data"))
+    p.add_argument("--model", choices=ARCHS, default="cnn", help=both("cli.help.train.model"))
+    p.add_argument("--norm", choices=TRAIN_NORMS + LEGACY_NORMS, default="batch", help=both("cli.help.train.norm"))
+    p.add_argument("--per", choices=PER, default=None, help=both("cli.help.train.per"))
+    p.add_argument("--activation", choices=ACTIVATIONS, default="relu", help=both("cli.help.train.activation"))
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="momentum", help=both("cli.help.train.optimizer"))
+    p.add_argument("--lr", type=positive_float, default=0.05, help=both("cli.help.train.lr"))
+    p.add_argument("--batch-size", type=batch_size, default=32, help=both("cli.help.train.batch_size"))
+    p.add_argument("--epochs", type=positive_int, default=10, help=both("cli.help.train.epochs"))
+    p.add_argument("--seed", type=int, default=0, help=both("cli.help.seed"))
+    p.add_argument("--out", metavar="DIR", type=Path, default=Path("bnlab-train"), help=both("cli.help.train.out"))
+    p.add_argument("--resume", action="store_true", help=both("cli.help.train.resume"))
     add_allow_legacy(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bar / sin barra de progreso")
-    p.add_argument("--nproc", type=positive_int, default=1, metavar="N",
-                   help="train on N local processes, each with 1/N of every batch, synchronized BN (default: 1; "
-                   "also runs under torchrun) / entrenar en N procesos locales, cada uno con 1/N de cada "
-                   "minilote, BN sincronizada (también con torchrun)")  # fmt: skip
+    add_quiet(p)
+    p.add_argument("--nproc", type=positive_int, default=1, metavar="N", help=both("cli.help.train.nproc"))
     add_threads(p)
     add_lang(p)
     return p
@@ -111,7 +85,7 @@ def _build(args, data, lang: str = "en"):
         return build_model(spec)
     except ValueError as err:  # e.g. images too small for the pooling stages
         c, h, w = data.image_shape
-        raise UsageError(MSG[lang]["too_small"].format(err=err, shape=f"{c}×{h}×{w}")) from None
+        raise UsageError(t("cli.too_small", lang, err=err, shape=f"{c}×{h}×{w}")) from None
 
 
 def _label(args) -> str:
@@ -129,8 +103,9 @@ def _label(args) -> str:
 
 
 def _train_title(args, lang: str) -> str:
-    rate = {"en": "learning rate", "es": "tasa de aprendizaje"}[lang]
-    return f"{args.dataset}, {args.model}, {_label(args)}, {args.activation}, {args.optimizer}, {rate} {args.lr:g}"
+    # --lr as the command line takes it (0.05 in every language: it is the option's value)
+    return t("cli.figure_title", lang, dataset=args.dataset, model=args.model, norm=_label(args),
+             activation=args.activation, optimizer=args.optimizer, lr=f"{args.lr:g}")  # fmt: skip
 
 
 def run(args) -> int:
@@ -138,7 +113,6 @@ def run(args) -> int:
 
     lang = args.lang
 
-    m = MSG[lang]
     _label(args)  # --norm and --per agree, before anything is read or written
     check_data(args.dataset, args.data, lang)
     from ..training import (
@@ -155,26 +129,27 @@ def run(args) -> int:
     ckpt = args.out / CHECKPOINT_NAME
     replica = parallel.current()  # None in one process; set in each of --nproc N processes and under torchrun
     if ckpt.exists() and not args.resume:
-        raise UsageError(m["exists"].format(ckpt=ckpt))
+        raise UsageError(t("cli.exists", lang, ckpt=ckpt))
     writable_dir(args.out, "--out", lang)
     if args.nproc > 1 and replica is None:  # every process runs this command as one replica
         if args.resume and ckpt.exists():  # a damaged checkpoint is said at once, before N processes start
-            read_training_checkpoint(ckpt, lang)
+            read_training_checkpoint(ckpt, lang, args.allow_legacy, say_legacy=False)  # rank 0 says it
         return _launch_train(args, ckpt, lang)
     saved = None
     if args.resume and (replica is None or replica.is_main):
         if ckpt.exists():
             saved = read_training_checkpoint(ckpt, lang, args.allow_legacy)
-            print(m["resuming"].format(ckpt=ckpt, step=saved["step"]), file=sys.stderr)
+            print(t("cli.resuming", lang, ckpt=ckpt, step=integer(saved["step"], lang)), file=sys.stderr)
         else:
-            print(m["no_resume"].format(out=args.out), file=sys.stderr)
+            print(t("cli.no_resume", lang, out=args.out), file=sys.stderr)
     set_threads(args.threads)
     data = load(args.dataset, args.data, args.seed, lang)
     steps_per_epoch = len(data.x_train) // args.batch_size
     total = steps_per_epoch * args.epochs
     if saved is not None and saved["step"] >= total:
-        raise UsageError(m["already_done"].format(ckpt=ckpt, done=saved["step"], total=total, epochs=args.epochs,
-                                                  epochs_done=saved["step"] // max(steps_per_epoch, 1)))  # fmt: skip
+        raise UsageError(t("cli.already_done", lang, ckpt=ckpt, done=integer(saved["step"], lang),
+                           total=integer(total, lang), epochs=args.epochs,
+                           epochs_done=integer(saved["step"] // max(steps_per_epoch, 1), lang)))  # fmt: skip
     seed_everything(args.seed)
     model = _build(args, data, lang)
     model = replica.wrap(model) if replica is not None else model
@@ -182,22 +157,23 @@ def run(args) -> int:
                          seed=args.seed)  # fmt: skip
     meta = {"dataset": args.dataset, "data": str(args.data.resolve()) if args.data else None, "seed": args.seed}
     try:
-        result = fit(model, data, config, out_dir=args.out, resume=args.resume, progress=not args.quiet,
-                     desc=f"{args.model}/{_label(args)}", meta=meta, lang=lang, replica=replica,
-                     allow_legacy=args.allow_legacy)  # fmt: skip
+        with checkpoint_warnings(lang, show=False):  # read above, where a legacy checkpoint was said
+            result = fit(model, data, config, out_dir=args.out, resume=args.resume, progress=not args.quiet,
+                         desc=f"{args.model}/{_label(args)}", meta=meta, lang=lang, replica=replica,
+                         allow_legacy=args.allow_legacy)  # fmt: skip
     except TrainingInterrupted as stop:
         if replica is not None and not replica.is_main:
             return EXIT_INTERRUPTED
         if stop.checkpoint is None:
-            print(m["interrupted_nosave"], file=sys.stderr)
+            print(t("cli.interrupted_nosave", lang), file=sys.stderr)
         else:
-            cmd = _resume_cmd(args)
-            print(m["interrupted"].format(step=stop.step, total=total, ckpt=stop.checkpoint, cmd=cmd), file=sys.stderr)
+            print(t("cli.interrupted", lang, step=integer(stop.step, lang), total=integer(total, lang),
+                    ckpt=stop.checkpoint, cmd=_resume_cmd(args)), file=sys.stderr)  # fmt: skip
         return EXIT_INTERRUPTED
     except TrainingDiverged as stop:
-        kept = m["diverged_kept"].format(ckpt=stop.checkpoint) if stop.checkpoint else m["diverged_none"]
-        print(f"bnlab train: {m['error']}: " + m["diverged"].format(loss=stop.loss, step=stop.step, lr=args.lr,
-              kept=kept), file=sys.stderr)  # fmt: skip
+        kept = t("cli.diverged_kept", lang, ckpt=stop.checkpoint) if stop.checkpoint else t("cli.diverged_none", lang)
+        diverged = t("cli.diverged", lang, loss=stop.loss, step=integer(stop.step, lang), lr=f"{args.lr:g}", kept=kept)
+        print(f"bnlab train: {t('cli.error', lang)}: {diverged}", file=sys.stderr)
         return EXIT_DIVERGED
     except ValueError as err:  # e.g. --resume with other settings
         raise UsageError(str(err)) from None
@@ -210,22 +186,23 @@ def run(args) -> int:
         record = {"config": config.to_dict(), "meta": meta, "test": test, "history": result.history}
         hist = write_json(args.out / "history.json", record)
         if result.interrupted:  # Ctrl-C during the last step: the run is complete; stop before the figure
-            print(m["interrupted_last_step"].format(ckpt=ckpt, hist=hist), file=sys.stderr)
+            print(t("cli.interrupted_last_step", lang, ckpt=ckpt, hist=hist), file=sys.stderr)
             return EXIT_INTERRUPTED
         fig = args.out / "curves.png"
-        from ..i18n.numbers import decimal as num
-        from ..i18n.numbers import percent as pct
         from ..report.plots import curves_figure
 
         run = {"norm": _label(args), "history": result.history}
         curves_figure([run], _train_title(args, lang), lang, fig)
     except KeyboardInterrupt:
-        print(m["interrupted_after_save"].format(ckpt=ckpt), file=sys.stderr)
+        print(t("cli.interrupted_after_save", lang, ckpt=ckpt), file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as err:  # history.json or curves.png could not be written
         raise unwritable("--out", args.out, err, lang) from None
-    print(m["trained"].format(acc=pct(test["accuracy"], lang), loss=num(test["loss"], lang, 4), n=len(data.x_test)))
-    print(m["saved"].format(ckpt=ckpt, hist=hist, fig=fig))
+    from ..i18n.numbers import decimal, percent
+
+    print(t("cli.trained", lang, acc=percent(test["accuracy"], lang), loss=decimal(test["loss"], lang, 4),
+            images=t("cli.images.test", lang, n=len(data.x_test))))  # fmt: skip
+    print(t("cli.saved", lang, ckpt=ckpt, hist=hist, fig=fig))
     return 0
 
 
@@ -238,20 +215,24 @@ def _launch_train(args, ckpt: Path, lang: str) -> int:
     from .. import parallel
     from . import main
 
-    m = MSG[lang]
     run = parallel.launch(args.nproc, main, args.argv)
-    resume = m["resume_hint"].format(ckpt=ckpt, cmd=_resume_cmd(args)) if ckpt.exists() else m["nothing_saved"]
+    if ckpt.exists():
+        resume = t("cli.resume_hint", lang, ckpt=ckpt, cmd=_resume_cmd(args))
+    else:
+        resume = t("cli.nothing_saved", lang)
     if run.how == "interrupted":
         if not run.told:  # stopped before rank 0 could say anything (start-up, or killed)
-            print(m["interrupted_plain"], file=sys.stderr)
+            print(t("cli.interrupted_plain", lang), file=sys.stderr)
         elif run.statuses and run.statuses[0] == 0:  # rank 0 had finished and printed its results
-            print(m["interrupted_after_save"].format(ckpt=ckpt), file=sys.stderr)
+            print(t("cli.interrupted_after_save", lang, ckpt=ckpt), file=sys.stderr)
     elif run.how == "terminated":
-        print(m["terminated"].format(sig=signal.Signals(run.signal).name, resume=resume), file=sys.stderr)
+        print(t("cli.terminated", lang, sig=signal.Signals(run.signal).name, resume=resume), file=sys.stderr)
     elif run.how == "failed":
         status = run.status
-        how = m["rank_killed"].format(sig=signal.Signals(-status).name) if status < 0 else m["rank_exit"].format(
-            status=status)  # fmt: skip
-        print(m["rank_failed"].format(rank=run.rank, nproc=args.nproc, how=how, resume=resume), file=sys.stderr)
+        if status < 0:
+            how = t("cli.rank_killed", lang, sig=signal.Signals(-status).name)
+        else:
+            how = t("cli.rank_exit", lang, status=status)
+        print(t("cli.rank_failed", lang, rank=run.rank, nproc=args.nproc, how=how, resume=resume), file=sys.stderr)
         return EXIT_FAILED
     return run.code

@@ -33,10 +33,12 @@ import gettext
 import json
 import os
 import string
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["t", "lookup", "languages", "catalog", "plural_index", "fields", "DEFAULT_LANG", "CatalogError"]
+__all__ = ["t", "lookup", "languages", "catalog", "keys", "plural_index", "fields", "from_locale", "DEFAULT_LANG",
+           "CatalogError"]  # fmt: skip
 
 #: The language used when a key is missing from a language's catalog (never silently: see ``lookup``).
 DEFAULT_LANG = "en"
@@ -91,6 +93,36 @@ def _load(roots: tuple[Path, ...], lang: str, domain: str) -> dict[str, Any]:
 def catalog(domain: str, lang: str) -> dict[str, Any]:
     """The whole catalog of one domain in one language (``{}`` when that language lacks the domain)."""
     return _load(_roots(), lang, domain)
+
+
+def keys(domain: str, lang: str = DEFAULT_LANG) -> dict[str, Any]:
+    """Every entry of one domain in one language, flattened to full keys: ``{"cli.splits.test": "Test", ...}``.
+
+    A table (a JSON object) gives one key per leaf; a plural entry is one key (its list of forms); ``"@..."``
+    settings are left out. The tests compare the keys across languages and with the keys the code uses."""
+
+    def flat(table: dict, prefix: str):
+        for name, value in table.items():
+            if name.startswith("@"):
+                continue
+            if isinstance(value, dict):
+                yield from flat(value, f"{prefix}{name}.")
+            else:
+                yield f"{prefix}{name}", value
+
+    return dict(flat(catalog(domain, lang), f"{domain}."))
+
+
+def from_locale(environ: Mapping[str, str] | None = None) -> str:
+    """The language of the user's locale: the first of ``LC_ALL``, ``LC_MESSAGES``, ``LANG`` that is set decides;
+    its language part (``es`` of ``es_MX.UTF-8``) when a catalog has it, else English (``C.UTF-8``, ``fr_FR``)."""
+    env = os.environ if environ is None else environ
+    for var in ("LC_ALL", "LC_MESSAGES", "LANG"):
+        value = env.get(var)
+        if value:
+            lang = value.split(".")[0].split("@")[0].split("_")[0].lower()
+            return lang if lang in languages() else DEFAULT_LANG
+    return DEFAULT_LANG
 
 
 def _check_lang(lang: str) -> str:

@@ -12,7 +12,7 @@ Every function accepts models built with torch.nn BN layers as well as with bnla
 
 from __future__ import annotations
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, LegacyCheckpointWarning, load_checkpoint, save_checkpoint
 from .convert import convert
 from .export import ExportReport, export_onnx
 from .fold import fold
@@ -32,5 +32,6 @@ __all__ = [
     "ExportReport",
     "save_checkpoint",
     "load_checkpoint",
+    "LegacyCheckpointWarning",
     "CheckpointError",
 ]

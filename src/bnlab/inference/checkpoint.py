@@ -51,7 +51,7 @@ import torch
 
 from ..io import atomic_file
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint"]
+__all__ = ["CheckpointError", "LegacyCheckpointWarning", "save_checkpoint", "load_checkpoint"]
 
 FORMAT = "bnlab-checkpoint"
 VERSION = 3
@@ -59,6 +59,15 @@ _READABLE_VERSIONS = (2, 3)
 _LEGACY_VERSIONS = (1,)  # no digests: read only with allow_legacy=True
 MAX_DEPTH = 100  # containers inside containers; deeper states are refused on save and on load
 _NDARRAY = "__bnlab_ndarray__"  # marker key of an encoded NumPy array or scalar
+
+
+class LegacyCheckpointWarning(UserWarning):
+    """A legacy checkpoint (no digests) was read with ``allow_legacy=True``; ``path``, ``version`` and the
+    ``current`` format version say which (the ``bnlab`` command shows it in the user's language)."""
+
+    def __init__(self, message: str, path: Path, version: int, current: int) -> None:
+        super().__init__(message)
+        self.path, self.version, self.current = path, version, current
 
 
 class CheckpointError(ValueError):
@@ -291,12 +300,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", *, allow
                 f"digests, so a damaged file would load as wrong numbers without an error. If you trust it, "
                 f"load it with allow_legacy=True (bnlab train/evaluate: --allow-legacy) and save it again"
             )
-        warnings.warn(
+        message = (
             f"{path} is a legacy version-{version} checkpoint without digests: damage in it cannot be detected; "
-            f"save it again to upgrade it to version {VERSION}",
-            UserWarning,
-            stacklevel=2,
+            f"save it again to upgrade it to version {VERSION}"
         )
+        warnings.warn(LegacyCheckpointWarning(message, path, version, VERSION), stacklevel=2)
     state = payload["state"]
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} is corrupt: its state is a {type(state).__name__}, not a dict")
@@ -315,9 +323,7 @@ def _check_digests(path: Path, state: dict, digests: Any) -> None:
     if not (isinstance(digests, list) and all(isinstance(d, str) for d in digests)):
         raise CheckpointError(f"{path} is corrupt: its list of tensor digests is missing or damaged")
     if len(digests) != len(tensors):
-        raise CheckpointError(
-            f"{path} is corrupt: it holds {len(tensors)} tensors but {len(digests)} digests"
-        )
+        raise CheckpointError(f"{path} is corrupt: it holds {len(tensors)} tensors but {len(digests)} digests")
     for (where, t), digest in zip(tensors, digests, strict=True):
         if _tensor_digest(t) != digest:
             raise CheckpointError(

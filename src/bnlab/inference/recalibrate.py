@@ -53,14 +53,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .. import i18n
 from ..moments import Moments, Population, merge_all, moments
 from ..progress import progress_bar
 from .layers import accumulation_dtype, bn_layers, describe, is_uninitialized, per_activation, reduce_axes
 
 __all__ = ["recalibrate"]
-
-# the progress bar's label, by language (its unit, "batch"/"minilote", comes with bnlab.progress)
-_BAR_LABEL = {"en": "recalibrate", "es": "recalibrar"}
 
 
 def _input_of(batch, index: int) -> torch.Tensor:
@@ -96,7 +94,8 @@ def recalibrate(
 
     ``batches``: an iterable of input tensors or ``(input, target)`` pairs (a DataLoader over training
     data), moved to the model's device; at most ``max_batches`` are used. ``progress`` shows a bar on
-    stderr, labelled in ``lang`` ("en" or "es"; in a process group, on its rank 0 only).
+    stderr, labelled in ``lang`` ("en", "es" or a language added to the catalogs; in a process group, on its rank
+    0 only).
     See the module docstring for how the pass runs and what changes.
 
     ``process_group``: the ranks whose shards make up the data (default: the default group when
@@ -116,8 +115,8 @@ def recalibrate(
     """
     if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
         raise ValueError(f"max_batches must be a positive int or None, got {max_batches!r}")
-    if lang not in _BAR_LABEL:
-        raise ValueError(f"unknown lang {lang!r}; use one of {', '.join(map(repr, _BAR_LABEL))}")
+    if lang not in i18n.languages():
+        raise ValueError(f"unknown lang {lang!r}; use one of {', '.join(map(repr, i18n.languages()))}")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
         raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
     group = _process_group(process_group)
@@ -164,7 +163,7 @@ def recalibrate(
             total = max_batches if total is None else min(total, max_batches)
         it = iter(batches)
         show = progress and (group is None or dist.get_rank(group) == 0)
-        bar = progress_bar(total, desc=_BAR_LABEL[lang], enabled=show, lang=lang, unit="batch")
+        bar = progress_bar(total, desc=i18n.t("cli.progress.recalibrate", lang), enabled=show, lang=lang, unit="batch")
         try:
             with torch.no_grad():
                 while max_batches is None or n < max_batches:

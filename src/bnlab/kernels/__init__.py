@@ -35,8 +35,7 @@ _FAMILIES = contract.CHAINS["cuda"]
 _cuda_choice = os.environ.get("BNLAB_CUDA_KERNELS", "triton")
 if _cuda_choice not in _FAMILIES:
     warnings.warn(
-        f"BNLAB_CUDA_KERNELS={_cuda_choice!r} is not one of {', '.join(_FAMILIES)}; using 'triton' / "
-        f"BNLAB_CUDA_KERNELS={_cuda_choice!r} no es ninguna de {', '.join(_FAMILIES)}; se usa 'triton'",
+        f"BNLAB_CUDA_KERNELS={_cuda_choice!r} is not one of {', '.join(_FAMILIES)}; using 'triton'",
         RuntimeWarning,
         stacklevel=2,
     )
@@ -47,10 +46,7 @@ def use_cuda_family(name: str) -> None:
     """Which family :func:`select` returns for CUDA tensors: ``"triton"`` (default), ``"cuda"`` or ``"composed"``."""
     global _cuda_choice
     if name not in _FAMILIES:
-        raise ValueError(
-            f"unknown kernel family {name!r}; choose one of {', '.join(_FAMILIES)} / "
-            f"familia de kernels desconocida {name!r}; elija una de {', '.join(_FAMILIES)}"
-        )
+        raise ValueError(f"unknown kernel family {name!r}; choose one of {', '.join(_FAMILIES)}")
     _cuda_choice = name
 
 
