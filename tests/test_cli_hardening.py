@@ -392,3 +392,12 @@ def test_ctrl_c_while_python_m_bnlab_imports_the_command_is_one_line(lang, word)
                           capture_output=True, text=True, env=_env(), timeout=120)  # fmt: skip
     assert proc.returncode == 130, proc.stderr
     assert proc.stderr.strip() == word, proc.stderr
+
+
+def test_a_progress_bar_interrupted_while_it_is_built_closes_quietly():
+    # Ctrl-C inside tqdm's __init__ leaves a half-built bar; its __del__ calls close(), which printed
+    # "Exception ignored ... AttributeError: '_Bar' object has no attribute 'disable'" after "Interrupted."
+    from bnlab.progress import _Bar
+
+    half_built = _Bar.__new__(_Bar)
+    half_built.close()  # raises AttributeError when close() assumes the attributes __init__ sets

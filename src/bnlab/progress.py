@@ -24,7 +24,9 @@ class _Bar(tqdm):
     removed: a redraw is throttled, so the last steps would otherwise never be shown."""
 
     def close(self) -> None:
-        if not self.disable and self.n != self.last_print_n:
+        # a Ctrl-C inside tqdm's __init__ leaves a half-built bar whose __del__ still closes it: no attribute
+        # may be assumed (seen as "Exception ignored ... no attribute 'disable'" after "Interrupted.")
+        if not getattr(self, "disable", True) and getattr(self, "n", 0) != getattr(self, "last_print_n", 0):
             self.refresh()
         super().close()
 

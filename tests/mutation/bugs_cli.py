@@ -108,3 +108,8 @@ BUGS = [
          new="read_training_checkpoint(ckpt, lang)",
          tests=[H + "test_train_nproc_resumes_a_legacy_checkpoint_with_allow_legacy"]),
 ]
+BUGS += [
+    dict(name="half-built-progress-bar-close-raises", path="src/bnlab/progress.py",
+         old='if not getattr(self, "disable", True) and', new="if not self.disable and",
+         tests=["tests/test_cli_hardening.py::test_a_progress_bar_interrupted_while_it_is_built_closes_quietly"]),
+]
