@@ -48,7 +48,7 @@ __all__ = [
 OPS = ("batch_stats", "normalize", "forward", "backward")
 
 #: One ordered chain per device type; :mod:`.composed` (covers everything) ends every chain.
-CHAINS: dict[str, tuple[str, ...]] = {"cpu": ("cpu", "composed"), "cuda": ("triton", "cuda", "composed")}
+CHAINS: dict[str, tuple[str, ...]] = {"cpu": ("native", "cpu", "composed"), "cuda": ("triton", "cuda", "composed")}
 _TAIL = ("composed",)
 
 
