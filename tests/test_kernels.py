@@ -94,7 +94,7 @@ def _tol(dtype):
 
 
 def test_select_and_routing():
-    assert kernels.select(torch.zeros(2, 3)) is native  # the head of the CPU chain (it covers nothing without a compiler)
+    assert kernels.select(torch.zeros(2, 3)) is native  # the CPU chain's head (covers nothing without a compiler)
     for name, shape, axes, fmt in CASES:
         x = _input(shape, fmt)
         assert cpu.fast_path(x, axes) == (name in ROUTED), name
@@ -661,4 +661,4 @@ def test_statistics_within_1e6_of_float64_at_1e7_values_and_offset_1e4(fmt, shap
     for mean, var in (cpu.batch_stats(x, (0, 2, 3)), cpu.forward(x, None, None, EPS, (0, 2, 3))[1:]):
         assert mean.dtype == var.dtype == torch.float32
         assert ((mean.double() - mean64).abs() / mean64.abs()).max() < 1e-6
-        assert ((var.double() - var64).abs() / var64).max() < 1e-6, (var.double() / var64 - 1)
+        assert ((var.double() - var64).abs() / var64).max() < 1e-6, var.double() / var64 - 1

@@ -48,6 +48,7 @@ NAME = "native"
 SOURCE = Path(__file__).with_name("csrc") / "bn.c"  # includes bn_body.h (every csrc file is hashed)
 ABI = 1  # BNLAB_NATIVE_ABI in csrc/bn.c
 _FLOAT = {torch.float32: "f32", torch.float64: "f64"}
+_PLAIN = (torch.Tensor, torch.nn.Parameter)  # not subclasses (fake, functorch, user subclasses): their data_ptr
 _log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _state: dict = {}
@@ -85,21 +86,43 @@ def _compiler() -> tuple[str, str] | None:
     return found, f"{real}:{st.st_size}:{st.st_mtime_ns}"
 
 
-def _build(cc: str, flags: list[str], target: Path) -> bool:
-    """Compile the source into ``target`` atomically (temporary name in the same directory, then rename)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=target.parent)
-    os.close(fd)
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _stamp(path: Path) -> Path:
+    """The file holding the SHA-256 of the library ``path`` as it was built."""
+    return path.with_suffix(".sha256")
+
+
+def _intact(path: Path) -> bool:
+    """The library exists and is byte for byte what was built: a truncated shared object is not merely
+    refused by the dynamic loader, mapping it can kill the process (SIGBUS), so it is checked first."""
     try:
-        done = subprocess.run([cc, *flags, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300)
+        return _stamp(path).read_text().strip() == _digest(path)
+    except OSError:
+        return False
+
+
+def _build(cc: str, flags: list[str], target: Path) -> bool:
+    """Compile the source into ``target``, then write its stamp; each file is written under a temporary name
+    in the same directory and renamed into place, so a concurrent first use never sees half a file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkstemp(prefix=".build-", suffix=".so", dir=target.parent)[1])
+    tmp_stamp = Path(tempfile.mkstemp(prefix=".build-", suffix=".sha256", dir=target.parent)[1])
+    try:
+        done = subprocess.run([cc, *flags, str(SOURCE), "-o", str(tmp)], capture_output=True, text=True,
+                              timeout=300)  # fmt: skip
         if done.returncode != 0:
             _log.debug("bnlab native kernels: %s failed (%s): %s", cc, done.returncode, done.stderr.strip()[-300:])
             return False
+        tmp_stamp.write_text(_digest(tmp))
         os.replace(tmp, target)
+        os.replace(tmp_stamp, _stamp(target))
         return True
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for leftover in (tmp, tmp_stamp):
+            leftover.unlink(missing_ok=True)
 
 
 def _load(path: Path):
@@ -126,28 +149,35 @@ def _open():
         if compiler is None:
             _log.debug("bnlab native kernels: no C compiler (%s); the pure families run", os.environ.get("CC", "cc"))
             return None
-        cc, identity = compiler
         flags = _flags()
-        sources = b"".join(f.read_bytes() for f in sorted(SOURCE.parent.iterdir()) if f.suffix in (".c", ".h"))
-        key = hashlib.sha256(sources + f"\0{identity}\0{' '.join(flags)}".encode()).hexdigest()[:20]
-        path = cache_dir() / f"bn-{key}.so"
-        for attempt in range(2):
-            if not path.exists() and not _build(cc, flags, path):
-                if "-fopenmp" not in flags:
-                    return None
-                flags = [f for f in flags if f != "-fopenmp"]  # a compiler without OpenMP: one thread
-                continue
-            try:
-                lib = _load(path)
-                _state["path"] = path
+        # a compiler without OpenMP (Apple clang): the same kernels on one thread
+        for attempt in (flags, [f for f in flags if f != "-fopenmp"]):
+            lib = _open_with(*compiler, attempt)
+            if lib is not None:
                 return lib
-            except OSError as exc:  # a truncated or foreign file: rebuilt once
-                _log.debug("bnlab native kernels: %s does not load (%s); rebuilding", path, exc)
-                path.unlink(missing_ok=True)
         return None
     except (OSError, subprocess.SubprocessError) as exc:
         _log.debug("bnlab native kernels unavailable: %s", exc)
         return None
+
+
+def _open_with(cc: str, identity: str, flags: list[str]):
+    """The library built by ``cc`` with ``flags``, from the cache or built now (a damaged file: rebuilt once)."""
+    sources = b"".join(f.read_bytes() for f in sorted(SOURCE.parent.iterdir()) if f.suffix in (".c", ".h"))
+    key = hashlib.sha256(sources + f"\0{identity}\0{' '.join(flags)}".encode()).hexdigest()[:20]
+    path = cache_dir() / f"bn-{key}.so"
+    for _ in range(2):
+        if not _intact(path) and not _build(cc, flags, path):
+            return None
+        try:
+            lib = _load(path)
+        except OSError as exc:  # a foreign file under our name: rebuilt once
+            _log.debug("bnlab native kernels: %s does not load (%s); rebuilding", path, exc)
+            path.unlink(missing_ok=True)
+            continue
+        _state["path"] = path
+        return lib
+    return None
 
 
 def _lib():
@@ -182,12 +212,12 @@ def _layout(x: torch.Tensor) -> int | None:
 def covers(x: torch.Tensor, axes: tuple[int, ...], *tensors, op: str) -> bool:
     """Dense float32/float64 CPU input, per-channel axes, the other tensors plain CPU tensors of x's dtype
     (or None), no autograd recording, and the library loaded (:func:`available`)."""
-    if type(x) is not torch.Tensor or x.device.type != "cpu" or x.dtype not in _FLOAT or x.dim() < 2:
+    if type(x) not in _PLAIN or x.device.type != "cpu" or x.dtype not in _FLOAT or x.dim() < 2:
         return False
     if x.numel() == 0 or not contract.is_channel_axes(x, axes) or _layout(x) is None:
         return False
     for t in tensors:
-        if t is not None and (type(t) is not torch.Tensor or t.dtype != x.dtype or t.device.type != "cpu"):
+        if t is not None and (type(t) not in _PLAIN or t.dtype != x.dtype or t.device.type != "cpu"):
             return False
     if op != "batch_stats" and torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                                                for t in (x, *tensors)):  # fmt: skip
