@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -27,11 +28,11 @@ CL, CL3 = torch.channels_last, torch.channels_last_3d
 needs_lib = pytest.mark.skipif(not native.available(), reason="no C compiler: the native family is not built")
 
 # awkward shapes: C = 1, H·W = 1, N = 1, odd sizes, C not a multiple of the 4-wide vectors or the 32-channel
-# tiles (39 = 32 + 4 + 3), a 2-D (N, C) input (rows of C), 3-D and 5-D
+# tiles (39 = 32 + 4 + 3), a 2-D (N, C) input (rows of C), 3-D and 5-D, channels_last blocks of several row chunks
 SHAPES = [
     ((5, 1, 7, 3), None), ((5, 1, 7, 3), CL), ((9, 6, 1, 1), CL), ((1, 3, 5, 7), None), ((1, 3, 5, 7), CL),
     ((3, 39, 5, 3), CL), ((3, 39, 5, 3), None), ((4, 37, 9), None), ((7, 5), None), ((2, 5, 3, 2, 3), CL3),
-    ((1, 1, 1, 1), None), ((2, 70, 4, 4), CL),
+    ((1, 1, 1, 1), None), ((2, 70, 4, 4), CL), ((40, 39, 8, 8), CL),
 ]  # fmt: skip
 
 
@@ -102,10 +103,11 @@ def test_forward_normalize_backward_vs_float64_numpy(shape, fmt, dtype):
 
 @needs_lib
 @pytest.mark.parametrize("fmt", [None, CL], ids=["nchw", "cl"])
-@pytest.mark.parametrize("loc", [0.0, 1e4, -3e4])
+@pytest.mark.parametrize("loc", [0.0, 1e4, -3e4, 1e7])
 def test_statistics_within_1e_6_of_float64_with_large_offsets(fmt, loc):
-    """|μ|/σ up to 3e4 on float32 data (N·H·W = 1.3e5 per channel): μ_B and σ²_B within 1e-6 relative of the
-    float64 statistics of the same float32 values, in both layouts, and the two layouts agree to 1e-7."""
+    """|μ|/σ up to 1e7 on float32 data (N·H·W = 1.3e5 per channel): μ_B and σ²_B within 1e-6 relative of the
+    float64 statistics of the same float32 values, in both layouts, and the two layouts agree to 1e-7 (at 1e7
+    the float32 values are integers: σ² ≈ 1.08; unshifted float64 sums lose it)."""
     x = _input((32, 5, 64, 64), None, loc=loc, scale=1.0, seed=3)
     mu64 = x.double().mean((0, 2, 3))
     var64 = x.double().var((0, 2, 3), correction=0)
@@ -293,3 +295,39 @@ def test_truncated_library_is_rebuilt(tmp_path):
     assert os.path.getsize(path) == size
     names = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
     assert names == sorted([os.path.basename(path), os.path.basename(path)[:-3] + ".sha256"])  # no temporaries
+
+
+@needs_lib
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork()")
+def test_a_forked_child_does_not_hang():
+    """After the parent ran 2 OpenMP threads, a fork()ed child (multiprocessing's default on Linux) runs the
+    kernels on one thread: GNU OpenMP's pool does not survive fork, and 2 threads there hang for ever."""
+    x = _input((16, 8, 8, 8), None, seed=9)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        want = native.forward(x, None, None, EPS, (0, 2, 3))[1]
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report the statistics, or die trying
+            try:
+                got = native.forward(x, None, None, EPS, (0, 2, 3))[1]
+                os.write(write, json.dumps(got.tolist()).encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung in the native kernels")
+        with os.fdopen(read) as f:
+            got = json.loads(f.read() or "null")
+    finally:
+        torch.set_num_threads(before)
+    assert got == want.tolist()

@@ -23,7 +23,7 @@ compiler and flags, written under a temporary name and renamed into place (concu
 safe). A library that does not load (a truncated file) is rebuilt once. No compiler, or a build that fails:
 :func:`available` is False (one debug log line) and :func:`covers` says no, so the pure families run.
 ``BNLAB_NATIVE=0`` in the environment disables the family. The kernels use ``torch.get_num_threads()``
-OpenMP threads per call.
+OpenMP threads per call (one in a child made by ``fork()``: GNU OpenMP's pool does not survive it).
 """
 
 from __future__ import annotations
@@ -52,6 +52,21 @@ _PLAIN = (torch.Tensor, torch.nn.Parameter)  # not subclasses (fake, functorch, 
 _log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _state: dict = {}
+
+
+def _forked_child() -> None:
+    """In a child made by ``fork()``: GNU OpenMP's thread pool did not survive the fork (a parallel region with
+    2 or more threads would hang for ever), so the kernels of this process run on one thread."""
+    _state["forked"] = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked_child)
+
+
+def _threads() -> int:
+    """OpenMP threads for one call: torch's intra-op thread count (1 in a forked child, see above)."""
+    return 1 if _state.get("forked") else torch.get_num_threads()
 
 
 def _disabled() -> bool:
@@ -252,7 +267,7 @@ def _run_forward(x, weight, bias, eps, want_y: bool, relu: bool):
     y = torch.empty_like(x) if want_y else None
     fn = getattr(_lib(), f"bn_forward_{_FLOAT[x.dtype]}")
     ok = fn(x.data_ptr(), n, c, s, cl, _ptr(weight), _ptr(bias), float(eps), int(relu), _ptr(y),
-            mean.data_ptr(), var.data_ptr(), torch.get_num_threads())  # fmt: skip
+            mean.data_ptr(), var.data_ptr(), _threads())  # fmt: skip
     if ok == -1:
         raise MemoryError("bnlab native kernels: out of memory for the per-channel buffers")
     if ok != 1:  # inf/NaN in x, or a variance beyond float64: the next family's float64 rescue path
@@ -278,7 +293,7 @@ def _normalize(x, mean, var, weight, bias, eps, axes):
     fn = getattr(_lib(), f"bn_normalize_{_FLOAT[x.dtype]}")
     mean, var, weight, bias = (_vec(t, c) for t in (mean, var, weight, bias))
     ok = fn(x.data_ptr(), n, c, s, cl, mean.data_ptr(), var.data_ptr(), _ptr(weight), _ptr(bias), float(eps),
-            y.data_ptr(), torch.get_num_threads())  # fmt: skip
+            y.data_ptr(), _threads())  # fmt: skip
     if ok != 1:
         raise MemoryError("bnlab native kernels: out of memory for the per-channel buffers")
     return y
@@ -304,7 +319,7 @@ def _backward(dy, x, mean, var, weight, eps, axes, needs=(True, True, True), y=N
     fn = getattr(_lib(), f"bn_backward_{_FLOAT[x.dtype]}")
     ok = fn(dy.data_ptr(), x.data_ptr(), _ptr(y), n, c, s, cl, mean.data_ptr(), var.data_ptr(), _ptr(weight),
             float(eps), _ptr(given), m_given, int(reduce), _ptr(dx), _ptr(dw), _ptr(db),
-            torch.get_num_threads())  # fmt: skip
+            _threads())  # fmt: skip
     if ok != 1:
         raise MemoryError("bnlab native kernels: out of memory for the per-channel buffers")
     return dx, dw, db
