@@ -134,11 +134,16 @@ def test_statistics_1e7_values_per_channel_offset_1e4(fmt):
 
 @needs_lib
 @pytest.mark.parametrize("fmt", [None, CL], ids=["nchw", "cl"])
-def test_one_and_two_threads_agree_bitwise(fmt):
+def test_one_and_two_threads_agree_bitwise(fmt, monkeypatch):
     """The order of every sum depends on the shape only, so 1 and 2 OpenMP threads give the same bits."""
-    x = _input((8, 40, 9, 7), fmt, seed=5)
-    w, b = torch.rand(40) + 0.5, torch.randn(40)
-    dy = _input((8, 40, 9, 7), fmt, seed=6)
+    monkeypatch.setattr(native, "_GRAIN", 1)  # 2 threads even on this small input
+    # values over many binades, so that float64 sums in another order round differently
+    # (float64 data: float32 outputs would round the last bits of float64 sums away)
+    shape, f64 = (16, 40, 15, 13), torch.float64
+    x = _input(shape, None, f64, seed=5) * _input(shape, None, f64, seed=7, loc=0.0, scale=4.0).exp()
+    x = x.contiguous(memory_format=fmt) if fmt is not None else x
+    w, b = torch.rand(40, dtype=f64) + 0.5, torch.randn(40, dtype=f64)
+    dy = _input(shape, fmt, f64, seed=6)
     before = torch.get_num_threads()
     outs = []
     try:
@@ -299,9 +304,10 @@ def test_truncated_library_is_rebuilt(tmp_path):
 
 @needs_lib
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork()")
-def test_a_forked_child_does_not_hang():
+def test_a_forked_child_does_not_hang(monkeypatch):
     """After the parent ran 2 OpenMP threads, a fork()ed child (multiprocessing's default on Linux) runs the
     kernels on one thread: GNU OpenMP's pool does not survive fork, and 2 threads there hang for ever."""
+    monkeypatch.setattr(native, "_GRAIN", 1)  # 2 threads even on this small input
     x = _input((16, 8, 8, 8), None, seed=9)
     before = torch.get_num_threads()
     torch.set_num_threads(2)

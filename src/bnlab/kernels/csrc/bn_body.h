@@ -3,7 +3,7 @@
 /* statistics (bnlab.moments.batch_stats): shifted float64 sums; NCHW, one channel per thread */
 static int CAT(stats_nchw_, SFX)(const T *x, int64_t n, int64_t c, int64_t s, double *mean, double *var, int nt) {
     int ok = 1;
-    #pragma omp parallel for num_threads(nt) schedule(static) reduction(&&:ok)
+    #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static) reduction(&&:ok)
     for (int64_t ch = 0; ch < c; ch++) {
         const double k = (double)x[ch * s];
         double a1[LANES] = {0}, a2[LANES] = {0}, t1 = 0, t2 = 0;
@@ -102,7 +102,7 @@ static int CAT(stats_cl_, SFX)(const T *x, int64_t rows, int64_t c, double *mean
     if (!part) return -1;
     double *k = part + 2 * nb * c;
     for (int64_t ch = 0; ch < c; ch++) k[ch] = (double)x[ch];
-    #pragma omp parallel for num_threads(nt) schedule(static)
+    #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
     for (int64_t b = 0; b < nb; b++)
         CAT(cl_sums_, SFX)(x, NULL, NULL, rows * b / nb, rows * (b + 1) / nb, c, k, part + 2 * b * c, part + 2 * b * c + c);
     int ok = 1;
@@ -119,7 +119,7 @@ static int CAT(stats_cl_, SFX)(const T *x, int64_t rows, int64_t c, double *mean
 static void CAT(affine_, SFX)(const T *x, int64_t n, int64_t c, int64_t s, int cl, const double *a,
                          const double *sh, const double *b, int relu, T *y, int nt) {
     if (!cl) {
-        #pragma omp parallel for num_threads(nt) schedule(static)
+        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
         for (int64_t r = 0; r < n * c; r++) {
             const int64_t ch = r % c;
             const T ac = (T)a[ch], sc = (T)sh[ch], bc = (T)b[ch];
@@ -139,7 +139,7 @@ static void CAT(affine_, SFX)(const T *x, int64_t n, int64_t c, int64_t s, int c
     if (!co) return;
     for (int64_t ch = 0; ch < c; ch++) { co[ch] = (T)a[ch]; co[c + ch] = (T)sh[ch]; co[2 * c + ch] = (T)b[ch]; }
     const T *ac = co, *sc = co + c, *bc = co + 2 * c;
-    #pragma omp parallel for num_threads(nt) schedule(static)
+    #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
     for (int64_t r = 0; r < n * s; r++) {
         const T *xr = x + r * c;
         T *yr = y + r * c;
@@ -195,7 +195,7 @@ int CAT(bn_backward_, SFX)(const T *dy, const T *x, const T *yr, int64_t n, int6
     double *s1 = buf, *s2 = buf + c, *invstd = buf + 2 * c, *cc = buf + 3 * c, *dd = buf + 4 * c, *ee = buf + 5 * c;
     for (int64_t ch = 0; ch < c; ch++) invstd[ch] = 1.0 / sqrt((double)var_in[ch] + eps);
     if (reduce && !cl) {
-        #pragma omp parallel for num_threads(nt) schedule(static)
+        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
         for (int64_t ch = 0; ch < c; ch++) {
             const double mu = (double)mean_in[ch];
             double a1[LANES] = {0}, a2[LANES] = {0}, t1 = 0, t2 = 0;
@@ -225,7 +225,7 @@ int CAT(bn_backward_, SFX)(const T *dy, const T *x, const T *yr, int64_t n, int6
         if (!part) { free(buf); return -1; }
         double *mu = part + 2 * nb * c;
         for (int64_t ch = 0; ch < c; ch++) mu[ch] = (double)mean_in[ch];
-        #pragma omp parallel for num_threads(nt) schedule(static)
+        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
         for (int64_t b = 0; b < nb; b++)
             CAT(cl_sums_, SFX)(x, dy, yr, rows * b / nb, rows * (b + 1) / nb, c, mu, part + 2 * b * c,
                                part + 2 * b * c + c);
@@ -252,7 +252,7 @@ int CAT(bn_backward_, SFX)(const T *dy, const T *x, const T *yr, int64_t n, int6
         ee[ch] = -gc * sum_dy / m;
     }
     if (!cl) {
-        #pragma omp parallel for num_threads(nt) schedule(static)
+        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
         for (int64_t r = 0; r < n * c; r++) {
             const int64_t ch = r % c;
             const T c1 = (T)cc[ch], d1 = (T)dd[ch], e1 = (T)ee[ch], mu = mean_in[ch];
@@ -273,7 +273,7 @@ int CAT(bn_backward_, SFX)(const T *dy, const T *x, const T *yr, int64_t n, int6
             co[ch] = (T)cc[ch]; co[c + ch] = (T)dd[ch]; co[2 * c + ch] = (T)ee[ch]; co[3 * c + ch] = mean_in[ch];
         }
         const T *c1 = co, *d1 = co + c, *e1 = co + 2 * c, *mu = co + 3 * c;
-        #pragma omp parallel for num_threads(nt) schedule(static)
+        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
         for (int64_t r = 0; r < n * s; r++) {
             const T *xr = x + r * c, *gr = dy + r * c, *yy = yr ? yr + r * c : NULL;
             T *o = dx + r * c;
