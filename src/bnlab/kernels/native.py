@@ -264,8 +264,11 @@ def _vec(t: torch.Tensor | None, c: int) -> torch.Tensor | None:
 
 
 def _shape(x: torch.Tensor) -> tuple[int, int, int, int]:
+    """(N, C, S = the values per sample and channel, layout); S = 1 (an (N, C) input, or H·W = 1) is
+    channels_last whatever the strides say: rows of C contiguous values, summed a row at a time."""
     n, c = x.shape[0], x.shape[1]
-    return n, c, x.numel() // (n * c), _layout(x)
+    s = x.numel() // (n * c)
+    return n, c, s, 1 if s == 1 else _layout(x)
 
 
 def _run_forward(x, weight, bias, eps, want_y: bool, relu: bool):
