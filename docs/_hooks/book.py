@@ -473,7 +473,7 @@ def cpu_table(lang: str = "en") -> str:
     threads = "threads" if lang == "en" else "hilos"
     pure = any("pure_ms" in r for r in d["rows"])  # bnlab with its compiled family switched off
     if pure:
-        head[4:4] = ["pure ms", "pure ÷ torch"] if lang == "en" else ["pura ms", "pura ÷ torch"]
+        head[5:5] = ["pure ms", "pure ÷ torch"] if lang == "en" else ["pura ms", "pura ÷ torch"]
     rows = []
     for r in d["rows"]:
         comp = r.get("compiled_ms")
