@@ -149,7 +149,18 @@ def _build(cc: str, flags: list[str], target: Path) -> bool:
 
 
 def _load(path: Path):
-    lib = ctypes.CDLL(str(path))
+    # torch brings its own OpenMP runtime; ours (the system's libgomp) is a second thread pool. Idle threads of
+    # a GNU pool spin for a while by default, taking the cores from the other pool's next parallel region, so
+    # ours starts passive (its threads sleep at once; it only runs above _GRAIN values per thread) unless the
+    # user chose a policy. libgomp reads the variable when it is loaded; the environment is restored after.
+    chosen = "OMP_WAIT_POLICY" in os.environ
+    if not chosen:
+        os.environ["OMP_WAIT_POLICY"] = "passive"
+    try:
+        lib = ctypes.CDLL(str(path))
+    finally:
+        if not chosen:
+            os.environ.pop("OMP_WAIT_POLICY", None)
     if lib.bnlab_native_abi() != ABI:
         raise OSError(f"{path}: ABI {lib.bnlab_native_abi()} != {ABI}")
     p, i64, i, d = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double
