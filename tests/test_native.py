@@ -2,7 +2,7 @@
 
 Every test that needs the library skips where no C compiler built it (the fallback tests below run anyway,
 in subprocesses with a fresh cache directory). The pure chain (cpu → composed) is the same code with the
-library switched off (``_pure`` fixture: what ``BNLAB_NATIVE=0`` or a missing compiler gives).
+library switched off (``native._state['lib'] = None``: what ``BNLAB_NATIVE=0`` or a missing compiler gives).
 """
 
 from __future__ import annotations
@@ -44,12 +44,6 @@ def _input(shape, fmt, dtype=torch.float32, seed=0, loc=1.5, scale=2.0):
 
 def _axes(x):
     return tuple(a for a in range(x.dim()) if a != 1)
-
-
-@pytest.fixture
-def _pure(monkeypatch):
-    """The library switched off in this process: the chain starts at cpu."""
-    monkeypatch.setitem(native._state, "lib", None)
 
 
 @needs_lib
