@@ -1,7 +1,7 @@
 """The compiled CPU family (bnlab.kernels.native) against float64 NumPy and the pure families.
 
 Every test that needs the library skips where no C compiler built it (the fallback tests below run anyway,
-in subprocesses with a fresh cache directory). The pure chain (cpu → composed) is the same code with the
+with a fresh cache directory, one in a subprocess). The pure chain (cpu → composed) is the same code with the
 library switched off (``native._state['lib'] = None``: what ``BNLAB_NATIVE=0`` or a missing compiler gives).
 """
 
