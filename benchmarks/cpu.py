@@ -14,6 +14,10 @@ handed back to the OS and faulted in again costs ~0.2 ms per MB here); ``ratio``
 < 1 means bnlab is faster. All inputs are float32. It is a benchmark, not a test: it prints numbers and
 never fails on slowness.
 
+``bnlab`` is what a user gets: the head of the CPU chain, the compiled family (:mod:`bnlab.kernels.native`)
+where a C compiler built it. ``pure`` is the same bnlab call with that family switched off (the pure-torch
+``cpu`` family runs, as on a machine without a compiler), timed in the same turns (``--no-pure`` skips it).
+
 Cases (native = what a torch user runs today):
 - ``fwd train NCHW``: ``bnlab.nn.functional.batch_norm(x, rm, rv, w, b, training=True)`` vs
   ``torch.nn.functional.batch_norm`` with the same arguments (both update the running statistics);
@@ -49,6 +53,7 @@ import torch
 
 import bnlab.nn.functional as BF
 from bnlab import reference as ref
+from bnlab.kernels import native as native_family
 
 SHAPES = [(32, 64, 56, 56), (32, 256, 28, 28), (64, 512, 14, 14), (128, 64, 28, 28), (256, 32, 8, 8)]
 QUICK_SHAPES = [(32, 64, 56, 56), (256, 32, 8, 8)]
@@ -109,6 +114,20 @@ def interleaved(
     return {name: (_STAT(ts), statistics.fmean(faults[name])) for name, ts in times.items()}
 
 
+def pure(fn):
+    """``fn`` run with the compiled family switched off (the chain starts at the pure ``cpu`` family)."""
+
+    def run():
+        saved = native_family._state.get("lib")
+        native_family._state["lib"] = None
+        try:
+            return fn()
+        finally:
+            native_family._state["lib"] = saved
+
+    return run
+
+
 class Inputs:
     """Tensors for one shape: x (NCHW and channels_last), parameters, running stats, dy; NumPy copies."""
 
@@ -149,6 +168,16 @@ def _bwd(fn, t: Inputs):
     return lambda: torch.autograd.grad(y, (xr, w, b), t.dy, retain_graph=True)
 
 
+class _Reference:
+    """A NumPy reference call (no kernel family: no ``pure`` variant)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self):
+        return self.fn()
+
+
 def compile_peer(t: Inputs):
     """torch.compile of the same F.batch_norm call; returns (callable, seconds of the first call).
 
@@ -163,10 +192,13 @@ def compile_peer(t: Inputs):
     return (lambda: compiled(t.x, t.rm, t.rv, t.w, t.b)), time.perf_counter() - t0
 
 
-def run_shape(shape, repeats: int, block: int, use_compile: bool, cases) -> list[dict]:
+def run_shape(shape, repeats: int, block: int, use_compile: bool, cases, with_pure: bool = True) -> list[dict]:
     t = Inputs(shape)
+    with_pure = with_pure and native_family.available()
 
     def timed(variants):
+        if with_pure and "ours" in variants and not isinstance(variants["ours"], _Reference):
+            variants = {**variants, "pure": pure(variants["ours"])}
         return interleaved(variants, repeats, block)
 
     def ms(result, name):
@@ -178,6 +210,8 @@ def run_shape(shape, repeats: int, block: int, use_compile: bool, cases) -> list
     def add(case, result, extra=None):
         row = {"case": case, "shape": shape, "native": result["native"][0], "ours": result["ours"][0]}
         row["faults"] = (result["native"][1], result["ours"][1])
+        if "pure" in result:
+            row["pure"] = result["pure"][0]
         row.update(extra or {})
         rows.append(row)
 
@@ -219,12 +253,12 @@ def run_shape(shape, repeats: int, block: int, use_compile: bool, cases) -> list
     if "ref fwd" in cases:
         variants = {
             "native": lambda: F.batch_norm(t.x, None, None, t.w, t.b, training=True),
-            "ours": lambda: ref.forward(t.x_np, t.w_np, t.b_np, axes=axes),
+            "ours": _Reference(lambda: ref.forward(t.x_np, t.w_np, t.b_np, axes=axes)),
         }
         add("ref fwd", timed(variants))
     if "ref bwd" in cases:
         _, cache = ref.forward(t.x_np, t.w_np, t.b_np, axes=axes)
-        variants = {"native": _bwd(F.batch_norm, t), "ours": lambda: ref.backward(t.dy_np, cache)}
+        variants = {"native": _bwd(F.batch_norm, t), "ours": _Reference(lambda: ref.backward(t.dy_np, cache))}
         add("ref bwd", timed(variants))
     return rows
 
@@ -239,9 +273,9 @@ def format_table(rows: list[dict]) -> str:
     """One table, every thread count (``rows`` carry ``threads`` and ``copy_bps``)."""
     head = (
         "| threads | case | shape | native ms | bnlab ms | ratio bnlab/native | % copy native, bnlab "
-        "| faults/call native, bnlab | compiled ms | ratio compiled/native | compile s |"
+        "| faults/call native, bnlab | pure ms | ratio pure/native | compiled ms | ratio compiled/native | compile s |"
     )
-    lines = [head, "|" + "---|" * 11]
+    lines = [head, "|" + "---|" * 13]
     for r in rows:
         shape = "x".join(map(str, r["shape"]))
         comp = r.get("compiled")
@@ -249,10 +283,12 @@ def format_table(rows: list[dict]) -> str:
         comp_ratio = f"{comp / r['native']:.2f}" if comp is not None else ""
         comp_s = f"{r['compile_s']:.1f}" if "compile_s" in r else ""
         pct = bandwidth_pct(r, r["copy_bps"])
+        pure_ms = f"{r['pure'] * 1e3:.2f}" if r.get("pure") is not None else ""
+        pure_ratio = f"{r['pure'] / r['native']:.2f}" if r.get("pure") is not None else ""
         lines.append(
             f"| {r['threads']} | {r['case']} | {shape} | {r['native'] * 1e3:.2f} | {r['ours'] * 1e3:.2f} | "
             f"{r['ours'] / r['native']:.2f} | {pct[0]:.0f}, {pct[1]:.0f} | "
-            f"{r['faults'][0]:.0f}, {r['faults'][1]:.0f} | "
+            f"{r['faults'][0]:.0f}, {r['faults'][1]:.0f} | {pure_ms} | {pure_ratio} | "
             f"{comp_ms} | {comp_ratio} | {comp_s} |"
         )
     return "\n".join(lines)
@@ -268,6 +304,7 @@ def main(argv=None) -> int:
     )
     p.add_argument("--quick", action="store_true", help="two shapes, 5 repeats")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile peer")
+    p.add_argument("--no-pure", dest="pure", action="store_false", help="skip bnlab's pure family (no compiled code)")
     p.add_argument(
         "--warm-compile-cache",
         action="store_true",
@@ -295,16 +332,18 @@ def main(argv=None) -> int:
         f"float32, {args.stat} over {repeats} turns of blocks of {args.block} calls, default allocator, "
         "results dropped each call; ratio < 1: bnlab faster"
     )
+    lib = native_family.library_path()
+    print(f"# bnlab's CPU family: {'native (compiled: ' + lib.name + ')' if lib else 'cpu (no compiled family)'}")
     measured, copy = [], {}
     for threads in (int(s) for s in args.threads.split(",")):
         torch.set_num_threads(threads)
         copy[threads] = copy_bandwidth()
         print(f"# {threads} thread(s): copy bandwidth {copy[threads] / 1e9:.1f} GB/s", flush=True)
         for shape in shapes:
-            rows = run_shape(shape, repeats, args.block, args.compile, cases)
+            rows = run_shape(shape, repeats, args.block, args.compile, cases, args.pure)
             measured += [{"threads": threads, "copy_bps": copy[threads], **r} for r in rows]
         if "fwd+bwd NCHW" in cases and SMALL not in shapes:
-            rows = run_shape(SMALL, repeats, args.block, False, {"fwd+bwd NCHW"})
+            rows = run_shape(SMALL, repeats, args.block, False, {"fwd+bwd NCHW"}, args.pure)
             measured += [{"threads": threads, "copy_bps": copy[threads], **r} for r in rows]
     print()
     print(format_table(measured), flush=True)
@@ -334,10 +373,14 @@ def write_json(path: str, rows: list[dict], **settings) -> None:
                "native_ms": r["native"] * 1e3, "bnlab_ms": r["ours"] * 1e3, "ratio": r["ours"] / r["native"],
                "faults_per_call": list(r["faults"]), "min_passes": PASSES[r["case"]],
                "copy_pct": [round(float(v), 1) for v in bandwidth_pct(r, r["copy_bps"])]}  # fmt: skip
+        if r.get("pure") is not None:
+            row.update(pure_ms=r["pure"] * 1e3, pure_ratio=r["pure"] / r["native"])
         if r.get("compiled") is not None:
             row.update(compiled_ms=r["compiled"] * 1e3, compile_s=r.get("compile_s"))
         out.append(row)
-    meta = {"torch": torch.__version__, "numpy": np.__version__, **machine(), **settings}
+    lib = native_family.library_path()
+    meta = {"torch": torch.__version__, "numpy": np.__version__, **machine(), **settings,
+            "bnlab_family": "native" if lib else "cpu"}  # fmt: skip
     with open(path, "w", encoding="utf-8") as f:
         json.dump({**meta, "rows": out}, f, indent=1)
         f.write("\n")

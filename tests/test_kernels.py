@@ -16,7 +16,7 @@ import torch
 import bnlab.nn.functional as BF
 from bnlab import kernels
 from bnlab import reference as ref
-from bnlab.kernels import composed, cpu
+from bnlab.kernels import composed, cpu, native
 
 EPS = 1e-5
 CL = torch.channels_last
@@ -36,7 +36,9 @@ CASES = [
     ("strided", (4, 3, 5, 12), (0, 2, 3), "strided"),
 ]
 ROUTED = {"nchw", "ncl", "ncdhw", "channels_last", "channels_last_3d", "batch_of_1"}
-KERNELS = {"composed": composed, "cpu": cpu}
+KERNELS = {"composed": composed, "cpu": cpu, "native": native}  # native: the compiled family (or, without a
+# compiler, its chain: cpu)
+CPU_HEAD = native if native.available() else cpu  # the head of the CPU chain that runs
 
 
 @pytest.fixture(autouse=True)
@@ -92,7 +94,7 @@ def _tol(dtype):
 
 
 def test_select_and_routing():
-    assert kernels.select(torch.zeros(2, 3)) is cpu
+    assert kernels.select(torch.zeros(2, 3)) is native  # the CPU chain's head (covers nothing without a compiler)
     for name, shape, axes, fmt in CASES:
         x = _input(shape, fmt)
         assert cpu.fast_path(x, axes) == (name in ROUTED), name
@@ -468,7 +470,7 @@ def test_cuda_family_choice_is_validated_and_cpu_unaffected():
     assert kernels._cuda_choice == "triton"
     kernels.use_cuda_family("composed")
     try:
-        assert kernels.select(torch.zeros(2, 3)) is cpu
+        assert kernels.select(torch.zeros(2, 3)) is native
         assert kernels.select(torch.zeros(2, 3, device="meta")) is composed
     finally:
         kernels.use_cuda_family("triton")
@@ -524,7 +526,7 @@ def test_every_family_satisfies_the_contract_with_its_argument_order():
     from bnlab.kernels import contract
 
     proto = contract.KernelFamily
-    for fam in (composed, cpu, kernels.cuda):
+    for fam in (composed, cpu, native, kernels.cuda):
         assert isinstance(fam, proto), fam.NAME
         for op in contract.OPS:
             want = [p for p in inspect.signature(getattr(proto, op)).parameters if p != "self"]
@@ -532,22 +534,24 @@ def test_every_family_satisfies_the_contract_with_its_argument_order():
 
 
 def test_select_walks_one_chain_per_device():
-    """cpu → composed on the CPU, triton → cuda → composed on CUDA; the first family that covers a call runs."""
+    """native → cpu → composed on the CPU, triton → cuda → composed on CUDA; the first family that covers a call
+    runs."""
     x = _input((4, 3, 5, 6), None)
-    assert kernels.chain("cpu") == (cpu, composed)
+    assert kernels.chain("cpu") == (native, cpu, composed)
     assert kernels.chain("meta") == (composed,)
     assert [f.NAME for f in kernels.chain("cuda")][-2:] == ["cuda", "composed"]
     w, b = _params((3,))
     for op, tensors in (("batch_stats", ()), ("forward", (w, b))):
-        assert kernels.select(x, (0, 2, 3), *tensors, op=op) is cpu
+        assert kernels.select(x, (0, 2, 3), *tensors, op=op) is CPU_HEAD
         assert kernels.select(x, (0,), *tensors, op=op) is composed  # per-activation: not covered by cpu
     wg = w.clone().requires_grad_()
     assert kernels.select(x, (0, 2, 3), wg, b, op="forward") is composed  # autograd records: composed
     with torch.no_grad():
-        assert kernels.select(x, (0, 2, 3), wg, b, op="forward") is cpu
+        assert kernels.select(x, (0, 2, 3), wg, b, op="forward") is CPU_HEAD
     mean, var = composed.batch_stats(x, (0, 2, 3))
-    assert kernels.select(x, (0, 2, 3), mean, var, w, b, op="normalize") is cpu
+    assert kernels.select(x, (0, 2, 3), mean, var, w, b, op="normalize") is CPU_HEAD
     assert kernels.select(x, (0, 2, 3), mean.double(), var, w, b, op="normalize") is composed  # dtypes torch refuses
+    assert kernels.select(x.half(), (0, 2, 3), op="batch_stats") is cpu  # fp16: native declines, cpu covers
     with pytest.raises(ValueError, match="unknown kernel operation"):
         kernels.select(x, (0, 2, 3), op="fold")
 
@@ -562,6 +566,8 @@ def test_cpu_covers_nothing_it_cannot_compute(name, shape, axes, fmt):
              "backward": (x, mean, var, w, None)}  # fmt: skip
     for op, tensors in calls.items():
         assert not cpu.covers(x, axes, *tensors, op=op), (name, op)
+        if name != "nc":  # (N, C): channels_last rows of C values, computed by native
+            assert not native.covers(x, axes, *tensors, op=op), (name, op)
 
 
 def test_global_sums_backward_matches_local_and_float64():
@@ -573,7 +579,7 @@ def test_global_sums_backward_matches_local_and_float64():
     mean, var = composed.batch_stats(x, (0, 2, 3))
     _, sdx, sdy = composed.backward(dy, x, mean, var, torch.ones_like(w), EPS, (0, 2, 3), (False, True, True))
     want = composed.backward(dy, x, mean, var, w, EPS, (0, 2, 3))[0]
-    for fam in (composed, cpu):
+    for fam in (composed, cpu, native):
         got = fam.backward(dy, x, mean, var, w, EPS, (0, 2, 3), (True, False, False), sums=(sdy, sdx, 6 * 20))[0]
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     # two shards: each shard's dx with the global sums equals the whole batch's dx (float64 autograd)
@@ -585,7 +591,7 @@ def test_global_sums_backward_matches_local_and_float64():
         xs, dys = x[sl], dy[sl]
         parts.append(composed.backward(dys, xs, mean, var, torch.ones_like(w), EPS, (0, 2, 3), (False, True, True)))
     sums = (parts[0][2] + parts[1][2], parts[0][1] + parts[1][1], 6 * 20)
-    for fam in (composed, cpu):
+    for fam in (composed, cpu, native):
         dx = torch.cat([fam.backward(dy[sl], x[sl], mean, var, w, EPS, (0, 2, 3), (True, False, False), sums=sums)[0]
                         for sl in (slice(0, 2), slice(2, 6))])  # fmt: skip
         torch.testing.assert_close(dx.double(), xd.grad, rtol=1e-4, atol=1e-6)
@@ -655,4 +661,4 @@ def test_statistics_within_1e6_of_float64_at_1e7_values_and_offset_1e4(fmt, shap
     for mean, var in (cpu.batch_stats(x, (0, 2, 3)), cpu.forward(x, None, None, EPS, (0, 2, 3))[1:]):
         assert mean.dtype == var.dtype == torch.float32
         assert ((mean.double() - mean64).abs() / mean64.abs()).max() < 1e-6
-        assert ((var.double() - var64).abs() / var64).max() < 1e-6, (var.double() / var64 - 1)
+        assert ((var.double() - var64).abs() / var64).max() < 1e-6, var.double() / var64 - 1

@@ -471,6 +471,9 @@ def cpu_table(lang: str = "en") -> str:
             "compilación s",
         ]
     threads = "threads" if lang == "en" else "hilos"
+    pure = any("pure_ms" in r for r in d["rows"])  # bnlab with its compiled family switched off
+    if pure:
+        head[5:5] = ["pure ms", "pure ÷ torch"] if lang == "en" else ["pura ms", "pura ÷ torch"]
     rows = []
     for r in d["rows"]:
         comp = r.get("compiled_ms")
@@ -481,6 +484,9 @@ def cpu_table(lang: str = "en") -> str:
                 num(r["native_ms"], lang, 2),
                 num(r["bnlab_ms"], lang, 2),
                 f"**{num(r['ratio'], lang, 2)}**",
+                *([num(r["pure_ms"], lang, 2), num(r["pure_ratio"], lang, 2)] if "pure_ms" in r else ["", ""])[
+                    : 2 if pure else 0
+                ],
                 ", ".join(num(x, lang) for x in r["faults_per_call"]),
                 num(comp, lang, 2) if comp is not None else "",
                 num(r["compile_s"], lang, 1) if comp else "",

@@ -6,8 +6,8 @@ L = "tests/test_layers.py::"
 
 BUGS = [
     dict(name="chain-skips-cpu-family", path="src/bnlab/kernels/contract.py",
-         old='CHAINS: dict[str, tuple[str, ...]] = {"cpu": ("cpu", "composed"),',
-         new='CHAINS: dict[str, tuple[str, ...]] = {"cpu": ("composed",),',
+         old='CHAINS: dict[str, tuple[str, ...]] = {"cpu": ("native", "cpu", "composed"),',
+         new='CHAINS: dict[str, tuple[str, ...]] = {"cpu": ("native", "composed"),',
          tests=[K + "test_select_walks_one_chain_per_device", K + "test_select_and_routing"]),
     dict(name="walk-ignores-covers", path="src/bnlab/kernels/contract.py",
          old="        if fam.covers(x, axes, *tensors, op=op):",

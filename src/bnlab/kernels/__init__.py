@@ -1,13 +1,16 @@
 """Fast paths for the batch-norm transform, behind one written contract and one chain per device.
 
-Every family (:mod:`.composed`, :mod:`.cpu`, :mod:`.cuda`, :mod:`.triton`) satisfies
+Every family (:mod:`.composed`, :mod:`.native`, :mod:`.cpu`, :mod:`.cuda`, :mod:`.triton`) satisfies
 :class:`.contract.KernelFamily` — ``batch_stats``, ``normalize``, ``forward``, ``backward`` with the argument
 order stated there once, and ``covers(x, axes, *tensors, op)`` — and is checked against the same float64
 computations by ``tests/test_kernels.py`` (and ``tests/test_triton.py``). :func:`select` walks one ordered
 chain per device, and the first family whose ``covers`` is true runs:
 
-    cpu:  cpu → composed         cuda: triton → cuda → composed         other devices: composed
+    cpu:  native → cpu → composed         cuda: triton → cuda → composed         other devices: composed
 
+- :mod:`.native`: compiled C + OpenMP kernels for per-channel BN on dense float32/float64 NCHW or
+  channels_last inputs, built at first use with the system C compiler (none, or ``BNLAB_NATIVE=0``: it
+  covers nothing and :mod:`.cpu` runs);
 - :mod:`.cpu`: per-channel BN on dense NCHW / channels_last inputs by cache-friendly row statistics and
   torch's native normalize/backward kernels (see ``docs/performance.md``);
 - :mod:`.triton`: bnlab's Triton kernels (split reductions, ≤ 2 launches per direction), when triton is
@@ -27,9 +30,9 @@ from __future__ import annotations
 import os
 import warnings
 
-from . import composed, contract, cpu, cuda
+from . import composed, contract, cpu, cuda, native
 
-__all__ = ["composed", "contract", "cpu", "cuda", "select", "chain", "use_cuda_family", "triton_family"]
+__all__ = ["composed", "contract", "cpu", "cuda", "native", "select", "chain", "use_cuda_family", "triton_family"]
 
 _FAMILIES = contract.CHAINS["cuda"]
 _cuda_choice = os.environ.get("BNLAB_CUDA_KERNELS", "triton")
@@ -65,7 +68,7 @@ def chain(device: str) -> tuple:
 def select(x, axes=None, *tensors, op: str | None = None):
     """The kernels for ``x``.
 
-    ``select(x)``: the head of x's chain (:mod:`.cpu` on the CPU; on CUDA :mod:`.triton`, or :mod:`.cuda`
+    ``select(x)``: the head of x's chain (:mod:`.native` on the CPU; on CUDA :mod:`.triton`, or :mod:`.cuda`
     without triton or as :func:`use_cuda_family` says; :mod:`.composed` elsewhere) — its functions walk the
     chain call by call. ``select(x, axes, *tensors, op=...)``: the family that runs that call, the first of
     the chain whose ``covers(x, axes, *tensors, op=op)`` is true (tensors in the order of

@@ -1,11 +1,11 @@
 """The kernel contract: what every family offers, the helpers they share, and the one chain walk.
 
-A *family* (:mod:`.composed`, :mod:`.cpu`, :mod:`.cuda`, :mod:`.triton`) is a module that satisfies
+A *family* (:mod:`.composed`, :mod:`.native`, :mod:`.cpu`, :mod:`.cuda`, :mod:`.triton`) is a module that satisfies
 :class:`KernelFamily`: four functions with the argument order stated once below, and ``covers``, which says
 whether the family computes a call exactly (bnlab's numerical policy) for these tensors. Families never call
 one another to hand over what they do not cover: :func:`first_covering` walks one ordered chain per device,
 
-    cpu:  cpu → composed            cuda: triton → cuda → composed            other devices: composed
+    cpu:  native → cpu → composed   cuda: triton → cuda → composed            other devices: composed
 
 and the first family whose ``covers`` is true runs (a family may also *decline* at run time, e.g. Triton
 kernels that fail to compile, by raising :class:`Declined`: the walk goes on). Each family's public
@@ -48,7 +48,7 @@ __all__ = [
 OPS = ("batch_stats", "normalize", "forward", "backward")
 
 #: One ordered chain per device type; :mod:`.composed` (covers everything) ends every chain.
-CHAINS: dict[str, tuple[str, ...]] = {"cpu": ("cpu", "composed"), "cuda": ("triton", "cuda", "composed")}
+CHAINS: dict[str, tuple[str, ...]] = {"cpu": ("native", "cpu", "composed"), "cuda": ("triton", "cuda", "composed")}
 _TAIL = ("composed",)
 
 

@@ -1,10 +1,10 @@
-"""CPU fast paths for the batch-norm transform (the contract of :mod:`.contract`; chain: cpu → composed).
+"""CPU fast paths for the batch-norm transform (the contract of :mod:`.contract`; chain: native → cpu → composed).
 
-:func:`bnlab.kernels.select` gives this family for CPU tensors. :func:`covers` says what it computes exactly
-(statistics in at least float32 by a stable method); the chain walk of :mod:`.contract` sends whatever it
-does not cover to :mod:`.composed` unchanged. The fast paths apply to convolutional BN in torch's
-convention — a dense (contiguous or channels_last) input of 3 or more dimensions, reduce axes = every axis
-but 1 — without autograd recording the call:
+:func:`bnlab.kernels.select` gives this family for CPU calls that :mod:`.native` does not cover. :func:`covers`
+says what it computes exactly (statistics in at least float32 by a stable method); the chain walk of
+:mod:`.contract` sends whatever it does not cover to :mod:`.composed` unchanged. The fast paths apply to
+convolutional BN in torch's convention — a dense (contiguous or channels_last) input of 3 or more
+dimensions, reduce axes = every axis but 1 — without autograd recording the call:
 
 - **statistics** (training forward): the set B of channel c is split into its N rows x[n, c, ...]
   (m_r = p·q values each). Each row gets a two-pass mean and M2 = Σ (x − μ_r)² from stock reductions

@@ -1,0 +1,293 @@
+/* bnlab native kernels, written once for a float type: bn.c includes this file with T = float, SFX = f32 and
+ * T = double, SFX = f64 (every function name ends in _f32 / _f64). */
+/* statistics (bnlab.moments.batch_stats): shifted float64 sums; NCHW, one channel per thread */
+static int CAT(stats_nchw_, SFX)(const T *x, int64_t n, int64_t c, int64_t s, double *mean, double *var, int nt) {
+    int ok = 1;
+    #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static) reduction(&&:ok)
+    for (int64_t ch = 0; ch < c; ch++) {
+        const double k = (double)x[ch * s];
+        double a1[LANES] = {0}, a2[LANES] = {0}, t1 = 0, t2 = 0;
+        for (int64_t i = 0; i < n; i++) {
+            const T *row = x + (i * c + ch) * s;
+            int64_t j = 0;
+            for (; j + LANES <= s; j += LANES)
+                for (int l = 0; l < LANES; l++) {
+                    double d = (double)row[j + l] - k;
+                    a1[l] += d;
+                    a2[l] += d * d;
+                }
+            for (; j < s; j++) {
+                double d = (double)row[j] - k;
+                t1 += d;
+                t2 += d * d;
+            }
+        }
+        for (int l = 0; l < LANES; l++) { t1 += a1[l]; t2 += a2[l]; }
+        ok = finish((double)n * (double)s, k, t1, t2, mean + ch, var + ch) && ok;
+    }
+    return ok;
+}
+
+/* 4 values of T from memory (any alignment), as float64 */
+static inline v4d CAT(load4_, SFX)(const T *p) {
+    T v __attribute__((vector_size(4 * sizeof(T))));
+    memcpy(&v, p, sizeof v);
+    return __builtin_convertvector(v, v4d);
+}
+
+/* one tile of 4*NQ channels (NQ <= CL_TILE/4) over rows [q0, q1): float64 accumulators in registers */
+static inline __attribute__((always_inline)) void CAT(cl_tile_, SFX)(const T *x, const T *g, const T *ym, int64_t q0,
+        int64_t q1, int64_t c, int64_t ch0, const int NQ, const double *k, double *p1, double *p2) {
+    v4d a1[NQ], a2[NQ], kk[NQ];
+    for (int q = 0; q < NQ; q++) {
+        a1[q] = (v4d){0, 0, 0, 0};
+        a2[q] = (v4d){0, 0, 0, 0};
+        memcpy(&kk[q], k + ch0 + 4 * q, sizeof(v4d));
+    }
+    if (!g) {
+        for (int64_t r = q0; r < q1; r++) {
+            const T *row = x + r * c + ch0;
+            for (int q = 0; q < NQ; q++) {
+                v4d d = CAT(load4_, SFX)(row + 4 * q) - kk[q];
+                a1[q] += d;
+                a2[q] += d * d;
+            }
+        }
+    } else {
+        for (int64_t r = q0; r < q1; r++) {
+            const T *row = x + r * c + ch0, *gr = g + r * c + ch0;
+            for (int q = 0; q < NQ; q++) {
+                v4d u = CAT(load4_, SFX)(gr + 4 * q);
+                if (ym) u = (v4d)((v4di)u & (CAT(load4_, SFX)(ym + r * c + ch0 + 4 * q) > 0));
+                a1[q] += u;
+                a2[q] += u * (CAT(load4_, SFX)(row + 4 * q) - kk[q]);
+            }
+        }
+    }
+    for (int q = 0; q < NQ; q++)
+        for (int l = 0; l < 4; l++) {
+            p1[ch0 + 4 * q + l] += a1[q][l];
+            p2[ch0 + 4 * q + l] += a2[q][l];
+        }
+}
+
+/* channels_last partial sums over rows [r0, r1) of C values each, added into p1, p2 (C doubles each):
+ * g = NULL: u = x - k, p1 += u, p2 += u*u (statistics); else u = g (0 where ym <= 0), p1 += u,
+ * p2 += u*(x - k) (backward). Rows go in chunks of CL_CHUNK, channels in tiles of CL_TILE whose float64
+ * accumulators stay in registers (the loop over the tile vectorizes); the order depends on the shape only. */
+static void CAT(cl_sums_, SFX)(const T *x, const T *g, const T *ym, int64_t r0, int64_t r1, int64_t c,
+                               const double *k, double *p1, double *p2) {
+    for (int64_t q0 = r0; q0 < r1; q0 += CL_CHUNK) {
+        const int64_t q1 = q0 + CL_CHUNK < r1 ? q0 + CL_CHUNK : r1;
+        int64_t ch0 = 0;
+        for (; ch0 + CL_TILE <= c; ch0 += CL_TILE) CAT(cl_tile_, SFX)(x, g, ym, q0, q1, c, ch0, CL_TILE / 4, k, p1, p2);
+        for (; ch0 + 4 <= c; ch0 += 4) CAT(cl_tile_, SFX)(x, g, ym, q0, q1, c, ch0, 1, k, p1, p2);
+        if (ch0 == c) continue;
+        for (int64_t r = q0; r < q1; r++) {
+            const int64_t o = r * c;
+            for (int64_t ch = ch0; ch < c; ch++) {
+                double xd = (double)x[o + ch] - k[ch];
+                double u = g ? ((ym && !(ym[o + ch] > 0)) ? 0.0 : (double)g[o + ch]) : xd;
+                p1[ch] += u;
+                p2[ch] += g ? u * xd : xd * xd;
+            }
+        }
+    }
+}
+
+/* statistics, channels_last: whole rows of C at once (the loop over C vectorizes), BLOCKS row blocks */
+static int CAT(stats_cl_, SFX)(const T *x, int64_t rows, int64_t c, double *mean, double *var, int nt) {
+    int64_t nb = rows < BLOCKS ? rows : BLOCKS;
+    double *part = (double *)calloc((size_t)(2 * nb * c + c), sizeof(double));
+    if (!part) return -1;
+    double *k = part + 2 * nb * c;
+    for (int64_t ch = 0; ch < c; ch++) k[ch] = (double)x[ch];
+    #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+    for (int64_t b = 0; b < nb; b++)
+        CAT(cl_sums_, SFX)(x, NULL, NULL, rows * b / nb, rows * (b + 1) / nb, c, k, part + 2 * b * c, part + 2 * b * c + c);
+    int ok = 1;
+    for (int64_t ch = 0; ch < c; ch++) {
+        double t1 = 0, t2 = 0;
+        for (int64_t b = 0; b < nb; b++) { t1 += part[2 * b * c + ch]; t2 += part[2 * b * c + c + ch]; }
+        ok = finish((double)rows, k[ch], t1, t2, mean + ch, var + ch) && ok;
+    }
+    free(part);
+    return ok;
+}
+
+/* y = (x - s)*a + b per channel, then max(y, 0) if relu (composed.normalize; one pass) */
+static void CAT(affine_, SFX)(const T *x, int64_t n, int64_t c, int64_t s, int cl, const double *a,
+                         const double *sh, const double *b, int relu, T *y, int nt) {
+    if (!cl) {
+        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+        for (int64_t r = 0; r < n * c; r++) {
+            const int64_t ch = r % c;
+            const T ac = (T)a[ch], sc = (T)sh[ch], bc = (T)b[ch];
+            const T *xr = x + r * s;
+            T *yr = y + r * s;
+            if (relu) {
+                #pragma omp simd
+                for (int64_t j = 0; j < s; j++) { T v = (xr[j] - sc) * ac + bc; yr[j] = v < 0 ? (T)0 : v; }
+            } else {
+                #pragma omp simd
+                for (int64_t j = 0; j < s; j++) yr[j] = (xr[j] - sc) * ac + bc;
+            }
+        }
+        return;
+    }
+    T *co = (T *)malloc((size_t)(3 * c) * sizeof(T));
+    if (!co) return;
+    for (int64_t ch = 0; ch < c; ch++) { co[ch] = (T)a[ch]; co[c + ch] = (T)sh[ch]; co[2 * c + ch] = (T)b[ch]; }
+    const T *ac = co, *sc = co + c, *bc = co + 2 * c;
+    #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+    for (int64_t r = 0; r < n * s; r++) {
+        const T *xr = x + r * c;
+        T *yr = y + r * c;
+        if (relu) {
+            #pragma omp simd
+            for (int64_t ch = 0; ch < c; ch++) { T v = (xr[ch] - sc[ch]) * ac[ch] + bc[ch]; yr[ch] = v < 0 ? (T)0 : v; }
+        } else {
+            #pragma omp simd
+            for (int64_t ch = 0; ch < c; ch++) yr[ch] = (xr[ch] - sc[ch]) * ac[ch] + bc[ch];
+        }
+    }
+    free(co);
+}
+
+/* training forward (composed.forward): statistics, then one fused normalize pass. Returns 1, 0 if some
+ * statistic is not finite (the caller falls back), -1 out of memory. mean/var out in T. */
+int CAT(bn_forward_, SFX)(const T *x, int64_t n, int64_t c, int64_t s, int cl, const T *w, const T *bias,
+                     double eps, int relu, T *y, T *mean_out, T *var_out, int nt) {
+    double *buf = (double *)malloc((size_t)(5 * c) * sizeof(double));
+    if (!buf) return -1;
+    double *mean = buf, *var = buf + c, *a = buf + 2 * c, *sh = buf + 3 * c, *b = buf + 4 * c;
+    int ok = cl ? CAT(stats_cl_, SFX)(x, n * s, c, mean, var, nt) : CAT(stats_nchw_, SFX)(x, n, c, s, mean, var, nt);
+    if (ok == 1) {
+        for (int64_t ch = 0; ch < c; ch++) { mean_out[ch] = (T)mean[ch]; var_out[ch] = (T)var[ch]; }
+        coefficients(c, mean, var, eps, a, sh, b, w, bias, sizeof(T) == 8);
+        if (y) CAT(affine_, SFX)(x, n, c, s, cl, a, sh, b, relu, y, nt);
+    }
+    free(buf);
+    return ok;
+}
+
+/* eval / normalize with given statistics (composed.normalize): one fused multiply-add pass */
+int CAT(bn_normalize_, SFX)(const T *x, int64_t n, int64_t c, int64_t s, int cl, const T *mean_in, const T *var_in,
+                       const T *w, const T *bias, double eps, T *y, int nt) {
+    double *buf = (double *)malloc((size_t)(5 * c) * sizeof(double));
+    if (!buf) return -1;
+    double *mean = buf, *var = buf + c, *a = buf + 2 * c, *sh = buf + 3 * c, *b = buf + 4 * c;
+    for (int64_t ch = 0; ch < c; ch++) { mean[ch] = mean_in[ch]; var[ch] = var_in[ch]; }
+    coefficients(c, mean, var, eps, a, sh, b, w, bias, sizeof(T) == 8);
+    CAT(affine_, SFX)(x, n, c, s, cl, a, sh, b, 0, y, nt);
+    free(buf);
+    return 1;
+}
+
+/* backward (composed.backward + composed.grad_coefficients): g = dy (0 where the ReLU output yr <= 0);
+ * sums[0] = sum g, sums[1] = sum g*(x - mu) per channel (float64, one pass; skipped when given_sums), then
+ * dx = c*g + d*(x - mu) + e in one pass. given_sums: (sum dy, sum dy*xhat) of a larger set of m values. */
+int CAT(bn_backward_, SFX)(const T *dy, const T *x, const T *yr, int64_t n, int64_t c, int64_t s, int cl,
+                      const T *mean_in, const T *var_in, const T *w, double eps, const double *given_sums,
+                      double m_given, int reduce, T *dx, T *dw, T *db, int nt) {
+    double *buf = (double *)calloc((size_t)(6 * c), sizeof(double));
+    if (!buf) return -1;
+    double *s1 = buf, *s2 = buf + c, *invstd = buf + 2 * c, *cc = buf + 3 * c, *dd = buf + 4 * c, *ee = buf + 5 * c;
+    for (int64_t ch = 0; ch < c; ch++) invstd[ch] = 1.0 / sqrt((double)var_in[ch] + eps);
+    if (reduce && !cl) {
+        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+        for (int64_t ch = 0; ch < c; ch++) {
+            const double mu = (double)mean_in[ch];
+            double a1[LANES] = {0}, a2[LANES] = {0}, t1 = 0, t2 = 0;
+            for (int64_t i = 0; i < n; i++) {
+                const int64_t o = (i * c + ch) * s;
+                const T *xr = x + o, *gr = dy + o, *yy = yr ? yr + o : NULL;
+                int64_t j = 0;
+                for (; j + LANES <= s; j += LANES)
+                    for (int l = 0; l < LANES; l++) {
+                        double g = (yy && !(yy[j + l] > 0)) ? 0.0 : (double)gr[j + l];
+                        a1[l] += g;
+                        a2[l] += g * ((double)xr[j + l] - mu);
+                    }
+                for (; j < s; j++) {
+                    double g = (yy && !(yy[j] > 0)) ? 0.0 : (double)gr[j];
+                    t1 += g;
+                    t2 += g * ((double)xr[j] - mu);
+                }
+            }
+            for (int l = 0; l < LANES; l++) { t1 += a1[l]; t2 += a2[l]; }
+            s1[ch] = t1;
+            s2[ch] = t2;
+        }
+    } else if (reduce) {
+        const int64_t rows = n * s, nb = rows < BLOCKS ? rows : BLOCKS;
+        double *part = (double *)calloc((size_t)(2 * nb * c + c), sizeof(double));
+        if (!part) { free(buf); return -1; }
+        double *mu = part + 2 * nb * c;
+        for (int64_t ch = 0; ch < c; ch++) mu[ch] = (double)mean_in[ch];
+        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+        for (int64_t b = 0; b < nb; b++)
+            CAT(cl_sums_, SFX)(x, dy, yr, rows * b / nb, rows * (b + 1) / nb, c, mu, part + 2 * b * c,
+                               part + 2 * b * c + c);
+        for (int64_t ch = 0; ch < c; ch++) {
+            double t1 = 0, t2 = 0;
+            for (int64_t b = 0; b < nb; b++) { t1 += part[2 * b * c + ch]; t2 += part[2 * b * c + c + ch]; }
+            s1[ch] = t1;
+            s2[ch] = t2;
+        }
+        free(part);
+    }
+    for (int64_t ch = 0; ch < c; ch++) {
+        if (db) db[ch] = (T)s1[ch];
+        if (dw) dw[ch] = (T)(s2[ch] * invstd[ch]);
+    }
+    if (!dx) { free(buf); return 1; }
+    const double m = given_sums ? m_given : (double)n * (double)s;
+    for (int64_t ch = 0; ch < c; ch++) {
+        double sum_dy = given_sums ? given_sums[ch] : s1[ch];
+        double sum_dy_xhat = given_sums ? given_sums[c + ch] : s2[ch] * invstd[ch];
+        double gc = w ? (double)w[ch] * invstd[ch] : invstd[ch];
+        cc[ch] = gc;
+        dd[ch] = -gc * invstd[ch] * sum_dy_xhat / m;
+        ee[ch] = -gc * sum_dy / m;
+    }
+    if (!cl) {
+        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+        for (int64_t r = 0; r < n * c; r++) {
+            const int64_t ch = r % c;
+            const T c1 = (T)cc[ch], d1 = (T)dd[ch], e1 = (T)ee[ch], mu = mean_in[ch];
+            const T *xr = x + r * s, *gr = dy + r * s, *yy = yr ? yr + r * s : NULL;
+            T *o = dx + r * s;
+            if (yy) {
+                #pragma omp simd
+                for (int64_t j = 0; j < s; j++) o[j] = (yy[j] > 0 ? gr[j] : (T)0) * c1 + (d1 * (xr[j] - mu) + e1);
+            } else {
+                #pragma omp simd
+                for (int64_t j = 0; j < s; j++) o[j] = gr[j] * c1 + (d1 * (xr[j] - mu) + e1);
+            }
+        }
+    } else {
+        T *co = (T *)malloc((size_t)(4 * c) * sizeof(T));
+        if (!co) { free(buf); return -1; }
+        for (int64_t ch = 0; ch < c; ch++) {
+            co[ch] = (T)cc[ch]; co[c + ch] = (T)dd[ch]; co[2 * c + ch] = (T)ee[ch]; co[3 * c + ch] = mean_in[ch];
+        }
+        const T *c1 = co, *d1 = co + c, *e1 = co + 2 * c, *mu = co + 3 * c;
+        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+        for (int64_t r = 0; r < n * s; r++) {
+            const T *xr = x + r * c, *gr = dy + r * c, *yy = yr ? yr + r * c : NULL;
+            T *o = dx + r * c;
+            if (yy) {
+                #pragma omp simd
+                for (int64_t ch = 0; ch < c; ch++)
+                    o[ch] = (yy[ch] > 0 ? gr[ch] : (T)0) * c1[ch] + (d1[ch] * (xr[ch] - mu[ch]) + e1[ch]);
+            } else {
+                #pragma omp simd
+                for (int64_t ch = 0; ch < c; ch++) o[ch] = gr[ch] * c1[ch] + (d1[ch] * (xr[ch] - mu[ch]) + e1[ch]);
+            }
+        }
+        free(co);
+    }
+    free(buf);
+    return 1;
+}
