@@ -73,8 +73,8 @@ BUGS = [
     dict(
         name="report-lr-not-scaled-with-m",
         path="src/bnlab/report/html.py",
-        old="lr_min=g(lr32 * m_min / 32)",
-        new="lr_min=g(lr32)",
+        old="lr_min=g4(lr32 * math.sqrt(m_min / 32))",
+        new="lr_min=g4(lr32)",
         tests=[T + "test_the_report_section_states_the_shipped_reference[en]",
                T + "test_the_report_section_states_the_shipped_reference[es]"],
     ),

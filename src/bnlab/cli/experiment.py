@@ -127,12 +127,16 @@ def _add_small_batch(exp) -> None:
                    help="mini-batch sizes (default: 2,4,8,16,32,64) / tamaños de minilote")  # fmt: skip
     q.add_argument("--seeds", type=seeds, default=(0, 1, 2), metavar="S1,S2,...",
                    help="seeds (default: 0,1,2) / semillas")  # fmt: skip
-    q.add_argument("--samples", type=positive_int, default=1280,
-                   help="training samples seen by every run (default: 1280) / ejemplos de entrenamiento que ve "
+    q.add_argument("--samples", type=positive_int, default=2560,
+                   help="training samples seen by every run (default: 2560) / ejemplos de entrenamiento que ve "
                    "cada ejecución")  # fmt: skip
-    q.add_argument("--lr", type=positive_float, default=0.1,
-                   help="SGD (momentum 0.9) learning rate at m = 32, scaled as lr·m/32 (default: 0.1) / tasa de "
-                   "aprendizaje de SGD (momento 0,9) para m = 32, escalada como lr·m/32")  # fmt: skip
+    q.add_argument("--lr", type=positive_float, default=0.002,
+                   help="Adam learning rate at m = 32, scaled as lr·√(m/32) with the square-root rule (default: "
+                   "0.002) / tasa de aprendizaje de Adam para m = 32, escalada como lr·√(m/32) con la regla de la "
+                   "raíz cuadrada")  # fmt: skip
+    q.add_argument("--workers", type=positive_int, default=2,
+                   help="runs at once, one process each (default: 2) / ejecuciones simultáneas, un proceso cada "
+                   "una")  # fmt: skip
     q.add_argument("--data", metavar="PATH", type=Path, default=None,
                    help="MNIST directory or .npz (default: the 10,000 digits shipped with bnlab) / directorio MNIST "
                    "o .npz (por defecto: los 10 000 dígitos que trae bnlab)")  # fmt: skip
@@ -153,7 +157,7 @@ def _run_small_batch(args) -> int:
     try:
         run_small_batch(args.out, batch_sizes=args.batch_sizes, seeds=args.seeds, samples=args.samples,
                         lr32=args.lr, data_path=args.data, lang=lang, progress=not args.quiet,
-                        threads=None)  # fmt: skip
+                        threads=None, workers=args.workers)  # fmt: skip
     except WriteError as err:  # an output file, not the data
         raise unwritable("--out", args.out, err, lang) from None
     except (ValueError, OSError) as err:

@@ -7,6 +7,7 @@ from :mod:`bnlab.report.strings` in the report's language.
 from __future__ import annotations
 
 import html
+import math
 from pathlib import Path
 
 import numpy as np
@@ -251,8 +252,19 @@ def _small_batch_section(results: dict, figs: dict, lang: str) -> tuple[list[str
         return f"{x:g}".replace(".", "," if lang == "es" else ".")
 
     lr32 = cfg["lr32"]
-    parts.append('<p data-claim="smallbatch:lr">' + t["smallbatch_lr"].format(
-        lr32=g(lr32), m_min=m_min, m_max=m_max, lr_min=g(lr32 * m_min / 32), lr_max=g(lr32 * m_max / 32)) + "</p>")
+    if str(cfg.get("optimizer", "")).startswith("Adam"):  # the square-root rule (small_batch.adam_rule)
+        from ..i18n import t as tr
+
+        def g4(x: float) -> str:  # four significant digits: 0.0005, 0.002828
+            return g(float(f"{x:.4g}"))
+
+        lr_line = _e(tr("report.small_batch_lr", lang, lr32=g(lr32), m_min=m_min, m_max=m_max,
+                        lr_min=g4(lr32 * math.sqrt(m_min / 32)), lr_max=g4(lr32 * math.sqrt(m_max / 32))))  # fmt: skip
+    else:  # a run of the earlier protocol: SGD with momentum and the linear rule
+        lr_line = t["smallbatch_lr"].format(
+            lr32=g(lr32), m_min=m_min, m_max=m_max, lr_min=g(lr32 * m_min / 32), lr_max=g(lr32 * m_max / 32)
+        )
+    parts.append('<p data-claim="smallbatch:lr">' + lr_line + "</p>")
     head = [t["col_member"]] + [f"m = {m}" for m in ms]
     rows = []
     for n in norms:
