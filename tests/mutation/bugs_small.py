@@ -11,8 +11,10 @@ BUGS = [
         path="src/bnlab/nn/_dispatch.py",
         old="    if _compat.functorch_transforms_active():\n        # vmap (a batched mask)",
         new="    if False:\n        # vmap (a batched mask)",
-        tests=[M + "test_vmap_over_a_batched_mask_equals_the_per_problem_loop[per-channel]",
-               M + "test_vmap_with_vmapped_running_statistics_updates_each_problems_own"],
+        tests=[
+            M + "test_vmap_over_a_batched_mask_equals_the_per_problem_loop[per-channel]",
+            M + "test_vmap_with_vmapped_running_statistics_updates_each_problems_own",
+        ],
     ),
     dict(
         name="vmap-count-rule-checks-one-entry",
