@@ -170,7 +170,7 @@ _DATA: dict = {}  # per process: the data set, read once by each worker
 
 def _one_run(m: int, norm: str, seed: int, cfg: dict) -> dict:
     """Train and score one (m, member, seed); in the calling process or in a worker."""
-    with torch_threads(1):
+    with torch_threads(cfg["threads"]):
         key = str(cfg["data_path"])
         if key not in _DATA:
             _DATA.clear()
@@ -338,10 +338,10 @@ def run_small_batch(
     """Train every (norm, m, seed); write ``results.json`` and ``small-batch.png`` into ``out_dir``.
 
     Returns the results (also in ``results.json``): ``config``, ``set_sizes`` (values per set B for each
-    m and BN layer), ``runs`` (one dict per run) and ``summary`` (see :func:`summarize`). Every run trains on
-    one torch thread; ``workers`` runs go at once, each in its own process (1: all in this process, which is
-    then on ``threads`` torch threads for the figure; default 2, one per core of a 2-core machine). A run's
-    numbers do not depend on ``workers``. ``progress``: log a line per finished run.
+    m and BN layer), ``runs`` (one dict per run) and ``summary`` (see :func:`summarize`). ``workers`` runs go
+    at once, each in its own process on one torch thread (default 2, one per core of a 2-core machine); with
+    ``workers=1`` every run is in this process, on ``threads`` torch threads (``None``: torch's setting). A
+    run's numbers do not depend on ``workers``. ``progress``: log a line per finished run.
     """
     if lang not in _MSG:
         raise ValueError(f"unknown lang {lang!r}; use 'en' or 'es'")
@@ -372,7 +372,8 @@ def run_small_batch(
         if samples > len(data.x_train):
             raise ValueError(f"samples={samples} is more than the {len(data.x_train)} training images")
         log(msg["data"].format(name=data.name, train=len(data.x_train), test=len(data.x_test), samples=samples))
-        cfg = {"data_path": data_path, "samples": samples, "lr32": float(lr32), "recal_samples": recal_samples}
+        cfg = {"data_path": data_path, "samples": samples, "lr32": float(lr32), "recal_samples": recal_samples,
+               "threads": threads if workers == 1 else 1}  # fmt: skip
         # the longest runs (small m) first, so that the two workers finish together
         combos = sorted(itertools.product(batch_sizes, norms, seeds), key=lambda c: c[0])
         done: dict[tuple, dict] = {}
@@ -416,7 +417,7 @@ def run_small_batch(
                 "lr32": lr32,
                 "lr": "lr32·√(m/32); betas (1 − 0.1·m/32, 1 − 0.001·m/32); eps 1e-8·√(32/m)",
                 "recal_samples": recal_samples,
-                "threads": 1,
+                "threads": cfg["threads"] or torch.get_num_threads(),
                 "workers": workers,
                 "data": {
                     "name": data.name,
