@@ -240,6 +240,68 @@ def test_bad_masks_are_refused_with_state_unchanged(mask, error, match, training
         assert torch.equal(v, before[k]), k
 
 
+# -- vmap over a batched mask: k independent problems, each with its own set B --------------------------------
+K = 3
+
+
+def _vmap_problem(fshape=(4,)):
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(K, 6, 4, 5, 5, dtype=torch.float64, generator=g) * torch.tensor([1.0, 3.0, 0.5]).view(K, 1, 1, 1, 1)
+    mask = torch.rand(K, 6, 1, 5, 5, generator=g) > 0.3  # a different set B in every problem
+    mask[:, :2] = True
+    w = torch.randn(fshape, dtype=torch.float64, generator=g).requires_grad_(True)
+    b = torch.randn(fshape, dtype=torch.float64, generator=g).requires_grad_(True)
+    return x.requires_grad_(True), mask, w, b
+
+
+@pytest.mark.parametrize("axes", [None, (0,)], ids=["per-channel", "per-activation"])
+def test_vmap_over_a_batched_mask_equals_the_per_problem_loop(axes):
+    x, mask, w, b = _vmap_problem((4,) if axes is None else (4, 5, 5))
+
+    def f(x, m):
+        return batch_norm(x, None, None, w, b, True, mask=m, axes=axes)
+
+    got = torch.func.vmap(f)(x, mask)
+    want = torch.stack([f(x[i], mask[i]) for i in range(K)])
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    dy = torch.randn_like(want)
+    for g_got, g_want in zip(torch.autograd.grad(got, (x, w, b), dy), torch.autograd.grad(want, (x, w, b), dy),
+                             strict=True):  # fmt: skip
+        torch.testing.assert_close(g_got, g_want, rtol=1e-10, atol=1e-12)
+
+    def loss(x, m):  # vmap of functorch's grad: per-problem gradients in one call
+        return (batch_norm(x, None, None, w.detach(), b.detach(), True, mask=m, axes=axes) ** 3).sum()
+
+    xd = x.detach()
+    torch.testing.assert_close(torch.func.vmap(torch.func.grad(loss))(xd, mask),
+                               torch.stack([torch.func.grad(loss)(xd[i], mask[i]) for i in range(K)]))  # fmt: skip
+
+
+def test_vmap_with_vmapped_running_statistics_updates_each_problems_own():
+    x, mask, _, _ = _vmap_problem()
+    x = x.detach()
+    rm, rv = torch.zeros(K, 4, dtype=torch.float64), torch.ones(K, 4, dtype=torch.float64)
+    lm, lv = rm.clone(), rv.clone()
+    got = torch.func.vmap(lambda x, m, a, v: batch_norm(x, a, v, None, None, True, 0.1, mask=m))(x, mask, rm, rv)
+    want = torch.stack([batch_norm(x[i], lm[i], lv[i], None, None, True, 0.1, mask=mask[i]) for i in range(K)])
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close((rm, rv), (lm, lv), rtol=1e-12, atol=1e-12)
+    assert not torch.equal(rv, torch.ones_like(rv))
+
+
+def test_vmap_refuses_what_has_no_rule_with_the_workaround():
+    x, mask, _, _ = _vmap_problem()
+    x = x.detach()
+    rm, rv = torch.zeros(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64)
+    with pytest.warns(UserWarning, match="performance drop"), pytest.raises(ValueError, match="vmap them too"):
+        torch.func.vmap(lambda x, m: batch_norm(x, rm, rv, None, None, True, mask=m))(x, mask)  # one buffer, k sets B
+    assert torch.equal(rm, torch.zeros(4, dtype=torch.float64)) and torch.equal(rv, torch.ones(4, dtype=torch.float64))
+    bad = mask.clone()
+    bad[1] = False  # problem 1 has an empty set B: the same error as without vmap
+    with pytest.raises(ValueError, match="fewer than 2 values in set B"):
+        torch.func.vmap(lambda x, m: batch_norm(x, None, None, None, None, True, mask=m))(x, bad)
+
+
 def test_functorch_grad_takes_the_stock_door_and_agrees():
     x = torch.randn(5, 3, 4, dtype=torch.float64)
     mask = torch.rand(5, 1, 4) > 0.3

@@ -12,6 +12,8 @@ import datetime
 import multiprocessing as mp
 import os
 import socket
+import subprocess
+import sys
 import time
 import traceback
 
@@ -21,6 +23,7 @@ from torch import nn
 
 import bnlab
 import bnlab.nn as bnn
+from bnlab.inference import load_checkpoint
 
 WORLD = 3
 # batches of each rank: (batch size, ...) — uneven shards, and rank 2 holds none
@@ -191,3 +194,41 @@ def test_process_group_without_torch_distributed_is_refused():
         bnlab.recalibrate(_model(), _batches(0), progress=False, process_group=object())
     with pytest.raises(ValueError, match="timeout must be a positive number"):
         bnlab.recalibrate(_model(), _batches(0), progress=False, timeout=0)
+
+
+# -- through the command line: bnlab evaluate --recalibrate --nproc N -----------------------------------------
+def _bnlab(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bnlab", *args, "--quiet", "--lang", "en"], capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+
+
+@pytest.mark.slow  # a training run, then 1 and 4 real gloo processes
+def test_evaluate_recalibrate_nproc_is_one_process_over_the_union(tmp_path):
+    """5 mini-batches over 4 ranks: shards of 2, 2, 1 and none. Rank 0's statistics (which every rank must
+    share, or the command fails) equal one process over the 5 batches within 1e-6, and so does the score."""
+    run = _bnlab("train", "--epochs", "1", "--out", str(tmp_path / "run"))
+    assert run.returncode == 0, run.stderr
+    one = _bnlab("evaluate", str(tmp_path / "run"), "--recalibrate", "--recal-batches", "5",
+                 "--save-recalibrated", str(tmp_path / "one.pt"))  # fmt: skip
+    four = _bnlab("evaluate", str(tmp_path / "run"), "--recalibrate", "--recal-batches", "5", "--nproc", "4",
+                  "--save-recalibrated", str(tmp_path / "four.pt"))  # fmt: skip
+    assert one.returncode == 0 and four.returncode == 0, (one.stderr, four.stderr)
+    assert four.stdout.replace("four.pt", "one.pt") == one.stdout  # the same scores, printed once
+    before = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
+    a, b = load_checkpoint(tmp_path / "one.pt")["model"], load_checkpoint(tmp_path / "four.pt")["model"]
+    keys = [k for k in a if "running" in k]
+    assert len(keys) == 6  # 3 BN layers of the CNN
+    for k in keys:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=k)
+        assert not torch.allclose(a[k], before[k], rtol=1e-3)  # recalibration changed them
+    for k in a:
+        if "running" not in k and k.endswith(("weight", "bias")):
+            assert torch.equal(a[k], b[k]) and torch.equal(a[k], before[k])
+
+
+def test_evaluate_nproc_without_recalibrate_is_refused(tmp_path, capsys):
+    from bnlab.cli import main
+
+    for flag in (["--nproc", "2"], ["--recal-batches", "3"], ["--save-recalibrated", str(tmp_path / "x.pt")]):
+        assert main(["evaluate", str(tmp_path / "missing.pt"), *flag, "--lang", "en"]) == 2
+        assert f"{flag[0]} goes with --recalibrate" in capsys.readouterr().err

@@ -4,6 +4,7 @@ members of the study, the rules behind the report's claims, and the tie of the d
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,7 +19,16 @@ from bnlab.i18n import catalog, t
 from bnlab.i18n.numbers import percent as pct
 from bnlab.models import bn_layers, renorm_schedule
 from bnlab.nn.renorm import _BatchRenorm
-from bnlab.report.small_batch import BN_LIKE, NORMS, build, findings, for_report, run_small_batch, summarize
+from bnlab.report.small_batch import (
+    BN_LIKE,
+    NORMS,
+    adam_rule,
+    build,
+    findings,
+    for_report,
+    run_small_batch,
+    summarize,
+)
 from bnlab.report.small_batch_reference import REFERENCE
 
 NORM_NAMES = {lang: t("report.norm", lang) for lang in ("en", "es")}
@@ -51,12 +61,13 @@ def test_tiny_run_writes_results_and_figure(tiny):
     }
     for r in runs:
         assert r["steps"] == 16 // r["m"], "every run sees the same number of samples"
-        assert r["lr"] == pytest.approx(0.1 * r["m"] / 32), "linear scaling of the learning rate"
+        assert r["lr"] == pytest.approx(0.002 * math.sqrt(r["m"] / 32)), "square-root scaling of Adam's rate"
         assert 0.0 <= r["test_recal"]["accuracy"] <= 1.0 and 0.0 <= r["val_ema"]["accuracy"] <= 1.0
         if r["norm"] not in RUNNING_STATS:
             assert r["test_recal"] == r["test_ema"]  # nothing to recalibrate
     assert saved["summary_ema"] == summarize(runs, "test_ema")
     assert 0 < saved["cpu_seconds"] and 0 < saved["seconds"]
+
 
 @pytest.mark.slow  # 36 real training runs on 28×28 MNIST
 def test_summary_is_the_mean_over_seeds(tiny):
@@ -115,6 +126,7 @@ def test_demo_report_prefers_the_users_run(tiny, tmp_path):
         (["--batch-sizes", "two"], ["at least 2"]),
         (["--samples", "8", "--batch-sizes", "2,16"], ["samples=8", "m = 16"]),
         (["--seeds", "x"], ["seeds"]),
+        (["--batch-sizes", "2,320"], ["below 320", "β₁"]),
         (["--data", "/nonexistent/mnist.npz"], ["/nonexistent/mnist.npz"]),
     ],
 )
@@ -131,6 +143,36 @@ def test_help_is_bilingual(capsys):
     assert main(["experiment", "small-batch", "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "mini-batch sizes" in out and "tamaños de minilote" in out
+
+
+# -- the protocol: Adam with the square-root rule, the same for every member --------------------------------
+
+
+def test_adam_rule_is_the_square_root_rule_with_adams_defaults_at_32():
+    """Malladi et al. (2022): κ = m/32, lr·√κ, 1 − β·κ, eps/√κ; so the averaging horizons of β₁ and β₂ are the
+    same number of images at every m (m/(1 − β₁) = 320, m/(1 − β₂) = 32,000) and lr²/m is constant."""
+    r32 = adam_rule(32, 0.002)
+    assert r32["lr"] == 0.002 and r32["betas"] == (0.9, 0.999) and r32["eps"] == 1e-8  # torch's Adam defaults
+    for m in (2, 4, 8, 16, 64):
+        r = adam_rule(m, 0.002)
+        b1, b2 = r["betas"]
+        assert m / (1 - b1) == pytest.approx(320) and m / (1 - b2) == pytest.approx(32000)
+        assert r["lr"] ** 2 / m == pytest.approx(0.002**2 / 32) and r["eps"] * math.sqrt(m) == pytest.approx(
+            1e-8 * math.sqrt(32)
+        )
+    for bad in (0, 320, 1000, 2.0, True):
+        with pytest.raises(ValueError, match="square-root rule"):
+            adam_rule(bad, 0.002)
+
+
+@pytest.mark.slow  # 4 real training runs, in this process and in 2 worker processes
+def test_worker_processes_give_the_same_runs(tmp_path):
+    kw = dict(batch_sizes=(2, 4), seeds=(0,), samples=8, recal_samples=8, norms=("channel", "group"), log=None)
+    one = run_small_batch(tmp_path / "one", workers=1, **kw)
+    two = run_small_batch(tmp_path / "two", workers=2, **kw)
+    strip = [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in one["runs"]]
+    assert strip == [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in two["runs"]]
+    assert [(r["m"], r["norm"]) for r in one["runs"]] == [(2, "channel"), (2, "group"), (4, "channel"), (4, "group")]
 
 
 # -- the members of the study ------------------------------------------------------------------------------
@@ -252,7 +294,8 @@ def test_the_shipped_reference_is_the_whole_study_within_budget():
     cfg = REFERENCE["config"]
     assert tuple(cfg["norms"]) == MEMBERS and cfg["batch_sizes"] == [2, 4, 8, 16, 32, 64]
     assert len(cfg["seeds"]) >= 3 and cfg["threads"] == 1
-    assert REFERENCE["cpu_seconds"] <= 600, "the default study must fit in 10 minutes of CPU time"
+    # 10 minutes on 2 cores: two worker processes, at most 2 × 600 s of CPU time
+    assert cfg["workers"] <= 2 and REFERENCE["cpu_seconds"] <= 1200, "the default study must fit in 10 minutes"
     for key in ("summary", "summary_ema"):
         for norm in MEMBERS:
             assert sorted(REFERENCE[key][norm], key=int) == [str(m) for m in cfg["batch_sizes"]]
@@ -293,8 +336,9 @@ def test_every_percentage_in_the_docs_comes_from_the_reference(lang, name):
             for s in by_m.values():
                 allowed |= {f"{100 * s[k]:.1f}" for k in ("mean", "min", "max")}
                 allowed |= {f"{100 * a:.1f}" for a in s["accuracies"]}
-    found = re.findall(r"(\d+[.,]\d)\s?%", text) + re.findall(r"\((\d+[.,]\d)–", text) + re.findall(
-        r"–(\d+[.,]\d)\)", text)
+    found = (
+        re.findall(r"(\d+[.,]\d)\s?%", text) + re.findall(r"\((\d+[.,]\d)–", text) + re.findall(r"–(\d+[.,]\d)\)", text)
+    )
     assert found
     for x in found:
         assert x.replace(",", ".") in allowed, x
@@ -351,8 +395,8 @@ def test_the_report_section_states_the_shipped_reference(lang, tmp_path):
     for r, norm in zip(rows, MEMBERS, strict=True):
         assert r[1:] == [_cell(summary[norm][str(m)], lang) for m in ms], norm
     sep = "," if lang == "es" else "."
-    assert f"0{sep}1·m/32" in claims["smallbatch:lr"]
-    assert f"0{sep}00625" in claims["smallbatch:lr"] and f"0{sep}2 " in claims["smallbatch:lr"]
+    assert f"0{sep}002·√(m/32)" in claims["smallbatch:lr"]
+    assert f"0{sep}0005 " in claims["smallbatch:lr"] and f"0{sep}002828 " in claims["smallbatch:lr"]
     for norm in MEMBERS:
         assert f"smallbatch:{norm}" in claims
     at = {n: summary[n]["2"] for n in MEMBERS}

@@ -109,8 +109,9 @@ def _add_small_batch(exp) -> None:
                    help=both("cli.help.small_batch.batch_sizes"))  # fmt: skip
     q.add_argument("--seeds", type=seeds, default=(0, 1, 2), metavar="S1,S2,...",
                    help=both("cli.help.small_batch.seeds"))  # fmt: skip
-    q.add_argument("--samples", type=positive_int, default=1280, help=both("cli.help.small_batch.samples"))
-    q.add_argument("--lr", type=positive_float, default=0.1, help=both("cli.help.small_batch.lr"))
+    q.add_argument("--samples", type=positive_int, default=2560, help=both("cli.help.small_batch.samples"))
+    q.add_argument("--lr", type=positive_float, default=0.002, help=both("cli.help.small_batch.lr"))
+    q.add_argument("--workers", type=positive_int, default=2, help=both("cli.help.small_batch.workers"))
     q.add_argument("--data", metavar="PATH", type=Path, default=None, help=both("cli.help.small_batch.data"))
     add_threads(q)
     add_quiet(q, bars=2)
@@ -129,7 +130,7 @@ def _run_small_batch(args) -> int:
     try:
         run_small_batch(args.out, batch_sizes=args.batch_sizes, seeds=args.seeds, samples=args.samples,
                         lr32=args.lr, data_path=args.data, lang=lang, progress=not args.quiet,
-                        threads=None)  # fmt: skip
+                        threads=None, workers=args.workers)  # fmt: skip
     except WriteError as err:  # an output file, not the data
         raise unwritable("--out", args.out, err, lang) from None
     except (ValueError, OSError) as err:

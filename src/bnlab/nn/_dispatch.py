@@ -135,8 +135,15 @@ def train_masked(x: Tensor, mask: Tensor, weight, bias, axes: tuple[int, ...], e
     if route(x) in ("eager", "compiled"):
         return MaskedTrainFunction.apply(x, mask, weight, bias, axes, eps, relu)
     y, mean, var, count = composed.masked_forward(x, mask, weight, bias, eps, axes, relu)
-    check_masked_count(count)
     mean, var = mean.detach(), var.detach()
+    if _compat.functorch_transforms_active():
+        # vmap (a batched mask): a host read of a batched value is data-dependent control flow, so the two
+        # checks run as operators, whose vmap rules check every vmapped entry at once
+        count = checked_masked_count_op(count)
+        if x.device.type == "cpu":
+            var = checked_variance_op(mean, var, x.dtype)  # σ²_B of every entry
+        return y, mean, var, count
+    check_masked_count(count)
     check_variance_fits(x, mean, var)
     return y, mean, var, count
 
@@ -495,6 +502,17 @@ def _backward_vmap(info, in_dims, dy, x, mean, var, weight, y, axes, eps, needs)
     return (dx, dw, db), dims
 
 
+def _count_vmap(info, in_dims, count):
+    return checked_masked_count_op(_front(count, in_dims[0], info.batch_size)), 0
+
+
+def _variance_vmap(info, in_dims, mean, var, input_dtype):
+    n = info.batch_size
+    return checked_variance_op(_front(mean, in_dims[0], n), _front(var, in_dims[1], n), input_dtype), 0
+
+
 if hasattr(train_op, "register_vmap"):  # torch >= 2.5
     train_op.register_vmap(_train_vmap)
     backward_op.register_vmap(_backward_vmap)
+    checked_masked_count_op.register_vmap(_count_vmap)
+    checked_variance_op.register_vmap(_variance_vmap)

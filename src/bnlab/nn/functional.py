@@ -56,6 +56,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .. import _compat
 from ..axes import check_eps, check_input, check_momentum
 from ..kernels import composed
 from . import _dispatch
@@ -112,7 +113,17 @@ def batch_norm(
     axes = check_tensors(input, axes, training, running_mean, running_var, weight, bias, eps, momentum, activation)
     if mask is not None:
         return _masked_batch_norm(
-            input, mask, running_mean, running_var, weight, bias, training, momentum, eps, axes, activation,
+            input,
+            mask,
+            running_mean,
+            running_var,
+            weight,
+            bias,
+            training,
+            momentum,
+            eps,
+            axes,
+            activation,
             virtual_batch,
         )
     if training and running_mean is not None and momentum is None:
@@ -194,15 +205,25 @@ def update_running_stats(running_mean, running_var, mean, var, count: int, momen
     mean, var = mean.detach(), var.detach()
     unbiased = var * (count / (count - 1))
     ok = torch.isfinite(mean) & torch.isfinite(unbiased)
-    for running, new in ((running_mean, mean), (running_var, unbiased)):
-        if running.dtype in _LOW:
-            wide = running.detach().float()
-            wide.lerp_(torch.where(ok, new.float(), wide), _weight(momentum, wide))
-            big = torch.finfo(running.dtype).max
-            running.copy_(wide.clamp_(-big, big))
-        else:
-            # where a statistic is not finite the "new" value is the old one: the lerp leaves it unchanged
-            running.lerp_(torch.where(ok, new.to(running.dtype), running.detach()), _weight(momentum, running))
+    try:
+        for running, new in ((running_mean, mean), (running_var, unbiased)):
+            if running.dtype in _LOW:
+                wide = running.detach().float()
+                wide.lerp_(torch.where(ok, new.float(), wide), _weight(momentum, wide))
+                big = torch.finfo(running.dtype).max
+                running.copy_(wide.clamp_(-big, big))
+            else:
+                # where a statistic is not finite the "new" value is the old one: the lerp leaves it unchanged
+                running.lerp_(torch.where(ok, new.to(running.dtype), running.detach()), _weight(momentum, running))
+    except RuntimeError as err:  # the running mean fails first, before anything changed
+        if not _compat.functorch_transforms_active():
+            raise
+        raise ValueError(
+            "under vmap, running_mean/running_var that are not vmapped cannot take the statistics of every "
+            "vmapped entry: vmap them too (one buffer per entry, in_dims=0; for a module, "
+            "torch.func.functional_call with such buffers), or pass running_mean=None and running_var=None "
+            "(training with batch statistics only)"
+        ) from err
 
 
 def _weight(momentum, like: Tensor):

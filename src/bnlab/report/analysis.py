@@ -178,6 +178,7 @@ def small_batch_summary(sb: dict) -> dict:
         "m_max": max(ms),
         "norms": norms,
         "lr32": cfg["lr32"],
+        "adam": str(cfg.get("optimizer", "")).startswith("Adam"),  # the square-root rule; older runs: SGD, linear
         "n_seeds": len(cfg["seeds"]),
         "samples": cfg["samples"],
         "first_layer_set": first["channel"] if first else None,

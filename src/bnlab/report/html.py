@@ -15,6 +15,7 @@ and ``<code>``; a link is a placeholder (``{results_link}``) that the page fills
 from __future__ import annotations
 
 import functools
+import math
 import re
 from pathlib import Path
 
@@ -173,6 +174,18 @@ def _observations(results: dict, settings, w: _Words, claims: list[dict]) -> lis
     return out
 
 
+def _lr_rule(s: dict, w: _Words) -> Markup:
+    """How the study's learning rate follows m: Adam's square-root rule (small_batch.adam_rule), or, in runs of the
+    earlier protocol, SGD with momentum and the linear rule."""
+    lr32, m_min, m_max = s["lr32"], s["m_min"], s["m_max"]
+    if s["adam"]:
+        return w("small_batch_lr", lr32=general(lr32, w.lang), m_min=m_min, m_max=m_max,
+                 lr_min=general(float(f"{lr32 * math.sqrt(m_min / 32):.4g}"), w.lang),
+                 lr_max=general(float(f"{lr32 * math.sqrt(m_max / 32):.4g}"), w.lang))  # fmt: skip
+    return w("smallbatch_lr", lr32=general(lr32, w.lang), m_min=m_min, m_max=m_max,
+             lr_min=general(lr32 * m_min / 32, w.lang), lr_max=general(lr32 * m_max / 32, w.lang))  # fmt: skip
+
+
 def _small_batch(results: dict, w: _Words) -> dict | None:
     """The small mini-batch experiment's section, from the run the user made or the reference run."""
     sb = results.get("small_batch")
@@ -186,7 +199,6 @@ def _small_batch(results: dict, w: _Words) -> dict | None:
     else:
         source = w("smallbatch_source_ref", date=sb["date"])
     at = {n: summary[n][str(m_min)] for n in s["norms"]}
-    lr32 = s["lr32"]
     out = {
         "source": source,
         "intro": w(
@@ -198,14 +210,7 @@ def _small_batch(results: dict, w: _Words) -> dict | None:
             n_seeds=s["n_seeds"],
             source=source,
         ),  # fmt: skip
-        "lr": w(
-            "smallbatch_lr",
-            lr32=general(lr32, w.lang),
-            m_min=m_min,
-            m_max=m_max,
-            lr_min=general(lr32 * m_min / 32, w.lang),
-            lr_max=general(lr32 * m_max / 32, w.lang),
-        ),  # fmt: skip
+        "lr": _lr_rule(s, w),
         "head": [f"m = {m}" for m in s["ms"]],
         "rows": [(n, [w.range(summary[n][str(m)]) for m in s["ms"]]) for n in s["norms"]],
         "table_note": w("smallbatch_table_note", n_seeds=s["n_seeds"]),

@@ -20,9 +20,14 @@ What is held fixed, and why:
 
 - **samples seen**: every run sees ``samples`` training images (``samples // m`` steps), so a small m is
   not a shorter training;
-- **learning rate**: SGD with momentum 0.9 and the linear scaling rule, lr = ``lr32``·m/32 (Goyal et al.
-  2017; Wu & He 2018 train their small batches the same way), so that without BN the runs are comparable
-  across m;
+- **the optimizer's rule across m**: Adam with the square-root scaling rule of Malladi et al. (2022, "On
+  the SDEs and scaling rules for adaptive gradient algorithms"), :func:`adam_rule`: with κ = m/32,
+  lr = ``lr32``·√κ, 1 − β₁ = 0.1·κ, 1 − β₂ = 0.001·κ and ε = 1e-8/√κ (Adam's defaults at m = 32). The
+  rule makes the runs follow the same stochastic differential equation whatever m, so that in samples seen
+  the averaging horizons of β₁ and β₂ and the noise of the updates are the same for every m and every
+  member; what is left to differ along a row is set B. (SGD with momentum 0.9 and the linear rule
+  lr ∝ m, the earlier protocol, keeps the momentum's horizon at 10 *steps*: at m = 64 with a few dozen
+  steps that is a large part of the run, and no member was flat across m.)
 - **evaluation**: test accuracy in eval mode with statistics recalibrated by Alg. 2
   (:func:`bnlab.recalibrate`) over ``recal_samples`` training images in mini-batches of the same m, as
   Alg. 2 prescribes; the accuracy with the running (EMA) statistics is recorded too.
@@ -53,10 +58,20 @@ from ..explain import explain
 from ..i18n import languages, numbers, t
 from ..io import make_dirs, save_figure, write_json
 from ..models import SmallCNN, bn_layers
-from ..training import TrainConfig, evaluate, fit, seed_everything
+from ..training import evaluate, seed_everything
 from ..vocabulary import parse_norm
 
-__all__ = ["run_small_batch", "summarize", "findings", "build", "BATCH_SIZES", "NORMS", "BN_LIKE", "PER_SAMPLE"]
+__all__ = [
+    "run_small_batch",
+    "summarize",
+    "findings",
+    "build",
+    "adam_rule",
+    "BATCH_SIZES",
+    "NORMS",
+    "BN_LIKE",
+    "PER_SAMPLE",
+]
 
 BATCH_SIZES = (2, 4, 8, 16, 32, 64)
 #: The members of the study, in the order of its table.
@@ -65,8 +80,9 @@ NORMS = ("none", "activation", "channel", "channel-conv", "channel-ln", "renorm"
 BN_LIKE = ("activation", "channel", "channel-conv", "channel-ln", "renorm")
 #: Members whose set B stays inside one example: the same computation in training and in eval mode.
 PER_SAMPLE = ("group", "layer", "instance")
+#: The square-root rule's β₁ = 1 − 0.1·m/32 must stay above 0 (:func:`adam_rule`).
+MAX_BATCH = 320
 _EXTRA_COLORS = {"channel-conv": "#17becf", "channel-ln": "#bcbd22", "renorm": "#d62728"}  # the others: plots.COLORS
-
 
 def build(member: str, data, steps: int) -> torch.nn.Module:
     """The CNN for one member of :data:`NORMS`, for a run of ``steps`` training steps."""
@@ -74,6 +90,82 @@ def build(member: str, data, steps: int) -> torch.nn.Module:
     n = parse_norm(member)  # the member's name is its run label: channel-ln is (batch, channel), layer norm in the head
     return SmallCNN(c, (h, w), data.num_classes, n.norm, dense_norm=n.dense_norm, per=n.per,
                     renorm_steps=steps if n.norm == "renorm" else None)  # fmt: skip
+
+
+def adam_rule(m: int, lr32: float) -> dict:
+    """Adam's hyper-parameters for mini-batches of m by the square-root scaling rule (Malladi et al. 2022):
+    κ = m/32, lr = ``lr32``·√κ, betas = (1 − 0.1·κ, 1 − 0.001·κ), eps = 1e-8/√κ — Adam's defaults at m = 32.
+
+    >>> r = adam_rule(8, 0.002)
+    >>> round(r["lr"], 6), r["betas"]
+    (0.001, (0.975, 0.99975))
+    """
+    if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m < MAX_BATCH:
+        raise ValueError(f"the square-root rule needs 1 <= m < {MAX_BATCH} (β₁ = 1 − 0.1·m/32 > 0), got m={m!r}")
+    k = m / 32
+    return {"lr": lr32 * math.sqrt(k), "betas": (1 - 0.1 * k, 1 - 0.001 * k), "eps": 1e-8 / math.sqrt(k)}
+
+
+def _train(model: torch.nn.Module, data, m: int, steps: int, seed: int, lr32: float) -> dict:
+    """``steps`` Adam steps on mini-batches of m (an order of the training images drawn from ``seed``, a new
+    one each epoch); the loss of every step. Stops at a non-finite loss (``diverged``), before stepping."""
+    opt = torch.optim.Adam(model.parameters(), **adam_rule(m, lr32))
+    x, y = data.x_train, data.y_train
+    per_epoch = len(x) // m
+    gen = torch.Generator().manual_seed(seed)
+    losses: list[float] = []
+    model.train()
+    t0 = time.perf_counter()
+    for step in range(steps):
+        k = step % per_epoch
+        if k == 0:
+            order = torch.randperm(len(x), generator=gen)
+        idx = order[k * m : (k + 1) * m]
+        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+        losses.append(float(loss.detach()))
+        if not math.isfinite(losses[-1]):
+            break
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return {"losses": losses, "seconds": time.perf_counter() - t0}
+
+
+_DATA: dict = {}  # per process: the data set, read once by each worker
+
+
+def _one_run(m: int, norm: str, seed: int, cfg: dict) -> dict:
+    """Train and score one (m, member, seed); in the calling process or in a worker."""
+    with torch_threads(cfg["threads"]):
+        key = str(cfg["data_path"])
+        if key not in _DATA:
+            _DATA.clear()
+            _DATA[key] = load_mnist(cfg["data_path"]) if cfg["data_path"] is not None else load_mnist()
+        data = _DATA[key]
+        seed_everything(seed)
+        steps = cfg["samples"] // m
+        model = build(norm, data, steps)
+        trained = _train(model, data, m, steps, seed, cfg["lr32"])
+        t0 = time.perf_counter()
+        ema = evaluate(model, data.x_test, data.y_test)
+        recal = ema if norm not in BN_LIKE else evaluate(
+            _recalibrated(model, data.x_train, m, cfg["recal_samples"]), data.x_test, data.y_test)  # fmt: skip
+        val = evaluate(model, data.x_val, data.y_val)
+        losses = trained["losses"]
+        return {
+            "m": m,
+            "norm": norm,
+            "seed": seed,
+            "lr": adam_rule(m, cfg["lr32"])["lr"],
+            "steps": len(losses),
+            "test_recal": recal,
+            "test_ema": ema,
+            "val_ema": val,
+            "final_train_loss": float(np.mean(losses[-max(1, len(losses) // 10) :])),
+            "diverged": not all(math.isfinite(v) for v in losses),
+            "train_seconds": trained["seconds"],
+            "eval_seconds": time.perf_counter() - t0,
+        }
 
 
 def _cpu_seconds() -> float:
@@ -84,15 +176,13 @@ def _cpu_seconds() -> float:
                                                     (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))  # fmt: skip
 
 
-def _recalibrated(
-    model: torch.nn.Module, x: torch.Tensor, m: int, samples: int, progress: bool, lang: str
-) -> torch.nn.Module:
+def _recalibrated(model: torch.nn.Module, x: torch.Tensor, m: int, samples: int) -> torch.nn.Module:
     """A copy of ``model`` with Alg. 2 statistics from ``samples`` training images in mini-batches of m."""
     from ..inference import recalibrate
 
     n = (min(samples, len(x)) // m) * m
     out = copy.deepcopy(model)
-    recalibrate(out, [x[i : i + m] for i in range(0, n, m)], progress=progress, lang=lang)
+    recalibrate(out, [x[i : i + m] for i in range(0, n, m)], progress=False)
     return out
 
 
@@ -199,8 +289,8 @@ def run_small_batch(
     *,
     batch_sizes: Sequence[int] = BATCH_SIZES,
     seeds: Sequence[int] = (0, 1, 2),
-    samples: int = 1280,
-    lr32: float = 0.1,
+    samples: int = 2560,
+    lr32: float = 0.002,
     recal_samples: int = 256,
     norms: Sequence[str] = NORMS,
     data_path: str | Path | None = None,
@@ -209,18 +299,24 @@ def run_small_batch(
     log: Callable[[str], None] | None = print,
     command: str = "bnlab experiment small-batch",
     threads: int | None = DEFAULT_THREADS,
+    workers: int = 2,
 ) -> dict:
     """Train every (norm, m, seed); write ``results.json`` and ``small-batch.png`` into ``out_dir``.
 
     Returns the results (also in ``results.json``): ``config``, ``set_sizes`` (values per set B for each
-    m and BN layer), ``runs`` (one dict per run) and ``summary`` (see :func:`summarize`). ``threads``: torch
-    threads while it runs (default 1: small convolutions, see :mod:`bnlab._threads`); ``None`` leaves torch's setting.
+    m and BN layer), ``runs`` (one dict per run) and ``summary`` (see :func:`summarize`). ``workers`` runs go
+    at once, each in its own process on one torch thread (default 2, one per core of a 2-core machine); with
+    ``workers=1`` every run is in this process, on ``threads`` torch threads (``None``: torch's setting). A
+    run's numbers do not depend on ``workers``. ``progress``: log a line per finished run.
     """
     if lang not in languages():
         raise ValueError(f"unknown lang {lang!r}; use one of {', '.join(languages())}")
     batch_sizes = tuple(int(m) for m in batch_sizes)
     if not batch_sizes or any(m < 2 for m in batch_sizes):
         raise ValueError(f"batch sizes must be at least 2 (BN needs 2 values per set B), got {batch_sizes}")
+    if max(batch_sizes) >= MAX_BATCH:
+        raise ValueError(f"batch sizes must be below {MAX_BATCH}: the square-root rule sets Adam's β₁ = "
+                         f"1 − 0.1·m/32, which is 0 at m = {MAX_BATCH}; got {max(batch_sizes)}")  # fmt: skip
     if not seeds:
         raise ValueError("seeds must name at least one seed")
     bad = [n for n in norms if n not in NORMS]
@@ -228,52 +324,53 @@ def run_small_batch(
         raise ValueError(f"unknown norms {bad}; use some of {', '.join(NORMS)}")
     if samples < max(batch_sizes):
         raise ValueError(f"samples={samples} is fewer than one mini-batch of m = {max(batch_sizes)}")
+    if not (isinstance(lr32, (int, float)) and math.isfinite(lr32) and lr32 > 0):
+        raise ValueError(f"lr32 must be a positive number, got {lr32!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
     log = log or (lambda s: None)
     msg = t("report.study", lang)
     out = Path(out_dir)
     make_dirs(out)
     t_start, cpu_start = time.perf_counter(), _cpu_seconds()
-    with torch_threads(threads):  # small convolutions: one thread is as fast, and leaves the other core free
+    with torch_threads(threads):
         data = load_mnist(data_path) if data_path is not None else load_mnist()
         if samples > len(data.x_train):
             raise ValueError(f"samples={samples} is more than the {len(data.x_train)} training images")
         log(msg["data"].format(name=data.name, train=len(data.x_train), test=len(data.x_test), samples=samples))
-        runs: list[dict] = []
-        combos = list(itertools.product(batch_sizes, norms, seeds))
-        for m, norm, seed in combos:
-            seed_everything(seed)
-            model = build(norm, data, samples // m)
-            lr = lr32 * m / 32
-            config = TrainConfig(optimizer="momentum", lr=lr, batch_size=m, epochs=1, seed=seed,
-                                 max_steps=samples // m)  # fmt: skip
-            result = fit(model, data, config, progress=progress, desc=f"m={m}/{norm}/seed {seed}", lang=lang)
-            t0 = time.perf_counter()
-            ema = evaluate(model, data.x_test, data.y_test)
-            recal = ema if norm not in BN_LIKE else evaluate(
-                _recalibrated(model, data.x_train, m, recal_samples, progress, lang), data.x_test, data.y_test)
-            losses = result.history["loss"]
-            run = {
-                "m": m,
-                "norm": norm,
-                "seed": seed,
-                "lr": lr,
-                "steps": len(losses),
-                "test_recal": recal,
-                "test_ema": ema,
-                "val_ema": {"accuracy": result.history["eval_accuracy"][-1], "loss": result.history["eval_loss"][-1]},
-                "final_train_loss": float(np.mean(losses[-max(1, len(losses) // 10) :])),
-                "diverged": not all(math.isfinite(v) for v in losses),
-                "train_seconds": result.history["train_seconds"],
-                "eval_seconds": time.perf_counter() - t0,
-            }
-            runs.append(run)
-            log(
-                msg["run"].format(
-                    i=len(runs), n=len(combos), m=m, run=t(f"report.norm.{norm}", lang), seed=seed,
-                    acc=numbers.percent(recal["accuracy"], lang), ema=numbers.percent(ema["accuracy"], lang),
-                    time=numbers.seconds(run["train_seconds"], lang),
-                )  # fmt: skip
-            )
+        cfg = {"data_path": data_path, "samples": samples, "lr32": float(lr32), "recal_samples": recal_samples,
+               "threads": threads if workers == 1 else 1}  # fmt: skip
+        # the longest runs (small m) first, so that the two workers finish together
+        combos = sorted(itertools.product(batch_sizes, norms, seeds), key=lambda c: c[0])
+        done: dict[tuple, dict] = {}
+
+        def record(run: dict) -> None:
+            done[(run["m"], run["norm"], run["seed"])] = run
+            if progress:
+                log(
+                    msg["run"].format(
+                        i=len(done),
+                        n=len(combos),
+                        m=run["m"],
+                        run=t(f"report.norm.{run['norm']}", lang),
+                        seed=run["seed"],
+                        acc=numbers.percent(run["test_recal"]["accuracy"], lang),
+                        ema=numbers.percent(run["test_ema"]["accuracy"], lang),
+                        time=numbers.seconds(run["train_seconds"], lang),
+                    )  # fmt: skip
+                )
+
+        if workers == 1:
+            for c in combos:
+                record(_one_run(*c, cfg))
+        else:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            with ProcessPoolExecutor(min(workers, len(combos)), mp_context=multiprocessing.get_context("spawn")) as ex:
+                for fut in as_completed([ex.submit(_one_run, *c, cfg) for c in combos]):
+                    record(fut.result())
+        runs = [done[c] for c in itertools.product(batch_sizes, norms, seeds)]
         results = {
             "command": command,
             "date": _dt.date.today().isoformat(),
@@ -282,13 +379,18 @@ def run_small_batch(
                 "seeds": list(seeds),
                 "norms": list(norms),
                 "samples": samples,
-                "optimizer": "SGD, momentum 0.9",
+                "optimizer": "Adam, square-root scaling rule (Malladi et al. 2022)",
                 "lr32": lr32,
-                "lr": "lr32·m/32",
+                "lr": "lr32·√(m/32); betas (1 − 0.1·m/32, 1 − 0.001·m/32); eps 1e-8·√(32/m)",
                 "recal_samples": recal_samples,
-                "threads": 1,
-                "data": {"name": data.name, "train": len(data.x_train), "test": len(data.x_test),
-                         "image_shape": list(data.image_shape)},  # fmt: skip
+                "threads": cfg["threads"] or torch.get_num_threads(),
+                "workers": workers,
+                "data": {
+                    "name": data.name,
+                    "train": len(data.x_train),
+                    "test": len(data.x_test),
+                    "image_shape": list(data.image_shape),
+                },  # fmt: skip
             },
             "set_sizes": {str(m): _set_sizes(m, data) for m in batch_sizes},
             "runs": runs,
