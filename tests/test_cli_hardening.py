@@ -401,3 +401,22 @@ def test_a_progress_bar_interrupted_while_it_is_built_closes_quietly():
 
     half_built = _Bar.__new__(_Bar)
     half_built.close()  # raises AttributeError when close() assumes the attributes __init__ sets
+
+
+@pytest.mark.parametrize("existed", [False, True])
+def test_ctrl_c_after_the_out_folder_is_made_but_before_training_leaves_no_empty_folder(existed, tmp_path, monkeypatch,
+                                                                                       capsys):  # fmt: skip
+    # fit makes --out, then sets up the bar and its own SIGINT handling: a Ctrl-C in between (e.g. held back
+    # during a lazy import, delivered when it ends) left an empty folder that 'train' had created
+    import bnlab.training.loop as loop
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "progress_bar", interrupted)
+    out = tmp_path / "run"
+    if existed:
+        out.mkdir()
+    assert main(["train", "--out", str(out), "--epochs", "1", "--lang", "en", "--quiet"]) == 130
+    assert capsys.readouterr().err.strip() == "Interrupted."
+    assert out.is_dir() == existed  # a folder the user had stays; the one train made goes when still empty

@@ -113,3 +113,9 @@ BUGS += [
          old='if not getattr(self, "disable", True) and', new="if not self.disable and",
          tests=["tests/test_cli_hardening.py::test_a_progress_bar_interrupted_while_it_is_built_closes_quietly"]),
 ]
+BUGS += [
+    dict(name="train-interrupted-before-training-keeps-empty-out", path="src/bnlab/cli/train.py",
+         old="        if not existed:\n            remove_if_empty(args.out)\n", new="",
+         tests=["tests/test_cli_hardening.py::"
+                "test_ctrl_c_after_the_out_folder_is_made_but_before_training_leaves_no_empty_folder[False]"]),
+]

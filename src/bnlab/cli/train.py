@@ -28,6 +28,7 @@ from .common import (
     positive_float,
     positive_int,
     read_training_checkpoint,
+    remove_if_empty,
     set_threads,
     unwritable,
     writable_dir,
@@ -115,8 +116,23 @@ def run(args) -> int:
 
     _label(args)  # --norm and --per agree, before anything is read or written
     check_data(args.dataset, args.data, lang)
+    from ..training import CHECKPOINT_NAME
+
+    ckpt = args.out / CHECKPOINT_NAME
+    replica = parallel.current()  # None in one process; set in each of --nproc N processes and under torchrun
+    if ckpt.exists() and not args.resume:
+        raise UsageError(t("cli.exists", lang, ckpt=ckpt))
+    existed = writable_dir(args.out, "--out", lang)
+    try:
+        return _run(args, lang, ckpt, replica)
+    except KeyboardInterrupt:  # before training began (e.g. while the data loads): leave no empty --out behind
+        if not existed:
+            remove_if_empty(args.out)
+        raise
+
+
+def _run(args, lang: str, ckpt: Path, replica) -> int:
     from ..training import (
-        CHECKPOINT_NAME,
         TrainConfig,
         TrainingDiverged,
         TrainingInterrupted,
@@ -126,11 +142,6 @@ def run(args) -> int:
         write_json,
     )
 
-    ckpt = args.out / CHECKPOINT_NAME
-    replica = parallel.current()  # None in one process; set in each of --nproc N processes and under torchrun
-    if ckpt.exists() and not args.resume:
-        raise UsageError(t("cli.exists", lang, ckpt=ckpt))
-    writable_dir(args.out, "--out", lang)
     if args.nproc > 1 and replica is None:  # every process runs this command as one replica
         if args.resume and ckpt.exists():  # a damaged checkpoint is said at once, before N processes start
             read_training_checkpoint(ckpt, lang, args.allow_legacy, say_legacy=False)  # rank 0 says it
