@@ -463,3 +463,75 @@ def test_fused_relu_gradcheck_and_bad_activation():
         bnlab.nn.BatchNorm2d(3, activation="gelu")
     with pytest.raises(ValueError, match="activation must be one of"):
         F.batch_norm(x, None, None, training=True, activation="tanh")
+
+
+# ---- checks once per configuration (bnlab.nn.functional.checked_axes) -------------------------------------
+
+
+def _refused_after_cached_calls():
+    return [
+        (lambda bn: bn(torch.randn(4, 4, 2, 2)), ValueError, "expected 3 channels"),
+        (lambda bn: bn(torch.randn(4, 3, 2, 2, dtype=torch.float64)), TypeError, "mixed dtype"),
+        (lambda bn: bn(torch.randn(1, 3, 1, 1)), ValueError, "Expected more than 1 value per channel"),
+        (lambda bn: (setattr(bn, "eps", -1.0), bn(torch.randn(4, 3, 2, 2))), ValueError, "eps must be"),
+        (lambda bn: (setattr(bn, "momentum", 1.5), bn(torch.randn(4, 3, 2, 2))), ValueError, "momentum must be in"),
+        (
+            lambda bn: (setattr(bn, "weight", torch.nn.Parameter(torch.ones(2, 2))), bn(torch.randn(4, 3, 2, 2))),
+            ValueError,
+            "weight has shape",
+        ),
+        (
+            lambda bn: F.batch_norm(torch.randn(4, 3, 2, 2), bn.running_mean, bn.running_var.double(), training=True),
+            TypeError,
+            "mixed dtype",
+        ),
+        (
+            lambda bn: F.batch_norm(torch.randn(4, 3, 2, 2), bn.running_mean, bn.running_var, axes=(0.0, 2, 3)),
+            TypeError,
+            "axes must be integers",
+        ),
+    ]
+
+
+@pytest.mark.parametrize("call, exc, match", _refused_after_cached_calls())
+def test_cached_checks_still_refuse_a_changed_call(call, exc, match):
+    """The checks run once per configuration; any change to what they read is checked again, before any state
+    changes."""
+    bn = bnlab.nn.BatchNorm2d(3)
+    for _ in range(3):  # the configuration is accepted and remembered
+        bn(torch.randn(4, 3, 2, 2))
+        F.batch_norm(torch.randn(4, 3, 2, 2), bn.running_mean.clone(), bn.running_var.clone(), axes=(0, 2, 3))
+    before = {k: v.clone() for k, v in bn.named_buffers()}
+    with pytest.raises(exc, match=match):
+        call(bn)
+    for k, v in bn.named_buffers():
+        assert torch.equal(v, before[k]), k
+
+
+def test_reassigned_eps_and_momentum_take_effect():
+    """Hyperparameters assigned between calls change the next call, as in torch (no stale cached value)."""
+    torch.manual_seed(0)
+    ours, theirs = bnlab.nn.BatchNorm2d(3), torch.nn.BatchNorm2d(3)
+    for step, (eps, momentum) in enumerate([(1e-5, 0.1), (1e-5, 0.1), (0.5, 0.1), (0.5, 0.7), (2.0, None)]):
+        for layer in (ours, theirs):
+            layer.eps, layer.momentum = eps, momentum
+        x = torch.randn(4, 3, 2, 2) * 0.5
+        torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-6, msg=f"step {step}")
+        torch.testing.assert_close(ours.running_mean, theirs.running_mean, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(ours.running_var, theirs.running_var, rtol=1e-6, atol=1e-7)
+    ours.eval(), theirs.eval()
+    ours.eps = theirs.eps = 3.0
+    x = torch.randn(4, 3, 2, 2)
+    torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-6)
+
+
+def test_running_update_skips_only_non_finite_features_on_the_fast_path():
+    """Finite statistics update in one step (read on the host); a non-finite feature keeps its value."""
+    rm, rv = torch.zeros(3), torch.ones(3)
+    mean, var = torch.tensor([1.0, float("nan"), 2.0]), torch.tensor([4.0, 1.0, float("inf")])
+    F.update_running_stats(rm, rv, mean, var, 5, 0.5)  # unbiased: 4·5/4 = 5
+    torch.testing.assert_close(rm, torch.tensor([0.5, 0.0, 0.0]))  # feature 2: σ² = inf, both keep theirs
+    torch.testing.assert_close(rv, torch.tensor([3.0, 1.0, 1.0]))
+    F.update_running_stats(rm, rv, torch.tensor([1.0, 1.0, 1.0]), torch.tensor([4.0, 4.0, 4.0]), 5, 0.5)
+    torch.testing.assert_close(rm, torch.tensor([0.75, 0.5, 0.5]))
+    torch.testing.assert_close(rv, torch.tensor([4.0, 3.0, 3.0]))

@@ -1,0 +1,30 @@
+"""Planted bugs for the fast paths of small tensors, synchronized BN and the compiled step (helper "fast")."""
+
+N = "tests/test_nn.py::"
+
+BUGS = [
+    dict(
+        name="checks-cache-ignores-hyperparameters",
+        path="src/bnlab/nn/functional.py",
+        old="_tensor_key(x), axes, bool(training), eps, momentum, activation,",
+        new="_tensor_key(x), axes, bool(training), activation,",
+        tests=[N + "test_cached_checks_still_refuse_a_changed_call"],
+    ),
+    dict(
+        name="checks-cache-ignores-parameters",
+        path="src/bnlab/nn/functional.py",
+        old="_tensor_key(running_mean), _tensor_key(running_var), _tensor_key(weight), _tensor_key(bias),",
+        new="",
+        tests=[N + "test_cached_checks_still_refuse_a_changed_call"],
+    ),
+    dict(
+        name="running-update-host-guard-always-finite",
+        path="src/bnlab/nn/functional.py",
+        old="return math.isfinite(float(mean.sum()) + float(unbiased.sum()))",
+        new="return True",
+        tests=[
+            N + "test_running_update_skips_only_non_finite_features_on_the_fast_path",
+            N + "test_nan_input_does_not_poison_running_statistics",
+        ],
+    ),
+]
