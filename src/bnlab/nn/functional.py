@@ -155,11 +155,11 @@ def batch_norm(
         axes_k = (0, *(a + 1 for a in axes if a != 0))
         weight_k = None if weight is None else weight.expand(chunks, *weight.shape)
         bias_k = None if bias is None else bias.expand(chunks, *bias.shape)
-        y, mean, var = _dispatch.train(x, weight_k, bias_k, axes_k, eps, relu)
+        y, mean, var = _dispatch.train(x, weight_k, bias_k, axes_k, eps, relu, running_mean is not None)
         y = y.movedim(0, 1).flatten(0, 1)
         mean, var, count = mean.mean(0), var.mean(0), count // chunks
     else:
-        y, mean, var = _dispatch.train(input, weight, bias, axes, eps, relu)
+        y, mean, var = _dispatch.train(input, weight, bias, axes, eps, relu, running_mean is not None)
     if running_mean is not None:
         update_running_stats(running_mean, running_var, mean, var, count, momentum)
     return y
@@ -227,6 +227,8 @@ def _all_finite_on_host(running_mean, running_var, mean, unbiased) -> bool:
     with buffers of float32/float64: no host synchronization, no tracer, no narrow buffer to saturate). A
     non-finite value makes its sum inf or NaN; a sum that overflows while every value is finite only sends
     the call to the guarded update, which gives the same result."""
+    if torch.compiler.is_compiling():
+        return False
     if running_mean.device.type != "cpu" or running_mean.dtype in _LOW or running_var.dtype in _LOW:
         return False
     if type(mean) is not Tensor or _dispatch.route(mean) != "eager":
