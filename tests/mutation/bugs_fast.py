@@ -44,4 +44,22 @@ BUGS = [
             "tests/test_compile.py::test_compiled_refuses_a_variance_beyond_float32_and_changes_nothing",
         ],
     ),
+    dict(
+        name="sync-header-check-cached-without-comparing",
+        path="src/bnlab/distributed.py",
+        old="if last is not None and last.shape == block.shape and torch.equal(last, block):",
+        new="if last is not None:",
+        tests=[
+            "tests/test_distributed_faults.py::test_headers_are_checked_once_per_layer_and_shape_and_a_later_change_still_fails"
+        ],
+    ),
+    dict(
+        name="sync-header-checked-every-call",
+        path="src/bnlab/distributed.py",
+        old="    _validated[slot] = block.clone()\n",
+        new="",
+        tests=[
+            "tests/test_distributed_faults.py::test_headers_are_checked_once_per_layer_and_shape_and_a_later_change_still_fails"
+        ],
+    ),
 ]
