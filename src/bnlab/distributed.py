@@ -482,7 +482,7 @@ def _sync(x, running_mean, running_var, weight, bias, momentum, eps, axes, group
         if x.dim() < 2:
             raise ValueError(f"expected an input of 2 or more dimensions (N, C, ...), got shape {tuple(x.shape)}")
         # local checks on a 2-sample stand-in: "more than one value" is checked on the global count
-        axes = F.check_tensors(_probe(x), axes, True, running_mean, running_var, weight, bias, eps, momentum)
+        axes = F.checked_axes(_probe(x), axes, True, running_mean, running_var, weight, bias, eps, momentum)
         if running_mean is not None and momentum is None:
             raise ValueError(
                 "momentum=None (cumulative average) needs the number of batches seen: use bnlab.nn.SyncBatchNorm, "

@@ -68,6 +68,7 @@ __all__ = [
     "update_running_stats",
     "default_axes",
     "check_tensors",
+    "checked_axes",
     "check_dtype",
     "check_mask",
     "check_variance_fits",
