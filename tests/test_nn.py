@@ -535,3 +535,44 @@ def test_running_update_skips_only_non_finite_features_on_the_fast_path():
     F.update_running_stats(rm, rv, torch.tensor([1.0, 1.0, 1.0]), torch.tensor([4.0, 4.0, 4.0]), 5, 0.5)
     torch.testing.assert_close(rm, torch.tensor([0.75, 0.5, 0.5]))
     torch.testing.assert_close(rv, torch.tensor([4.0, 3.0, 3.0]))
+
+
+# ---- small tensors: torch's own batch norm where its statistics meet the numerical policy ------------------
+
+
+@pytest.mark.parametrize(
+    "shape, offset, native",
+    [
+        ((16, 8, 4, 4), 0.0, True),
+        ((2, 3, 5), 3.0, True),
+        ((16, 8, 4, 4), 1e4, False),  # |μ|/σ above SHIFT_RATIO: the kernels' shifted normalize
+        ((8192, 2, 1), 10.0, False),  # one value per row: torch's float32 statistics are not exact enough
+        ((256, 8, 4, 4), 0.0, False),  # more than SMALL_NUMEL values: the kernels
+    ],
+)
+def test_small_tensors_take_torch_batch_norm_only_where_its_statistics_are_exact(shape, offset, native):
+    g = torch.Generator().manual_seed(3)
+    c = shape[1]
+    x = (torch.randn(shape, generator=g, dtype=torch.float64) * 2 + offset).float().requires_grad_()
+    w = (torch.rand(c, generator=g) + 0.5).requires_grad_()
+    b = torch.randn(c, generator=g).requires_grad_()
+    rm, rv = torch.zeros(c), torch.ones(c)
+    y = F.batch_norm(x, rm, rv, w, b, training=True, momentum=1.0)
+    assert type(y.grad_fn).__name__.startswith("NativeBatchNormBackward") == native, y.grad_fn
+    axes = (0, *range(2, x.dim()))
+    xd = x.detach().double().requires_grad_()
+    mean, var = xd.detach().mean(axes), xd.detach().var(axes, correction=0)
+    n = x.numel() // c
+    torch.testing.assert_close(rm.double(), mean, rtol=1e-7, atol=1e-6)
+    torch.testing.assert_close(rv.double(), var * n / (n - 1), rtol=3e-7, atol=0)
+    wd, bd = w.detach().double().requires_grad_(), b.detach().double().requires_grad_()
+    yd = torch.nn.functional.batch_norm(xd, None, None, wd, bd, training=True)
+    # (μ_B in float32 is rounded to ~6e-8·|μ|: the output can be no closer than that over σ)
+    torch.testing.assert_close(y.double(), yd, rtol=0, atol=1e-5 + 1e-7 * offset)
+    if offset > 100:  # (dγ = Σ dy·x̂ carries the same rounding of μ_B: tests/test_numerics.py bounds it)
+        return
+    dy = torch.randn(shape, generator=g)
+    got = torch.autograd.grad(y, (x, w, b), dy)
+    want = torch.autograd.grad(yd, (xd, wd, bd), dy.double())
+    for gt, wt in zip(got, want, strict=True):
+        torch.testing.assert_close(gt.double(), wt, rtol=1e-4, atol=1e-4 * float(wt.abs().max()))

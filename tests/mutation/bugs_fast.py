@@ -62,4 +62,28 @@ BUGS = [
             "tests/test_distributed_faults.py::test_headers_are_checked_once_per_layer_and_shape_and_a_later_change_still_fails"
         ],
     ),
+    dict(
+        name="small-door-ignores-the-offset",
+        path="src/bnlab/nn/_dispatch.py",
+        old="if not (math.isfinite(v) and m * m <= r2 * (v + eps)):",
+        new="if not math.isfinite(v):",
+        tests=[N + "test_small_tensors_take_torch_batch_norm_only_where_its_statistics_are_exact"],
+    ),
+    dict(
+        name="small-door-takes-one-value-rows",
+        path="src/bnlab/nn/_dispatch.py",
+        old="or x.numel() == x.shape[0] * x.shape[1]  # H·W = 1",
+        new="or False  # H·W = 1",
+        tests=[N + "test_small_tensors_take_torch_batch_norm_only_where_its_statistics_are_exact"],
+    ),
+    dict(
+        name="small-door-lets-an-overflowing-variance-through",
+        path="src/bnlab/nn/_dispatch.py",
+        old="if not (math.isfinite(v) and m * m <= r2 * (v + eps)):",
+        new="if not (m * m <= r2 * (v + eps)):",
+        tests=[
+            "tests/test_numerics.py::test_variance_beyond_float32_is_refused_and_changes_nothing",
+            N + "test_nan_input_does_not_poison_running_statistics",
+        ],
+    ),
 ]

@@ -125,6 +125,9 @@ def train(x: Tensor, weight, bias, axes: tuple[int, ...], eps: float, relu: bool
     """
     door = route(x)
     if door == "eager":
+        small = _torch_small_train(x, weight, bias, axes, eps, relu)
+        if small is not None:
+            return small
         return KernelTrainFunction.apply(x, weight, bias, axes, eps, relu)
     if door == "compiled":
         if stats_used and x.device.type == "cpu":
@@ -134,6 +137,56 @@ def train(x: Tensor, weight, bias, axes: tuple[int, ...], eps: float, relu: bool
     if door == "stock":
         return composed_train(x, weight, bias, axes, eps, relu)
     return train_op(x, weight, bias, list(axes), eps, relu)
+
+
+#: Up to this many values a dense NCHW training call may take :func:`_torch_small_train`.
+SMALL_NUMEL = 1 << 14
+_SMALL_HOST_C = 64  # up to this many channels the checks read the statistics on the host
+
+
+def _torch_small_train(x: Tensor, weight, bias, axes: tuple[int, ...], eps: float, relu: bool):
+    """Door ``eager`` for small tensors: ``(y, μ_B, σ²_B)`` from torch's own CPU batch norm, or None.
+
+    On a small tensor the Python of an autograd Function (forward and backward) costs more than torch's
+    whole batch norm; torch's ``batch_norm`` records its backward in C++ — the same closed form, the same
+    ``aten.native_batch_norm_backward`` that the cpu family's backward calls. It is taken only where torch's
+    statistics meet bnlab's numerical policy: a dense contiguous NCHW float32/float64 CPU input with more than
+    one value per row (torch's contiguous CPU path: a two-pass mean and Σ(x − μ)² with float64 accumulators,
+    within 1e-7 of float64; rows of one value and channels_last take its float32 path instead), at most
+    :data:`SMALL_NUMEL` values, parameters of x's dtype, and every channel with |μ|/σ ≤
+    :data:`bnlab.kernels.composed.SHIFT_RATIO` and a finite σ²_B (read before any output is made). Anything
+    else — an offset that needs the shifted normalize, a variance that overflows, NaN/inf — returns None and
+    the call takes the kernels (:class:`KernelTrainFunction`), which decide as usual.
+    """
+    if (
+        x.dtype not in (torch.float32, torch.float64)
+        or x.device.type != "cpu"
+        or x.numel() > SMALL_NUMEL
+        or x.dim() < 3
+        or not x.is_contiguous()
+        or x.numel() == x.shape[0] * x.shape[1]  # H·W = 1: torch's float32 (channels_last) statistics
+        or axes != tuple(range(0, 1)) + tuple(range(2, x.dim()))
+        or (weight is not None and weight.dtype != x.dtype)
+        or (bias is not None and bias.dtype != x.dtype)
+    ):
+        return None
+    with torch.no_grad():
+        mean, var = torch.batch_norm_update_stats(x, None, None, 0.0)
+    if not _fits_without_shift(mean, var, eps):
+        return None
+    y = torch.batch_norm(x, weight, bias, None, None, True, 0.0, eps, False)
+    return (torch.relu(y) if relu else y), mean, var
+
+
+def _fits_without_shift(mean: Tensor, var: Tensor, eps: float) -> bool:
+    """Every σ²_B finite and every |μ|/√(σ²+ε) ≤ SHIFT_RATIO (:func:`bnlab.kernels.composed.needs_shift`)."""
+    r2 = composed.SHIFT_RATIO * composed.SHIFT_RATIO
+    if mean.numel() <= _SMALL_HOST_C:
+        for m, v in zip(mean.tolist(), var.tolist(), strict=True):
+            if not (math.isfinite(v) and m * m <= r2 * (v + eps)):
+                return False
+        return True
+    return math.isfinite(float(var.sum())) and not bool(composed.needs_shift(mean, var, eps).any())
 
 
 def train_masked(x: Tensor, mask: Tensor, weight, bias, axes: tuple[int, ...], eps: float, relu: bool):
