@@ -20,6 +20,11 @@ route          when                                                   training /
                                                                       differentiable by any transform
 =============  =====================================================  ==========================================
 
+In door ``eager``, a small dense NCHW float32/float64 CPU training call whose statistics torch computes exactly
+(float64 accumulators, |μ|/σ ≤ SHIFT_RATIO, checked first) runs torch's own ``batch_norm`` instead of the
+Function: its backward is recorded in C++, where an autograd Function's Python costs more than the whole
+batch norm (:func:`_torch_small_train`).
+
 Numerical policy, on every door: statistics in float32 or wider (float64 for float64 input), biased σ²_B
 to normalize. The ``compiled`` door always normalizes in the shifted form y = (x − μ)·(γ·invstd) + β (x − μ
 is exact near μ, and Inductor fuses it into one pass anyway); the others use the kernels' choice. The
