@@ -175,8 +175,7 @@ def _torch_small_train(x: Tensor, weight, bias, axes: tuple[int, ...], eps: floa
         or (bias is not None and bias.dtype != x.dtype)
     ):
         return None
-    with torch.no_grad():
-        mean, var = torch.batch_norm_update_stats(x, None, None, 0.0)
+    mean, var = torch.batch_norm_update_stats(x.detach(), None, None, 0.0)  # (detached: no autograd record)
     if not _fits_without_shift(mean, var, eps):
         return None
     y = torch.batch_norm(x, weight, bias, None, None, True, 0.0, eps, False)
