@@ -576,3 +576,14 @@ def test_small_tensors_take_torch_batch_norm_only_where_its_statistics_are_exact
     want = torch.autograd.grad(yd, (xd, wd, bd), dy.double())
     for gt, wt in zip(got, want, strict=True):
         torch.testing.assert_close(gt.double(), wt, rtol=1e-4, atol=1e-4 * float(wt.abs().max()))
+
+
+def test_running_update_of_feature_shaped_statistics():
+    """Per-activation statistics (C, L) take the host-read update as well (a planted flat-list read failed here)."""
+    torch.manual_seed(0)
+    ours = bnlab.nn.BatchNorm1d(3, per="activation", spatial_size=4)
+    x = torch.randn(6, 3, 4)
+    ours(x)
+    want_mean = 0.1 * x.mean(0)
+    torch.testing.assert_close(ours.running_mean, want_mean, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(ours.running_var, 0.9 + 0.1 * x.var(0, correction=1), rtol=1e-6, atol=1e-7)

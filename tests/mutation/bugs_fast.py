@@ -20,10 +20,11 @@ BUGS = [
     dict(
         name="running-update-host-guard-always-finite",
         path="src/bnlab/nn/functional.py",
-        old="return math.isfinite(sum(mean.tolist()) + sum(unbiased.tolist()))",
+        old="return math.isfinite(sum(mean.reshape(-1).tolist()) + sum(unbiased.reshape(-1).tolist()))",
         new="return True",
         tests=[
             N + "test_running_update_skips_only_non_finite_features_on_the_fast_path",
+            N + "test_running_update_of_feature_shaped_statistics",
             N + "test_nan_input_does_not_poison_running_statistics",
         ],
     ),

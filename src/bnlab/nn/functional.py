@@ -235,7 +235,7 @@ def _all_finite_on_host(running_mean, running_var, mean, unbiased) -> bool:
     if type(mean) is not Tensor or _dispatch.route(mean) != "eager":
         return False
     if mean.numel() <= 64:  # C numbers read as Python floats: cheaper than two reductions, and no overflow
-        return math.isfinite(sum(mean.tolist()) + sum(unbiased.tolist()))
+        return math.isfinite(sum(mean.reshape(-1).tolist()) + sum(unbiased.reshape(-1).tolist()))
     return math.isfinite(float(mean.sum()) + float(unbiased.sum()))
 
 
