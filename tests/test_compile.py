@@ -142,6 +142,40 @@ def test_compile_hands_over_ordinary_ops_not_the_opaque_operator(activation):
     assert "aten.lerp.Tensor" in targets or "aten.lerp.Scalar" in targets, targets
 
 
+def _depends_on(node, target: str) -> bool:
+    """Whether ``node`` (an FX node) is computed from a call of ``target``."""
+    seen, todo = set(), [node]
+    while todo:
+        n = todo.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n.op == "call_function" and str(n.target).startswith(target):
+            return True
+        todo.extend(n.all_input_nodes)
+    return False
+
+
+@pytest.mark.parametrize("track", [True, False], ids=["running_stats", "no_running_stats"])
+def test_variance_check_does_not_split_the_fused_normalize(track):
+    """With running statistics the opaque overflow check of σ²_B sits on the running update's path only, so
+    the output is computed from the statistics without it (Inductor fuses var_mean and the normalize into one
+    kernel: the check between them cost 6% of a compiled ResNet step); without them it guards the output."""
+    torch._dynamo.reset()
+    rec = _Recorder()
+    layer = bnlab.nn.BatchNorm2d(3, track_running_stats=track)
+    torch.compile(layer, backend=rec.backend, fullgraph=True)(torch.randn(6, 3, 7, 7))
+    graph = rec.graphs[0].graph
+    assert "bnlab.checked_variance.default" in rec.targets()  # the check is in the graph either way
+    out = next(n for n in graph.nodes if n.op == "output").args[0]
+    outputs = [o for o in out if isinstance(o, torch.fx.Node)]
+    mutated = [o for o in outputs if _depends_on(o, "aten.lerp")]  # the new running statistics
+    normalized = [o for o in outputs if o.meta.get("val") is not None and tuple(o.meta["val"].shape) == (6, 3, 7, 7)]
+    assert normalized, [o.meta.get("val") for o in outputs]
+    assert all(_depends_on(o, "bnlab.checked_variance") for o in mutated)  # state changes only after the check
+    assert any(_depends_on(o, "bnlab.checked_variance") for o in normalized) == (not track)
+
+
 def test_export_still_records_the_operator():
     # torch.export keeps its one op per layer (exporters and the fx tools look for it)
     ep = torch.export.export(_net(bnlab.nn.BatchNorm2d).train(), (torch.randn(6, 3, 7, 7),))

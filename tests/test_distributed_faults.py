@@ -131,6 +131,33 @@ def _faults(rank: int, world: int, out_dir: str) -> dict:
     layer = wide if rank == 0 else narrow
     out["skip_wide"] = _outcome(lambda: layer(torch.randn(4, layer.num_features, 5)))
     out["skip_wide_state"] = [int(bn.num_batches_tracked) for bn in (wide, narrow)]
+    out.update(_header_checks(rank))
+    return out
+
+
+def _header_checks(rank: int) -> dict:
+    """How often the gathered headers are checked: once per layer and shapes, again after any change."""
+    import bnlab.distributed as sync
+
+    calls, original = [], sync._check_headers
+
+    def counted(*args):
+        calls.append(1)
+        return original(*args)
+
+    sync._check_headers = counted
+    try:
+        steady = SyncBatchNorm(3, timeout=20)
+        for _ in range(4):
+            steady(torch.randn(4, 3, 5))
+        out = {"steady_checks": len(calls)}
+        steady(torch.randn(4 + rank, 3, 5))  # rank 1's shard grows: checked again
+        out["changed_checks"] = len(calls)
+        steady.eps = 1e-5 if rank == 0 else 1e-3  # a layer checked before now differs on rank 1
+        out["late_eps"] = _outcome(lambda: steady(torch.randn(4, 3, 5)))
+        out["late_eps_state"] = int(steady.num_batches_tracked)
+    finally:
+        sync._check_headers = original
     return out
 
 
@@ -275,6 +302,14 @@ def test_a_skipped_hand_built_layer_fails_on_every_rank(faults):
         torch.nn.functional.batch_norm(full, rm, torch.ones(29), training=True, momentum=0.1)
     for r in faults:
         torch.testing.assert_close(r["wide_rm"], rm, rtol=1e-5, atol=1e-6)
+
+
+def test_headers_are_checked_once_per_layer_and_shape_and_a_later_change_still_fails(faults):
+    for r in faults:
+        assert r["steady_checks"] == 1, r["steady_checks"]  # 4 steps of one layer and shape: one check
+        assert r["changed_checks"] == 2, r["changed_checks"]  # another shard size: checked again
+        assert "SyncBatchNormError" in r["late_eps"] and "eps=0.001" in r["late_eps"], r["late_eps"]
+        assert r["late_eps_state"] == 5  # the refused step counted nowhere
 
 
 def test_ranks_disagreeing_on_eps_or_momentum_fail_on_every_rank(faults):

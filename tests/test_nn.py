@@ -463,3 +463,127 @@ def test_fused_relu_gradcheck_and_bad_activation():
         bnlab.nn.BatchNorm2d(3, activation="gelu")
     with pytest.raises(ValueError, match="activation must be one of"):
         F.batch_norm(x, None, None, training=True, activation="tanh")
+
+
+# ---- checks once per configuration (bnlab.nn.functional.checked_axes) -------------------------------------
+
+
+def _refused_after_cached_calls():
+    return [
+        (lambda bn: bn(torch.randn(4, 4, 2, 2)), ValueError, "expected 3 channels"),
+        (lambda bn: bn(torch.randn(4, 3, 2, 2, dtype=torch.float64)), TypeError, "mixed dtype"),
+        (lambda bn: bn(torch.randn(1, 3, 1, 1)), ValueError, "Expected more than 1 value per channel"),
+        (lambda bn: (setattr(bn, "eps", -1.0), bn(torch.randn(4, 3, 2, 2))), ValueError, "eps must be"),
+        (lambda bn: (setattr(bn, "momentum", 1.5), bn(torch.randn(4, 3, 2, 2))), ValueError, "momentum must be in"),
+        (
+            lambda bn: (setattr(bn, "weight", torch.nn.Parameter(torch.ones(2, 2))), bn(torch.randn(4, 3, 2, 2))),
+            ValueError,
+            "weight has shape",
+        ),
+        (
+            lambda bn: F.batch_norm(torch.randn(4, 3, 2, 2), bn.running_mean, bn.running_var.double(), training=True),
+            TypeError,
+            "mixed dtype",
+        ),
+        (
+            lambda bn: F.batch_norm(torch.randn(4, 3, 2, 2), bn.running_mean, bn.running_var, axes=(0.0, 2, 3)),
+            TypeError,
+            "axes must be integers",
+        ),
+    ]
+
+
+@pytest.mark.parametrize("call, exc, match", _refused_after_cached_calls())
+def test_cached_checks_still_refuse_a_changed_call(call, exc, match):
+    """The checks run once per configuration; any change to what they read is checked again, before any state
+    changes."""
+    bn = bnlab.nn.BatchNorm2d(3)
+    for _ in range(3):  # the configuration is accepted and remembered
+        bn(torch.randn(4, 3, 2, 2))
+        F.batch_norm(torch.randn(4, 3, 2, 2), bn.running_mean.clone(), bn.running_var.clone(), axes=(0, 2, 3))
+    before = {k: v.clone() for k, v in bn.named_buffers()}
+    with pytest.raises(exc, match=match):
+        call(bn)
+    for k, v in bn.named_buffers():
+        assert torch.equal(v, before[k]), k
+
+
+def test_reassigned_eps_and_momentum_take_effect():
+    """Hyperparameters assigned between calls change the next call, as in torch (no stale cached value)."""
+    torch.manual_seed(0)
+    ours, theirs = bnlab.nn.BatchNorm2d(3), torch.nn.BatchNorm2d(3)
+    for step, (eps, momentum) in enumerate([(1e-5, 0.1), (1e-5, 0.1), (0.5, 0.1), (0.5, 0.7), (2.0, None)]):
+        for layer in (ours, theirs):
+            layer.eps, layer.momentum = eps, momentum
+        x = torch.randn(4, 3, 2, 2) * 0.5
+        torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-6, msg=f"step {step}")
+        torch.testing.assert_close(ours.running_mean, theirs.running_mean, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(ours.running_var, theirs.running_var, rtol=1e-6, atol=1e-7)
+    ours.eval(), theirs.eval()
+    ours.eps = theirs.eps = 3.0
+    x = torch.randn(4, 3, 2, 2)
+    torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-6)
+
+
+def test_running_update_skips_only_non_finite_features_on_the_fast_path():
+    """Finite statistics update in one step (read on the host); a non-finite feature keeps its value."""
+    rm, rv = torch.zeros(3), torch.ones(3)
+    mean, var = torch.tensor([1.0, float("nan"), 2.0]), torch.tensor([4.0, 1.0, float("inf")])
+    F.update_running_stats(rm, rv, mean, var, 5, 0.5)  # unbiased: 4·5/4 = 5
+    torch.testing.assert_close(rm, torch.tensor([0.5, 0.0, 0.0]))  # feature 2: σ² = inf, both keep theirs
+    torch.testing.assert_close(rv, torch.tensor([3.0, 1.0, 1.0]))
+    F.update_running_stats(rm, rv, torch.tensor([1.0, 1.0, 1.0]), torch.tensor([4.0, 4.0, 4.0]), 5, 0.5)
+    torch.testing.assert_close(rm, torch.tensor([0.75, 0.5, 0.5]))
+    torch.testing.assert_close(rv, torch.tensor([4.0, 3.0, 3.0]))
+
+
+# ---- small tensors: torch's own batch norm where its statistics meet the numerical policy ------------------
+
+
+@pytest.mark.parametrize(
+    "shape, offset, native",
+    [
+        ((16, 8, 4, 4), 0.0, True),
+        ((2, 3, 5), 3.0, True),
+        ((16, 8, 4, 4), 1e4, False),  # |μ|/σ above SHIFT_RATIO: the kernels' shifted normalize
+        ((8192, 2, 1), 10.0, False),  # one value per row: torch's float32 statistics are not exact enough
+        ((256, 8, 4, 4), 0.0, False),  # more than SMALL_NUMEL values: the kernels
+    ],
+)
+def test_small_tensors_take_torch_batch_norm_only_where_its_statistics_are_exact(shape, offset, native):
+    g = torch.Generator().manual_seed(3)
+    c = shape[1]
+    x = (torch.randn(shape, generator=g, dtype=torch.float64) * 2 + offset).float().requires_grad_()
+    w = (torch.rand(c, generator=g) + 0.5).requires_grad_()
+    b = torch.randn(c, generator=g).requires_grad_()
+    rm, rv = torch.zeros(c), torch.ones(c)
+    y = F.batch_norm(x, rm, rv, w, b, training=True, momentum=1.0)
+    assert type(y.grad_fn).__name__.startswith("NativeBatchNormBackward") == native, y.grad_fn
+    axes = (0, *range(2, x.dim()))
+    xd = x.detach().double().requires_grad_()
+    mean, var = xd.detach().mean(axes), xd.detach().var(axes, correction=0)
+    n = x.numel() // c
+    torch.testing.assert_close(rm.double(), mean, rtol=1e-7, atol=1e-6)
+    torch.testing.assert_close(rv.double(), var * n / (n - 1), rtol=3e-7, atol=0)
+    wd, bd = w.detach().double().requires_grad_(), b.detach().double().requires_grad_()
+    yd = torch.nn.functional.batch_norm(xd, None, None, wd, bd, training=True)
+    # (μ_B in float32 is rounded to ~6e-8·|μ|: the output can be no closer than that over σ)
+    torch.testing.assert_close(y.double(), yd, rtol=0, atol=1e-5 + 1e-7 * offset)
+    if offset > 100:  # (dγ = Σ dy·x̂ carries the same rounding of μ_B: tests/test_numerics.py bounds it)
+        return
+    dy = torch.randn(shape, generator=g)
+    got = torch.autograd.grad(y, (x, w, b), dy)
+    want = torch.autograd.grad(yd, (xd, wd, bd), dy.double())
+    for gt, wt in zip(got, want, strict=True):
+        torch.testing.assert_close(gt.double(), wt, rtol=1e-4, atol=1e-4 * float(wt.abs().max()))
+
+
+def test_running_update_of_feature_shaped_statistics():
+    """Per-activation statistics (C, L) take the host-read update as well (a planted flat-list read failed here)."""
+    torch.manual_seed(0)
+    ours = bnlab.nn.BatchNorm1d(3, per="activation", spatial_size=4)
+    x = torch.randn(6, 3, 4)
+    ours(x)
+    want_mean = 0.1 * x.mean(0)
+    torch.testing.assert_close(ours.running_mean, want_mean, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(ours.running_var, 0.9 + 0.1 * x.var(0, correction=1), rtol=1e-6, atol=1e-7)

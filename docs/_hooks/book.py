@@ -529,6 +529,59 @@ def compiled_meta() -> dict:
     return load("compiled.json")
 
 
+def compiled_spread(lang: str = "en") -> str:
+    """The spread of benchmarks/compiled.py's ratios over its rounds (``--rounds``), and whether the target
+    (bnlab compiled ≤ torch compiled in every layout, and faster than bnlab eager) held in each round."""
+    d = load("compiled.json")
+    res = d["results"]
+    if not all(res[layout]["bnlab compiled"].get("rounds") for layout in res):
+        return ""
+    names = {"nchw": "NCHW", "channels_last": "channels_last"}
+
+    def span(values: list[float]) -> str:
+        lo, hi = min(values), max(values)
+        return num(lo, lang, 2) if f"{lo:.2f}" == f"{hi:.2f}" else f"{num(lo, lang, 2)}–{num(hi, lang, 2)}"
+
+    vs_torch, vs_cpu, vs_eager, met = [], [], [], None
+    for layout, r in res.items():
+        compiled, eager = r["bnlab compiled"]["rounds"], r["bnlab eager"]["rounds"]
+        ratios = [c["ratio"] for c in compiled]
+        to_eager = [c["ratio"] / e["ratio"] for c, e in zip(compiled, eager, strict=True)]
+        vs_torch.append((names.get(layout, layout), span(ratios)))
+        vs_cpu.append(span([c["cpu_ratio"] for c in compiled]))
+        vs_eager.append((names.get(layout, layout), span(to_eager)))
+        ok = [a <= 1.0 and b < 1.0 for a, b in zip(ratios, to_eager, strict=True)]
+        met = ok if met is None else [a and b for a, b in zip(met, ok, strict=True)]
+    rounds = len(met)
+    verdict = "all" if all(met) else ("none" if not any(met) else "some")
+    pairs = list(zip(vs_torch, vs_cpu, strict=True))
+    if lang == "en":
+        parts = "; ".join(f"{span_} in {name} (CPU time {cpu})" for (name, span_), cpu in pairs)
+        eager = " and ".join(f"{span_} ({name})" for name, span_ in vs_eager)
+        held = {
+            "all": "held in every round",
+            "none": "held in no round",
+            "some": "held in some rounds, not in others",
+        }
+        return (
+            f"Over this run's {rounds} rounds of {d['steps']} steps, bnlab compiled ÷ torch compiled was {parts}, "
+            f"and bnlab compiled ÷ bnlab eager {eager}. The target (≤ 1.0 in both layouts, compiled faster than "
+            f"eager) {held[verdict]}."
+        )
+    parts = "; ".join(f"{span_} en {name} (tiempo de CPU {cpu})" for (name, span_), cpu in pairs)
+    eager = " y ".join(f"{span_} ({name})" for name, span_ in vs_eager)
+    held = {
+        "all": "se cumplió en todas las rondas",
+        "none": "no se cumplió en ninguna ronda",
+        "some": "se cumplió en unas rondas y en otras no",
+    }
+    return (
+        f"En las {rounds} rondas de {d['steps']} pasos de esta ejecución, bnlab compilado ÷ torch compilado fue "
+        f"{parts}, y bnlab compilado ÷ bnlab sin compilar, {eager}. El objetivo (≤ 1,0 en las dos disposiciones, "
+        f"compilado más rápido que sin compilar) {held[verdict]}."
+    )
+
+
 # ------------------------------------------------------------------------------------ pages opened from disk
 
 _ALTERNATE = re.compile(r'\s*<link rel="alternate" href="[^"]*" hreflang="[^"]*">')

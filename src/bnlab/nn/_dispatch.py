@@ -20,6 +20,11 @@ route          when                                                   training /
                                                                       differentiable by any transform
 =============  =====================================================  ==========================================
 
+In door ``eager``, a small dense NCHW float32/float64 CPU training call whose statistics torch computes exactly
+(float64 accumulators, |μ|/σ ≤ SHIFT_RATIO, checked first) runs torch's own ``batch_norm`` instead of the
+Function: its backward is recorded in C++, where an autograd Function's Python costs more than the whole
+batch norm (:func:`_torch_small_train`).
+
 Numerical policy, on every door: statistics in float32 or wider (float64 for float64 input), biased σ²_B
 to normalize. The ``compiled`` door always normalizes in the shifted form y = (x − μ)·(γ·invstd) + β (x − μ
 is exact near μ, and Inductor fuses it into one pass anyway); the others use the kernels' choice. The
@@ -114,16 +119,78 @@ def route(x: Tensor) -> str:
     return "op"
 
 
-def train(x: Tensor, weight, bias, axes: tuple[int, ...], eps: float, relu: bool):
-    """Alg. 1 in training mode through the door :func:`route` picks: ``(y, μ_B, σ²_B)``."""
+def train(x: Tensor, weight, bias, axes: tuple[int, ...], eps: float, relu: bool, stats_used: bool = False):
+    """Alg. 1 in training mode through the door :func:`route` picks: ``(y, μ_B, σ²_B)``.
+
+    ``stats_used``: the caller feeds μ_B and σ²_B into the running statistics. In the ``compiled`` door on the
+    CPU the overflow check of σ²_B (:data:`checked_variance_op`, opaque to Inductor) then sits on that path
+    only — after the kernel that fuses the statistics with the normalize, which it would otherwise split in
+    two (a second read of x per layer: 6% of a compiled ResNet step). The graph still raises before any
+    state changes; without running statistics the check stays between the statistics and the normalize.
+    """
     door = route(x)
     if door == "eager":
+        small = _torch_small_train(x, weight, bias, axes, eps, relu)
+        if small is not None:
+            return small
         return KernelTrainFunction.apply(x, weight, bias, axes, eps, relu)
     if door == "compiled":
-        return ComposedTrainFunction.apply(x, weight, bias, axes, eps, relu)
+        if stats_used and x.device.type == "cpu":
+            y, mean, var = ComposedTrainFunction.apply(x, weight, bias, axes, eps, relu, False)
+            return y, mean, checked_variance_op(mean, var, x.dtype)
+        return ComposedTrainFunction.apply(x, weight, bias, axes, eps, relu, True)
     if door == "stock":
         return composed_train(x, weight, bias, axes, eps, relu)
     return train_op(x, weight, bias, list(axes), eps, relu)
+
+
+#: Up to this many values a dense NCHW training call may take :func:`_torch_small_train`.
+SMALL_NUMEL = 1 << 14
+_SMALL_HOST_C = 64  # up to this many channels the checks read the statistics on the host
+
+
+def _torch_small_train(x: Tensor, weight, bias, axes: tuple[int, ...], eps: float, relu: bool):
+    """Door ``eager`` for small tensors: ``(y, μ_B, σ²_B)`` from torch's own CPU batch norm, or None.
+
+    On a small tensor the Python of an autograd Function (forward and backward) costs more than torch's
+    whole batch norm; torch's ``batch_norm`` records its backward in C++ — the same closed form, the same
+    ``aten.native_batch_norm_backward`` that the cpu family's backward calls. It is taken only where torch's
+    statistics meet bnlab's numerical policy: a dense contiguous NCHW float32/float64 CPU input with more than
+    one value per row (torch's contiguous CPU path: a two-pass mean and Σ(x − μ)² with float64 accumulators,
+    within 1e-7 of float64; rows of one value and channels_last take its float32 path instead), at most
+    :data:`SMALL_NUMEL` values, parameters of x's dtype, and every channel with |μ|/σ ≤
+    :data:`bnlab.kernels.composed.SHIFT_RATIO` and a finite σ²_B (read before any output is made). Anything
+    else — an offset that needs the shifted normalize, a variance that overflows, NaN/inf — returns None and
+    the call takes the kernels (:class:`KernelTrainFunction`), which decide as usual.
+    """
+    if (
+        x.dtype not in (torch.float32, torch.float64)
+        or x.device.type != "cpu"
+        or x.numel() > SMALL_NUMEL
+        or x.dim() < 3
+        or not x.is_contiguous()
+        or x.numel() == x.shape[0] * x.shape[1]  # H·W = 1: torch's float32 (channels_last) statistics
+        or axes != tuple(range(0, 1)) + tuple(range(2, x.dim()))
+        or (weight is not None and weight.dtype != x.dtype)
+        or (bias is not None and bias.dtype != x.dtype)
+    ):
+        return None
+    mean, var = torch.batch_norm_update_stats(x.detach(), None, None, 0.0)  # (detached: no autograd record)
+    if not _fits_without_shift(mean, var, eps):
+        return None
+    y = torch.batch_norm(x, weight, bias, None, None, True, 0.0, eps, False)
+    return (torch.relu(y) if relu else y), mean, var
+
+
+def _fits_without_shift(mean: Tensor, var: Tensor, eps: float) -> bool:
+    """Every σ²_B finite and every |μ|/√(σ²+ε) ≤ SHIFT_RATIO (:func:`bnlab.kernels.composed.needs_shift`)."""
+    r2 = composed.SHIFT_RATIO * composed.SHIFT_RATIO
+    if mean.numel() <= _SMALL_HOST_C:
+        for m, v in zip(mean.tolist(), var.tolist(), strict=True):
+            if not (math.isfinite(v) and m * m <= r2 * (v + eps)):
+                return False
+        return True
+    return math.isfinite(float(var.sum())) and not bool(composed.needs_shift(mean, var, eps).any())
 
 
 def train_masked(x: Tensor, mask: Tensor, weight, bias, axes: tuple[int, ...], eps: float, relu: bool):
@@ -280,9 +347,14 @@ def _train_backward(ctx, dy, _dmean, _dvar):
     else:
         dx, dw, db = backward_op(dy, x, mean, var, weight, y, list(ctx.axes), ctx.eps, needs)
     dx = dx if needs[0] else None
-    dw = dw.to(ctx.dtypes[0]) if (needs[1] and weight is not None) else None
-    db = db.to(ctx.dtypes[1] or dy.dtype) if needs[2] else None
+    dw = _as(dw, ctx.dtypes[0]) if (needs[1] and weight is not None) else None
+    db = _as(db, ctx.dtypes[1] or dy.dtype) if needs[2] else None
     return dx, dw, db, None, None, None
+
+
+def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t.to(dtype)``, without the call where the dtype is already right (the common case, ~1 µs a call)."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 class KernelTrainFunction(torch.autograd.Function):
@@ -346,9 +418,9 @@ class ComposedTrainFunction(torch.autograd.Function):
     Dynamo traces both directions and Inductor fuses them with their neighbours."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, axes, eps, relu):
+    def forward(ctx, x, weight, bias, axes, eps, relu, check=True):
         mean, var = composed.batch_stats(x, axes)
-        if x.device.type == "cpu":
+        if check and x.device.type == "cpu":  # (check=False: the caller checks σ²_B, see train)
             var = checked_variance_op(mean, var, x.dtype)
         y = shifted_normalize(x, mean, var, weight, bias, eps, axes)
         if relu:
@@ -368,7 +440,7 @@ class ComposedTrainFunction(torch.autograd.Function):
             dw = dw.to(weight.dtype)
         if db is not None:
             db = db.to(ctx.bias_dtype)
-        return dx, dw, db, None, None, None
+        return dx, dw, db, None, None, None, None
 
 
 class MaskedTrainFunction(torch.autograd.Function):

@@ -53,6 +53,8 @@ one; :mod:`bnlab.nn` re-exports them here.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -67,6 +69,7 @@ __all__ = [
     "update_running_stats",
     "default_axes",
     "check_tensors",
+    "checked_axes",
     "check_dtype",
     "check_mask",
     "check_variance_fits",
@@ -110,7 +113,7 @@ def batch_norm(
     than 2 masked-in values is refused (ValueError, no state changed). In eval mode the mask is checked and
     then ignored: the running statistics normalize every value. See docs/mask.md.
     """
-    axes = check_tensors(input, axes, training, running_mean, running_var, weight, bias, eps, momentum, activation)
+    axes = checked_axes(input, axes, training, running_mean, running_var, weight, bias, eps, momentum, activation)
     if mask is not None:
         return _masked_batch_norm(
             input,
@@ -154,11 +157,11 @@ def batch_norm(
         axes_k = (0, *(a + 1 for a in axes if a != 0))
         weight_k = None if weight is None else weight.expand(chunks, *weight.shape)
         bias_k = None if bias is None else bias.expand(chunks, *bias.shape)
-        y, mean, var = _dispatch.train(x, weight_k, bias_k, axes_k, eps, relu)
+        y, mean, var = _dispatch.train(x, weight_k, bias_k, axes_k, eps, relu, running_mean is not None)
         y = y.movedim(0, 1).flatten(0, 1)
         mean, var, count = mean.mean(0), var.mean(0), count // chunks
     else:
-        y, mean, var = _dispatch.train(input, weight, bias, axes, eps, relu)
+        y, mean, var = _dispatch.train(input, weight, bias, axes, eps, relu, running_mean is not None)
     if running_mean is not None:
         update_running_stats(running_mean, running_var, mean, var, count, momentum)
     return y
@@ -204,6 +207,11 @@ def update_running_stats(running_mean, running_var, mean, var, count: int, momen
     # torch.export program cannot load back
     mean, var = mean.detach(), var.detach()
     unbiased = var * (count / (count - 1))
+    if _all_finite_on_host(running_mean, running_var, mean, unbiased):
+        # every statistic is finite (the common case, read on the host): the guard below would change nothing
+        for running, new in ((running_mean, mean), (running_var, unbiased)):
+            running.lerp_(new if new.dtype == running.dtype else new.to(running.dtype), _weight(momentum, running))
+        return
     ok = torch.isfinite(mean) & torch.isfinite(unbiased)
     try:
         for running, new in ((running_mean, mean), (running_var, unbiased)):
@@ -224,6 +232,22 @@ def update_running_stats(running_mean, running_var, mean, var, count: int, momen
             "torch.func.functional_call with such buffers), or pass running_mean=None and running_var=None "
             "(training with batch statistics only)"
         ) from err
+
+
+def _all_finite_on_host(running_mean, running_var, mean, unbiased) -> bool:
+    """True where the statistics are known finite from two host reads of their sums (plain eager CPU calls
+    with buffers of float32/float64: no host synchronization, no tracer, no narrow buffer to saturate). A
+    non-finite value makes its sum inf or NaN; a sum that overflows while every value is finite only sends
+    the call to the guarded update, which gives the same result."""
+    if torch.compiler.is_compiling():
+        return False
+    if running_mean.device.type != "cpu" or running_mean.dtype in _LOW or running_var.dtype in _LOW:
+        return False
+    if type(mean) is not Tensor or _dispatch.route(mean) != "eager":
+        return False
+    if mean.numel() <= 64:  # C numbers read as Python floats: cheaper than two reductions, and no overflow
+        return math.isfinite(sum(mean.reshape(-1).tolist()) + sum(unbiased.reshape(-1).tolist()))
+    return math.isfinite(float(mean.sum()) + float(unbiased.sum()))
 
 
 def _weight(momentum, like: Tensor):
@@ -292,6 +316,54 @@ def check_mask(mask, x: Tensor) -> None:
             f"mask of shape {shape} does not broadcast to the input's shape {target}; give it the input's shape, "
             f"or size 1 on the axes it does not vary along (e.g. (N, 1, H, W) for a padded image batch)"
         )
+
+
+#: configurations :func:`check_tensors` accepted (key: :func:`_config_key`) -> the normalized axes
+_ACCEPTED: dict = {}
+_ACCEPTED_MAX = 256
+
+
+def _tensor_key(t):
+    return None if t is None else (type(t), t.shape, t.dtype, t.device)
+
+
+def _config_key(x, axes, training, running_mean, running_var, weight, bias, eps, momentum, activation):
+    """Everything :func:`check_tensors` reads, as a hashable key; None where the call cannot be keyed safely
+    (a tracer, unusual argument types: those calls are checked in full every time)."""
+    if torch.compiler.is_compiling() or not isinstance(x, torch.Tensor):
+        return None
+    if type(axes) is tuple:
+        axes = (axes, tuple(map(type, axes)))  # (0.0,) == (0,) as a key, but check_tensors refuses a float axis
+    elif axes is not None:
+        return None
+    if type(eps) is not float or type(activation) not in (str, type(None)):
+        return None
+    if isinstance(momentum, torch.Tensor):
+        momentum = torch.Tensor  # not checked (any 0-dim tensor): only its kind enters the key
+    elif type(momentum) is not float and momentum is not None:
+        return None
+    return (
+        _tensor_key(x), axes, bool(training), eps, momentum, activation,
+        _tensor_key(running_mean), _tensor_key(running_var), _tensor_key(weight), _tensor_key(bias),
+    )  # fmt: skip
+
+
+def checked_axes(x, axes, training, running_mean, running_var, weight, bias, eps, momentum, activation=None):
+    """:func:`check_tensors`, run once per configuration: the input's and each tensor's type, shape, dtype and
+    device, the axes, ``training``, ``eps``, ``momentum`` and ``activation`` form the key of a configuration
+    that passed, so a call with a changed input (or a layer whose eps/momentum was reassigned) is checked in
+    full again. Under a tracer (symbolic shapes) every call is checked."""
+    key = _config_key(x, axes, training, running_mean, running_var, weight, bias, eps, momentum, activation)
+    if key is not None:
+        found = _ACCEPTED.get(key)
+        if found is not None:
+            return found
+    out = check_tensors(x, axes, training, running_mean, running_var, weight, bias, eps, momentum, activation)
+    if key is not None:
+        if len(_ACCEPTED) >= _ACCEPTED_MAX:
+            _ACCEPTED.clear()
+        _ACCEPTED[key] = out
+    return out
 
 
 def check_tensors(x, axes, training, running_mean, running_var, weight, bias, eps, momentum, activation=None):

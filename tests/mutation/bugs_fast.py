@@ -1,0 +1,90 @@
+"""Planted bugs for the fast paths of small tensors, synchronized BN and the compiled step (helper "fast")."""
+
+N = "tests/test_nn.py::"
+
+BUGS = [
+    dict(
+        name="checks-cache-ignores-hyperparameters",
+        path="src/bnlab/nn/functional.py",
+        old="_tensor_key(x), axes, bool(training), eps, momentum, activation,",
+        new="_tensor_key(x), axes, bool(training), activation,",
+        tests=[N + "test_cached_checks_still_refuse_a_changed_call"],
+    ),
+    dict(
+        name="checks-cache-ignores-parameters",
+        path="src/bnlab/nn/functional.py",
+        old="_tensor_key(running_mean), _tensor_key(running_var), _tensor_key(weight), _tensor_key(bias),",
+        new="",
+        tests=[N + "test_cached_checks_still_refuse_a_changed_call"],
+    ),
+    dict(
+        name="running-update-host-guard-always-finite",
+        path="src/bnlab/nn/functional.py",
+        old="return math.isfinite(sum(mean.reshape(-1).tolist()) + sum(unbiased.reshape(-1).tolist()))",
+        new="return True",
+        tests=[
+            N + "test_running_update_skips_only_non_finite_features_on_the_fast_path",
+            N + "test_running_update_of_feature_shaped_statistics",
+            N + "test_nan_input_does_not_poison_running_statistics",
+        ],
+    ),
+    dict(
+        name="compiled-variance-check-splits-the-normalize",
+        path="src/bnlab/nn/_dispatch.py",
+        old='if stats_used and x.device.type == "cpu":',
+        new="if False:",
+        tests=["tests/test_compile.py::test_variance_check_does_not_split_the_fused_normalize"],
+    ),
+    dict(
+        name="compiled-variance-check-dropped-with-running-stats",
+        path="src/bnlab/nn/_dispatch.py",
+        old="return y, mean, checked_variance_op(mean, var, x.dtype)",
+        new="return y, mean, var",
+        tests=[
+            "tests/test_compile.py::test_variance_check_does_not_split_the_fused_normalize",
+            "tests/test_compile.py::test_compiled_refuses_a_variance_beyond_float32_and_changes_nothing",
+        ],
+    ),
+    dict(
+        name="sync-header-check-cached-without-comparing",
+        path="src/bnlab/distributed.py",
+        old="if last is not None and last.shape == block.shape and torch.equal(last, block):",
+        new="if last is not None:",
+        tests=[
+            "tests/test_distributed_faults.py::test_headers_are_checked_once_per_layer_and_shape_and_a_later_change_still_fails"
+        ],
+    ),
+    dict(
+        name="sync-header-checked-every-call",
+        path="src/bnlab/distributed.py",
+        old="    _validated[slot] = block.clone()\n",
+        new="",
+        tests=[
+            "tests/test_distributed_faults.py::test_headers_are_checked_once_per_layer_and_shape_and_a_later_change_still_fails"
+        ],
+    ),
+    dict(
+        name="small-door-ignores-the-offset",
+        path="src/bnlab/nn/_dispatch.py",
+        old="if not (math.isfinite(v) and m * m <= r2 * (v + eps)):",
+        new="if not math.isfinite(v):",
+        tests=[N + "test_small_tensors_take_torch_batch_norm_only_where_its_statistics_are_exact"],
+    ),
+    dict(
+        name="small-door-takes-one-value-rows",
+        path="src/bnlab/nn/_dispatch.py",
+        old="or x.numel() == x.shape[0] * x.shape[1]  # H·W = 1",
+        new="or False  # H·W = 1",
+        tests=[N + "test_small_tensors_take_torch_batch_norm_only_where_its_statistics_are_exact"],
+    ),
+    dict(
+        name="small-door-lets-an-overflowing-variance-through",
+        path="src/bnlab/nn/_dispatch.py",
+        old="if not (math.isfinite(v) and m * m <= r2 * (v + eps)):",
+        new="if not (m * m <= r2 * (v + eps)):",
+        tests=[
+            "tests/test_numerics.py::test_variance_beyond_float32_is_refused_and_changes_nothing",
+            N + "test_nan_input_does_not_poison_running_statistics",
+        ],
+    ),
+]
