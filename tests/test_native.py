@@ -195,7 +195,7 @@ def test_constant_and_large_offset_channels_normalize_exactly():
 def test_layer_running_statistics_match_the_pure_path(fmt, monkeypatch):
     """A BatchNorm2d training step: the running statistics (updated in torch from the kernel's μ_B, σ²_B)
     and the gradients agree with the pure chain; the native family ran (its forward was called)."""
-    x = _input((6, 5, 7, 7), fmt, seed=7)
+    x = _input((10, 5, 19, 19), fmt, seed=7)  # above the 16384 values that eager hands to torch's own batch_norm
     calls = []
     real = native.IMPLEMENTATION["forward"]
     monkeypatch.setitem(native.IMPLEMENTATION, "forward", lambda *a, **k: calls.append(1) or real(*a, **k))
@@ -213,8 +213,10 @@ def test_layer_running_statistics_match_the_pure_path(fmt, monkeypatch):
     calls.clear()
     want = step()
     assert not calls
-    for g, w in zip(got, want, strict=True):
-        torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-6)
+    # running statistics to 1e-6; the gradients sum 3610 float32 products per channel in another order
+    # (the pure family accumulates in float32), so they agree to float32's rounding of such sums
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+        torch.testing.assert_close(g, w, rtol=1e-6 if i < 2 else 1e-5, atol=1e-6 if i < 2 else 1e-5)
 
 
 def _run(code: str, env: dict) -> dict:
