@@ -84,7 +84,7 @@ def make_results(lang: str = "en", tmp: Path | None = None, command: str = "bnla
     results = {
         "lang": lang, "command": command, "date": "2026-01-01", "seeds": seeds, "epochs": 1, "batch_size": 32,
         "threads": 1, "data": {"name": "digits", "train": 1258, "val": 180, "test": N_TEST},
-        "record": {"layer": "head.act3", "unit": 0}, "layers": layers, "runs": runs, "out_name": "bnlab-demo",
+        "record": {"layer": "features.act2", "unit": 0}, "layers": layers, "runs": runs, "out_name": "bnlab-demo",
         "timings": {"data": 1.0, "train": 5.0, "eval": 2.0, "figures": 4.0, "other": 1.0, "total": 13.0},
         "figures": figs,
     }  # fmt: skip
