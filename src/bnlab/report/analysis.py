@@ -267,7 +267,7 @@ def val_dips(run: dict) -> list[float]:
     """The ``val_dips`` rule: the validation accuracies (eval mode, EMA statistics) measured during training
     that are at least :data:`DIP` below the evaluation before them, in order."""
     acc = run["history"].get("eval_accuracy", [])
-    return [float(b) for a, b in zip(acc, acc[1:], strict=False) if a - b >= DIP]
+    return [float(b) for a, b in zip(acc, acc[1:], strict=False) if a - b >= DIP - 1e-9]  # DIP exactly counts
 
 
 def small_batch_summary(sb: dict) -> dict:
