@@ -97,6 +97,9 @@ def test_short_demo_report(short_demo):
             assert r["traineval"]["recal"] is not None  # bnlab.recalibrate ran
     by_norm = {r["norm"]: r["params"]["bn"] for r in runs}
     assert by_norm == {"none": 0, "activation": 3200, "channel": 224}
+    # the watched unit sits after a conv layer, where the two BN variants form different sets B (issue 18)
+    bn = results["record"]["layer"].replace("act", "bn")
+    assert next(layer for layer in results["layers"] if layer["name"] == bn)["layout"] == "NCHW"
     # the interactive set-B page sits beside the report, is linked from it and opens on conv1's shape
     page = (out / "explainer.html").read_text(encoding="utf-8")
     assert 'href="explainer.html"' in (out / "index.html").read_text(encoding="utf-8")
