@@ -84,7 +84,7 @@ def make_results(lang: str = "en", tmp: Path | None = None, command: str = "bnla
     results = {
         "lang": lang, "command": command, "date": "2026-01-01", "seeds": seeds, "epochs": 1, "batch_size": 32,
         "threads": 1, "data": {"name": "digits", "train": 1258, "val": 180, "test": N_TEST},
-        "record": {"layer": "head.act3", "unit": 0}, "layers": layers, "runs": runs, "out_name": "bnlab-demo",
+        "record": {"layer": "features.act2", "unit": 0}, "layers": layers, "runs": runs, "out_name": "bnlab-demo",
         "timings": {"data": 1.0, "train": 5.0, "eval": 2.0, "figures": 4.0, "other": 1.0, "total": 13.0},
         "figures": figs,
     }  # fmt: skip
@@ -344,3 +344,209 @@ def test_narrow_screen_figures_stay_legible_and_names_do_not_wrap(lang, tmp_path
     wrapped = [(text, lines) for text, lines in got["lines"] if lines > 1.5]  # one line is about 0.8
     assert not wrapped, wrapped
     assert got["zoom"] and all(got["zoom"])
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Claims by rule (issue 18 §1): each rule of bnlab.report.analysis passes and fails at its threshold on
+# synthetic results, and the rendered text follows the rule.
+
+_CLAIM = re.compile(r'<(li|p) data-claim="([^"]+)">(.*?)</\1>', re.S)
+
+
+def _claims(page: str) -> dict[str, str]:
+    import html as _html
+
+    return {m[2]: _html.unescape(re.sub(r"<[^>]+>", "", m[3])) for m in _CLAIM.finditer(page)}
+
+
+def _set_errors(results: dict, setting: str, norm: str, seed: int, errors: int) -> None:
+    for r in results["runs"]:
+        if (r["setting"], r["norm"], r["seed"]) == (setting, norm, seed):
+            r["errors"] = errors
+            r["test"] = {**r["test"], "accuracy": 1 - errors / N_TEST}
+            if r["traineval"]:
+                r["traineval"]["ema"] = r["test"]
+
+
+def test_rule_seeds_helped_counts_the_seeds():
+    """The "BN helped" claim states the count of seeds; a BN run tied with the run without BN does not count."""
+    results = make_results()
+    # sigmoid: seed 0, BN 50 and 80 mistakes against 100 without BN (helped); seed 1: per channel ties at 60
+    _set_errors(results, "sigmoid", "channel", 1, 60)
+    claim = analysis.setting_claim(results, "sigmoid")
+    assert (claim["kind"], claim["seeds_helped"], claim["n_seeds"]) == ("unclear", 1, 2)
+    assert "both BN runs beat the run without BN in 1 of 2 seeds" in _claims(render(results, SETTINGS))[
+        "setting:sigmoid:unclear"]  # fmt: skip
+    _set_errors(results, "sigmoid", "channel", 1, 59)  # one image better than without BN: now 2 of 2
+    assert analysis.setting_claim(results, "sigmoid")["seeds_helped"] == 2
+
+
+def test_rule_helped_lists_a_setting_where_no_bn_learned_nothing():
+    """The conclusion's "BN helped" list includes a setting where the network without BN learned nothing, when
+    every BN run is above every run without BN; a BN run equal to the best run without BN removes it."""
+    results = make_results()
+    titles = {s.key: s.title("en") for s in SETTINGS}
+    claims = _claims(render(results, SETTINGS))
+    assert titles["high_lr"] in claims["conclusion:not_learned"]
+    assert titles["high_lr"] in claims["conclusion:helps"] and "2 of 2 seeds" in claims["conclusion:helps"]
+    _set_errors(results, "high_lr", "channel", 1, 300)  # equal to the best run without BN
+    claim = analysis.setting_claim(results, "high_lr")
+    assert claim["kind"] == "not_learned" and not claim["helped"]
+    claims = _claims(render(results, SETTINGS))
+    assert "conclusion:helps" not in claims and titles["high_lr"] in claims["conclusion:not_learned"]
+
+
+def test_rule_same_fails_past_its_threshold():
+    results = make_results()  # adam: means exactly SAME = 3 images apart
+    assert analysis.setting_claim(results, "adam")["kind"] == "same"
+    assert "(the rule for “changed little”: at most 3)" in _claims(render(results, SETTINGS))["setting:adam:same"]
+    _set_errors(results, "adam", "activation", 0, 17)  # 3.5 images apart
+    assert analysis.setting_claim(results, "adam")["kind"] != "same"
+
+
+def _history(p15, p50, p85) -> dict:
+    return {"p15": list(map(float, p15)), "p50": list(map(float, p50)), "p85": list(map(float, p85))}
+
+
+def test_rule_collapsed_needs_every_step():
+    """The "collapsed" rule (the lines coincide) needs a narrow band at every step: a band that opens only in the middle
+    of training (start and end narrow, as in the issue's high-rate figure) is not collapsed."""
+    n = 40
+    zero = np.zeros(n)
+    narrow = {"history": _history(zero, zero + 0.05, zero + 0.09)}
+    assert analysis.percentile_notes(narrow, "sigmoid")["collapsed"]
+    at = {"history": _history(zero, zero, zero + analysis.COLLAPSED)}  # the band exactly at the threshold
+    assert not analysis.percentile_notes(at, "sigmoid")["collapsed"]
+    middle = zero + 0.01
+    middle[n // 2] = 5.0
+    opened = {"history": _history(zero, zero, middle)}
+    p = analysis.percentile_notes(opened, "relu")
+    assert p["spread_start"] < 0.05 and p["spread_end"] < 0.05 and not p["collapsed"] and p["spread_max"] == 5.0
+    results = make_results()
+    run = next(r for r in results["runs"] if (r["setting"], r["norm"], r["seed"]) == ("sigmoid", "none", 0))
+    run["history"] = opened["history"]
+    line = _claims(render(results, SETTINGS))["percentiles:sigmoid:none"]
+    assert "has collapsed" not in line and "5.00 at its widest" in line
+    run["history"] = narrow["history"]
+    line = _claims(render(results, SETTINGS))["percentiles:sigmoid:none"]
+    assert "between 0.09 and 0.09 wide at every step" in line and "has collapsed" in line
+
+
+def test_rule_median_shift_and_first_steps_are_defined():
+    """The "median moved X" rule: mean over the second half minus mean over the first half; "the first steps": the
+    first k = 5% of the steps; both stated in the text with their values."""
+    n = 40
+    p50 = np.r_[np.zeros(n // 2), np.ones(n // 2)]
+    p50[n // 2 + 3] = -3.0  # a dip in the second half: shows in the range, and in the mean
+    band = np.r_[np.full(2, 0.5), np.full(n - 2, 2.0)]
+    p = analysis.percentile_summary(_history(p50 - band / 2, p50, p50 + band / 2))
+    assert p["k"] == 2 and p["median_shift"] == pytest.approx((n // 2 - 4) / (n // 2))
+    assert (p["median_lo"], p["median_hi"], p["spread_start"], p["spread_end"]) == (-3.0, 1.0, 0.5, 2.0)
+    results = make_results()
+    run = next(r for r in results["runs"] if (r["setting"], r["norm"], r["seed"]) == ("adam", "channel", 0))
+    run["history"] = _history(p50 - band / 2, p50, p50 + band / 2)
+    line = _claims(render(results, SETTINGS))["percentiles:adam:channel"]
+    assert "the median moved by 0.80 (its mean over the second half of training minus its mean over the first " \
+           "half) and ranged from -3.00 to 1.00" in line  # fmt: skip
+    assert "0.50 wide over the first 2 steps, 2.00 over the last 2" in line
+
+
+def test_rule_percentile_verdict_compares_bn_with_no_bn():
+    zero = np.zeros(40)
+
+    def notes(shift: float, start: float, end: float) -> dict:
+        p50 = np.r_[np.zeros(20), np.full(20, shift)]
+        band = np.r_[np.full(20, start), np.full(20, end)]
+        return analysis.percentile_notes({"history": _history(p50 - band / 2, p50, p50 + band / 2)}, "relu")
+
+    v = analysis.percentile_verdict({"none": notes(0.5, 1.0, 2.0), "activation": notes(0.4, 2.0, 2.0),
+                                     "channel": notes(-0.5, 2.0, 3.0)})  # fmt: skip
+    assert v["steadier"] == ["activation"] and v["n_bn"] == 2  # |−0.5| equals 0.5: not steadier
+    assert v["change"] == {"none": pytest.approx(1.0), "activation": pytest.approx(0.0), "channel": pytest.approx(0.5)}
+    collapsed = analysis.percentile_notes({"history": _history(zero, zero, zero + 0.01)}, "sigmoid")
+    assert analysis.percentile_verdict({"none": collapsed, "channel": collapsed})["change"]["none"] is None
+    results = make_results()
+    for r in results["runs"]:
+        if r["setting"] == "adam" and r["seed"] == 0:
+            shift, start, end = {"none": (0.5, 1.0, 2.0), "activation": (0.4, 2.0, 2.0), "channel": (-0.5, 2.0, 3.0)}[
+                r["norm"]]  # fmt: skip
+            p50 = np.r_[np.zeros(20), np.full(20, shift)]
+            band = np.r_[np.full(20, start), np.full(20, end)]
+            r["history"] = _history(p50 - band / 2, p50, p50 + band / 2)
+    line = _claims(render(results, SETTINGS))["percentiles:adam:verdict"]
+    assert "moved less than without BN in 1 of 2 BN runs" in line
+    assert "changed by +100% without BN, +0% per activation and +50% per channel" in line
+
+
+def test_rule_higher_rate_needs_a_lower_rate_run_without_bn():
+    from bnlab.report.settings import Setting
+
+    results = make_results()
+    setup = render(results, SETTINGS)
+    assert "does not test that claim" in setup and "are the comparison" not in setup
+    assert analysis.higher_rate_run(results, SETTINGS, "high_lr") is None  # no ReLU + SGD run at a lower rate
+    # the same runs, read as ReLU + SGD at 0.003: now the lower-rate runs without BN (20 and 22 mistakes) exist
+    settings = (Setting("adam", "relu", "sgd", 0.003), *SETTINGS[1:])
+    low = analysis.higher_rate_run(results, settings, "high_lr")
+    assert low is not None and low["lr"] == 0.003
+    page = render(results, settings)
+    assert "the runs without BN at rate 0.003 are the comparison" in page and "does not test that claim" not in page
+    for seed in (0, 1):  # at the threshold: a lower-rate run without BN at 20% has not learned
+        _set_errors(results, "adam", "none", seed, round(0.8 * N_TEST))
+    results["runs"][0]["test"]["accuracy"] = 0.2
+    assert analysis.higher_rate_run(results, settings, "high_lr") is None
+
+
+def _small(tmp_path) -> dict:
+    results = make_results("en", tmp_path)
+    if "small_batch" not in results:
+        pytest.skip("no small-batch reference run shipped")
+    return results
+
+
+def test_rule_variants_at_the_demo_m(tmp_path):
+    """The m = 32 comparison of the two BN variants follows the seed ranges, and never says set B alone."""
+    results = _small(tmp_path)
+    summary = results["small_batch"]["summary"]
+    ch, ac = summary["channel"]["32"], summary["activation"]["32"]
+    order = analysis.range_order(ch, ac)
+    claims = _claims(render(results, SETTINGS))
+    (tag,) = [k for k in claims if k.startswith("smallbatch:variants:")]
+    assert tag == f"smallbatch:variants:{order}"
+    if order != "overlap":
+        assert "does not isolate set B" in claims[tag]
+    ch["min"] = ac["max"]  # the ranges touch: overlap
+    assert analysis.range_order(ch, ac) == "overlap"
+    assert "smallbatch:variants:overlap" in _claims(render(results, SETTINGS))
+    ch["min"] = ac["max"] + 1e-6
+    assert analysis.range_order(ch, ac) == "above"
+
+
+def test_rule_none_falls_with_m(tmp_path):
+    results = _small(tmp_path)
+    summary = results["small_batch"]["summary"]
+    ms = results["small_batch"]["config"]["batch_sizes"]
+    lo, hi = str(min(ms)), str(max(ms))
+    summary["none"][hi]["mean"] = summary["none"][lo]["mean"] - 0.01
+    claims = _claims(render(results, SETTINGS))
+    assert analysis.none_falls_with_m(summary, ms) and "fewer steps" in claims["smallbatch:none_falls"]
+    summary["none"][hi]["mean"] = summary["none"][lo]["mean"]  # equal: not lower
+    assert not analysis.none_falls_with_m(summary, ms)
+    assert "smallbatch:none_falls" not in _claims(render(results, SETTINGS))
+
+
+def test_rule_val_dips_and_the_ema_check():
+    """A validation dip is an evaluation at least DIP below the one before; the sentence says whether the final
+    EMA-against-recalibrated numbers confirm the lag (at least RECAL_CHANGE test images apart)."""
+    run = {"history": {"eval_accuracy": [0.5, 0.9, 0.8, 0.95, 0.86, 0.97]}}
+    assert analysis.val_dips(run) == [0.8]  # 0.9 → 0.8 is exactly DIP; 0.95 → 0.86 is not
+    results = make_results()
+    for r in results["runs"]:
+        if r["seed"] == 0 and r["setting"] == "adam" and r["norm"] != "none":
+            r["history"]["eval_accuracy"] = run["history"]["eval_accuracy"]
+    claims = _claims(render(results, SETTINGS))
+    # adam/channel/seed 0 changes by 5 images with recalibration; adam/activation by 1
+    assert "fell to 80%" in claims["dips:adam:channel:0"] and "That gap, 5 test images, is the lag" in claims[
+        "dips:adam:channel:0"]  # fmt: skip
+    assert "fewer than 3 test images" in claims["dips:adam:activation:0"]
+    assert not any(k.startswith("dips:") and not k.startswith("dips:adam:") for k in claims)

@@ -407,7 +407,7 @@ def test_the_report_section_states_the_shipped_reference(lang, tmp_path):
     t = catalog("report", lang)
     ablation = claims["smallbatch:ablation"]
     assert t[f"smallbatch_ablation_ln_{order(at['channel-ln'], at['channel'])}"].format(m_min=2) in ablation
-    assert t[f"smallbatch_ablation_conv_{order(at['channel-conv'], at['channel'])}"] in ablation
+    assert t[f"smallbatch_ablation_conv_{order(at['channel-conv'], at['channel'])}"].format(m_min=2) in ablation
     for n in ("channel", "channel-conv", "channel-ln"):
         assert _cell(at[n], lang) in ablation
     advice = claims["smallbatch:advice"]

@@ -12,7 +12,7 @@ BUGS = [
          old="    return _inline(value).format(**fields)", new="    return _inline(value.format(**fields))",
          tests=[R + "test_values_are_escaped_and_only_catalog_markup_becomes_tags"]),
     dict(name="report-same-rule-edge-excluded", path="src/bnlab/report/analysis.py",
-         old='    elif claim["span"] <= 3:', new='    elif claim["span"] < 3:',
+         old='    elif claim["span"] <= SAME:', new='    elif claim["span"] < SAME:',
          tests=[R + "test_claims_follow_their_rules"]),
     dict(name="report-recal-change-threshold", path="src/bnlab/report/analysis.py",
          old="RECAL_CHANGE = 3\n", new="RECAL_CHANGE = 6\n",

@@ -1,8 +1,21 @@
 """What the demo report states, computed from its results (``results.json``) as plain data, without HTML.
 
 Every claim the report makes in words is decided here by an explicit rule on the numbers (see each
-function); :mod:`bnlab.report.html` only writes the claims down. The tests check these rules against the
-runs recomputed with NumPy, and check the page against these claims.
+function); :mod:`bnlab.report.html` only writes the claims down, and writes a claim only when its rule
+passes; otherwise it writes what the numbers do show. The rules, by the name the tests use:
+
+- ``helps`` / ``same`` / ``worse`` / ``not_learned`` / ``unclear``: :func:`setting_claim` (one setting);
+  ``seeds_helped``: in how many seeds both BN runs beat the run without BN of the same seed;
+- ``collapsed`` / ``dead`` / ``median_shift`` / ``first steps``: :func:`percentile_notes` (one run's unit);
+- ``median_steadier`` / ``band_change``: :func:`percentile_verdict` (BN against no BN, one setting);
+- ``higher_rate``: :func:`higher_rate_run` (a lower-rate run without BN exists, so "BN allows a higher rate"
+  is tested);
+- ``variants_at_m``: :func:`range_order` of the two BN variants in the small-batch table at the demo's m;
+- ``none_falls``: :func:`none_falls_with_m` (the small-batch run without BN is lower at the largest m);
+- ``val_dips``: :func:`val_dips` (validation accuracy, EMA statistics, falls during training).
+
+The tests check these rules against the runs recomputed with NumPy, on synthetic results at each
+threshold, and check the page against these claims.
 """
 
 from __future__ import annotations
@@ -24,6 +37,14 @@ __all__ = [
     "percentile_notes",
     "small_batch_summary",
     "timing_rows",
+    "percentile_verdict",
+    "higher_rate_run",
+    "range_order",
+    "none_falls_with_m",
+    "val_dips",
+    "COLLAPSED",
+    "SAME",
+    "DIP",
 ]
 
 #: The three normalizations the demo compares, in the order of its tables.
@@ -31,6 +52,15 @@ NORMS = ("none", "activation", "channel")
 
 #: A recalibration "changes the result" when the test images right differ by at least this many.
 RECAL_CHANGE = 3
+
+#: "About the same": the means over seeds of the three normalizations within this many test images.
+SAME = 3
+
+#: "Collapsed": the 15–85 band of the watched unit never wider than this, at any step.
+COLLAPSED = 0.1
+
+#: A validation "dip": an evaluation at least this far (accuracy, 0–1) below the one before it.
+DIP = 0.10
 
 
 def correct(run: dict, n_test: int, key: str | None = None) -> int:
@@ -48,9 +78,11 @@ def runs_of(results: dict, setting: str, norm: str) -> list[dict]:
 def setting_claim(results: dict, key: str) -> dict | None:
     """What the numbers say about BN in one setting, with the numbers that say it.
 
-    ``kind`` is ``not_learned`` (no seed without BN above 20%), ``same`` (the three means over seeds within 3
-    test images), ``helps`` (every BN run, both variants, every seed, above every run without BN), ``worse``
-    (every BN run below every run without BN) or ``unclear`` (anything else: the seeds overlap).
+    ``kind`` is ``not_learned`` (no seed without BN above 20%), ``same`` (the three means over seeds within
+    :data:`SAME` test images), ``helps`` (every BN run, both variants, every seed, above every run without BN),
+    ``worse`` (every BN run below every run without BN) or ``unclear`` (anything else: the seeds overlap).
+    ``helped`` is the ``helps`` rule alone (also true for a ``not_learned`` setting where BN learned);
+    ``seeds_helped`` of ``n_seeds``: the seeds in which both BN runs beat the run without BN of that seed.
     """
     n_test = results["data"]["test"]
     by_norm = {n: runs_of(results, key, n) for n in NORMS}
@@ -72,10 +104,15 @@ def setting_claim(results: dict, key: str) -> dict | None:
         "best_bn": max(bn),
         "best_none": max(right["none"]),
         "worst_none": min(right["none"]),
+        "n_seeds": len(right["none"]),
+        "seeds_helped": sum(
+            min(a, c) > n for a, c, n in zip(right["activation"], right["channel"], right["none"], strict=False)
+        ),
+        "helped": min(bn) > max(right["none"]),
     }
     if max(r["test"]["accuracy"] for r in by_norm["none"]) < 0.2:
         claim["kind"] = "not_learned"
-    elif claim["span"] <= 3:
+    elif claim["span"] <= SAME:
         claim["kind"] = "same"
     elif min(bn) > max(right["none"]):
         claim["kind"] = "helps"
@@ -138,29 +175,99 @@ def recal_summary(results: dict) -> dict:
 
 
 def percentile_summary(h: dict) -> dict:
-    """Over the watched unit's history: the median's move over the second half of training, the 15–85
-    spread over the first and the last steps (means over 5% of the steps), and the final 85th percentile."""
+    """Over the watched unit's history (one value per training step): ``k``, the number of steps that "the
+    first steps" and "the last steps" mean (5% of the steps, at least 1); ``median_shift``, the mean of the
+    median over the second half of training minus its mean over the first half ("the median moved"); the
+    median's lowest and highest value (``median_lo``/``median_hi``); the width of the 15–85 band, mean over the
+    first k steps (``spread_start``) and the last k (``spread_end``), and its narrowest and widest at any step
+    (``spread_min``/``spread_max``); the final 85th percentile (mean over the last k steps)."""
     p15, p50, p85 = (np.asarray(h[k], dtype=np.float64) for k in ("p15", "p50", "p85"))
     n = len(p50)
     k = max(1, n // 20)
-    mid = float(np.mean(p50[n // 2 - k // 2 : n // 2 - k // 2 + k]))
-    end = float(np.mean(p50[-k:]))
+    half = max(1, n // 2)
+    band = p85 - p15
     return {
-        "drift": abs(end - mid),
-        "spread_start": float(np.mean(p85[:k] - p15[:k])),
-        "spread_end": float(np.mean(p85[-k:] - p15[-k:])),
+        "k": k,
+        "steps": n,
+        "median_shift": float(np.mean(p50[half:]) - np.mean(p50[:half])) if n > 1 else 0.0,
+        "median_lo": float(p50.min()),
+        "median_hi": float(p50.max()),
+        "spread_start": float(np.mean(band[:k])),
+        "spread_end": float(np.mean(band[-k:])),
+        "spread_min": float(band.min()),
+        "spread_max": float(band.max()),
         "p85_end": float(np.mean(p85[-k:])),
     }
 
 
 def percentile_notes(run: dict, activation: str) -> dict:
-    """:func:`percentile_summary` of one run, with its two verdicts: ``collapsed`` (the 15–85 spread below
-    0.05 at the start and at the end: one value for every image) and ``dead`` (a ReLU whose input is below 0
-    for at least 85% of a mini-batch at the end)."""
+    """:func:`percentile_summary` of one run, with its two verdicts: ``collapsed`` (the 15–85 band never wider
+    than :data:`COLLAPSED`, at any step: one value for every image) and ``dead`` (a ReLU whose input is below 0
+    for at least 85% of a mini-batch over the last k steps)."""
     p = percentile_summary(run["history"])
-    p["collapsed"] = p["spread_start"] < 0.05 and p["spread_end"] < 0.05
+    p["collapsed"] = p["spread_max"] < COLLAPSED
     p["dead"] = activation == "relu" and p["p85_end"] < 0
     return p
+
+
+def percentile_verdict(notes: dict[str, dict]) -> dict | None:
+    """BN against no BN at the watched unit, in one setting (``notes``: norm → :func:`percentile_notes`).
+
+    ``steadier``: the BN runs whose median moved less than without BN (smaller absolute ``median_shift``);
+    ``n_bn``: the BN runs; ``change``: norm → the change of the band's width from the first k steps to the
+    last k, relative (0.5 = 50% wider; ``None`` when the band started below :data:`COLLAPSED`). ``None``
+    without a run without BN or without a BN run.
+    """
+    if "none" not in notes:
+        return None
+    bn = [n for n in notes if n != "none"]
+    if not bn:
+        return None
+    base = abs(notes["none"]["median_shift"])
+    change = {
+        n: (p["spread_end"] / p["spread_start"] - 1 if p["spread_start"] >= COLLAPSED else None)
+        for n, p in notes.items()
+    }
+    return {"steadier": [n for n in bn if abs(notes[n]["median_shift"]) < base], "n_bn": len(bn),
+            "change": change}  # fmt: skip
+
+
+def higher_rate_run(results: dict, settings: Sequence, key: str) -> dict | None:
+    """The ``higher_rate`` rule: a setting at a high rate tests "BN allows a rate too high without it" only if
+    the results also hold a run without BN with the same activation and optimizer at a lower rate that
+    learned (test accuracy above 20%). That run, or ``None``."""
+    by_key = {s.key: s for s in settings}
+    high = by_key[key]
+    for s in settings:
+        if s.activation == high.activation and s.optimizer == high.optimizer and s.lr < high.lr:
+            runs = runs_of(results, s.key, "none")
+            if runs and min(r["test"]["accuracy"] for r in runs) > 0.2:
+                return {"setting": s.key, "lr": s.lr, "runs": runs}
+    return None
+
+
+def range_order(a: dict, b: dict) -> str:
+    """How two seed ranges (``min``/``max``) compare: ``above`` (every seed of a above every seed of b),
+    ``below`` or ``overlap``."""
+    if a["min"] > b["max"]:
+        return "above"
+    if a["max"] < b["min"]:
+        return "below"
+    return "overlap"
+
+
+def none_falls_with_m(summary: dict, ms: Sequence[int]) -> bool:
+    """The ``none_falls`` rule: without BN, the mean at the largest m is below the mean at the smallest."""
+    if "none" not in summary:
+        return False
+    return summary["none"][str(max(ms))]["mean"] < summary["none"][str(min(ms))]["mean"]
+
+
+def val_dips(run: dict) -> list[float]:
+    """The ``val_dips`` rule: the validation accuracies (eval mode, EMA statistics) measured during training
+    that are at least :data:`DIP` below the evaluation before them, in order."""
+    acc = run["history"].get("eval_accuracy", [])
+    return [float(b) for a, b in zip(acc, acc[1:], strict=False) if a - b >= DIP - 1e-9]  # DIP exactly counts
 
 
 def small_batch_summary(sb: dict) -> dict:

@@ -34,7 +34,9 @@ from .settings import SETTINGS, Setting
 __all__ = ["Setting", "SETTINGS", "NORM_ORDER", "run_demo"]
 
 NORM_ORDER = ("none", "activation", "channel")
-RECORD_LAYER, RECORD_UNIT = "head.act3", 0
+#: The watched pre-activation: channel 0 at the centre of the second conv layer's 4×4 map, where the two BN
+#: variants form different sets B (after the dense layer they form the same one, so the panels could not differ).
+RECORD_LAYER, RECORD_UNIT = "features.act2", 0
 
 
 def _batch_stats_eval(model: torch.nn.Module, x, y, batch_size: int) -> dict:

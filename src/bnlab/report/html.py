@@ -129,30 +129,36 @@ def _acc_over_seeds(runs: list[dict], w: _Words) -> str:
     return t("report.mean_range", w.lang, mean=w.pct(float(np.mean(accs))), each=each)
 
 
-def _setting_sentence(results: dict, claim: dict, title: str, w: _Words) -> Markup:
+def _setting_sentence(results: dict, claim: dict, title: str, w: _Words, activation: str = "relu") -> Markup:
     """One setting's verdict, written from its claim's numbers."""
     n_test = results["data"]["test"]
     acc = {n: _acc_over_seeds(analysis.runs_of(results, claim["setting"], n), w) for n in NORMS}
     args = dict(setting=title, none=acc["none"], act=acc["activation"], chan=acc["channel"])
     kind = claim["kind"]
+    args["n_seeds"] = claim["n_seeds"]
     if kind == "not_learned":
-        return w("obs_not_learned", epochs=results["epochs"], acc=acc["none"], **args)
+        text = w("obs_not_learned", epochs=results["epochs"], acc=acc["none"], **args)
+        if activation == "sigmoid" and claim["helped"]:  # the paper's Fig. 1: sigmoid without BN learns, slower
+            text = Markup(f"{text} {w('obs_fig1_unlike')}")
+        return text
     if kind == "same":
-        return w("obs_bn_same", diff=w.count(claim["span"]), **args)
+        return w("obs_bn_same", diff=w.count(claim["span"]), same=analysis.SAME, **args)
     if kind == "helps":
-        return w("obs_bn_helps", worst_bn=w.pct(claim["worst_bn"] / n_test),
+        return w("obs_bn_helps", worst_bn=w.pct(claim["worst_bn"] / n_test), k=claim["seeds_helped"],
                  best_none=w.pct(claim["best_none"] / n_test), **args)  # fmt: skip
     if kind == "worse":
         return w("obs_bn_worse", best_bn=w.pct(claim["best_bn"] / n_test),
                  worst_none=w.pct(claim["worst_none"] / n_test), **args)  # fmt: skip
-    return w("obs_bn_unclear", diff=w.count(claim["diff"]), spread=claim["none_spread"], test=n_test, **args)
+    return w("obs_bn_unclear", diff=w.count(claim["diff"]), spread=claim["none_spread"], test=n_test,
+             k=claim["seeds_helped"], **args)  # fmt: skip
 
 
 def _observations(results: dict, settings, w: _Words, claims: list[dict]) -> list[tuple[str, Markup]]:
     """What happened, in words, computed from the numbers: (data-claim tag, sentence)."""
     titles = {s.key: s.title(w.lang) for s in settings}
-    out = [(f"setting:{c['setting']}:{c['kind']}", _setting_sentence(results, c, titles[c["setting"]], w))
-           for c in claims]  # fmt: skip
+    act = {s.key: s.activation for s in settings}
+    out = [(f"setting:{c['setting']}:{c['kind']}",
+            _setting_sentence(results, c, titles[c["setting"]], w, act[c["setting"]])) for c in claims]  # fmt: skip
     for ch in analysis.ema_changes(results):
         r = ch["run"]
         text = w("obs_ema", setting=titles[r["setting"]], run=w.norm(r["norm"]), seed=r["seed"], ema=w.pct(ch["ema"]),
@@ -233,6 +239,18 @@ def _small_batch(results: dict, w: _Words) -> dict | None:
         "setb": None,
         "ablation": None,
     }
+    out["none_falls"] = None
+    if analysis.none_falls_with_m(summary, s["ms"]):
+        out["none_falls"] = w("smallbatch_none_falls", m_min=m_min, m_max=m_max, samples=w.int(s["samples"]),
+                              small=w.pct(summary["none"][str(m_min)]["mean"]),
+                              large=w.pct(summary["none"][str(m_max)]["mean"]), ratio=m_max // m_min)  # fmt: skip
+    out["variants"] = None
+    m_demo = str(results["batch_size"])
+    if all(n in summary and m_demo in summary[n] for n in ("activation", "channel")):
+        ch, ac = summary["channel"][m_demo], summary["activation"][m_demo]
+        order = analysis.range_order(ch, ac)
+        out["variants"] = (order, [w("smallbatch_variants", m=m_demo, channel=w.range(ch), act=w.range(ac)),
+                                   w(f"smallbatch_variants_{order}")])  # fmt: skip
     if s["first_layer_set"]:
         out["setb"] = w("smallbatch_setb", m_min=m_min, mpq=w.int(s["first_layer_set"]))
     if f["channel-conv"] and f["channel-ln"]:
@@ -245,7 +263,7 @@ def _small_batch(results: dict, w: _Words) -> dict | None:
                 channel=w.range(at["channel"]),
             ),  # fmt: skip
             w(f"smallbatch_ablation_ln_{f['channel-ln']}", m_min=m_min),
-            w(f"smallbatch_ablation_conv_{f['channel-conv']}"),
+            w(f"smallbatch_ablation_conv_{f['channel-conv']}", m_min=m_min),
         ]
     advice = [w("smallbatch_best", m_min=m_min, run=w.norm(f["best"]), acc=w.pct(f["best_mean"]),
                 lo=w.pct(f["best_min"]), hi=w.pct(f["best_max"]))]  # fmt: skip
@@ -266,6 +284,58 @@ def _small_batch(results: dict, w: _Words) -> dict | None:
                         m_max=m_max))  # fmt: skip
     out["advice"] = advice
     out["m_min"], out["m_max"] = m_min, m_max
+    return out
+
+
+def _percentile_verdict(notes: dict, w: _Words) -> Markup | None:
+    """The verdict under one setting's percentile figure (:func:`bnlab.report.analysis.percentile_verdict`)."""
+    v = analysis.percentile_verdict(notes)
+    if v is None or not {"activation", "channel"} <= notes.keys():
+        return None
+
+    def change(norm: str) -> str:
+        c = v["change"][norm]
+        if c is None:
+            return str(w("percentile_na", thr=w.num(analysis.COLLAPSED)))
+        sign = "+" if c >= 0 else "−"
+        return sign + w.pct(abs(c), 0)
+
+    return w("percentile_verdict", steadier=len(v["steadier"]), n_bn=v["n_bn"], k=notes["none"]["k"],
+             none=change("none"), act=change("activation"), chan=change("channel"))  # fmt: skip
+
+
+def _record_where(results: dict, w: _Words) -> dict:
+    """Where the watched unit is: its layer, channel and location (the centre of the map, as UnitRecorder)."""
+    rec = results["record"]
+    bn = rec["layer"].replace("act", "bn")
+    layer = next((layer for layer in results["layers"] if layer["name"] == bn), None)
+    where = "–"
+    if layer is not None and len(layer["shape"]) == 4:
+        where = f"({layer['shape'][2] // 2}, {layer['shape'][3] // 2})"
+    return {"unit": rec["unit"], "layer": rec["layer"], "where": where}
+
+
+def _dips(results: dict, titles: dict, w: _Words) -> list[tuple[str, Markup]]:
+    """The BN runs of the figures' seed whose validation accuracy dipped during training (the ``val_dips`` rule),
+    with the EMA-against-recalibrated check at the end."""
+    n_test = results["data"]["test"]
+    out = []
+    for r in results["runs"]:
+        if r["seed"] != results["seeds"][0]:  # the seed the training-curve figures show
+            continue
+        dips = analysis.val_dips(r)
+        te = r["traineval"]
+        if not dips or not te or te["recal"] is None:
+            continue
+        ema, recal = analysis.correct(r, n_test, "ema"), analysis.correct(r, n_test, "recal")
+        text = w("traineval_dips", setting=titles[r["setting"]], run=w.norm(r["norm"]), seed=r["seed"],
+                 dips=", ".join(w.pct(d, 0) for d in dips), dip=w.int(round(100 * analysis.DIP)),
+                 ema=w.pct(te["ema"]["accuracy"]), recal=w.pct(te["recal"]["accuracy"]))  # fmt: skip
+        if abs(ema - recal) >= analysis.RECAL_CHANGE:
+            text = Markup(f"{text} {w('traineval_dips_yes', n=abs(ema - recal))}")
+        else:
+            text = Markup(f"{text} {w('traineval_dips_no', n=analysis.RECAL_CHANGE)}")
+        out.append((f"dips:{r['setting']}:{r['norm']}:{r['seed']}", text))
     return out
 
 
@@ -298,10 +368,21 @@ def _context(results: dict, settings) -> dict:
             if r["setting"] == s.key and r["seed"] == seeds[0]:
                 p = analysis.percentile_notes(r, activation_of[s.key])
                 notes.append((r["norm"], p))
-        percentiles.append((s, notes))
+        percentiles.append((s, notes, _percentile_verdict(dict(notes), w)))
     kinds: dict[str, list[str]] = {}
     for c in claims:
         kinds.setdefault(c["kind"], []).append(titles[c["setting"]])
+    # "BN helped" lists every setting where its rule passes, a setting where the network without BN learned
+    # nothing included (the clearest case)
+    helped = [titles[c["setting"]] for c in claims if c["helped"]]
+    kinds.pop("helps", None)
+    if helped:
+        kinds["helps"] = helped
+    why = {s.key: s.why(lang) for s in settings}
+    if "high_lr" in why:
+        low = analysis.higher_rate_run(results, settings, "high_lr")
+        if low is not None:
+            why["high_lr"] = t("report.setting_high_lr_why_tested", lang, lr_low=general(low["lr"], lang))
     files = ["results.json", *figs["setb"].values(), *figs["curves"].values(), *figs["percentiles"].values()]
     files += [figs[k] for k in ("filter", "small_batch") if figs.get(k)]
     sections = [
@@ -335,6 +416,10 @@ def _context(results: dict, settings) -> dict:
         first=first,
         max_set=max(layer["channel"]["size"] for layer in results["layers"]),
         kinds=[(k, kinds[k]) for k in ("not_learned", "helps", "unclear", "same", "worse") if k in kinds],
+        n_seeds=len(seeds),
+        why=why,
+        record=_record_where(results, w),
+        dips=_dips(results, titles, w),
         out_name=results.get("out_name", "bnlab-demo"),
         files=files,
         timing_rows=analysis.timing_rows(results, settings),
