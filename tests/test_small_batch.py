@@ -427,3 +427,17 @@ def test_the_report_section_states_the_shipped_reference(lang, tmp_path):
     dev = max(abs(v - np.mean(g)) for v in g)
     assert (("within ±" if lang == "en" else "a ±") in advice) == (dev <= 0.01)
     assert f"{100 * dev:.1f}".replace(".", sep) in advice
+
+
+def test_the_report_gets_a_copy_of_the_shipped_reference(tmp_path):
+    """Editing what for_report returns (the report's rules, a test's synthetic case) leaves the shipped run as it is."""
+    import copy
+
+    from bnlab.report.small_batch import for_report
+    from bnlab.report.small_batch_reference import REFERENCE
+
+    before = copy.deepcopy(REFERENCE)
+    got = for_report(tmp_path)  # no user run in tmp_path: the reference
+    got["summary"]["none"]["64"]["mean"] = -1.0
+    got["config"]["seeds"].append(99)
+    assert REFERENCE == before

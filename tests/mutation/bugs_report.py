@@ -42,3 +42,8 @@ BUGS = [
          tests=[R + "test_figures_link_their_full_size_png_in_both_languages[en]",
                 R + "test_narrow_screen_figures_stay_legible_and_names_do_not_wrap[en]"]),
 ]  # fmt: skip
+BUGS += [
+    dict(name="for-report-shares-the-shipped-reference", path="src/bnlab/report/small_batch.py",
+         old="        return copy.deepcopy({**source,", new="        return ({**source,",
+         tests=["tests/test_small_batch.py::test_the_report_gets_a_copy_of_the_shipped_reference"]),
+]

@@ -84,6 +84,7 @@ PER_SAMPLE = ("group", "layer", "instance")
 MAX_BATCH = 320
 _EXTRA_COLORS = {"channel-conv": "#17becf", "channel-ln": "#bcbd22", "renorm": "#d62728"}  # the others: plots.COLORS
 
+
 def build(member: str, data, steps: int) -> torch.nn.Module:
     """The CNN for one member of :data:`NORMS`, for a run of ``steps`` training steps."""
     c, h, w = data.image_shape
@@ -476,7 +477,8 @@ def for_report(demo_dir: str | Path) -> dict | None:
             return None
         saved, source = REFERENCE, {"source": "reference", "path": ""}
     try:
-        return {**source, "date": saved["date"], "config": saved["config"], "summary": saved["summary"],
-                "summary_ema": saved.get("summary_ema"), "set_sizes": saved["set_sizes"]}  # fmt: skip
+        # a copy: whoever edits what it gets (a report, a test) must not change the shipped reference
+        return copy.deepcopy({**source, "date": saved["date"], "config": saved["config"], "summary": saved["summary"],
+                              "summary_ema": saved.get("summary_ema"), "set_sizes": saved["set_sizes"]})  # fmt: skip
     except (KeyError, TypeError):
         return None
