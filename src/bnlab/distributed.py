@@ -304,7 +304,7 @@ def _probe(x: torch.Tensor) -> torch.Tensor:
 # Where |μ| > this many σ on some feature of a shard, its float32 mean (rounded to about 6e-8·|μ|) is
 # replaced by a float64 sum over the shard (one more pass): Chan's merge adds Σ m_r (μ_r − μ)², whose
 # error from rounded μ_r is up to ~4·6e-8·|μ|/σ relative, i.e. within float32's own rounding of σ² only
-# for |μ| ≲ σ (x = 1e6 + N(0, 1) in float32 on 2 ranks, tests/test_distributed_faults.py: running_var
+# for |μ| ≲ σ (x = 1e6 + N(0, 1) in float32 on 2 ranks, tests/distributed/test_distributed_faults.py: running_var
 # 3.2e-5 relative off without it, 3.5e-8 with it; one process: 7.2e-8).
 _REFINE_RATIO = 1.0
 

@@ -6,13 +6,13 @@ BUGS = [
         path="src/bnlab/explain_page.py",
         old='.replace("__LANG__", lang)',
         new='.replace("__LANG__", "en")',
-        tests=["tests/test_site.py::test_the_set_b_page_is_embedded_in_the_tutorial"],
+        tests=["tests/docs/test_site.py::test_the_set_b_page_is_embedded_in_the_tutorial"],
     ),
     dict(
         name="book-embedded-page-script-broken",
         path="src/bnlab/explain_page.py",
         old='payload = json.dumps(data, ensure_ascii=False).replace("<", "\\\\u003c")',
         new='payload = json.dumps(data, ensure_ascii=False).replace("<", "\\\\u003c")[:-1]',
-        tests=["tests/test_site.py::test_site_in_the_browser"],
+        tests=["tests/docs/test_site.py::test_site_in_the_browser"],
     ),
 ]

@@ -1,7 +1,7 @@
 """Planted bugs for the report's claims by rule (issue 18 §1): each rule at its threshold, and the text."""
 
-R = "tests/test_report_render.py::"
-D = "tests/test_demo.py::"
+R = "tests/apps/test_report_render.py::"
+D = "tests/apps/test_demo.py::"
 A = "src/bnlab/report/analysis.py"
 H = "src/bnlab/report/html.py"
 

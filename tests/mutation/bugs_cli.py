@@ -1,8 +1,8 @@
 """Planted bugs for the cli package and first contact (issue 16, items 1, 2 and 7); see run.py."""
 
-F = "tests/test_cli_first_contact.py::"
-H = "tests/test_cli_hardening.py::"
-I = "tests/test_i18n.py::"
+F = "tests/apps/test_cli_first_contact.py::"
+H = "tests/apps/test_cli_bad_input.py::"
+I = "tests/apps/test_i18n.py::"
 
 BUGS = [
     dict(name="train-ignores-threads", path="src/bnlab/cli/train.py",
@@ -111,11 +111,11 @@ BUGS = [
 BUGS += [
     dict(name="half-built-progress-bar-close-raises", path="src/bnlab/progress.py",
          old='if not getattr(self, "disable", True) and', new="if not self.disable and",
-         tests=["tests/test_cli_hardening.py::test_a_progress_bar_interrupted_while_it_is_built_closes_quietly"]),
+         tests=["tests/apps/test_cli_bad_input.py::test_a_progress_bar_interrupted_while_it_is_built_closes_quietly"]),
 ]
 BUGS += [
     dict(name="train-interrupted-before-training-keeps-empty-out", path="src/bnlab/cli/train.py",
          old="        if not existed:\n            remove_if_empty(args.out)\n", new="",
-         tests=["tests/test_cli_hardening.py::"
+         tests=["tests/apps/test_cli_bad_input.py::"
                 "test_ctrl_c_after_the_out_folder_is_made_but_before_training_leaves_no_empty_folder[False]"]),
 ]

@@ -1,6 +1,6 @@
 """Planted bugs for the compiled door, dynamic shapes and the export round trip (issue 15, items 2-nn, 3, 4)."""
 
-C = "tests/test_compile.py::"
+C = "tests/nn/test_compile.py::"
 LERP = (
     " " * 12
     + "running.lerp_(torch.where(ok, new.to(running.dtype), running.detach()), _weight(momentum, running))\n"

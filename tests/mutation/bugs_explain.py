@@ -1,6 +1,6 @@
 """Planted bugs of the explainer's text (issue 18): each re-creates, in one line, what the critical reader found."""
 
-T = "tests/test_explain.py"
+T = "tests/apps/test_explain.py"
 TEXT = "src/bnlab/explain/text.py"
 
 BUGS = [
@@ -53,7 +53,7 @@ BUGS += [
     dict(name="family-figure-without-locations-note", path="src/bnlab/explain/figure.py",
          old='return _finish(fig, e, tf, path, dpi, note=note if real_s else tf("fig_no_spatial"))',
          new="return _finish(fig, e, tf, path, dpi)",
-         tests=["tests/test_explain_family.py::test_family_figure_says_how_many_locations_are_drawn[en]"]),
+         tests=["tests/apps/test_explain_family.py::test_family_figure_says_how_many_locations_are_drawn[en]"]),
 ]  # fmt: skip
 BUGS += [
     dict(name="nouns-two-forms-only", path="src/bnlab/i18n/words.py",

@@ -1,6 +1,6 @@
 """Planted bugs for the fast paths of small tensors, synchronized BN and the compiled step (helper "fast")."""
 
-N = "tests/test_nn.py::"
+N = "tests/nn/test_layers_match_torch.py::"
 
 BUGS = [
     dict(
@@ -33,7 +33,7 @@ BUGS = [
         path="src/bnlab/nn/_dispatch.py",
         old='if stats_used and x.device.type == "cpu":',
         new="if False:",
-        tests=["tests/test_compile.py::test_variance_check_does_not_split_the_fused_normalize"],
+        tests=["tests/nn/test_compile.py::test_variance_check_does_not_split_the_fused_normalize"],
     ),
     dict(
         name="compiled-variance-check-dropped-with-running-stats",
@@ -41,8 +41,8 @@ BUGS = [
         old="return y, mean, checked_variance_op(mean, var, x.dtype)",
         new="return y, mean, var",
         tests=[
-            "tests/test_compile.py::test_variance_check_does_not_split_the_fused_normalize",
-            "tests/test_compile.py::test_compiled_refuses_a_variance_beyond_float32_and_changes_nothing",
+            "tests/nn/test_compile.py::test_variance_check_does_not_split_the_fused_normalize",
+            "tests/nn/test_compile.py::test_compiled_refuses_a_variance_beyond_float32_and_changes_nothing",
         ],
     ),
     dict(
@@ -51,7 +51,7 @@ BUGS = [
         old="if last is not None and last.shape == block.shape and torch.equal(last, block):",
         new="if last is not None:",
         tests=[
-            "tests/test_distributed_faults.py::test_headers_are_checked_once_per_layer_and_shape_and_a_later_change_still_fails"
+            "tests/distributed/test_distributed_faults.py::test_headers_are_checked_once_per_layer_and_shape_and_a_later_change_still_fails"
         ],
     ),
     dict(
@@ -60,7 +60,7 @@ BUGS = [
         old="    _validated[slot] = block.clone()\n",
         new="",
         tests=[
-            "tests/test_distributed_faults.py::test_headers_are_checked_once_per_layer_and_shape_and_a_later_change_still_fails"
+            "tests/distributed/test_distributed_faults.py::test_headers_are_checked_once_per_layer_and_shape_and_a_later_change_still_fails"
         ],
     ),
     dict(
@@ -83,7 +83,7 @@ BUGS = [
         old="if not (math.isfinite(v) and m * m <= r2 * (v + eps)):",
         new="if not (m * m <= r2 * (v + eps)):",
         tests=[
-            "tests/test_numerics.py::test_variance_beyond_float32_is_refused_and_changes_nothing",
+            "tests/core/test_numerics.py::test_variance_beyond_float32_is_refused_and_changes_nothing",
             N + "test_nan_input_does_not_poison_running_statistics",
         ],
     ),

@@ -1,8 +1,8 @@
 """Planted bugs for the "files" work (issue 20): each must make the listed tests fail."""
 
-T = "tests/test_files.py::"
-C = "tests/test_checkpoint.py::"
-H = "tests/test_cli_hardening.py::"
+T = "tests/files/test_atomic_files.py::"
+C = "tests/inference/test_checkpoint.py::"
+H = "tests/apps/test_cli_bad_input.py::"
 
 BUGS = [
     dict(name="write-text-through-link", path="src/bnlab/io/atomic.py",

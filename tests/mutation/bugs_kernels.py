@@ -1,8 +1,8 @@
 """Planted bugs the kernels/moments/axes/layers tests must kill (see tests/mutation/run.py)."""
 
-K = "tests/test_kernels.py::"
-A = "tests/test_axes.py::"
-L = "tests/test_layers.py::"
+K = "tests/kernels/test_kernels.py::"
+A = "tests/core/test_axes.py::"
+L = "tests/project/test_import_layers.py::"
 
 BUGS = [
     dict(name="chain-skips-cpu-family", path="src/bnlab/kernels/contract.py",

@@ -1,6 +1,6 @@
 """Planted bugs for the launcher and signals (issue 20); see tests/mutation/run.py."""
 
-T = "tests/test_launcher.py::"
+T = "tests/distributed/test_launcher.py::"
 
 BUGS = [
     dict(name="spawn-returns-rank-0-status", path="src/bnlab/parallel.py",
@@ -35,8 +35,8 @@ BUGS = [
          tests=[T + "test_resume_of_a_finished_run_is_one_message_and_exit_2"]),
     dict(name="replicas-stay-in-the-launchers-group", path="src/bnlab/_lifeline.py",
          old="        os.setpgrp()", new="        pass",
-         tests=["tests/test_launcher.py::test_replicas_leave_the_launchers_process_group",
-                "tests/test_distributed_train.py::test_ctrl_c_stops_every_rank_after_the_same_step_and_leaves_no_process"]),
+         tests=["tests/distributed/test_launcher.py::test_replicas_leave_the_launchers_process_group",
+                "tests/distributed/test_distributed_train.py::test_ctrl_c_stops_every_rank_after_the_same_step_and_leaves_no_process"]),
     dict(name="no-resume-check-before-replicas", path="src/bnlab/cli/train.py",
          old="            read_training_checkpoint(ckpt, lang, args.allow_legacy, say_legacy=False)  # rank 0 says it\n"
              "        return _launch_train",

@@ -1,7 +1,7 @@
 """Planted bugs the native (compiled CPU family) helper's tests must kill (see tests/mutation/run.py)."""
 
-N = "tests/test_native.py::"
-K = "tests/test_kernels.py::"
+N = "tests/kernels/test_native.py::"
+K = "tests/kernels/test_kernels.py::"
 BODY = "src/bnlab/kernels/csrc/bn_body.h"
 PY = "src/bnlab/kernels/native.py"
 

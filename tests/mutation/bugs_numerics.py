@@ -1,11 +1,11 @@
 """Planted bugs of the numerics work (issue 20): each must make its tests fail (see tests/mutation/run.py)."""
 
-_EVERY = "tests/test_numerics.py::test_every_member_with_non_default_settings_matches_torch"
-_SPREAD = "tests/test_numerics.py::test_float32_spread_whose_sum_of_squares_overflows"
-_REFUSED = "tests/test_numerics.py::test_variance_beyond_float32_is_refused_and_changes_nothing"
-_HALF = "tests/test_numerics.py::test_half_input_statistics_are_computed_in_float32"
-_HVP = "tests/test_numerics.py::test_fused_relu_create_graph_gradient_and_hessian_vector_product"
-_DOOR = "tests/test_numerics.py::test_fused_relu_in_eval_through_every_door"
+_EVERY = "tests/core/test_numerics.py::test_every_member_with_non_default_settings_matches_torch"
+_SPREAD = "tests/core/test_numerics.py::test_float32_spread_whose_sum_of_squares_overflows"
+_REFUSED = "tests/core/test_numerics.py::test_variance_beyond_float32_is_refused_and_changes_nothing"
+_HALF = "tests/core/test_numerics.py::test_half_input_statistics_are_computed_in_float32"
+_HVP = "tests/core/test_numerics.py::test_fused_relu_create_graph_gradient_and_hessian_vector_product"
+_DOOR = "tests/core/test_numerics.py::test_fused_relu_in_eval_through_every_door"
 
 BUGS = [
     dict(name="fused-relu-mask-create-graph", path="src/bnlab/nn/_dispatch.py",
@@ -58,28 +58,28 @@ BUGS = [
     dict(name="cumulative-momentum-factor-in-float32", path="src/bnlab/nn/modules.py",
          old="momentum = (self.num_batches_tracked + 1).to(wide).reciprocal()",
          new="momentum = 1.0 / (self.num_batches_tracked + 1)",
-         tests=["tests/test_numerics.py::test_cumulative_average_momentum_is_exact[dtype0]"]),
+         tests=["tests/core/test_numerics.py::test_cumulative_average_momentum_is_exact[dtype0]"]),
     dict(name="lazy-layer-refuses-eval-first", path="src/bnlab/nn/modules.py",
          old="stats = None if use_batch else x.new_empty(fshape)", new="stats = None",
-         tests=["tests/test_numerics.py::test_lazy_layer_first_called_in_eval_uses_the_initial_running_statistics[1]",
-                "tests/test_numerics.py::test_lazy_layer_first_called_in_eval_uses_the_initial_running_statistics[4]"]),
+         tests=["tests/core/test_numerics.py::test_lazy_layer_first_called_in_eval_uses_the_initial_running_statistics[1]",
+                "tests/core/test_numerics.py::test_lazy_layer_first_called_in_eval_uses_the_initial_running_statistics[4]"]),
     dict(name="reference-inference-accepts-negative-variance", path="src/bnlab/reference.py",
          old="if np.any(np.asarray(var) < 0):", new="if False:",
-         tests=["tests/test_numerics.py::test_reference_inference_refuses_a_negative_variance"]),
+         tests=["tests/core/test_numerics.py::test_reference_inference_refuses_a_negative_variance"]),
     dict(name="cpu-row-sum-of-squares-overflows", path="src/bnlab/kernels/cpu.py",
          old="if not math.isfinite(float(total.variance.sum())):", new="if False:",
          tests=[f"{_SPREAD}[nchw]", f"{_SPREAD}[channels_last]",
-                "tests/test_numerics.py::test_float32_spread_gradients_and_running_statistics"]),
+                "tests/core/test_numerics.py::test_float32_spread_gradients_and_running_statistics"]),
     dict(name="reference-sum-of-squares-overflows", path="src/bnlab/reference.py",
          old="if not np.all(np.isfinite(mean_sq)) and np.all(np.isfinite(x_hat)):", new="if False:",
-         tests=["tests/test_numerics.py::test_reference_spread_whose_sum_of_squares_overflows"]),
+         tests=["tests/core/test_numerics.py::test_reference_spread_whose_sum_of_squares_overflows"]),
     dict(name="overflowing-variance-silently-zero", path="src/bnlab/nn/_dispatch.py",
          old="    if bool((torch.isinf(var) & torch.isfinite(mean)).any()):", new="    if False:",
          tests=[f"{_REFUSED}[nchw]", f"{_REFUSED}[small]", f"{_REFUSED}[per_activation]", f"{_REFUSED}[compile]",
                 f"{_REFUSED}[module]", f"{_REFUSED}[bf16]", f"{_REFUSED}[group_norm]"]),
     dict(name="reference-overflowing-variance-silently-zero", path="src/bnlab/reference.py",
          old="if np.any(np.isinf(sigma2_B)) and np.all(np.isfinite(x)):", new="if False:",
-         tests=["tests/test_numerics.py::test_reference_refuses_a_variance_beyond_float32_and_takes_float64"]),
+         tests=["tests/core/test_numerics.py::test_reference_refuses_a_variance_beyond_float32_and_takes_float64"]),
     dict(name="composed-half-statistics-in-half", path="src/bnlab/moments.py",
          old="torch.var_mean(x.to(statistics_dtype(x.dtype)), dim=axes, correction=0)",
          new="torch.var_mean(x, dim=axes, correction=0)",
@@ -90,5 +90,5 @@ BUGS = [
          tests=[f"{_HALF}[small-fp16-300]"]),
     dict(name="training-does-not-report-variance-overflow-as-divergence", path="src/bnlab/training/loop.py",
          old="except VarianceOverflowError:", new="except ZeroDivisionError:",
-         tests=["tests/test_hardening.py::test_a_huge_learning_rate_stops_before_any_nan_weights_are_saved"]),
+         tests=["tests/apps/test_training_bad_input.py::test_a_huge_learning_rate_stops_before_any_nan_weights_are_saved"]),
 ]  # fmt: skip

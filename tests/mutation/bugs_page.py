@@ -1,7 +1,7 @@
 """Planted bugs of the explainer text and the interactive set-B page (see tests/mutation/README.md)."""
 
 PAGE = "src/bnlab/assets/explain_page.html"
-T_PAGE = "tests/test_explain_page.py"
+T_PAGE = "tests/apps/test_explain_page.py"
 
 BUGS = [
     dict(
@@ -9,7 +9,7 @@ BUGS = [
         path="src/bnlab/i18n/numbers.py",
         old="if len(digits) < min_digits:",
         new="if len(digits) <= min_digits:",
-        tests=["tests/test_explain.py::test_spanish_groups_from_five_digits_on"],
+        tests=["tests/apps/test_explain.py::test_spanish_groups_from_five_digits_on"],
     ),
     dict(
         name="page-es-10000-without-group-space",
@@ -24,8 +24,8 @@ BUGS = [
         old='f"c = g·{cg} … g·{cg}+{cg - 1}"',
         new='f"c = g·{cg} … g·{cg}+{cg}"',
         tests=[
-            "tests/test_explain_family.py::test_group_channel_range_is_the_channels_of_group_g[16-4-en]",
-            "tests/test_explain_family.py::test_group_channel_range_is_the_channels_of_group_g[12-3-es]",
+            "tests/apps/test_explain_family.py::test_group_channel_range_is_the_channels_of_group_g[16-4-en]",
+            "tests/apps/test_explain_family.py::test_group_channel_range_is_the_channels_of_group_g[12-3-es]",
         ],
     ),
     dict(
@@ -34,8 +34,8 @@ BUGS = [
         old="integer(2 * math.prod(s.param_shape), lang)",
         new="integer(math.prod(s.param_shape), lang)",
         tests=[
-            "tests/test_explain_family.py::test_family_table_counts_every_gamma_and_beta[shape0-NHWC-en]",
-            "tests/test_explain_family.py::test_family_table_counts_every_gamma_and_beta[shape1-NCHW-es]",
+            "tests/apps/test_explain_family.py::test_family_table_counts_every_gamma_and_beta[shape0-NHWC-en]",
+            "tests/apps/test_explain_family.py::test_family_table_counts_every_gamma_and_beta[shape1-NCHW-es]",
         ],
     ),
     dict(

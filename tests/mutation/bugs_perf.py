@@ -1,7 +1,7 @@
 """Planted bugs the perf helper's tests must kill (see tests/mutation/run.py)."""
 
-K = "tests/test_kernels.py::"
-F = "tests/test_distributed_faults.py::"
+K = "tests/kernels/test_kernels.py::"
+F = "tests/distributed/test_distributed_faults.py::"
 
 BUGS = [
     # the cheap shift decision: a max() lets a NaN channel hide one that needs the shifted form

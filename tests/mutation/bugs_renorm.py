@@ -1,7 +1,7 @@
 """Planted bugs for Batch Renormalization and recalibration across processes (issue 17, parts 1 and 3)."""
 
-T = "tests/test_renorm.py::"
-D = "tests/test_recalibrate_distributed.py::"
+T = "tests/nn/test_renorm.py::"
+D = "tests/distributed/test_recalibrate_distributed.py::"
 
 BUGS = [
     dict(

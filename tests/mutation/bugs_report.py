@@ -1,6 +1,6 @@
 """Planted bugs for the demo report from templates (issue 16 items 2–3; issue 18 §2, §3, §5 on the report side)."""
 
-R = "tests/test_report_render.py::"
+R = "tests/apps/test_report_render.py::"
 ES = "src/bnlab/i18n/catalogs/es/report.json"
 EN = "src/bnlab/i18n/catalogs/en/report.json"
 
@@ -45,5 +45,5 @@ BUGS = [
 BUGS += [
     dict(name="for-report-shares-the-shipped-reference", path="src/bnlab/report/small_batch.py",
          old="        return copy.deepcopy({**source,", new="        return ({**source,",
-         tests=["tests/test_small_batch.py::test_the_report_gets_a_copy_of_the_shipped_reference"]),
+         tests=["tests/apps/test_small_batch.py::test_the_report_gets_a_copy_of_the_shipped_reference"]),
 ]

@@ -1,9 +1,9 @@
 """Planted bugs for issue 17's remaining parts: the small-batch protocol, evaluate --recalibrate --nproc, vmap over
 a batched mask."""
 
-T = "tests/test_small_batch.py::"
-M = "tests/test_mask.py::"
-R = "tests/test_recalibrate_distributed.py::"
+T = "tests/apps/test_small_batch.py::"
+M = "tests/nn/test_mask.py::"
+R = "tests/distributed/test_recalibrate_distributed.py::"
 
 BUGS = [
     dict(

@@ -1,9 +1,9 @@
 """Planted bugs for one vocabulary (norm × per), ModelSpec and the training/ and data/ packages (issues 15, 16)."""
 
-M = "tests/test_models.py::"
-C = "tests/test_checkpoint.py::"
-TR = "tests/test_training.py::"
-H = "tests/test_hardening.py::"
+M = "tests/apps/test_models.py::"
+C = "tests/inference/test_checkpoint.py::"
+TR = "tests/apps/test_training.py::"
+H = "tests/apps/test_training_bad_input.py::"
 
 BUGS = [
     dict(name="old-spellings-not-read", path="src/bnlab/vocabulary.py",
@@ -26,7 +26,7 @@ BUGS = [
          old='    where = {"per": "activation", "spatial_size": size} if per == "activation" else {}',
          new="    where = {}",
          tests=[M + "test_per_activation_renorm_has_the_feature_shape",
-                "tests/test_models.py::test_per_activation_params_have_the_feature_shape"]),
+                "tests/apps/test_models.py::test_per_activation_params_have_the_feature_shape"]),
     dict(name="checkpoint-spec-bounds-unchecked", path="src/bnlab/training/schema.py",
          old="ModelSpec.from_dict(spec).check_bounds().to_dict()", new="ModelSpec.from_dict(spec).to_dict()",
          tests=[H + "test_hostile_training_checkpoints_are_refused_before_building"]),

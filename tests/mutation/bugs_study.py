@@ -1,6 +1,6 @@
 """Planted bugs for the small-batch study (issue 17 part 4; issue 18's small-batch points)."""
 
-T = "tests/test_small_batch.py::"
+T = "tests/apps/test_small_batch.py::"
 
 BUGS = [
     dict(

@@ -1,6 +1,6 @@
 """Planted bugs for synchronized BN (issue 20): each must make the listed tests fail."""
 
-F = "tests/test_distributed_faults.py"
+F = "tests/distributed/test_distributed_faults.py"
 
 BUGS = [
     # 1. precision at a large offset: the shard's float32 mean goes into the merge unrefined

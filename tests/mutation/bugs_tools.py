@@ -1,8 +1,8 @@
 """Planted bugs for PyTorch's tools on bnlab's layers and the family's torch answers (issue 15, item 4)."""
 
-T = "tests/test_tools.py::"
-F = "tests/test_family.py::"
-D = "tests/test_dropin.py::"
+T = "tests/nn/test_torch_tools.py::"
+F = "tests/nn/test_family.py::"
+D = "tests/nn/test_dropin.py::"
 
 BUGS = [
     dict(

@@ -3,7 +3,7 @@
 The contract of :mod:`.contract`, with the fused-ReLU arguments; this family heads the CUDA chain
 (triton → cuda → composed) when triton is importable; on CPU tensors the kernels run under triton's
 interpreter when ``TRITON_INTERPRET=1`` was set before this module was imported (how
-``tests/test_triton.py`` checks them without a GPU). Whatever :func:`covers` refuses, the chain walk sends
+``tests/kernels/test_triton.py`` checks them without a GPU). Whatever :func:`covers` refuses, the chain walk sends
 on to :mod:`.cuda` (torch's fused kernels, then :mod:`.composed`): never a wrong answer.
 
 Triton code cannot call Python, so each kernel writes its formula once and names, in a comment, the

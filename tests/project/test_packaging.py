@@ -10,7 +10,7 @@ import pytest
 
 from bnlab.cli import build_parser, main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 REPO = "https://github.com/bnlab/bnlab"
 
 if sys.version_info >= (3, 11):

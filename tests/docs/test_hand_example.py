@@ -14,7 +14,7 @@ import pytest
 import bnlab
 from bnlab import reference
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 SECTION = {"en": "## A tiny example by hand", "es": "## Un ejemplo diminuto, a mano"}
 SET_ROW = {"en": "| channel c = ", "es": "| canal c = "}
 

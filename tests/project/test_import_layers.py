@@ -15,7 +15,7 @@ import pytest
 import bnlab
 from bnlab import _compat
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # the package as imported (src/bnlab here; a planted copy when tests/mutation/run.py puts one first)
 SRC = Path(bnlab.__file__).resolve().parent
 

@@ -414,7 +414,7 @@ def test_docs_examples_run(capsys):
     import pathlib
     import re
 
-    doc = pathlib.Path(__file__).resolve().parents[1] / "docs" / "renorm.md"
+    doc = pathlib.Path(__file__).resolve().parents[2] / "docs" / "renorm.md"
     blocks = re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S)
     assert len(blocks) == 4
     namespace: dict = {}

@@ -311,7 +311,7 @@ def test_half_layer_running_variance_never_overflows():
 
 def test_overflowing_variance_with_a_finite_mean_does_not_poison_running_statistics():
     """A guard that only looked at the mean would let inf into running_var here. (A σ²_B beyond float32 is
-    refused outright, see tests/test_numerics.py; here σ²_B fits but the unbiased m/(m−1)·σ²_B does not.)"""
+    refused outright, see tests/core/test_numerics.py; here σ²_B fits but the unbiased m/(m−1)·σ²_B does not.)"""
     torch.manual_seed(0)
     bn = bnlab.nn.BatchNorm1d(2)
     x = torch.randn(2, 2)
@@ -569,7 +569,7 @@ def test_small_tensors_take_torch_batch_norm_only_where_its_statistics_are_exact
     yd = torch.nn.functional.batch_norm(xd, None, None, wd, bd, training=True)
     # (μ_B in float32 is rounded to ~6e-8·|μ|: the output can be no closer than that over σ)
     torch.testing.assert_close(y.double(), yd, rtol=0, atol=1e-5 + 1e-7 * offset)
-    if offset > 100:  # (dγ = Σ dy·x̂ carries the same rounding of μ_B: tests/test_numerics.py bounds it)
+    if offset > 100:  # (dγ = Σ dy·x̂ carries the same rounding of μ_B: tests/core/test_numerics.py bounds it)
         return
     dy = torch.randn(shape, generator=g)
     got = torch.autograd.grad(y, (x, w, b), dy)

@@ -5,7 +5,7 @@ decorated then) and it stays in effect for the whole process. So in an ordinary 
 runs itself in a subprocess with the variable set (``test_in_a_subprocess``; its other tests are
 skipped here as done there), and the rest of the suite — torch.compile, and on a GPU machine the
 compiled ``bnlab.kernels.triton`` — never sees interpreted triton. With ``TRITON_INTERPRET=1`` already
-set and no GPU (the subprocess, or ``TRITON_INTERPRET=1 pytest tests/test_triton.py``) the tests run in
+set and no GPU (the subprocess, or ``TRITON_INTERPRET=1 pytest tests/kernels/test_triton.py``) the tests run in
 this process, on a private copy of ``bnlab/kernels/triton.py``.
 """
 

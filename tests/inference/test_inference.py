@@ -668,7 +668,7 @@ def test_docs_examples_run(tmp_path, monkeypatch, capsys):
     import pathlib
     import re
 
-    doc = pathlib.Path(__file__).resolve().parents[1] / "docs" / "inference.md"
+    doc = pathlib.Path(__file__).resolve().parents[2] / "docs" / "inference.md"
     blocks = re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S)
     assert len(blocks) >= 7
     monkeypatch.chdir(tmp_path)

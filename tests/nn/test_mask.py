@@ -348,7 +348,7 @@ def test_the_pages_examples_run(page):
     import pathlib
     import re
 
-    doc = (pathlib.Path(__file__).resolve().parents[1] / "docs" / page).read_text(encoding="utf-8")
+    doc = (pathlib.Path(__file__).resolve().parents[2] / "docs" / page).read_text(encoding="utf-8")
     blocks = re.findall(r"```python\n(.*?)```", doc, flags=re.S)
     assert blocks
     for block in blocks:

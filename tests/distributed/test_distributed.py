@@ -370,7 +370,7 @@ def test_docstring_and_docs_examples_run():
     import bnlab.distributed
 
     assert doctest.testmod(bnlab.distributed).failed == 0
-    doc = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "distributed.md").read_text(encoding="utf-8")
+    doc = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "distributed.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```python\n(.*?)```", doc, flags=re.S)
     assert blocks
     for block in blocks:

@@ -395,7 +395,7 @@ def test_tutorial_shows_what_explain_prints(lang, capsys):
     import textwrap
     from pathlib import Path
 
-    docs = Path(__file__).resolve().parents[1] / "docs"
+    docs = Path(__file__).resolve().parents[2] / "docs"
     doc = (docs / {"en": "tutorial.md", "es": "tutorial.es.md"}[lang]).read_text(encoding="utf-8")
     blocks = re.findall(r"^( *)```python exec=\"on\"[^\n]*\n(.*?)^\1```", doc, flags=re.S | re.M)
     assert len(blocks) >= 6
@@ -669,7 +669,7 @@ def test_no_spanish_calques_in_the_explainer_texts_and_docs():
                 e = explain(shape, layout=layout, norm=norm, per=per, lang="es", **kw)
                 texts[f"{norm}/{layout}/{per}"] = e.text
     texts["ghost"] = explain((8, 4, 4, 16), virtual_batch=2, lang="es").text
-    docs = Path(__file__).resolve().parents[1] / "docs"
+    docs = Path(__file__).resolve().parents[2] / "docs"
     for name in ("tutorial.es.md", "explainer.es.md", "tutorial.md", "explainer.md"):
         texts[name] = (docs / name).read_text(encoding="utf-8")
     found = {name: [c for c in _CALQUES if c in " ".join(text.split())] for name, text in texts.items()}
