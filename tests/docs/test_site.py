@@ -41,6 +41,11 @@ API_MODULES = [
     "bnlab.io",
     "bnlab.explain",
     "bnlab.explain_page",
+    "bnlab.spec",
+    "bnlab.vocabulary",
+    "bnlab.i18n",
+    "bnlab.i18n.numbers",
+    "bnlab.i18n.words",
 ]
 
 _TOOLS = ("mkdocs", "material", "mkdocs_static_i18n", "mkdocstrings", "mkdocstrings_handlers.python", "markdown_exec")
