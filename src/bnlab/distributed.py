@@ -32,6 +32,11 @@ state (running statistics, ``num_batches_tracked``) in a step that another rank 
 'SyncBatchNorm'
 
 Without an initialized process group the layer is plain batch norm (as ``torch.nn.SyncBatchNorm``).
+
+Batch Renorm (:class:`SyncBatchRenorm`, what :func:`convert_sync` makes of ``bnlab.nn.BatchRenorm1d/2d/3d``)
+rides on the same exchange: r and d from the merged μ_B, σ²_B (:func:`bnlab.nn.renorm.renorm_factors`), then
+this transform with the affine map (γ·r, β + γ·d); its rmax, dmax and warm-up travel in the header, compared as
+eps and momentum. No extra collective.
 """
 
 from __future__ import annotations

@@ -51,7 +51,7 @@ BUGS = [
         name="sync-renorm-gamma-beta-gradients-lost",
         path="src/bnlab/distributed.py",
         old="        weight, bias = renorm_affine(weight, bias, r, d)",
-        new="        weight, bias = renorm_affine(weight.detach(), bias.detach(), r, d)",
+        new="        weight, bias = (t.detach() for t in renorm_affine(weight, bias, r, d))",
         tests=[EQ + "[2d-float64-channel-clipped]"],
     ),
     dict(
