@@ -32,6 +32,11 @@ state (running statistics, ``num_batches_tracked``) in a step that another rank 
 'SyncBatchNorm'
 
 Without an initialized process group the layer is plain batch norm (as ``torch.nn.SyncBatchNorm``).
+
+Batch Renorm (:class:`SyncBatchRenorm`, what :func:`convert_sync` makes of ``bnlab.nn.BatchRenorm1d/2d/3d``)
+rides on the same exchange: r and d from the merged μ_B, σ²_B (:func:`bnlab.nn.renorm.renorm_factors`), then
+this transform with the affine map (γ·r, β + γ·d); its rmax, dmax and warm-up travel in the header, compared as
+eps and momentum. No extra collective.
 """
 
 from __future__ import annotations
@@ -53,12 +58,17 @@ from .moments import Moments, merge_all
 from .nn import BatchNormBase, BatchRenormBase
 from .nn import functional as F
 from .nn.modules import check_input_dim
+from .nn.renorm import batch_renorm, check_dmax, check_rmax, renorm_affine, renorm_factors
 from .nn.surgery import adopt_state, replace_module
 
-__all__ = ["SyncBatchNorm", "SyncBatchNormError", "convert_sync", "sync_batch_norm", "collective_count", "all_gather"]
+__all__ = [
+    "SyncBatchNorm", "SyncBatchRenorm", "SyncBatchNormError", "convert_sync", "sync_batch_norm", "sync_batch_renorm",
+    "collective_count", "all_gather",
+]  # fmt: skip
 
 # header: [magic, layer id, count, dtype, input ndim, reduce-axes bitmask, feature numel, feature shape[:5],
-#          eps (float64 bits), momentum (float64 bits; -1: cumulative average)]
+#          eps (float64 bits), momentum (float64 bits; -1: cumulative average),
+#          Batch Renorm's rmax, dmax in effect (float64 bits) and warmup_steps (-1, -1, -1: plain BN)]
 # Every exchanged row is preceded by [start, deadline] (µs since the epoch, see _exchange).
 _MAGIC = 0xB7_5B_4E
 _FSHAPE = slice(7, 12)
@@ -235,6 +245,21 @@ def _check_headers(headers: list[list[int]], group, name: str) -> None:
             f"the same checkpoint (with momentum=None the weight of a batch is 1/(num_batches_tracked + 1): "
             f"different weights mean the ranks counted different numbers of batches)"
         )
+    renorm = {tuple(h[14:17]) for h in headers}
+    if len(renorm) > 1:
+        per_rank = "; ".join(f"rank {r}: {_renorm_text(h)}" for r, h in enumerate(headers))
+        raise SyncBatchNormError(
+            f"synchronized batch norm: the ranks disagree on Batch Renorm's settings of this layer ({per_rank}): "
+            f"their r and d would silently differ. Every rank must build the same model (same rmax, dmax, "
+            f"warmup_steps and schedules) and load the same checkpoint (a schedule and the warm-up follow "
+            f"num_batches_tracked: different values mean the ranks counted different numbers of batches)"
+        )
+
+
+def _renorm_text(h: list[int]) -> str:
+    if h[16] == -1:
+        return "plain batch norm (not Batch Renorm)"
+    return f"rmax={_unpack(h[14]):g}, dmax={_unpack(h[15]):g} in effect, warmup_steps={h[16]}"
 
 
 def _layer_id(name: str, index: int = 0) -> int:
@@ -266,7 +291,7 @@ def _momentum_text(bits: int) -> str:
     return "None (cumulative)" if bits == -1 else f"{_unpack(bits):g}"
 
 
-def _header(x, axes: tuple[int, ...], count: int, layer: int, eps: float = 0.0, momentum=0.0) -> list[int]:
+def _header(x, axes: tuple[int, ...], count: int, layer: int, eps: float = 0.0, momentum=0.0, renorm=None) -> list[int]:
     fshape = [n for i, n in enumerate(x.shape) if i not in axes]
     mask = sum(1 << a for a in axes)
     row = [_MAGIC, layer, count, _DTYPES.get(x.dtype, 0), x.dim(), mask, math.prod(fshape)]
@@ -274,21 +299,24 @@ def _header(x, axes: tuple[int, ...], count: int, layer: int, eps: float = 0.0, 
     if isinstance(momentum, torch.Tensor):
         momentum = momentum.item()
     row += [_pack(eps), -1 if momentum is None else _pack(momentum)]
+    row += [-1, -1, -1] if renorm is None else [_pack(renorm[0]), _pack(renorm[1]), int(renorm[2])]
     return row
 
 
 def _header_row(header: list[int]) -> torch.Tensor:
     """The header as float64 (exact: every entry is below 2^53; eps and momentum as their values)."""
     values = [float(v) for v in header[:12]] + [_unpack(header[12]), -1.0 if header[13] == -1 else _unpack(header[13])]
+    values += [-1.0 if v == -1 else _unpack(v) for v in header[14:16]] + [float(header[16])]
     return torch.tensor(values, dtype=torch.float64)
 
 
 def _header_of(row: list[float]) -> list[int]:
     """The integer header (:func:`_header`) back from its float64 row (:func:`_header_row`)."""
-    return [int(v) for v in row[:12]] + [_pack(row[12]), -1 if row[13] == -1.0 else _pack(row[13])]
+    head = [int(v) for v in row[:12]] + [_pack(row[12]), -1 if row[13] == -1.0 else _pack(row[13])]
+    return head + [-1 if v == -1.0 else _pack(v) for v in row[14:16]] + [int(row[16])]
 
 
-_HEADER_LEN = 14
+_HEADER_LEN = 17
 # the width of the statistics rows of each process group (values per statistic): the largest feature count
 # seen in it. It changes only after an exchange every rank completed and checked alike, so it is the same on
 # every rank: rows of one collective always have one length (gloo given rows of different lengths aborts
@@ -328,14 +356,15 @@ def _local_moments(x: torch.Tensor, axes: tuple[int, ...], count: int) -> tuple[
 
 
 def _exchange_statistics(x, axes, group, timeout, error: Exception | None, name: str = "", index: int = 0,
-                         eps: float = 0.0, momentum=0.0):  # fmt: skip
+                         eps: float = 0.0, momentum=0.0, renorm=None):  # fmt: skip
     """Global (count, mean, biased var) over every rank's shard; ``error``: this rank's input was rejected;
     ``name``/``index``: the layer's name in its model or creation index (ranks calling different layers
-    are out of step); ``eps``/``momentum``: compared across ranks."""
+    are out of step); ``eps``/``momentum`` and ``renorm`` (Batch Renorm's rmax, dmax in effect and
+    warmup_steps, or None): compared across ranks."""
     count = math.prod(x.shape[a] for a in axes) if error is None else _ERROR
     if error is not None:
-        eps = momentum = 0.0
-    header = _header(x, axes, count, _layer_id(name, index), eps, momentum)
+        eps, momentum, renorm = 0.0, 0.0, None
+    header = _header(x, axes, count, _layer_id(name, index), eps, momentum, renorm)
     key = group if group is not None else dist.group.WORLD
     width, features = _widths.get(key, 0), header[6]
     fshape = [n for i, n in enumerate(x.shape) if i not in axes]
@@ -473,9 +502,50 @@ def sync_batch_norm(
     return _sync(x, running_mean, running_var, weight, bias, momentum, eps, axes, process_group, timeout, None)
 
 
-def _sync(x, running_mean, running_var, weight, bias, momentum, eps, axes, group, timeout, error, name="", index=0):
+def sync_batch_renorm(
+    x: torch.Tensor,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    axes: tuple[int, ...] | None = None,
+    process_group=None,
+    timeout: float | None = None,
+    *,
+    rmax: float = 3.0,
+    dmax: float = 5.0,
+) -> torch.Tensor:
+    """:func:`bnlab.nn.functional.batch_renorm` with the batch statistics μ_B, σ²_B of every rank's shard:
+    :func:`sync_batch_norm`'s arguments plus ``rmax``/``dmax`` (numbers; the module resolves schedules and
+    warm-up). r and d come from the merged statistics (the same exchange as synchronized BN's, no other
+    collective) and the running statistics as they are on entry, so they are the same on every rank.
+    ``training=False``, or no process group of 2 or more ranks: exactly ``batch_renorm``."""
+    if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+        raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+    rmax, dmax = check_rmax(rmax), check_dmax(dmax)
+    if not (training and _active(process_group)):
+        return batch_renorm(x, running_mean, running_var, weight, bias, training, momentum, eps, axes, rmax=rmax,
+                            dmax=dmax)  # fmt: skip
+    if running_mean is None or running_var is None:
+        raise ValueError(
+            "batch renormalization corrects the batch statistics toward the running statistics: pass "
+            "running_mean and running_var (or use sync_batch_norm for plain batch statistics)"
+        )
+    renorm = (rmax, dmax, 0)
+    return _sync(x, running_mean, running_var, weight, bias, momentum, eps, axes, process_group, timeout, None,
+                 renorm=renorm)  # fmt: skip
+
+
+def _sync(x, running_mean, running_var, weight, bias, momentum, eps, axes, group, timeout, error, name="", index=0,
+          renorm=None):  # fmt: skip
     """Training-mode synchronized BN; ``error``: this rank's input was already rejected (by the module);
-    ``name``/``index``: the calling layer's identity (see :class:`SyncBatchNorm`)."""
+    ``name``/``index``: the calling layer's identity (see :class:`SyncBatchNorm`); ``renorm``: Batch Renorm's
+    (rmax, dmax, warmup_steps) in effect at this step (see :class:`SyncBatchRenorm`), None for BN."""
     try:
         if error is not None:
             raise error
@@ -493,9 +563,17 @@ def _sync(x, running_mean, running_var, weight, bias, momentum, eps, axes, group
         axes = tuple(range(x.dim()))
     with torch.no_grad():
         stats_momentum = momentum if running_mean is not None else 0.0  # (only compared where it is used)
-        m, mean, var = _exchange_statistics(x.detach(), axes, group, timeout, error, name, index, eps, stats_momentum)
+        m, mean, var = _exchange_statistics(
+            x.detach(), axes, group, timeout, error, name, index, eps, stats_momentum, renorm
+        )  # fmt: skip
     sdt = torch.float64 if x.dtype == torch.float64 else torch.float32
     mean, var = mean.to(sdt), var.to(sdt)
+    if renorm is not None and running_mean is not None and (renorm[0], renorm[1]) != (1.0, 0.0):
+        # Batch Renorm: r and d from the merged statistics (the exchange above, no other collective) and the
+        # running statistics before this step's update; constants for autograd, folded into the affine map
+        with torch.no_grad():
+            r, d = renorm_factors(mean, var, running_mean, running_var, float(eps), renorm[0], renorm[1])
+        weight, bias = renorm_affine(weight, bias, r, d)
     y = _SyncBatchNormFunction.apply(x, weight, bias, mean, var, m, axes, float(eps), group, timeout)
     if running_mean is not None:
         F.update_running_stats(running_mean, running_var, mean, var, m, momentum)
@@ -572,6 +650,7 @@ class SyncBatchNorm(BatchNormBase):
             if self._is_lazy():  # per-activation without spatial_size: shapes from the first input (any shard)
                 self._materialize_from(x)
             self._check_input_dim(x)
+            renorm = self._renorm_settings() if synced else None  # a bad schedule: every rank stops
         except (TypeError, ValueError) as err:
             if not (synced and isinstance(x, torch.Tensor) and x.dim() >= 1):
                 raise
@@ -584,7 +663,7 @@ class SyncBatchNorm(BatchNormBase):
         w, b, eps, axes = self.weight, self.bias, self.eps, self.reduce_axes(x.dim())
         if synced:
             group, timeout, name, index = self.process_group, self.timeout, self.layer_name, self.layer_index
-            y = _sync(x, rm, rv, w, b, momentum, eps, axes, group, timeout, None, name, index)
+            y = _sync(x, rm, rv, w, b, momentum, eps, axes, group, timeout, None, name, index, renorm)
             y = torch.relu(y) if self.activation == "relu" else y
         else:  # eval (and frozen layers) never communicate; without running statistics a shard is on its own
             y = F.batch_norm(x, rm, rv, w, b, use_batch, momentum, eps, axes, activation=self.activation)
@@ -592,11 +671,70 @@ class SyncBatchNorm(BatchNormBase):
             self.num_batches_tracked.add_(1)
         return y
 
+    def _renorm_settings(self) -> tuple[float, float, int] | None:
+        """Batch Renorm's (rmax, dmax, warmup_steps) in effect at this step (:class:`SyncBatchRenorm`); None: BN."""
+        return None
+
     def extra_repr(self) -> str:
         return super().extra_repr() + (f", timeout={self.timeout}" if self.timeout is not None else "")
 
 
+class SyncBatchRenorm(BatchRenormBase, SyncBatchNorm):
+    """Batch Renorm whose set B spans the shards of every process: :class:`SyncBatchNorm` plus Batch Renorm's
+    ``rmax``, ``dmax`` and ``warmup_steps`` (numbers or schedules, as :class:`bnlab.nn.BatchRenorm2d`).
+
+    In training, μ_B and σ²_B are merged over every rank's shard by synchronized BN's exchange; r and d
+    come from them and the running statistics before this step's update (:func:`bnlab.nn.renorm.renorm_factors`,
+    the formula's one home), constants for autograd, and the synchronized BN transform runs with the affine
+    map (γ·r, β + γ·d). So the output, the gradients and the running statistics are those of one
+    ``BatchRenorm`` layer on the union of the shards, at no extra collective (one all-gather forward, one
+    backward, as synchronized BN). The ranks compare rmax, dmax (in effect at this step) and warmup_steps
+    on every call, as eps and momentum: a rank that disagrees fails on every rank. Warm-up and schedules
+    count ``num_batches_tracked``; eval mode, frozen layers and ``track_running_stats=False`` are as in
+    :class:`bnlab.nn.BatchRenorm2d` (BN's eval; BN's training); without a process group it is that layer.
+    Built by :func:`convert_sync` from ``BatchRenorm1d/2d/3d`` (the same buffers, so the same state_dict).
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        process_group=None,
+        device=None,
+        dtype=None,
+        *,
+        rmax=3.0,
+        dmax=5.0,
+        warmup_steps: int = 0,
+        bias: bool = True,
+        per: str = "channel",
+        spatial_size: tuple[int, ...] | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        super().__init__(
+            num_features, eps, momentum, affine, rmax=rmax, dmax=dmax, warmup_steps=warmup_steps, per=per,
+            spatial_size=spatial_size, track_running_stats=track_running_stats, bias=bias, device=device,
+            dtype=dtype, process_group=process_group, timeout=timeout,
+        )  # fmt: skip
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if self.training and not self.frozen and _active(self.process_group):
+            return SyncBatchNorm.forward(self, input)
+        return BatchRenormBase.forward(self, input)  # one process, eval or frozen: the local layer
+
+    def _renorm_settings(self) -> tuple[float, float, int] | None:
+        if not self._mode()[1]:  # no running statistics to correct toward: BN's training, as the local layer
+            return None
+        rmax, dmax = self.limits()
+        return rmax, dmax, self.warmup_steps
+
+
 def _to_sync(old: nn.Module, process_group, timeout) -> SyncBatchNorm:
+    """The synchronized twin of ``old``: SyncBatchRenorm for Batch Renorm (its limits and warm-up carried
+    over, schedules included), else SyncBatchNorm."""
     per = getattr(old, "per", "channel")
     spatial = getattr(old, "spatial_size", None) if per == "activation" else None
     if getattr(old, "virtual_batch", None):
@@ -604,12 +742,15 @@ def _to_sync(old: nn.Module, process_group, timeout) -> SyncBatchNorm:
             f"cannot synchronize {old}: it is ghost BN (virtual_batch={old.virtual_batch}), whose set B is k samples "
             f"within one process; build it without virtual_batch, or keep it out of convert_sync"
         )
-    new = SyncBatchNorm(
-        old.num_features, eps=old.eps, momentum=old.momentum, affine=old.affine,
-        track_running_stats=old.track_running_stats, process_group=process_group, device="meta",
-        per=per, spatial_size=spatial, activation=getattr(old, "activation", None), timeout=timeout,
+    common = dict(
+        eps=old.eps, momentum=old.momentum, affine=old.affine, track_running_stats=old.track_running_stats,
+        process_group=process_group, device="meta", per=per, spatial_size=spatial, timeout=timeout,
         bias=not old.affine or old._parameters.get("bias") is not None,
     )  # fmt: skip
+    if isinstance(old, BatchRenormBase):  # Batch Renorm stays Batch Renorm: r and d from the merged statistics
+        new = SyncBatchRenorm(old.num_features, rmax=old.rmax, dmax=old.dmax, warmup_steps=old.warmup_steps, **common)
+    else:
+        new = SyncBatchNorm(old.num_features, activation=getattr(old, "activation", None), **common)
     adopt_state(old, new)  # the old layer's very tensors (an optimizer built before keeps working), mode, frozen
     if per == "activation" and spatial is None and not new._is_lazy():
         new.spatial_size = tuple(new.weight.shape[1:] if new.weight is not None else new.running_mean.shape[1:])
@@ -618,8 +759,9 @@ def _to_sync(old: nn.Module, process_group, timeout) -> SyncBatchNorm:
 
 def convert_sync(model: nn.Module, process_group=None, timeout: float | None = None) -> nn.Module:
     """Swap every BN layer — torch's ``BatchNorm1d/2d/3d``/``SyncBatchNorm`` or bnlab's — for
-    :class:`SyncBatchNorm`, in place, keeping the very weights and running statistics (and the
-    train/eval mode and frozen state); returns ``model`` (or the new layer if ``model`` is one).
+    :class:`SyncBatchNorm` (bnlab's ``BatchRenorm1d/2d/3d`` for :class:`SyncBatchRenorm`, with their rmax,
+    dmax and warm-up), in place, keeping the very weights and running statistics (and the train/eval mode
+    and frozen state); returns ``model`` (or the new layer if ``model`` is one).
 
     ``process_group``/``timeout`` are given to every new layer. Layers that are already bnlab
     ``SyncBatchNorm`` get the new ``process_group``/``timeout`` and stay as they are. Every layer also
@@ -633,12 +775,6 @@ def convert_sync(model: nn.Module, process_group=None, timeout: float | None = N
         if isinstance(m, SyncBatchNorm):
             m.process_group, m.timeout, m.layer_name = process_group, timeout, name
         elif isinstance(m, (_compat.TorchBatchNormBase, BatchNormBase)):
-            if isinstance(m, BatchRenormBase):  # checked before any layer is swapped
-                raise ValueError(
-                    f"cannot synchronize layer {name or type(m).__name__} ({type(m).__name__}): it is Batch Renorm, "
-                    f"whose r and d synchronized BN would silently drop; keep it per process (leave it out of "
-                    f"convert_sync), or replace it by bnlab.nn.BatchNorm (its state_dict loads as is) to synchronize"
-                )
             if isinstance(m, LazyModuleMixin) and m.has_uninitialized_params():
                 raise ValueError(
                     f"cannot convert layer {name or type(m).__name__} ({type(m).__name__}): it has not seen an "

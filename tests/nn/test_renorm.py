@@ -383,7 +383,7 @@ def test_recalibrate_treats_it_as_bn():
     assert type(net[1]) is BatchRenorm2d and net[1].track_running_stats
 
 
-def test_convert_leaves_it_as_it_is_and_convert_sync_refuses_it():
+def test_convert_leaves_it_as_it_is_and_convert_sync_synchronizes_it():
     net = nn.Sequential(nn.BatchNorm2d(C), BatchRenorm2d(C))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -394,9 +394,14 @@ def test_convert_leaves_it_as_it_is_and_convert_sync_refuses_it():
         warnings.simplefilter("ignore")
         bnlab.convert(net, to="torch")
     assert type(net[0]) is nn.BatchNorm2d and type(net[1]) is BatchRenorm2d
-    with pytest.raises(ValueError, match="Batch Renorm"):
-        bnlab.convert_sync(net)
-    assert type(net[0]) is nn.BatchNorm2d and type(net[1]) is BatchRenorm2d  # nothing changed
+    # issue 17 §1: synchronized BN treats it as a BN layer (it used to be refused): r and d from the merged
+    # statistics, tested with real processes in tests/test_sync_renorm.py
+    from bnlab.distributed import SyncBatchNorm, SyncBatchRenorm
+
+    brn = net[1]
+    bnlab.convert_sync(net)
+    assert type(net[0]) is SyncBatchNorm and type(net[1]) is SyncBatchRenorm
+    assert net[1].running_var is brn.running_var and (net[1].rmax, net[1].dmax) == (brn.rmax, brn.dmax)
 
 
 def test_onnx_export_folds_it(tmp_path):

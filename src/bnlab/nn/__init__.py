@@ -1,5 +1,5 @@
-"""bnlab's torch layer: drop-in ``BatchNorm1d/2d/3d`` (and ``SyncBatchNorm``) modules, the rest of the
-normalization family (``GroupNorm``, ``LayerNorm``, ``InstanceNorm1d/2d/3d``), and ``functional``."""
+"""bnlab's torch layer: drop-in ``BatchNorm1d/2d/3d`` (and ``SyncBatchNorm``, ``SyncBatchRenorm``) modules, the
+rest of the normalization family (``GroupNorm``, ``LayerNorm``, ``InstanceNorm1d/2d/3d``), and ``functional``."""
 
 from . import family, functional, renorm
 from .family import GroupNorm, InstanceNorm1d, InstanceNorm2d, InstanceNorm3d, LayerNorm
@@ -22,6 +22,7 @@ __all__ = [
     "BatchNorm2d",
     "BatchNorm3d",
     "SyncBatchNorm",
+    "SyncBatchRenorm",
     "GroupNorm",
     "LayerNorm",
     "InstanceNorm1d",
@@ -36,9 +37,9 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):  # SyncBatchNorm lives in bnlab.distributed (a layer above): loaded on first use
-    if name == "SyncBatchNorm":
-        from ..distributed import SyncBatchNorm
+def __getattr__(name: str):  # SyncBatchNorm/SyncBatchRenorm live in bnlab.distributed (a layer above): loaded on use
+    if name in ("SyncBatchNorm", "SyncBatchRenorm"):
+        from .. import distributed
 
-        return SyncBatchNorm
+        return getattr(distributed, name)
     raise AttributeError(f"module 'bnlab.nn' has no attribute {name!r}")

@@ -46,7 +46,8 @@ the running statistics. Without running statistics to correct toward (``track_ru
 during :func:`bnlab.recalibrate`'s pass) training mode is BN's. The layers subclass bnlab's (and torch's)
 ``BatchNorm1d/2d/3d``, so fold, freeze, recalibrate and ONNX export treat them as BN layers;
 :func:`bnlab.convert` leaves them as they are (torch has no Batch Renorm), and :func:`bnlab.convert_sync`
-refuses them (synchronized BN would silently drop r and d).
+makes them :class:`bnlab.nn.SyncBatchRenorm` (r and d from the statistics merged over every rank's shard;
+torch's ``convert_sync_batchnorm`` is refused: its plain SyncBN would silently drop r and d).
 
 The math runs through :func:`bnlab.nn.functional.batch_norm` with the per-feature affine map
 (γ·r, β + γ·d): its kernels, closed-form backward, layouts (channels_last included) and dtype policy
@@ -68,6 +69,8 @@ from .modules import BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormBase
 
 __all__ = [
     "batch_renorm",
+    "renorm_factors",
+    "renorm_affine",
     "BatchRenorm1d",
     "BatchRenorm2d",
     "BatchRenorm3d",
@@ -212,16 +215,40 @@ def batch_renorm(
     eps = float(eps)
     with torch.no_grad():  # r and d are constants for autograd (stop_gradient in the paper)
         mean_B, var_B = _batch_stats(input, axes)  # float32, float64 for float64 x
-        sigma_B = torch.sqrt(var_B + eps)
-        sigma = torch.sqrt(running_var.to(var_B.dtype) + eps)  # running statistics before the update
-        r = (sigma_B / sigma).clamp_(1 / rmax, rmax)
-        d = ((mean_B - running_mean.to(mean_B.dtype)) / sigma).clamp_(-dmax, dmax)
+        r, d = renorm_factors(mean_B, var_B, running_mean, running_var, eps, rmax, dmax)
+    scale, shift = renorm_affine(weight, bias, r, d)
+    return batch_norm(input, running_mean, running_var, scale, shift, True, momentum, eps, axes)
+
+
+def renorm_factors(
+    mean_B: Tensor, var_B: Tensor, running_mean: Tensor, running_var: Tensor, eps: float, rmax: float, dmax: float
+) -> tuple[Tensor, Tensor]:
+    """Alg. 1's r and d per feature, from given batch statistics μ_B, σ²_B (biased: one process's, or merged
+    over every rank's shard by :class:`bnlab.nn.SyncBatchRenorm`) and the running statistics *as they are
+    before this step's update* — the one home of the formula::
+
+        r = clip(σ_B/σ, 1/rmax, rmax) ,  d = clip((μ_B − μ)/σ, −dmax, dmax)
+        σ_B = √(σ²_B + ε) ,  σ = √(running_var + ε)
+
+    Call it under ``torch.no_grad()`` (as both callers do): r and d are constants for autograd. In the
+    dtype of the statistics given (float32, float64 for float64 input).
+    """
+    sigma_B = torch.sqrt(var_B + eps)
+    sigma = torch.sqrt(running_var.to(var_B.dtype) + eps)  # running statistics before the update
+    r = (sigma_B / sigma).clamp_(1 / rmax, rmax)
+    d = ((mean_B - running_mean.to(mean_B.dtype)) / sigma).clamp_(-dmax, dmax)
+    return r, d
+
+
+def renorm_affine(weight: Tensor | None, bias: Tensor | None, r: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
+    """BN's per-feature affine map (γ·r, β + γ·d) that makes BN of x̂ Batch Renorm (call it with autograd on:
+    dγ = r·Σdy·x̂ + d·Σdy and dβ = Σdy flow through it)."""
     # γ·((x − μ_B)/σ_B · r + d) + β = (γ·r)·x̂ + (β + γ·d): batch norm with that affine map
     scale = r if weight is None else weight * r
     shift = d if weight is None else weight * d
     if bias is not None:
         shift = bias + shift
-    return batch_norm(input, running_mean, running_var, scale, shift, True, momentum, eps, axes)
+    return scale, shift
 
 
 def _batch_stats(x: Tensor, axes: tuple[int, ...]):
@@ -249,12 +276,14 @@ class BatchRenormBase(BatchNormBase):
         bias: bool = True,
         device=None,
         dtype=None,
+        **kwargs,
     ) -> None:
         rmax, dmax = _check_limit(rmax, check_rmax), _check_limit(dmax, check_dmax)
         warmup_steps = check_warmup_steps(warmup_steps)
+        # by keyword, and the rest passed on: the next class may be SyncBatchNorm (process_group=, timeout=)
         super().__init__(
-            num_features, eps, momentum, affine, track_running_stats, device, dtype,
-            bias=bias, per=per, spatial_size=spatial_size,
+            num_features, eps, momentum, affine, track_running_stats=track_running_stats, device=device,
+            dtype=dtype, bias=bias, per=per, spatial_size=spatial_size, **kwargs,
         )  # fmt: skip
         self.rmax, self.dmax, self.warmup_steps = rmax, dmax, warmup_steps
 
@@ -291,8 +320,8 @@ class BatchRenormBase(BatchNormBase):
         if kind == "sync":  # torch's SyncBatchNorm is plain BN: r and d would be gone (eval is BN's: fusing is fine)
             lost.append((
                 "Batch Renorm's correction (r, d) toward the running statistics",
-                "keep the layer per process (out of the conversion), or replace it by bnlab.nn's BatchNorm (its "
-                "state_dict loads as is) to synchronize",
+                "convert with bnlab.convert_sync(model), whose SyncBatchRenorm keeps it (r and d from the statistics "
+                "of every rank's shard)",
             ))  # fmt: skip
         return lost
 
