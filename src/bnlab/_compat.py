@@ -3,8 +3,9 @@
 bnlab needs a few things torch offers only under private names: whether a functorch transform (vmap, grad,
 jvp) or a torch-dispatch / torch-function mode is active (so that the data must not steer Python), which
 functorch transforms are active, and a process group's own timeout. Every use goes through this module, so
-that a torch release that moves one of them breaks here, loudly, in ``tests/project/test_import_layers.py`` — not silently
-in a numerical path. :data:`PRIVATE_APIS` lists each one; :func:`check` looks them all up.
+that a torch release that moves one of them breaks here, loudly, in
+``tests/project/test_import_layers.py`` — not silently in a numerical path. :data:`PRIVATE_APIS` lists each one;
+:func:`check` looks them all up.
 """
 
 from __future__ import annotations

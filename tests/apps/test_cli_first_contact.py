@@ -195,7 +195,8 @@ def test_a_name_far_from_every_option_gets_no_suggestion(capsys):
 @pytest.mark.slow  # pytest in a subprocess collects the file: ~10 s on a loaded machine
 def test_triton_skip_reasons_say_what_happens_without_triton():
     code = ("import sys; sys.modules['triton'] = None; import pytest; "
-            "sys.exit(pytest.main(['-q', '-rs', '-p', 'no:cacheprovider', 'tests/kernels/test_triton.py']))")  # fmt: skip
+            "sys.exit(pytest.main(['-q', '-rs', '-p', 'no:cacheprovider', "
+            "'tests/kernels/test_triton.py']))")  # fmt: skip
     env = {k: v for k, v in _env().items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:]

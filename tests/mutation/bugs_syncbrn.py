@@ -1,6 +1,6 @@
 """Planted bugs for Batch Renorm under synchronized BN (issue 17, §1: SyncBatchRenorm, convert_sync)."""
 
-S = "tests/test_sync_renorm.py::"
+S = "tests/distributed/test_sync_renorm.py::"
 EQ = S + "test_two_ranks_equal_one_batch_renorm_layer_on_the_union"
 # SyncBatchNorm.forward from where Batch Renorm's settings are read (inside the try that tells the other ranks of
 # a local error) to where they are used; the plant reads them after the try, so a bad schedule value on one rank

@@ -355,7 +355,8 @@ def test_torch_convert_sync_batchnorm_keeps_our_state():
 
 def test_per_activation_layer_refused_by_torch_sync_converter():
     model = nn.Sequential(bnlab.nn.BatchNorm2d(3, per="activation", spatial_size=(4, 4)))
-    # torch's layer knows one statistic per channel only: refused at conversion (tests/nn/test_torch_tools.py has the rest)
+    # torch's layer knows one statistic per channel only: refused at conversion
+    # (tests/nn/test_torch_tools.py has the rest)
     with pytest.raises(RuntimeError, match="per-activation statistics.*bnlab.convert_sync"):
         nn.SyncBatchNorm.convert_sync_batchnorm(model)
 

@@ -395,7 +395,7 @@ def test_convert_leaves_it_as_it_is_and_convert_sync_synchronizes_it():
         bnlab.convert(net, to="torch")
     assert type(net[0]) is nn.BatchNorm2d and type(net[1]) is BatchRenorm2d
     # issue 17 §1: synchronized BN treats it as a BN layer (it used to be refused): r and d from the merged
-    # statistics, tested with real processes in tests/test_sync_renorm.py
+    # statistics, tested with real processes in tests/distributed/test_sync_renorm.py
     from bnlab.distributed import SyncBatchNorm, SyncBatchRenorm
 
     brn = net[1]

@@ -3,8 +3,8 @@
 Every family (:mod:`.composed`, :mod:`.native`, :mod:`.cpu`, :mod:`.cuda`, :mod:`.triton`) satisfies
 :class:`.contract.KernelFamily` — ``batch_stats``, ``normalize``, ``forward``, ``backward`` with the argument
 order stated there once, and ``covers(x, axes, *tensors, op)`` — and is checked against the same float64
-computations by ``tests/kernels/test_kernels.py`` (and ``tests/kernels/test_triton.py``). :func:`select` walks one ordered
-chain per device, and the first family whose ``covers`` is true runs:
+computations by ``tests/kernels/test_kernels.py`` (and ``tests/kernels/test_triton.py``).
+:func:`select` walks one ordered chain per device, and the first family whose ``covers`` is true runs:
 
     cpu:  native → cpu → composed         cuda: triton → cuda → composed         other devices: composed
 

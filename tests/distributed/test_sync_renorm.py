@@ -1,7 +1,8 @@
 """Batch Renorm under synchronized BN (issue 17, §1): bnlab.nn.SyncBatchRenorm and convert_sync of BatchRenorm*d.
 
-One launch of 2 gloo ranks (``run_ranks`` of tests/test_distributed.py) runs every case: several training steps
-of a layer converted by ``convert_sync`` from ``BatchRenorm1d/2d/3d``, each rank on its shard of the batch
+One launch of 2 gloo ranks (``run_ranks`` of tests/distributed/test_distributed.py) runs every case:
+several training steps of a layer converted by ``convert_sync`` from ``BatchRenorm1d/2d/3d``, each rank on its
+shard of the batch
 (uneven, a rank with one sample, an empty one). The parent replays the steps with one float64 ``BatchRenorm``
 layer on the union of the shards and compares output, dx, dγ, dβ (summed over ranks, as data-parallel training
 does) and the running statistics after every step; then eval mode. r and d are clipped at their bounds in some
