@@ -16,9 +16,13 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
 
 #define BNLAB_NATIVE_ABI 1
 #define LANES 16    /* independent float64 accumulators per channel in NCHW rows (vectorized, 4 chains) */
+#define NCHW_CB 16 /* NCHW: channels per block of work (read sample by sample) */
 #define BLOCKS 64   /* channels_last row blocks (fixed: the order of the sums never depends on threads) */
 #ifndef CL_TILE
 #define CL_TILE 32  /* channels_last: channels whose accumulators stay in registers */
@@ -57,17 +61,198 @@ static void coefficients(int64_t c, const double *mean, const double *var, doubl
     }
 }
 
+/* ---- the backward's reductions: sum g and sum g*(x - mu) (g = dy, 0 where the fused ReLU output is <= 0) ----
+ *
+ * float32 data: float32 SIMD accumulators over bounded blocks, combined in float64. Each float32 lane adds at
+ * most F32_TERMS terms t_i = g_i*(x_i - mu) (x_i - mu rounded once, the product rounded once or fused) before
+ * it is added to a float64 accumulator, so with u = 2^-24 the error of each sum is at most
+ *     |err(sum g*(x - mu))| <= (F32_TERMS + 1)*u*sum|g*(x - mu)|  ~ 5.4e-7 * sum|g*(x - mu)|,
+ *     |err(sum g)|          <= (F32_TERMS - 1)*u*sum|g|
+ * (first order; the float64 additions of the blocks add about 2^-53 per block), whatever the count m: a
+ * float32 running sum's bound grows as m*u. mu is the float32 mean the forward returned, as in the
+ * definition (composed.backward reads the saved statistics); float64 data: float64 accumulators. */
+#define F32_TERMS 8
+
+typedef float v8f __attribute__((vector_size(32)));
+typedef int v8i __attribute__((vector_size(32)));
+typedef float v4f __attribute__((vector_size(16)));
+
+static inline v8f ld8(const float *p) {
+    v8f v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* g where ym > 0, else 0 (ym NULL: g) */
+static inline v8f masked8(const float *g, const float *ym, int64_t o) {
+    v8f u = ld8(g + o);
+    return ym ? (v8f)((v8i)u & (ld8(ym + o) > 0)) : u;
+}
+
+/* the 8 float32 lanes of a added to lo (lanes 0-3) and hi (lanes 4-7) in float64 */
+static inline void widen_add(v8f a, v4d *lo, v4d *hi) {
+#if defined(__AVX__)
+    *lo += (v4d)_mm256_cvtps_pd(_mm256_castps256_ps128((__m256)a));
+    *hi += (v4d)_mm256_cvtps_pd(_mm256_extractf128_ps((__m256)a, 1));
+#else
+    v4f l, h;
+    memcpy(&l, &a, sizeof l);
+    memcpy(&h, (const char *)&a + sizeof l, sizeof h);
+    *lo += __builtin_convertvector(l, v4d);
+    *hi += __builtin_convertvector(h, v4d);
+#endif
+}
+
+static inline double hsum4(v4d v) { return (v[0] + v[1]) + (v[2] + v[3]); }
+
+/* one contiguous NCHW row of s float32 values: *t1 += sum g, *t2 += sum g*(x - mu). Blocks of at most
+ * 16*F32_TERMS values, 16 at a time into two float32 accumulator pairs (<= F32_TERMS terms per lane), then
+ * widened to float64; the last s mod 8 values in float64. */
+static void bwd_row_f32(const float *g, const float *x, const float *ym, int64_t s, float mu, double *t1,
+                        double *t2) {
+    const v8f m = (v8f){0} + mu;
+    v4d w1[2] = {{0}}, w2[2] = {{0}};
+    int64_t j = 0;
+    while (j + 8 <= s) {
+        const int64_t end = j + 16 * F32_TERMS < s ? j + 16 * F32_TERMS : s;
+        v8f a1 = {0}, a2 = {0}, b1 = {0}, b2 = {0};
+        for (; j + 16 <= end; j += 16) {
+            v8f u = masked8(g, ym, j), v = masked8(g, ym, j + 8);
+            a1 += u;
+            a2 += u * (ld8(x + j) - m);
+            b1 += v;
+            b2 += v * (ld8(x + j + 8) - m);
+        }
+        if (j + 8 <= end) {
+            v8f u = masked8(g, ym, j);
+            a1 += u;
+            a2 += u * (ld8(x + j) - m);
+            j += 8;
+        }
+        widen_add(a1, &w1[0], &w1[1]);
+        widen_add(b1, &w1[0], &w1[1]);
+        widen_add(a2, &w2[0], &w2[1]);
+        widen_add(b2, &w2[0], &w2[1]);
+    }
+    double r1 = 0, r2 = 0;
+    for (; j < s; j++) {
+        double u = (ym && !(ym[j] > 0)) ? 0.0 : (double)g[j];
+        r1 += u;
+        r2 += u * ((double)x[j] - (double)mu);
+    }
+    *t1 += r1 + hsum4(w1[0] + w1[1]);
+    *t2 += r2 + hsum4(w2[0] + w2[1]);
+}
+
+/* the same for float64 data: float64 accumulators, 4 vectors (independent chains) */
+static void bwd_row_f64(const double *g, const double *x, const double *ym, int64_t s, double mu, double *t1,
+                        double *t2) {
+    const v4d m = (v4d){0} + mu;
+    v4d a1[4] = {{0}}, a2[4] = {{0}};
+    int64_t j = 0;
+    for (; j + 16 <= s; j += 16)
+        for (int q = 0; q < 4; q++) {
+            v4d u, v;
+            memcpy(&u, g + j + 4 * q, sizeof u);
+            memcpy(&v, x + j + 4 * q, sizeof v);
+            if (ym) {
+                v4d y;
+                memcpy(&y, ym + j + 4 * q, sizeof y);
+                u = (v4d)((v4di)u & (y > 0));
+            }
+            a1[q] += u;
+            a2[q] += u * (v - m);
+        }
+    double r1 = 0, r2 = 0;
+    for (; j < s; j++) {
+        double u = (ym && !(ym[j] > 0)) ? 0.0 : g[j];
+        r1 += u;
+        r2 += u * (x[j] - mu);
+    }
+    *t1 += r1 + hsum4((a1[0] + a1[1]) + (a1[2] + a1[3]));
+    *t2 += r2 + hsum4((a2[0] + a2[1]) + (a2[2] + a2[3]));
+}
+
+/* channels_last, float32: one tile of 8*NQ channels over rows [q0, q1), added into p1, p2. Rows alternate
+ * between two float32 accumulator sets, which are widened to float64 every 2*F32_TERMS rows. */
+static inline __attribute__((always_inline)) void cl_bwd_tile_f32(const float *x, const float *g,
+        const float *ym, int64_t q0, int64_t q1, int64_t c, int64_t ch0, const int NQ, const float *mu,
+        double *p1, double *p2) {
+    v8f m[NQ];
+    v4d w1[2 * NQ], w2[2 * NQ];
+    for (int q = 0; q < NQ; q++) {
+        m[q] = ld8(mu + ch0 + 8 * q);
+        w1[2 * q] = w1[2 * q + 1] = w2[2 * q] = w2[2 * q + 1] = (v4d){0, 0, 0, 0};
+    }
+    for (int64_t r0 = q0; r0 < q1; r0 += 2 * F32_TERMS) {
+        const int64_t r1 = r0 + 2 * F32_TERMS < q1 ? r0 + 2 * F32_TERMS : q1;
+        v8f a1[NQ], a2[NQ], b1[NQ], b2[NQ];
+        for (int q = 0; q < NQ; q++) a1[q] = a2[q] = b1[q] = b2[q] = (v8f){0};
+        int64_t r = r0;
+        for (; r + 2 <= r1; r += 2)
+            for (int q = 0; q < NQ; q++) {
+                const int64_t o = r * c + ch0 + 8 * q;
+                v8f u = masked8(g, ym, o), v = masked8(g, ym, o + c);
+                a1[q] += u;
+                a2[q] += u * (ld8(x + o) - m[q]);
+                b1[q] += v;
+                b2[q] += v * (ld8(x + o + c) - m[q]);
+            }
+        if (r < r1)
+            for (int q = 0; q < NQ; q++) {
+                const int64_t o = r * c + ch0 + 8 * q;
+                v8f u = masked8(g, ym, o);
+                a1[q] += u;
+                a2[q] += u * (ld8(x + o) - m[q]);
+            }
+        for (int q = 0; q < NQ; q++) {
+            widen_add(a1[q], &w1[2 * q], &w1[2 * q + 1]);
+            widen_add(b1[q], &w1[2 * q], &w1[2 * q + 1]);
+            widen_add(a2[q], &w2[2 * q], &w2[2 * q + 1]);
+            widen_add(b2[q], &w2[2 * q], &w2[2 * q + 1]);
+        }
+    }
+    for (int q = 0; q < 2 * NQ; q++)
+        for (int l = 0; l < 4; l++) {
+            p1[ch0 + 4 * q + l] += w1[q][l];
+            p2[ch0 + 4 * q + l] += w2[q][l];
+        }
+}
+
+/* channels_last, float32: sum g and sum g*(x - mu) over rows [r0, r1) of C values, added into p1, p2: chunks
+ * of CL_CHUNK rows, tiles of 16 and 8 channels, the last C mod 8 channels in float64 */
+static void cl_bwd_sums_f32(const float *x, const float *g, const float *ym, int64_t r0, int64_t r1, int64_t c,
+                            const float *mu, double *p1, double *p2) {
+    for (int64_t q0 = r0; q0 < r1; q0 += CL_CHUNK) {
+        const int64_t q1 = q0 + CL_CHUNK < r1 ? q0 + CL_CHUNK : r1;
+        int64_t ch0 = 0;
+        for (; ch0 + 16 <= c; ch0 += 16) cl_bwd_tile_f32(x, g, ym, q0, q1, c, ch0, 2, mu, p1, p2);
+        for (; ch0 + 8 <= c; ch0 += 8) cl_bwd_tile_f32(x, g, ym, q0, q1, c, ch0, 1, mu, p1, p2);
+        for (int64_t r = q0; r < q1 && ch0 < c; r++)
+            for (int64_t ch = ch0; ch < c; ch++) {
+                const int64_t o = r * c + ch;
+                double u = (ym && !(ym[o] > 0)) ? 0.0 : (double)g[o];
+                p1[ch] += u;
+                p2[ch] += u * ((double)x[o] - (double)mu[ch]);
+            }
+    }
+}
+
 #define CAT_(a, b) a##b
 #define CAT(a, b) CAT_(a, b)
 
 #define T float
 #define SFX f32
+#define IS_F32 1
 #include "bn_body.h"
 #undef T
 #undef SFX
+#undef IS_F32
 
 #define T double
 #define SFX f64
+#define IS_F32 0
 #include "bn_body.h"
 #undef T
 #undef SFX
+#undef IS_F32
