@@ -152,6 +152,56 @@ def test_one_and_two_threads_agree_bitwise(fmt, monkeypatch):
 
 
 @needs_lib
+@pytest.mark.parametrize("fmt", [None, CL], ids=["nchw", "cl"])
+def test_backward_sums_within_the_stated_float32_block_bound(fmt):
+    """The float32 backward's reductions (float32 SIMD blocks of at most F32_TERMS = 8 terms per lane, combined
+    in float64; bound in csrc/bn.c): with dy = 1000 + U(0, 1) > 0, Σdy = Σ|dy|, so Σdy is within 7·2^-24
+    relative of float64 whatever the count (4e6 values per channel here; float32 lanes that never flush to
+    float64 are 1e-6 to 1e-5 off), and Σdy·(x − μ) within 9·2^-24·Σ|dy·(x − μ)|."""
+    g = torch.Generator().manual_seed(11)
+    shape = (4, 2, 1000, 1000)
+    x = (3e3 + torch.randn(shape, generator=g, dtype=torch.float64)).float()
+    dy = (1000 + torch.rand(shape, generator=g, dtype=torch.float64)).float()
+    if fmt is not None:
+        x, dy = x.contiguous(memory_format=fmt), dy.contiguous(memory_format=fmt)
+    axes = (0, 2, 3)
+    mean, var = native.batch_stats(x, axes)
+    _, dw, db = native.backward(dy, x, mean, var, torch.ones(2), EPS, axes, (False, True, True))
+    u = 2.0**-24
+    d64, t64 = dy.double(), dy.double() * (x.double() - mean.double().reshape(1, -1, 1, 1))
+    want_db, want_dw = d64.sum(axes), t64.sum(axes) * torch.rsqrt(var.double() + EPS)
+    assert ((db.double() - want_db).abs() <= 7 * u * want_db + 2 * u * want_db.abs()).all()
+    bound = 9 * u * t64.abs().sum(axes) * torch.rsqrt(var.double() + EPS)
+    assert ((dw.double() - want_dw).abs() <= bound + 2 * u * want_dw.abs()).all()
+
+
+@needs_lib
+@pytest.mark.parametrize("relu", [False, True])
+def test_large_nchw_outputs_streamed_match_float64(relu):
+    """Outputs above NT_BYTES (4 MB) are written with streaming stores from the first 32-byte boundary of each
+    row (rows of 303 values start unaligned): forward, eval and dx against float64 NumPy / autograd."""
+    shape, c = (4, 3, 301, 303), 3
+    x = _input(shape, None, seed=12)
+    dy = _input(shape, None, seed=13, loc=0.0, scale=1.0)
+    w, b = torch.tensor([0.5, 1.5, -1.0]), torch.tensor([0.1, -0.2, 0.3])
+    axes = (0, 2, 3)
+    y, mean, var = native.forward(x, w, b, EPS, axes, relu=relu)
+    y64, _, _ = bn_float64(x.double().numpy(), w.double().numpy(), b.double().numpy(), axes, EPS)
+    y64 = np.maximum(y64, 0) if relu else y64
+    np.testing.assert_allclose(y.double().numpy(), y64, rtol=1e-5, atol=1e-5)
+    if not relu:
+        np.testing.assert_allclose(native.normalize(x, mean, var, w, b, EPS, axes).double().numpy(), y64,
+                                   rtol=1e-5, atol=1e-5)  # fmt: skip
+    xv = x.double().requires_grad_()
+    m64 = xv.mean(dim=axes, keepdim=True)
+    v64 = ((xv - m64) ** 2).mean(dim=axes, keepdim=True)
+    out = (xv - m64) / torch.sqrt(v64 + EPS) * w.double().reshape(1, c, 1, 1) + b.double().reshape(1, c, 1, 1)
+    (out.relu() if relu else out).backward(dy.double())
+    dx = native.backward(dy, x, mean, var, w, EPS, axes, (True, False, False), y=y if relu else None)[0]
+    torch.testing.assert_close(dx.double(), xv.grad, rtol=1e-5, atol=1e-5 * xv.grad.abs().max().item())
+
+
+@needs_lib
 def test_covers_and_the_chain():
     """native covers dense float32/float64 per-channel calls; fp16, strided views, other axes, recorded calls
     and mismatched dtypes go on down the chain (cpu, then composed)."""

@@ -39,19 +39,21 @@ static inline void CAT(row_stats_, SFX)(const T *row, int64_t s, double k, doubl
  * and read them in memory order (sample by sample: rows of a short H*W are not far apart, the prefetcher
  * follows); each channel's sum is the sum of its rows in sample order, whatever the blocks and threads. */
 static int CAT(stats_nchw_, SFX)(const T *x, int64_t n, int64_t c, int64_t s, double *mean, double *var, int nt) {
-    double *acc = (double *)calloc((size_t)(2 * c), sizeof(double));
+    double *acc = (double *)calloc((size_t)(3 * c), sizeof(double));
     if (!acc) return -1;
+    double *k = acc + 2 * c;
+    for (int64_t ch = 0; ch < c; ch++) k[ch] = (double)x[ch * s];
     const int64_t nb = (c + NCHW_CB - 1) / NCHW_CB;
     #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
     for (int64_t cb = 0; cb < nb; cb++) {
         const int64_t c0 = cb * NCHW_CB, c1 = c0 + NCHW_CB < c ? c0 + NCHW_CB : c;
         for (int64_t i = 0; i < n; i++)
             for (int64_t ch = c0; ch < c1; ch++)
-                CAT(row_stats_, SFX)(x + (i * c + ch) * s, s, (double)x[ch * s], acc + ch, acc + c + ch);
+                CAT(row_stats_, SFX)(x + (i * c + ch) * s, s, k[ch], acc + ch, acc + c + ch);
     }
     int ok = 1;
     for (int64_t ch = 0; ch < c; ch++)
-        ok = finish((double)n * (double)s, (double)x[ch * s], acc[ch], acc[c + ch], mean + ch, var + ch) && ok;
+        ok = finish((double)n * (double)s, k[ch], acc[ch], acc[c + ch], mean + ch, var + ch) && ok;
     free(acc);
     return ok;
 }
@@ -140,6 +142,18 @@ static int CAT(stats_cl_, SFX)(const T *x, int64_t rows, int64_t c, double *mean
 static void CAT(affine_, SFX)(const T *x, int64_t n, int64_t c, int64_t s, int cl, const double *a,
                          const double *sh, const double *b, int relu, T *y, int nt) {
     if (!cl) {
+#if IS_F32
+        const int stream = HAVE_NT && (double)n * c * s * sizeof(T) > NT_BYTES;
+        #pragma omp parallel num_threads(nt) if(nt > 1)
+        {
+            #pragma omp for schedule(static) nowait
+            for (int64_t r = 0; r < n * c; r++) {
+                const int64_t ch = r % c;
+                affine_row_f32(x + r * s, y + r * s, s, (float)a[ch], (float)sh[ch], (float)b[ch], relu, stream);
+            }
+            fence(stream);
+        }
+#else
         #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
         for (int64_t r = 0; r < n * c; r++) {
             const int64_t ch = r % c;
@@ -154,6 +168,7 @@ static void CAT(affine_, SFX)(const T *x, int64_t n, int64_t c, int64_t s, int c
                 for (int64_t j = 0; j < s; j++) yr[j] = (xr[j] - sc) * ac + bc;
             }
         }
+#endif
         return;
     }
     T *co = (T *)malloc((size_t)(3 * c) * sizeof(T));
@@ -267,6 +282,19 @@ int CAT(bn_backward_, SFX)(const T *dy, const T *x, const T *yr, int64_t n, int6
         ee[ch] = -gc * sum_dy / m;
     }
     if (!cl) {
+#if IS_F32
+        const int stream = HAVE_NT && (double)n * c * s * sizeof(T) > NT_BYTES;
+        #pragma omp parallel num_threads(nt) if(nt > 1)
+        {
+            #pragma omp for schedule(static) nowait
+            for (int64_t r = 0; r < n * c; r++) {
+                const int64_t ch = r % c;
+                dx_row_f32(dy + r * s, x + r * s, yr ? yr + r * s : NULL, dx + r * s, s, (float)cc[ch],
+                           (float)dd[ch], (float)ee[ch], mean_in[ch], stream);
+            }
+            fence(stream);
+        }
+#else
         #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
         for (int64_t r = 0; r < n * c; r++) {
             const int64_t ch = r % c;
@@ -281,6 +309,7 @@ int CAT(bn_backward_, SFX)(const T *dy, const T *x, const T *yr, int64_t n, int6
                 for (int64_t j = 0; j < s; j++) o[j] = gr[j] * c1 + (d1 * (xr[j] - mu) + e1);
             }
         }
+#endif
     } else {
         T *co = (T *)malloc((size_t)(4 * c) * sizeof(T));
         if (!co) { free(buf); return -1; }

@@ -1,0 +1,23 @@
+"""Planted bugs the native2 (compiled CPU family, second round) helper's tests must kill (tests/mutation/run.py)."""
+
+N = "tests/test_native.py::"
+C = "src/bnlab/kernels/csrc/bn.c"
+PY = "src/bnlab/kernels/native.py"
+
+BUGS = [
+    # float32 backward lanes that (almost) never flush to float64: the error grows with the count
+    dict(name="native2-f32-blocks-unbounded", path=C,
+         old="#define F32_TERMS 8\n",
+         new="#define F32_TERMS 100000\n",
+         tests=[N + "test_backward_sums_within_the_stated_float32_block_bound[nchw]"]),
+    # streaming stores from a misaligned address (one value past the row's 32-byte boundary): a crash
+    dict(name="native2-stream-misaligned", path=C,
+         old="    return h < s ? h : s;",
+         new="    return h + 1 < s ? h + 1 : s;",
+         tests=[N + "test_large_nchw_outputs_streamed_match_float64"]),
+    # the per-shape cache keyed without the strides: a channels_last input read as NCHW
+    dict(name="native2-shape-cache-ignores-strides", path=PY,
+         old="    key = (x.shape, x.stride())\n",
+         new="    key = (x.shape,)\n",
+         tests=[N + "test_statistics_within_1e_6_of_float64_with_large_offsets"]),
+]  # fmt: skip
