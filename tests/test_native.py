@@ -177,13 +177,16 @@ def test_backward_sums_within_the_stated_float32_block_bound(fmt):
 
 @needs_lib
 @pytest.mark.parametrize("relu", [False, True])
-def test_large_nchw_outputs_streamed_match_float64(relu):
-    """Outputs above NT_BYTES (4 MB) are written with streaming stores from the first 32-byte boundary of each
-    row (rows of 303 values start unaligned): forward, eval and dx against float64 NumPy / autograd."""
-    shape, c = (4, 3, 301, 303), 3
-    x = _input(shape, None, seed=12)
-    dy = _input(shape, None, seed=13, loc=0.0, scale=1.0)
-    w, b = torch.tensor([0.5, 1.5, -1.0]), torch.tensor([0.1, -0.2, 0.3])
+@pytest.mark.parametrize("fmt", [None, CL], ids=["nchw", "cl"])
+def test_large_outputs_streamed_match_float64(fmt, relu):
+    """float32 outputs above NT_BYTES (4 MB) are written with streaming stores: NCHW from the first 32-byte
+    boundary of each row (rows of 303 values start unaligned), channels_last rows of C = 8k values; forward,
+    eval and dx against float64 NumPy / autograd."""
+    shape = (4, 3, 301, 303) if fmt is None else (4, 8, 200, 201)
+    c = shape[1]
+    x = _input(shape, fmt, seed=12)
+    dy = _input(shape, fmt, seed=13, loc=0.0, scale=1.0)
+    w, b = torch.linspace(-1.0, 1.5, c), torch.linspace(0.3, -0.2, c)
     axes = (0, 2, 3)
     y, mean, var = native.forward(x, w, b, EPS, axes, relu=relu)
     y64, _, _ = bn_float64(x.double().numpy(), w.double().numpy(), b.double().numpy(), axes, EPS)

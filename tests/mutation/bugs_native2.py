@@ -14,10 +14,15 @@ BUGS = [
     dict(name="native2-stream-misaligned", path=C,
          old="    return h < s ? h : s;",
          new="    return h + 1 < s ? h + 1 : s;",
-         tests=[N + "test_large_nchw_outputs_streamed_match_float64"]),
+         tests=[N + "test_large_outputs_streamed_match_float64[nchw-False]"]),
     # the per-shape cache keyed without the strides: a channels_last input read as NCHW
     dict(name="native2-shape-cache-ignores-strides", path=PY,
          old="    key = (x.shape, x.stride())\n",
          new="    key = (x.shape,)\n",
          tests=[N + "test_statistics_within_1e_6_of_float64_with_large_offsets"]),
+    # channels_last streamed rows: the fused ReLU dropped from the streamed normalize
+    dict(name="native2-cl-stream-relu-dropped", path=C,
+         old="        if (relu) v = (v8f)((v8i)v & (v > Z));\n        put8(y + ch, v, 1);",
+         new="        put8(y + ch, v, 1);",
+         tests=[N + "test_large_outputs_streamed_match_float64[cl-True]"]),
 ]  # fmt: skip

@@ -289,6 +289,30 @@ static void dx_row_f32(const float *g, const float *x, const float *ym, float *o
     for (; j < s; j++) o[j] = (ym && !(ym[j] > 0) ? 0.0f : g[j]) * c1 + (d1 * (x[j] - mu) + e1);
 }
 
+/* channels_last streaming (C a multiple of 8, y 32-byte aligned: every row starts on a boundary). Whether a
+ * channels_last float32 output of these many bytes at y is written with streaming stores. */
+static inline int cl_stream(const void *y, int64_t c, double bytes) {
+    return HAVE_NT && bytes > NT_BYTES && c % 8 == 0 && ((uintptr_t)y & 31) == 0;
+}
+
+/* channels_last row of C float32 values, streamed: y = (x - sc)*ac + bc (relu: max(y, 0)) */
+static inline void cl_affine_row_f32(const float *x, float *y, int64_t c, const float *ac, const float *sc,
+                                     const float *bc, int relu) {
+    const v8f Z = {0};
+    for (int64_t ch = 0; ch < c; ch += 8) {
+        v8f v = (ld8(x + ch) - ld8(sc + ch)) * ld8(ac + ch) + ld8(bc + ch);
+        if (relu) v = (v8f)((v8i)v & (v > Z));
+        put8(y + ch, v, 1);
+    }
+}
+
+/* channels_last row of C float32 values, streamed: dx = g*c1 + (d1*(x - mu) + e1) */
+static inline void cl_dx_row_f32(const float *g, const float *x, const float *ym, float *o, int64_t c,
+                                 const float *c1, const float *d1, const float *e1, const float *mu) {
+    for (int64_t ch = 0; ch < c; ch += 8)
+        put8(o + ch, masked8(g, ym, ch) * ld8(c1 + ch) + (ld8(d1 + ch) * (ld8(x + ch) - ld8(mu + ch)) + ld8(e1 + ch)), 1);
+}
+
 #define CAT_(a, b) a##b
 #define CAT(a, b) CAT_(a, b)
 

@@ -175,6 +175,18 @@ static void CAT(affine_, SFX)(const T *x, int64_t n, int64_t c, int64_t s, int c
     if (!co) return;
     for (int64_t ch = 0; ch < c; ch++) { co[ch] = (T)a[ch]; co[c + ch] = (T)sh[ch]; co[2 * c + ch] = (T)b[ch]; }
     const T *ac = co, *sc = co + c, *bc = co + 2 * c;
+#if IS_F32
+    if (cl_stream(y, c, (double)n * c * s * sizeof(T))) {
+        #pragma omp parallel num_threads(nt) if(nt > 1)
+        {
+            #pragma omp for schedule(static) nowait
+            for (int64_t r = 0; r < n * s; r++) cl_affine_row_f32(x + r * c, y + r * c, c, ac, sc, bc, relu);
+            fence(1);
+        }
+        free(co);
+        return;
+    }
+#endif
     #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
     for (int64_t r = 0; r < n * s; r++) {
         const T *xr = x + r * c;
@@ -317,6 +329,20 @@ int CAT(bn_backward_, SFX)(const T *dy, const T *x, const T *yr, int64_t n, int6
             co[ch] = (T)cc[ch]; co[c + ch] = (T)dd[ch]; co[2 * c + ch] = (T)ee[ch]; co[3 * c + ch] = mean_in[ch];
         }
         const T *c1 = co, *d1 = co + c, *e1 = co + 2 * c, *mu = co + 3 * c;
+#if IS_F32
+        if (cl_stream(dx, c, (double)n * c * s * sizeof(T))) {
+            #pragma omp parallel num_threads(nt) if(nt > 1)
+            {
+                #pragma omp for schedule(static) nowait
+                for (int64_t r = 0; r < n * s; r++)
+                    cl_dx_row_f32(dy + r * c, x + r * c, yr ? yr + r * c : NULL, dx + r * c, c, c1, d1, e1, mu);
+                fence(1);
+            }
+            free(co);
+            free(buf);
+            return 1;
+        }
+#endif
         #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
         for (int64_t r = 0; r < n * s; r++) {
             const T *xr = x + r * c, *gr = dy + r * c, *yy = yr ? yr + r * c : NULL;
