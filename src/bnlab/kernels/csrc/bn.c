@@ -241,9 +241,10 @@ static void cl_bwd_sums_f32(const float *x, const float *g, const float *ym, int
 /* ---- streaming stores ----
  * An output larger than NT_BYTES (beyond the L2 cache: it goes out to memory anyway) is written with
  * non-temporal stores: a normal store first reads the line it writes (write-allocate), so an elementwise pass
- * moves 3 bytes per byte of output instead of 2. Rows are written scalar up to a 32-byte boundary, then 8
- * values at a time. Each thread ends its part with an sfence (the stores are visible before the kernel
- * returns). */
+ * moves 3 bytes per byte of output instead of 2. Only where every row starts on a cache line (NCHW: H*W a
+ * multiple of 16 floats and y 64-byte aligned; channels_last: C a multiple of 8, y 32-byte aligned): a line
+ * written partly by streaming and partly by normal stores is flushed half-full (measured 4x slower at 14x14).
+ * Each thread ends its part with an sfence (the stores are visible before the kernel returns). */
 #define NT_BYTES (4 << 20)
 #if defined(__AVX__)
 #define HAVE_NT 1
@@ -258,18 +259,15 @@ static inline void put8(float *p, v8f v, int stream) { (void)stream; memcpy(p, &
 static inline void fence(int stream) { (void)stream; }
 #endif
 
-/* the first index of row y (length s) at a 32-byte boundary, at most s (streaming stores need it) */
-static inline int64_t head8(const float *y, int64_t s) {
-    int64_t h = (int64_t)(((32 - ((uintptr_t)y & 31)) & 31) / sizeof(float));
-    return h < s ? h : s;
+/* whether an NCHW float32 output of n*c rows of s values at y is written with streaming stores (above) */
+static inline int nchw_stream(const void *y, int64_t rows, int64_t s) {
+    return HAVE_NT && (double)rows * s * sizeof(float) > NT_BYTES && s % 16 == 0 && ((uintptr_t)y & 63) == 0;
 }
 
 /* NCHW row, float32: y = (x - sc)*ac + bc (relu: max(y, 0)) */
 static void affine_row_f32(const float *x, float *y, int64_t s, float ac, float sc, float bc, int relu, int stream) {
     const v8f A = (v8f){0} + ac, S = (v8f){0} + sc, B = (v8f){0} + bc, Z = {0};
     int64_t j = 0;
-    const int64_t h = stream ? head8(y, s) : 0;
-    for (; j < h; j++) { float v = (x[j] - sc) * ac + bc; y[j] = relu && v < 0 ? 0.0f : v; }
     for (; j + 8 <= s; j += 8) {
         v8f v = (ld8(x + j) - S) * A + B;
         if (relu) v = (v8f)((v8i)v & (v > Z));
@@ -283,8 +281,6 @@ static void dx_row_f32(const float *g, const float *x, const float *ym, float *o
                        float e1, float mu, int stream) {
     const v8f C1 = (v8f){0} + c1, D1 = (v8f){0} + d1, E1 = (v8f){0} + e1, M = (v8f){0} + mu;
     int64_t j = 0;
-    const int64_t h = stream ? head8(o, s) : 0;
-    for (; j < h; j++) o[j] = (ym && !(ym[j] > 0) ? 0.0f : g[j]) * c1 + (d1 * (x[j] - mu) + e1);
     for (; j + 8 <= s; j += 8) put8(o + j, masked8(g, ym, j) * C1 + (D1 * (ld8(x + j) - M) + E1), stream);
     for (; j < s; j++) o[j] = (ym && !(ym[j] > 0) ? 0.0f : g[j]) * c1 + (d1 * (x[j] - mu) + e1);
 }

@@ -143,7 +143,7 @@ static void CAT(affine_, SFX)(const T *x, int64_t n, int64_t c, int64_t s, int c
                          const double *sh, const double *b, int relu, T *y, int nt) {
     if (!cl) {
 #if IS_F32
-        const int stream = HAVE_NT && (double)n * c * s * sizeof(T) > NT_BYTES;
+        const int stream = nchw_stream(y, n * c, s);
         #pragma omp parallel num_threads(nt) if(nt > 1)
         {
             #pragma omp for schedule(static) nowait
@@ -295,7 +295,7 @@ int CAT(bn_backward_, SFX)(const T *dy, const T *x, const T *yr, int64_t n, int6
     }
     if (!cl) {
 #if IS_F32
-        const int stream = HAVE_NT && (double)n * c * s * sizeof(T) > NT_BYTES;
+        const int stream = nchw_stream(dx, n * c, s);
         #pragma omp parallel num_threads(nt) if(nt > 1)
         {
             #pragma omp for schedule(static) nowait
