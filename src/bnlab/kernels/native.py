@@ -14,7 +14,12 @@ The kernels (``csrc/bn.c``, each naming the definition it implements):
 - normalize (:func:`.composed.normalize`): y = (x − s)·a + b with per-channel a, b, s computed once
   (s = μ where |μ|/σ > :data:`.composed.SHIFT_RATIO`, else 0), one pass, the fused ReLU in it;
 - backward (:func:`.composed.backward`, :func:`.composed.grad_coefficients`): Σdy and Σdy·(x − μ) in one
-  float64 pass, then dx = c·dy + d·(x − μ) + e in one pass (with synchronized BN's global sums too).
+  pass (float64 data: float64 sums; float32 data: float32 SIMD blocks of at most 8 terms per lane combined in
+  float64, error ≤ 9·2⁻²⁴·Σ|dy·(x − μ)| whatever the count, bound in ``csrc/bn.c``), then
+  dx = c·dy + d·(x − μ) + e in one pass (with synchronized BN's global sums too).
+
+float32 outputs above 4 MB whose rows start on cache lines are written with streaming stores (no read of
+the output's lines before they are written; ``csrc/bn.c``, "streaming stores").
 
 The build: ``$CC`` (default ``cc``) ``-O3 -fopenmp -shared -fPIC`` (+ ``-mavx2 -mfma`` where torch reports
 AVX2 or better), about 1 s, into a per-user cache directory (``$BNLAB_CACHE_DIR``, else
@@ -360,7 +365,8 @@ def _normalize(x, mean, var, weight, bias, eps, axes):
 
 
 def _backward(dy, x, mean, var, weight, eps, axes, needs=(True, True, True), y=None, sums=None):
-    """Closed-form gradients (:func:`.composed.backward`): one float64 reduction pass, one pass for dx."""
+    """Closed-form gradients (:func:`.composed.backward`): one reduction pass (float32 blocks combined in float64,
+    see the module docstring), one pass for dx."""
     need_x, need_w, need_b = needs
     n, c, s, cl = _shape(x)
     strides = x.stride()

@@ -6,11 +6,14 @@
  *   - statistics: K_c = x[0, c, 0] (a sample value of the channel), d = (double)x - K_c is exact in float64,
  *     S1 = sum d, S2 = sum d^2, mu = K_c + S1/m, sigma^2 = (S2 - S1*(S1/m))/m. Since K_c is one of the
  *     values, (mu - K_c)^2 <= m*sigma^2, so the cancellation costs at most log10(m) of float64's 16 digits.
- *   - backward: sum g and sum g*(x - mu) (g = dy, masked where the fused ReLU output is <= 0), float64.
+ *   - backward: sum g and sum g*(x - mu) (g = dy, masked where the fused ReLU output is <= 0): float64 for
+ *     float64 data; float32 data in float32 SIMD blocks of bounded length combined in float64 (the bound
+ *     is stated with the code below).
  * The elementwise passes compute in the data's dtype with per-channel coefficients computed once in float64.
  *
  * Determinism: every sum is taken in an order that depends on the shape only, never on the thread count
- * (NCHW: one channel per thread; channels_last: a fixed number of row blocks, merged in block order).
+ * (NCHW: a channel's sum is the sum of its rows in sample order, whichever thread takes its block of
+ * channels; channels_last: a fixed number of row blocks, merged in block order).
  */
 #include <math.h>
 #include <stdint.h>
@@ -21,7 +24,7 @@
 #endif
 
 #define BNLAB_NATIVE_ABI 1
-#define LANES 16    /* independent float64 accumulators per channel in NCHW rows (vectorized, 4 chains) */
+#define LANES 16    /* NCHW rows: values per step into 4 vectors of float64 accumulators (4 chains) */
 #define NCHW_CB 16 /* NCHW: channels per block of work (read sample by sample) */
 #define BLOCKS 64   /* channels_last row blocks (fixed: the order of the sums never depends on threads) */
 #ifndef CL_TILE
