@@ -10,7 +10,7 @@ BUGS = [
          old="#define F32_TERMS 8\n",
          new="#define F32_TERMS 100000\n",
          tests=[N + "test_backward_sums_within_the_stated_float32_block_bound[nchw]"]),
-    # streaming stores on rows that do not start on a cache line (303 values): misaligned, a crash
+    # streaming stores on rows that do not start on a cache line (303 values) row by row: misaligned, a crash
     dict(name="native2-stream-misaligned", path=C,
          old=" && s % 16 == 0 && ((uintptr_t)y & 63) == 0;",
          new=";",
