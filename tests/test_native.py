@@ -68,8 +68,10 @@ def test_forward_normalize_backward_vs_float64_numpy(shape, fmt, dtype):
     ye = native.normalize(x, mean, var, w, b, EPS, axes)
     np.testing.assert_allclose(ye.double().numpy(), y64, rtol=10 * tol, atol=10 * tol)
 
-    x64 = x.double().requires_grad_()
-    w64, b64 = w.double().requires_grad_(), b.double().requires_grad_()
+    # copies: for float64 input x.double() is x itself, and requires_grad on it made native decline (autograd
+    # records the call) so that the float64 backward below ran the pure chain, untested
+    x64 = x.double().clone().requires_grad_()
+    w64, b64 = w.double().clone().requires_grad_(), b.double().clone().requires_grad_()
     dy = _input(shape, fmt, dtype, seed=1, loc=0.0, scale=1.0)
     for relu in (False, True):
         xv, wv, bv = (t.detach().clone().requires_grad_() for t in (x64, w64, b64))
@@ -80,6 +82,7 @@ def test_forward_normalize_backward_vs_float64_numpy(shape, fmt, dtype):
         out = out.relu() if relu else out
         out.backward(dy.double())
         yr = native.forward(x, w, b, EPS, axes, relu=relu)[0] if relu else None
+        assert native.covers(x, axes, dy, mean, var, w, yr, op="backward")
         got = native.backward(dy, x, mean, var, w, EPS, axes, (True, True, True), y=yr)
         gtol = 1e-5 if dtype == torch.float32 else 1e-10
         # dx's scale: its largest term, γ·invstd·dy (dx itself cancels to 0 when m = 1)
