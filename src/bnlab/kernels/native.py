@@ -14,7 +14,12 @@ The kernels (``csrc/bn.c``, each naming the definition it implements):
 - normalize (:func:`.composed.normalize`): y = (x − s)·a + b with per-channel a, b, s computed once
   (s = μ where |μ|/σ > :data:`.composed.SHIFT_RATIO`, else 0), one pass, the fused ReLU in it;
 - backward (:func:`.composed.backward`, :func:`.composed.grad_coefficients`): Σdy and Σdy·(x − μ) in one
-  float64 pass, then dx = c·dy + d·(x − μ) + e in one pass (with synchronized BN's global sums too).
+  pass (float64 data: float64 sums; float32 data: float32 SIMD blocks of at most 8 terms per lane combined in
+  float64, error ≤ 9·2⁻²⁴·Σ|dy·(x − μ)| whatever the count, bound in ``csrc/bn.c``), then
+  dx = c·dy + d·(x − μ) + e in one pass (with synchronized BN's global sums too).
+
+float32 outputs above 4 MB whose rows start on cache lines are written with streaming stores (no read of
+the output's lines before they are written; ``csrc/bn.c``, "streaming stores").
 
 The build: ``$CC`` (default ``cc``) ``-O3 -fopenmp -shared -fPIC`` (+ ``-mavx2 -mfma`` where torch reports
 AVX2 or better), about 1 s, into a per-user cache directory (``$BNLAB_CACHE_DIR``, else
@@ -243,15 +248,31 @@ def _layout(x: torch.Tensor) -> int | None:
     return 0 if fmt is torch.contiguous_format else 1
 
 
+def _static_covers(x: torch.Tensor, axes) -> bool:
+    """The part of :func:`covers` that depends on x's dtype, shape and strides and the axes only, cached per
+    such key (a few microseconds a call on small tensors)."""
+    key = (x.dtype, x.shape, x.stride(), axes)
+    ok = _covered.get(key)
+    if ok is None:
+        ok = (x.dtype in _FLOAT and x.dim() >= 2 and x.numel() > 0 and contract.is_channel_axes(x, axes)
+              and _layout(x) is not None)  # fmt: skip
+        if len(_covered) > 1024:
+            _covered.clear()
+        _covered[key] = ok
+    return ok
+
+
+_covered: dict = {}
+
+
 def covers(x: torch.Tensor, axes: tuple[int, ...], *tensors, op: str) -> bool:
     """Dense float32/float64 CPU input, per-channel axes, the other tensors plain CPU tensors of x's dtype
     (or None), no autograd recording, and the library loaded (:func:`available`)."""
-    if type(x) not in _PLAIN or x.device.type != "cpu" or x.dtype not in _FLOAT or x.dim() < 2:
+    if type(x) not in _PLAIN or not x.is_cpu or not _static_covers(x, tuple(axes)):
         return False
-    if x.numel() == 0 or not contract.is_channel_axes(x, axes) or _layout(x) is None:
-        return False
+    dtype = x.dtype
     for t in tensors:
-        if t is not None and (type(t) not in _PLAIN or t.dtype != x.dtype or t.device.type != "cpu"):
+        if t is not None and (type(t) not in _PLAIN or t.dtype != dtype or not t.is_cpu):
             return False
     if op != "batch_stats" and torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                                                for t in (x, *tensors)):  # fmt: skip
@@ -262,14 +283,27 @@ def covers(x: torch.Tensor, axes: tuple[int, ...], *tensors, op: str) -> bool:
 # ---- implementations --------------------------------------------------------------------------------------
 
 
+def _fn(op: str, dtype: torch.dtype):
+    """The library's ``bn_<op>_<f32|f64>`` (cached: a ctypes attribute lookup and an f-string per call add up
+    on small tensors)."""
+    key = (op, dtype)
+    fn = _fns.get(key)
+    if fn is None:
+        fn = _fns[key] = getattr(_lib(), f"bn_{op}_{_FLOAT[dtype]}")
+    return fn
+
+
+_fns: dict = {}
+
+
 def _ptr(t: torch.Tensor | None):
     return None if t is None else t.data_ptr()
 
 
 def _vec(t: torch.Tensor | None, c: int) -> torch.Tensor | None:
     """A per-channel tensor as C contiguous values (a view where possible)."""
-    if t is None:
-        return None
+    if t is None or (t.dim() == 1 and t.is_contiguous()):
+        return t
     t = t.reshape(c)
     return t if t.is_contiguous() else t.contiguous()
 
@@ -277,9 +311,18 @@ def _vec(t: torch.Tensor | None, c: int) -> torch.Tensor | None:
 def _shape(x: torch.Tensor) -> tuple[int, int, int, int]:
     """(N, C, S = the values per sample and channel, layout); S = 1 (an (N, C) input, or H·W = 1) is
     channels_last whatever the strides say: rows of C contiguous values, summed a row at a time."""
-    n, c = x.shape[0], x.shape[1]
-    s = x.numel() // (n * c)
-    return n, c, s, 1 if s == 1 else _layout(x)
+    key = (x.shape, x.stride())
+    found = _shapes.get(key)
+    if found is None:
+        n, c = x.shape[0], x.shape[1]
+        s = x.numel() // (n * c)
+        if len(_shapes) > 1024:
+            _shapes.clear()
+        found = _shapes[key] = (n, c, s, 1 if s == 1 else _layout(x))
+    return found
+
+
+_shapes: dict = {}
 
 
 def _run_forward(x, weight, bias, eps, want_y: bool, relu: bool):
@@ -287,7 +330,7 @@ def _run_forward(x, weight, bias, eps, want_y: bool, relu: bool):
     weight, bias = _vec(weight, c), _vec(bias, c)
     mean, var = x.new_empty(c), x.new_empty(c)
     y = torch.empty_like(x) if want_y else None
-    fn = getattr(_lib(), f"bn_forward_{_FLOAT[x.dtype]}")
+    fn = _fn("forward", x.dtype)
     ok = fn(x.data_ptr(), n, c, s, cl, _ptr(weight), _ptr(bias), float(eps), int(relu), _ptr(y),
             mean.data_ptr(), var.data_ptr(), _threads(x.numel()))  # fmt: skip
     if ok == -1:
@@ -312,7 +355,7 @@ def _normalize(x, mean, var, weight, bias, eps, axes):
     """y = γ (x − μ)/√(σ² + ε) + β (:func:`.composed.normalize`), one pass."""
     n, c, s, cl = _shape(x)
     y = torch.empty_like(x)
-    fn = getattr(_lib(), f"bn_normalize_{_FLOAT[x.dtype]}")
+    fn = _fn("normalize", x.dtype)
     mean, var, weight, bias = (_vec(t, c) for t in (mean, var, weight, bias))
     ok = fn(x.data_ptr(), n, c, s, cl, mean.data_ptr(), var.data_ptr(), _ptr(weight), _ptr(bias), float(eps),
             y.data_ptr(), _threads(x.numel()))  # fmt: skip
@@ -322,13 +365,15 @@ def _normalize(x, mean, var, weight, bias, eps, axes):
 
 
 def _backward(dy, x, mean, var, weight, eps, axes, needs=(True, True, True), y=None, sums=None):
-    """Closed-form gradients (:func:`.composed.backward`): one float64 reduction pass, one pass for dx."""
+    """Closed-form gradients (:func:`.composed.backward`): one reduction pass (float32 blocks combined in float64,
+    see the module docstring), one pass for dx."""
     need_x, need_w, need_b = needs
     n, c, s, cl = _shape(x)
-    fmt = contract.dense_format(x)
-    dy = dy.contiguous(memory_format=fmt)
-    if y is not None:
-        y = y.contiguous(memory_format=fmt)
+    strides = x.stride()
+    if dy.stride() != strides:  # (same shape: the contract) another layout: x's
+        dy = dy.contiguous(memory_format=contract.dense_format(x))
+    if y is not None and y.stride() != strides:
+        y = y.contiguous(memory_format=contract.dense_format(x))
     mean, var, weight = (_vec(t, c) for t in (mean, var, weight))
     dx = torch.empty_like(x) if need_x else None
     dw = x.new_empty(c) if (need_w and weight is not None) else None
@@ -338,7 +383,7 @@ def _backward(dy, x, mean, var, weight, eps, axes, needs=(True, True, True), y=N
         given = torch.cat([sums[0].reshape(c), sums[1].reshape(c)]).to(torch.float64)
         m_given = float(sums[2])
     reduce = dw is not None or db is not None or (need_x and given is None)
-    fn = getattr(_lib(), f"bn_backward_{_FLOAT[x.dtype]}")
+    fn = _fn("backward", x.dtype)
     ok = fn(dy.data_ptr(), x.data_ptr(), _ptr(y), n, c, s, cl, mean.data_ptr(), var.data_ptr(), _ptr(weight),
             float(eps), _ptr(given), m_given, int(reduce), _ptr(dx), _ptr(dw), _ptr(db),
             _threads(x.numel()))  # fmt: skip

@@ -1,38 +1,61 @@
 /* bnlab native kernels, written once for a float type: bn.c includes this file with T = float, SFX = f32 and
  * T = double, SFX = f64 (every function name ends in _f32 / _f64). */
-/* statistics (bnlab.moments.batch_stats): shifted float64 sums; NCHW, one channel per thread */
-static int CAT(stats_nchw_, SFX)(const T *x, int64_t n, int64_t c, int64_t s, double *mean, double *var, int nt) {
-    int ok = 1;
-    #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static) reduction(&&:ok)
-    for (int64_t ch = 0; ch < c; ch++) {
-        const double k = (double)x[ch * s];
-        double a1[LANES] = {0}, a2[LANES] = {0}, t1 = 0, t2 = 0;
-        for (int64_t i = 0; i < n; i++) {
-            const T *row = x + (i * c + ch) * s;
-            int64_t j = 0;
-            for (; j + LANES <= s; j += LANES)
-                for (int l = 0; l < LANES; l++) {
-                    double d = (double)row[j + l] - k;
-                    a1[l] += d;
-                    a2[l] += d * d;
-                }
-            for (; j < s; j++) {
-                double d = (double)row[j] - k;
-                t1 += d;
-                t2 += d * d;
-            }
-        }
-        for (int l = 0; l < LANES; l++) { t1 += a1[l]; t2 += a2[l]; }
-        ok = finish((double)n * (double)s, k, t1, t2, mean + ch, var + ch) && ok;
-    }
-    return ok;
-}
-
 /* 4 values of T from memory (any alignment), as float64 */
 static inline v4d CAT(load4_, SFX)(const T *p) {
+#if defined(__AVX__)
+    /* the generic form below compiles (GCC 12) to 2-value loads and conversions: 2x slower */
+    if (sizeof(T) == 4) return (v4d)_mm256_cvtps_pd(_mm_loadu_ps((const float *)p));
+#endif
     T v __attribute__((vector_size(4 * sizeof(T))));
     memcpy(&v, p, sizeof v);
     return __builtin_convertvector(v, v4d);
+}
+
+/* shifted float64 sums of one contiguous row of s values: *t1 += sum d, *t2 += sum d^2, d = x - k. 16 values
+ * at a time into 4 vectors of float64 accumulators (4 independent chains hide the add latency), the last
+ * s mod 16 one at a time; the row's sums are added to the channel's once. */
+static inline void CAT(row_stats_, SFX)(const T *row, int64_t s, double k, double *t1, double *t2) {
+    const v4d kk = {k, k, k, k};
+    v4d a1[4] = {{0}}, a2[4] = {{0}};
+    double r1 = 0, r2 = 0;
+    int64_t j = 0;
+    for (; j + LANES <= s; j += LANES)
+        for (int q = 0; q < 4; q++) {
+            v4d d = CAT(load4_, SFX)(row + j + 4 * q) - kk;
+            a1[q] += d;
+            a2[q] += d * d;
+        }
+    for (; j < s; j++) {
+        double d = (double)row[j] - k;
+        r1 += d;
+        r2 += d * d;
+    }
+    v4d b1 = (a1[0] + a1[1]) + (a1[2] + a1[3]), b2 = (a2[0] + a2[1]) + (a2[2] + a2[3]);
+    *t1 += r1 + ((b1[0] + b1[1]) + (b1[2] + b1[3]));
+    *t2 += r2 + ((b2[0] + b2[1]) + (b2[2] + b2[3]));
+}
+
+/* statistics (bnlab.moments.batch_stats): shifted float64 sums; NCHW. Threads take blocks of NCHW_CB channels
+ * and read them in memory order (sample by sample: rows of a short H*W are not far apart, the prefetcher
+ * follows); each channel's sum is the sum of its rows in sample order, whatever the blocks and threads. */
+static int CAT(stats_nchw_, SFX)(const T *x, int64_t n, int64_t c, int64_t s, double *mean, double *var, int nt) {
+    double *acc = (double *)calloc((size_t)(3 * c), sizeof(double));
+    if (!acc) return -1;
+    double *k = acc + 2 * c;
+    for (int64_t ch = 0; ch < c; ch++) k[ch] = (double)x[ch * s];
+    const int64_t nb = (c + NCHW_CB - 1) / NCHW_CB;
+    #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+    for (int64_t cb = 0; cb < nb; cb++) {
+        const int64_t c0 = cb * NCHW_CB, c1 = c0 + NCHW_CB < c ? c0 + NCHW_CB : c;
+        for (int64_t i = 0; i < n; i++)
+            for (int64_t ch = c0; ch < c1; ch++)
+                CAT(row_stats_, SFX)(x + (i * c + ch) * s, s, k[ch], acc + ch, acc + c + ch);
+    }
+    int ok = 1;
+    for (int64_t ch = 0; ch < c; ch++)
+        ok = finish((double)n * (double)s, k[ch], acc[ch], acc[c + ch], mean + ch, var + ch) && ok;
+    free(acc);
+    return ok;
 }
 
 /* one tile of 4*NQ channels (NQ <= CL_TILE/4) over rows [q0, q1): float64 accumulators in registers */
@@ -119,6 +142,18 @@ static int CAT(stats_cl_, SFX)(const T *x, int64_t rows, int64_t c, double *mean
 static void CAT(affine_, SFX)(const T *x, int64_t n, int64_t c, int64_t s, int cl, const double *a,
                          const double *sh, const double *b, int relu, T *y, int nt) {
     if (!cl) {
+#if IS_F32
+        const int stream = nchw_stream(y, n * c, s);
+        #pragma omp parallel num_threads(nt) if(nt > 1)
+        {
+            #pragma omp for schedule(static) nowait
+            for (int64_t r = 0; r < n * c; r++) {
+                const int64_t ch = r % c;
+                affine_row_f32(x + r * s, y + r * s, s, (float)a[ch], (float)sh[ch], (float)b[ch], relu, stream);
+            }
+            fence(stream);
+        }
+#else
         #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
         for (int64_t r = 0; r < n * c; r++) {
             const int64_t ch = r % c;
@@ -133,12 +168,25 @@ static void CAT(affine_, SFX)(const T *x, int64_t n, int64_t c, int64_t s, int c
                 for (int64_t j = 0; j < s; j++) yr[j] = (xr[j] - sc) * ac + bc;
             }
         }
+#endif
         return;
     }
     T *co = (T *)malloc((size_t)(3 * c) * sizeof(T));
     if (!co) return;
     for (int64_t ch = 0; ch < c; ch++) { co[ch] = (T)a[ch]; co[c + ch] = (T)sh[ch]; co[2 * c + ch] = (T)b[ch]; }
     const T *ac = co, *sc = co + c, *bc = co + 2 * c;
+#if IS_F32
+    if (cl_stream(y, c, (double)n * c * s * sizeof(T))) {
+        #pragma omp parallel num_threads(nt) if(nt > 1)
+        {
+            #pragma omp for schedule(static) nowait
+            for (int64_t r = 0; r < n * s; r++) cl_affine_row_f32(x + r * c, y + r * c, c, ac, sc, bc, relu);
+            fence(1);
+        }
+        free(co);
+        return;
+    }
+#endif
     #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
     for (int64_t r = 0; r < n * s; r++) {
         const T *xr = x + r * c;
@@ -195,29 +243,17 @@ int CAT(bn_backward_, SFX)(const T *dy, const T *x, const T *yr, int64_t n, int6
     double *s1 = buf, *s2 = buf + c, *invstd = buf + 2 * c, *cc = buf + 3 * c, *dd = buf + 4 * c, *ee = buf + 5 * c;
     for (int64_t ch = 0; ch < c; ch++) invstd[ch] = 1.0 / sqrt((double)var_in[ch] + eps);
     if (reduce && !cl) {
+        /* blocks of NCHW_CB channels read in memory order (as the statistics); each channel's sums are the
+         * sums of its rows in sample order, whatever the blocks and threads */
+        const int64_t nb = (c + NCHW_CB - 1) / NCHW_CB;
         #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-        for (int64_t ch = 0; ch < c; ch++) {
-            const double mu = (double)mean_in[ch];
-            double a1[LANES] = {0}, a2[LANES] = {0}, t1 = 0, t2 = 0;
-            for (int64_t i = 0; i < n; i++) {
-                const int64_t o = (i * c + ch) * s;
-                const T *xr = x + o, *gr = dy + o, *yy = yr ? yr + o : NULL;
-                int64_t j = 0;
-                for (; j + LANES <= s; j += LANES)
-                    for (int l = 0; l < LANES; l++) {
-                        double g = (yy && !(yy[j + l] > 0)) ? 0.0 : (double)gr[j + l];
-                        a1[l] += g;
-                        a2[l] += g * ((double)xr[j + l] - mu);
-                    }
-                for (; j < s; j++) {
-                    double g = (yy && !(yy[j] > 0)) ? 0.0 : (double)gr[j];
-                    t1 += g;
-                    t2 += g * ((double)xr[j] - mu);
+        for (int64_t cb = 0; cb < nb; cb++) {
+            const int64_t c0 = cb * NCHW_CB, c1 = c0 + NCHW_CB < c ? c0 + NCHW_CB : c;
+            for (int64_t i = 0; i < n; i++)
+                for (int64_t ch = c0; ch < c1; ch++) {
+                    const int64_t o = (i * c + ch) * s;
+                    CAT(bwd_row_, SFX)(dy + o, x + o, yr ? yr + o : NULL, s, mean_in[ch], s1 + ch, s2 + ch);
                 }
-            }
-            for (int l = 0; l < LANES; l++) { t1 += a1[l]; t2 += a2[l]; }
-            s1[ch] = t1;
-            s2[ch] = t2;
         }
     } else if (reduce) {
         const int64_t rows = n * s, nb = rows < BLOCKS ? rows : BLOCKS;
@@ -226,9 +262,15 @@ int CAT(bn_backward_, SFX)(const T *dy, const T *x, const T *yr, int64_t n, int6
         double *mu = part + 2 * nb * c;
         for (int64_t ch = 0; ch < c; ch++) mu[ch] = (double)mean_in[ch];
         #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-        for (int64_t b = 0; b < nb; b++)
+        for (int64_t b = 0; b < nb; b++) {
+#if IS_F32
+            cl_bwd_sums_f32(x, dy, yr, rows * b / nb, rows * (b + 1) / nb, c, mean_in, part + 2 * b * c,
+                            part + 2 * b * c + c);
+#else
             CAT(cl_sums_, SFX)(x, dy, yr, rows * b / nb, rows * (b + 1) / nb, c, mu, part + 2 * b * c,
                                part + 2 * b * c + c);
+#endif
+        }
         for (int64_t ch = 0; ch < c; ch++) {
             double t1 = 0, t2 = 0;
             for (int64_t b = 0; b < nb; b++) { t1 += part[2 * b * c + ch]; t2 += part[2 * b * c + c + ch]; }
@@ -252,6 +294,19 @@ int CAT(bn_backward_, SFX)(const T *dy, const T *x, const T *yr, int64_t n, int6
         ee[ch] = -gc * sum_dy / m;
     }
     if (!cl) {
+#if IS_F32
+        const int stream = nchw_stream(dx, n * c, s);
+        #pragma omp parallel num_threads(nt) if(nt > 1)
+        {
+            #pragma omp for schedule(static) nowait
+            for (int64_t r = 0; r < n * c; r++) {
+                const int64_t ch = r % c;
+                dx_row_f32(dy + r * s, x + r * s, yr ? yr + r * s : NULL, dx + r * s, s, (float)cc[ch],
+                           (float)dd[ch], (float)ee[ch], mean_in[ch], stream);
+            }
+            fence(stream);
+        }
+#else
         #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
         for (int64_t r = 0; r < n * c; r++) {
             const int64_t ch = r % c;
@@ -266,6 +321,7 @@ int CAT(bn_backward_, SFX)(const T *dy, const T *x, const T *yr, int64_t n, int6
                 for (int64_t j = 0; j < s; j++) o[j] = gr[j] * c1 + (d1 * (xr[j] - mu) + e1);
             }
         }
+#endif
     } else {
         T *co = (T *)malloc((size_t)(4 * c) * sizeof(T));
         if (!co) { free(buf); return -1; }
@@ -273,6 +329,20 @@ int CAT(bn_backward_, SFX)(const T *dy, const T *x, const T *yr, int64_t n, int6
             co[ch] = (T)cc[ch]; co[c + ch] = (T)dd[ch]; co[2 * c + ch] = (T)ee[ch]; co[3 * c + ch] = mean_in[ch];
         }
         const T *c1 = co, *d1 = co + c, *e1 = co + 2 * c, *mu = co + 3 * c;
+#if IS_F32
+        if (cl_stream(dx, c, (double)n * c * s * sizeof(T))) {
+            #pragma omp parallel num_threads(nt) if(nt > 1)
+            {
+                #pragma omp for schedule(static) nowait
+                for (int64_t r = 0; r < n * s; r++)
+                    cl_dx_row_f32(dy + r * c, x + r * c, yr ? yr + r * c : NULL, dx + r * c, c, c1, d1, e1, mu);
+                fence(1);
+            }
+            free(co);
+            free(buf);
+            return 1;
+        }
+#endif
         #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
         for (int64_t r = 0; r < n * s; r++) {
             const T *xr = x + r * c, *gr = dy + r * c, *yy = yr ? yr + r * c : NULL;
