@@ -909,7 +909,7 @@ def test_the_driver_starts_without_selenium_manager(tmp_path):
     fake.write_text(f"#!/bin/sh\necho \"$@\" >> '{record}'\nexit 1\n", encoding="utf-8")
     fake.chmod(0o755)
     env = {**os.environ, "SE_MANAGER_PATH": str(fake)}
-    tests = Path(__file__).resolve().parent
+    tests = Path(__file__).resolve().parents[1]  # where conftest.py is
     start = (f"import sys; sys.path.insert(0, {str(tests)!r}); from conftest import start_chromium; "
              "d = start_chromium(); d.get('about:blank'); print(d.title == ''); d.quit()")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", start], env=env, capture_output=True, text=True, timeout=180)
