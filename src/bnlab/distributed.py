@@ -467,6 +467,14 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         return dx, dw, db, None, None, None, None, None, None, None
 
 
+def _check_call(x, timeout) -> None:
+    """The checks both functional forms make before anything else (what ``_sync`` cannot check per rank)."""
+    if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+        raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+
+
 def sync_batch_norm(
     x: torch.Tensor,
     running_mean: torch.Tensor | None,
@@ -493,10 +501,7 @@ def sync_batch_norm(
     With ``training=False``, or without an initialized process group of 2 or more ranks, it is exactly
     ``batch_norm`` and communicates nothing.
     """
-    if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
-        raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+    _check_call(x, timeout)
     if not (training and _active(process_group)):
         return F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, axes)
     return _sync(x, running_mean, running_var, weight, bias, momentum, eps, axes, process_group, timeout, None)
@@ -523,10 +528,7 @@ def sync_batch_renorm(
     warm-up). r and d come from the merged statistics (the same exchange as synchronized BN's, no other
     collective) and the running statistics as they are on entry, so they are the same on every rank.
     ``training=False``, or no process group of 2 or more ranks: exactly ``batch_renorm``."""
-    if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
-        raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+    _check_call(x, timeout)
     rmax, dmax = check_rmax(rmax), check_dmax(dmax)
     if not (training and _active(process_group)):
         return batch_renorm(x, running_mean, running_var, weight, bias, training, momentum, eps, axes, rmax=rmax,

@@ -326,3 +326,23 @@ def read_training_checkpoint(path: Path, lang: str, allow_legacy: bool = False, 
 def unwritable(flag: str, path: Path, err: OSError, lang: str) -> UsageError:
     """The message for a file that could not be written (a full disk, no permission, a name too long...)."""
     return UsageError(t("cli.out_unwritable", lang, flag=flag, path=path, err=err))
+
+
+def say_replicas_ended(run, nproc: int, lang: str, resume: str = "") -> int | None:
+    """After ``parallel.launch``: say a run that was terminated or whose replica failed (rank, signal or exit
+    status, and ``resume``: what the user can continue from); return its exit status, or None when the
+    replicas ended otherwise (the caller says an interrupt in its own words)."""
+    import signal
+
+    if run.how == "terminated":
+        print(t("cli.terminated", lang, sig=signal.Signals(run.signal).name, resume=resume), file=sys.stderr)
+        return run.code
+    if run.how == "failed":
+        status = run.status
+        if status < 0:
+            how = t("cli.rank_killed", lang, sig=signal.Signals(-status).name)
+        else:
+            how = t("cli.rank_exit", lang, status=status)
+        print(t("cli.rank_failed", lang, rank=run.rank, nproc=nproc, how=how, resume=resume), file=sys.stderr)
+        return EXIT_FAILED
+    return None

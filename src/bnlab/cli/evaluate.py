@@ -24,6 +24,7 @@ from .common import (
     lines,
     load,
     positive_int,
+    say_replicas_ended,
     set_threads,
     speaks,
 )
@@ -150,22 +151,13 @@ def _spread_over_ranks(model, replica) -> float:
 
 def _launch(args) -> int:
     """``evaluate --recalibrate --nproc N``: run the command in N replicas; say what rank 0 could not."""
-    import signal
     import sys
 
     from .. import parallel
     from . import main
 
-    lang = args.lang
     run = parallel.launch(args.nproc, main, args.argv)
     if run.how == "interrupted" and not run.told:
-        print(t("cli.interrupted_plain", lang), file=sys.stderr)
-    elif run.how == "terminated":
-        print(t("cli.terminated", lang, sig=signal.Signals(run.signal).name, resume=""), file=sys.stderr)
-    elif run.how == "failed":
-        status = run.status
-        how = (t("cli.rank_killed", lang, sig=signal.Signals(-status).name) if status < 0
-               else t("cli.rank_exit", lang, status=status))  # fmt: skip
-        print(t("cli.rank_failed", lang, rank=run.rank, nproc=args.nproc, how=how, resume=""), file=sys.stderr)
-        return 1
-    return run.code
+        print(t("cli.interrupted_plain", args.lang), file=sys.stderr)
+    said = say_replicas_ended(run, args.nproc, args.lang)
+    return run.code if said is None else said

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from pathlib import Path
 
@@ -12,7 +11,6 @@ from ..i18n import t
 from ..i18n.numbers import integer
 from .common import (
     EXIT_DIVERGED,
-    EXIT_FAILED,
     EXIT_INTERRUPTED,
     UsageError,
     add_allow_legacy,
@@ -29,6 +27,7 @@ from .common import (
     positive_int,
     read_training_checkpoint,
     remove_if_empty,
+    say_replicas_ended,
     set_threads,
     unwritable,
     writable_dir,
@@ -236,14 +235,8 @@ def _launch_train(args, ckpt: Path, lang: str) -> int:
             print(t("cli.interrupted_plain", lang), file=sys.stderr)
         elif run.statuses and run.statuses[0] == 0:  # rank 0 had finished and printed its results
             print(t("cli.interrupted_after_save", lang, ckpt=ckpt), file=sys.stderr)
-    elif run.how == "terminated":
-        print(t("cli.terminated", lang, sig=signal.Signals(run.signal).name, resume=resume), file=sys.stderr)
-    elif run.how == "failed":
-        status = run.status
-        if status < 0:
-            how = t("cli.rank_killed", lang, sig=signal.Signals(-status).name)
-        else:
-            how = t("cli.rank_exit", lang, status=status)
-        print(t("cli.rank_failed", lang, rank=run.rank, nproc=args.nproc, how=how, resume=resume), file=sys.stderr)
-        return EXIT_FAILED
+    else:
+        said = say_replicas_ended(run, args.nproc, lang, resume)
+        if said is not None:
+            return said
     return run.code
