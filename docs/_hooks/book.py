@@ -495,6 +495,33 @@ def cpu_table(lang: str = "en") -> str:
     return table(head, rows)
 
 
+def cpu_summary(lang: str = "en") -> str:
+    """The 1-thread rows of benchmarks/cpu.py --json in words: each case's range of bnlab ÷ torch over the
+    shapes (the pure family's in brackets), then every row where bnlab is still slower than torch."""
+    d = load("cpu.json")
+    rows = [r for r in d["rows"] if r["threads"] == 1 and not r["case"].startswith("ref")]
+    shape = lambda r: "×".join(map(str, r["shape"]))  # noqa: E731
+    rng = lambda xs: f"{num(min(xs), lang, 2)}–{num(max(xs), lang, 2)}"  # noqa: E731
+    parts = []
+    for case in dict.fromkeys(r["case"] for r in rows):
+        rs = [r for r in rows if r["case"] == case]
+        pure = [r["pure_ratio"] for r in rs if "pure_ratio" in r]
+        shapes = "" if len(rs) > 1 else (f" ({shape(rs[0])})")
+        parts.append(f"{case}{shapes} {rng([r['ratio'] for r in rs])}" + (f" ({rng(pure)})" if pure else ""))
+    slower = [f"{r['case']} {shape(r)} ({num(r['ratio'], lang, 2)})" for r in rows if r["ratio"] > 1]
+    if lang == "en":
+        text = (f"At 1 thread, bnlab ÷ torch over the shapes of the table ({d['stat']} of {d['repeats']} turns; the "
+                f"pure family in brackets): " + "; ".join(parts) + ". ")
+        text += ("Still slower than torch: " + "; ".join(slower) + ".") if slower else "No row is slower than torch."
+    else:
+        stat = {"median": "mediana", "min": "mínimo"}.get(d["stat"], d["stat"])
+        text = (f"Con 1 hilo, bnlab ÷ torch en las formas de la tabla ({stat} de {d['repeats']} turnos; entre "
+                f"paréntesis, la familia pura): " + "; ".join(parts) + ". ")
+        text += ("Sigue siendo más lento que torch: " + "; ".join(slower) + ".") if slower else \
+            "Ninguna fila es más lenta que torch."
+    return text
+
+
 def cpu_meta() -> dict:
     return load("cpu.json")
 
