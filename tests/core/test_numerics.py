@@ -86,7 +86,9 @@ def _eval_relu_pair():
     return ours.eval(), theirs.eval()
 
 
-@pytest.mark.parametrize("door", ["eager", pytest.param("compile", marks=pytest.mark.slow), "export", "vmap"])
+@pytest.mark.parametrize(
+    "door", ["eager", "eager-no-grad", pytest.param("compile", marks=pytest.mark.slow), "export", "vmap"]
+)
 def test_fused_relu_in_eval_through_every_door(door):
     ours, theirs = _eval_relu_pair()
     x = torch.randn(4, 6, 3, 5, 5, dtype=F64)  # (vmapped, N, C, H, W)
@@ -95,6 +97,10 @@ def test_fused_relu_in_eval_through_every_door(door):
     want = torch.relu(pre)
     if door == "eager":
         got = torch.stack([ours(xi) for xi in x])
+        assert got.requires_grad
+    elif door == "eager-no-grad":  # nothing to differentiate: the kernel alone, no autograd node
+        with torch.no_grad():
+            got = torch.stack([ours(xi) for xi in x])
     elif door == "compile":
         torch._dynamo.reset()
         compiled = torch.compile(ours, backend="aot_eager", fullgraph=True)

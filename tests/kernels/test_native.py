@@ -285,6 +285,65 @@ def test_layer_running_statistics_match_the_pure_path(fmt, monkeypatch):
         torch.testing.assert_close(w.double(), e, rtol=0, atol=1e-4)
 
 
+def _stock_update(rm, rv, mean, var, count, momentum):
+    """update_running_stats' stock ops (the path the native call replaces)."""
+    unbiased = var * (count / (count - 1))
+    rm.lerp_(mean, momentum)
+    rv.lerp_(unbiased, momentum)
+
+
+@needs_lib
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("c", [1, 3, 17, 32, 100])
+@pytest.mark.parametrize("momentum", [0.1, 0.0, 0.4999, 0.5, 0.9, 1.0, 1 / 3])
+def test_running_update_has_the_stock_ops_bits(dtype, c, momentum):
+    """native.update_running gives the bits of var·(m/(m−1)) and two lerp_ calls (both of lerp's formulas: weight
+    below and above 0.5), and bumps the buffers' version counters as lerp_ does."""
+    g = torch.Generator().manual_seed(c)
+    mean = (torch.randn(c, generator=g, dtype=torch.float64) * 3 + 1).to(dtype)
+    var = (torch.rand(c, generator=g, dtype=torch.float64) * 5).to(dtype)
+    rm = (torch.randn(c, generator=g, dtype=torch.float64) * 2).to(dtype)
+    rv = (torch.rand(c, generator=g, dtype=torch.float64) + 0.5).to(dtype)
+    want_m, want_v = rm.clone(), rv.clone()
+    _stock_update(want_m, want_v, mean, var, 77, momentum)
+    versions = rm._version, rv._version
+    assert native.update_running(rm, rv, mean, var, 77, momentum)
+    assert torch.equal(rm, want_m) and torch.equal(rv, want_v)
+    assert rm._version > versions[0] and rv._version > versions[1]
+
+
+@needs_lib
+def test_running_update_declines_without_changing_anything():
+    """A non-finite statistic, mixed dtypes, a non-contiguous buffer or an inference tensor: False, and the buffers
+    keep their bits (the caller's guarded stock path decides)."""
+    mean, var = torch.tensor([1.0, float("nan"), 2.0]), torch.ones(3)
+    rm, rv = torch.zeros(3), torch.ones(3)
+    assert not native.update_running(rm, rv, mean, var, 10, 0.1)
+    assert torch.equal(rm, torch.zeros(3)) and torch.equal(rv, torch.ones(3))
+    assert not native.update_running(rm, rv, torch.ones(3), torch.tensor([1.0, float("inf"), 1.0]), 10, 0.1)
+    assert not native.update_running(rm.double(), rv, torch.ones(3), torch.ones(3), 10, 0.1)
+    strided = torch.zeros(6)[::2]
+    assert not native.update_running(strided, rv, torch.ones(3), torch.ones(3), 10, 0.1)
+    with torch.inference_mode():
+        frozen = torch.zeros(3)
+    assert not native.update_running(frozen, rv, torch.ones(3), torch.ones(3), 10, 0.1)
+    assert torch.equal(rm, torch.zeros(3)) and torch.equal(rv, torch.ones(3)) and torch.equal(frozen, torch.zeros(3))
+
+
+@needs_lib
+def test_a_graph_that_saved_the_running_statistics_sees_their_update():
+    """An eval-mode output's graph saves the running statistics; a training step then updates them in place (the
+    native update): backward through the old graph raises torch's in-place error, as with stock lerp_."""
+    layer = bnn.BatchNorm2d(4)
+    x = _input((8, 4, 16, 16), None).requires_grad_()
+    layer.eval()
+    y = layer(x)
+    layer.train()
+    layer(x.detach())
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+
+
 def _run(code: str, env: dict) -> dict:
     """Run ``code`` in a fresh interpreter (this checkout's bnlab) and return the JSON it prints last."""
     full = {**os.environ, **env}
@@ -399,3 +458,26 @@ def test_a_forked_child_does_not_hang(monkeypatch):
     finally:
         torch.set_num_threads(before)
     assert got == want.tolist()
+
+
+@pytest.mark.parametrize("fmt", [None, CL], ids=["nchw", "cl"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_calls_without_autograd_give_the_same_bits_and_no_graph(fmt, training):
+    """Door eager without anything to differentiate (no_grad, or no tensor requiring grad) calls the kernels
+    without the autograd Function: the output and the running statistics have the bits of the recorded call,
+    and nothing is recorded."""
+    x = _input((6, 5, 24, 24), fmt, seed=3)
+
+    def run(grad: bool):
+        torch.manual_seed(0)
+        layer = bnn.BatchNorm2d(5, activation="relu").train(training)
+        with torch.no_grad():
+            layer.weight.uniform_(0.5, 1.5), layer.bias.uniform_(-0.5, 0.5)
+        with torch.set_grad_enabled(grad):
+            y = layer(x)
+        return y, layer.running_mean, layer.running_var
+
+    recorded, bare = run(True), run(False)
+    assert recorded[0].grad_fn is not None and bare[0].grad_fn is None
+    for r, b in zip(recorded, bare, strict=True):
+        assert torch.equal(r, b)

@@ -142,6 +142,17 @@ def chain(device: str, start: str | None = None) -> tuple:
     A family named as ``start`` walks its own chain whatever the tensor's device (``kernels.triton.forward``
     on a CPU tensor: triton → cuda → composed, each deciding by its ``covers``).
     """
+    key = (device, start)
+    found = _chains.get(key)
+    if found is None:
+        found = _chains[key] = _build_chain(device, start)
+    return found
+
+
+_chains: dict = {}  # (device, start) -> the chain: the families and the import outcomes never change
+
+
+def _build_chain(device: str, start: str | None) -> tuple:
     names = CHAINS.get(device, _TAIL)
     if start is not None:
         names = next((c for c in CHAINS.values() if start in c), _TAIL)

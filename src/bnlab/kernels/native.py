@@ -47,7 +47,8 @@ import torch
 
 from . import contract
 
-__all__ = ["NAME", "covers", "batch_stats", "normalize", "forward", "backward", "available", "library_path"]
+__all__ = ["NAME", "covers", "batch_stats", "normalize", "forward", "backward", "update_running", "available",
+           "library_path"]  # fmt: skip
 
 NAME = "native"
 SOURCE = Path(__file__).with_name("csrc") / "bn.c"  # includes bn_body.h (every csrc file is hashed)
@@ -173,7 +174,8 @@ def _load(path: Path):
         getattr(lib, f"bn_forward_{sfx}").argtypes = [p, i64, i64, i64, i, p, p, d, i, p, p, p, i]
         getattr(lib, f"bn_normalize_{sfx}").argtypes = [p, i64, i64, i64, i, p, p, p, p, d, p, i]
         getattr(lib, f"bn_backward_{sfx}").argtypes = [p, p, p, i64, i64, i64, i, p, p, p, d, p, d, i, p, p, p, i]
-        for fn in ("forward", "normalize", "backward"):
+        getattr(lib, f"bn_running_{sfx}").argtypes = [p, p, p, p, i64, d, d]
+        for fn in ("forward", "normalize", "backward", "running"):
             getattr(lib, f"bn_{fn}_{sfx}").restype = i
     return lib
 
@@ -390,6 +392,28 @@ def _backward(dy, x, mean, var, weight, eps, axes, needs=(True, True, True), y=N
     if ok != 1:
         raise MemoryError("bnlab native kernels: out of memory for the per-channel buffers")
     return dx, dw, db
+
+
+def update_running(running_mean, running_var, mean, var, count: int, momentum: float) -> bool:
+    """Alg. 2's running averages in place (:func:`bnlab.nn.functional.update_running_stats`: the unbiased
+    ``count/(count − 1)·var``, then ``lerp_`` with weight ``momentum``), in one C call and with the bits of
+    the stock ops, where every batch statistic is finite. Returns False — nothing changed — where it does not
+    apply (the library missing; buffers that are not plain contiguous CPU float32/float64 tensors of the
+    statistics' dtype and size, or inference tensors; a statistic that is not finite): the caller then runs
+    the stock ops. Like ``lerp_`` it bumps the buffers' version counters, so autograd still sees the change."""
+    tensors = (running_mean, running_var, mean, var)
+    dtype, c = mean.dtype, mean.numel()
+    for t in tensors:
+        if type(t) is not torch.Tensor or t.dtype != dtype or not t.is_cpu or t.numel() != c or not t.is_contiguous():
+            return False
+    if dtype not in _FLOAT or running_mean.is_inference() or running_var.is_inference() or not available():
+        return False
+    fn = _fn("running", dtype)
+    ok = fn(running_mean.data_ptr(), running_var.data_ptr(), mean.data_ptr(), var.data_ptr(), c, float(momentum),
+            count / (count - 1))  # fmt: skip
+    if ok:
+        torch.autograd.graph.increment_version((running_mean, running_var))
+    return bool(ok)
 
 
 #: The contract's implementations, run by :func:`.contract.run` once :func:`covers` said yes.

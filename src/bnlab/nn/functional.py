@@ -60,7 +60,7 @@ from torch import Tensor
 
 from .. import _compat
 from ..axes import check_eps, check_input, check_momentum
-from ..kernels import composed
+from ..kernels import composed, native
 from . import _dispatch
 from ._dispatch import VarianceOverflowError, check_variance_fits
 
@@ -206,6 +206,8 @@ def update_running_stats(running_mean, running_var, mean, var, count: int, momen
     # graph either way, and a traced no_grad region becomes a higher-order op that a saved training-mode
     # torch.export program cannot load back
     mean, var = mean.detach(), var.detach()
+    if _native_update(running_mean, running_var, mean, var, count, momentum):
+        return
     unbiased = var * (count / (count - 1))
     if _all_finite_on_host(running_mean, running_var, mean, unbiased):
         # every statistic is finite (the common case, read on the host): the guard below would change nothing
@@ -232,6 +234,16 @@ def update_running_stats(running_mean, running_var, mean, var, count: int, momen
             "torch.func.functional_call with such buffers), or pass running_mean=None and running_var=None "
             "(training with batch statistics only)"
         ) from err
+
+
+def _native_update(running_mean, running_var, mean, var, count, momentum) -> bool:
+    """The update below in one call of the native CPU family (:func:`bnlab.kernels.native.update_running`,
+    the same bits) for a plain eager call with an int count and a float momentum; False where it did not run."""
+    if type(count) is not int or type(momentum) is not float or torch.compiler.is_compiling():
+        return False
+    if not mean.is_cpu or _dispatch.route(mean) != "eager":
+        return False
+    return native.update_running(running_mean, running_var, mean, var, count, momentum)
 
 
 def _all_finite_on_host(running_mean, running_var, mean, unbiased) -> bool:

@@ -361,3 +361,29 @@ int CAT(bn_backward_, SFX)(const T *dy, const T *x, const T *yr, int64_t n, int6
     free(buf);
     return 1;
 }
+
+/* Alg. 2's running averages (bnlab.nn.functional.update_running_stats), in place, for buffers of T and batch
+ * statistics of T: u = var*factor (the unbiased variance, factor = m'/(m' - 1) rounded to T, as torch's
+ * tensor-by-scalar product), then running <- lerp(running, new, w) in T with torch's CPU formula (w < 0.5:
+ * running + w*(new - running), else new + (w - 1)*(new - running), one fused multiply-add), so the bits are
+ * those of the stock ops. Only when every mean and u is finite: returns 1 updated, 0 nothing changed (the
+ * caller then takes the guarded path, which keeps the features whose statistics are not finite). */
+int CAT(bn_running_, SFX)(T *rm, T *rv, const T *mean, const T *var, int64_t c, double momentum, double factor) {
+    const T f = (T)factor, w = (T)momentum;
+    for (int64_t ch = 0; ch < c; ch++)
+        if (!isfinite(mean[ch]) || !isfinite(var[ch] * f)) return 0;
+    const int small = (w < 0 ? -w : w) < (T)0.5;
+    for (int64_t ch = 0; ch < c; ch++) {
+        /* u rounded to T on its own (a volatile store: the compiler may not fuse the product into u - rv) */
+        volatile T product = var[ch] * f;
+        const T u = product, dm = mean[ch] - rm[ch], dv = u - rv[ch];
+#if IS_F32
+        rm[ch] = small ? fmaf(w, dm, rm[ch]) : fmaf(w - 1.0f, dm, mean[ch]);
+        rv[ch] = small ? fmaf(w, dv, rv[ch]) : fmaf(w - 1.0f, dv, u);
+#else
+        rm[ch] = small ? fma(w, dm, rm[ch]) : fma(w - 1.0, dm, mean[ch]);
+        rv[ch] = small ? fma(w, dv, rv[ch]) : fma(w - 1.0, dv, u);
+#endif
+    }
+    return 1;
+}
