@@ -186,10 +186,9 @@ def test_backward_sums_within_the_stated_float32_block_bound(fmt):
     ids=["nchw", "nchw-odd", "nchw-14x14", "cl"],
 )
 def test_large_outputs_streamed_match_float64(shape, fmt, relu):
-    """float32 outputs above NT_BYTES (4 MB) are written with streaming stores where every row starts on a cache
-    line (NCHW rows of 304² values, channels_last rows of C = 8k values), with normal stores elsewhere (rows of
-    301·303 or 14² values: streaming stores need aligned addresses, and a line written by both kinds of store
-    is slow); forward, eval and dx against float64 NumPy / autograd."""
+    """float32 outputs above NT_BYTES (4 MB) are written with streaming stores: row by row where every row starts
+    on a cache line (NCHW rows of 304² values, channels_last rows of C = 8k values), as flat runs elsewhere (NCHW
+    rows of 301·303 or 14² values); forward, eval and dx against float64 NumPy / autograd."""
     c = shape[1]
     x = _input(shape, fmt, seed=12)
     dy = _input(shape, fmt, seed=13, loc=0.0, scale=1.0)
@@ -209,6 +208,40 @@ def test_large_outputs_streamed_match_float64(shape, fmt, relu):
     (out.relu() if relu else out).backward(dy.double())
     dx = native.backward(dy, x, mean, var, w, EPS, axes, (True, False, False), y=y if relu else None)[0]
     torch.testing.assert_close(dx.double(), xv.grad, rtol=1e-5, atol=1e-5 * xv.grad.abs().max().item())
+
+
+@needs_lib
+@pytest.mark.parametrize("shape", [(340, 16, 14, 14), (3, 5, 301, 303), (1100, 9, 3, 3)], ids=["14x14", "odd", "3x3"])
+def test_streamed_flat_runs_have_the_bits_of_the_row_by_row_pass(shape, monkeypatch):
+    """NCHW float32 outputs above NT_BYTES whose rows are not whole cache lines are written as flat streamed runs
+    (a vector may straddle two channels; each thread one run): every value has the bits the row-by-row pass gives
+    a slice of the batch below NT_BYTES, with the same coefficients — eval, and dx (given sums, a ReLU mask), at
+    1, 2 and 3 threads (runs that start and end inside a cache line); the forward's flat run (the same code, its
+    coefficients from float64 statistics) is checked against float64 by the test above, with and without ReLU."""
+    monkeypatch.setattr(native, "_GRAIN", 1)
+    c, axes = shape[1], (0, 2, 3)
+    x = _input(shape, None, seed=21)
+    dy = _input(shape, None, seed=22, loc=0.0, scale=1.0)
+    w, b = torch.linspace(-1.0, 1.5, c), torch.linspace(0.3, -0.2, c)
+    y, mean, var = native.forward(x, w, b, EPS, axes, relu=True)
+    sums = (torch.randn(c), torch.randn(c), float(x.numel() // c))  # float32, as the kernels take them
+    assert kernels.select(x, axes, dy, mean, var, w, y, *sums[:2], op="backward") is native
+    step = max(1, (2 << 20) // (x[0].numel() * 4))  # samples per slice: below NT_BYTES, the row-by-row pass
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            dx = native.backward(dy, x, mean, var, w, EPS, axes, (True, False, False), y=y, sums=sums)[0]
+            big = (native.normalize(x, mean, var, w, b, EPS, axes), dx)
+            assert torch.equal(native.forward(x, w, b, EPS, axes, relu=True)[0], y)
+            for k in sorted({0, shape[0] // 2, shape[0] - step}):
+                xs, ys, ds = x[k : k + step], y[k : k + step], dy[k : k + step]
+                dxs = native.backward(ds, xs, mean, var, w, EPS, axes, (True, False, False), y=ys, sums=sums)[0]
+                part = (native.normalize(xs, mean, var, w, b, EPS, axes), dxs)
+                for whole, piece in zip(big, part, strict=True):
+                    assert torch.equal(whole[k : k + step], piece)
+    finally:
+        torch.set_num_threads(before)
 
 
 @needs_lib

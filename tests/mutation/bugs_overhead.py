@@ -39,3 +39,19 @@ BUGS = [
         tests=[N + "test_running_update_has_the_stock_ops_bits[0.1-32-f32]"],
     ),
 ]
+BUGS += [
+    dict(
+        name="flat-stream-straddle-one-channel",
+        path="src/bnlab/kernels/csrc/bn.c",
+        old="a = pick8(first, A[ch], A[nx]);",
+        new="a = pick8(first, A[ch], A[ch]);",
+        tests=["tests/kernels/test_native.py::test_streamed_flat_runs_have_the_bits_of_the_row_by_row_pass[14x14]"],
+    ),
+    dict(
+        name="flat-stream-dx-straddle-one-channel",
+        path="src/bnlab/kernels/csrc/bn.c",
+        old="c1 = pick8(first, C1[ch], C1[nx]);",
+        new="c1 = pick8(first, C1[ch], C1[ch]);",
+        tests=["tests/kernels/test_native.py::test_streamed_flat_runs_have_the_bits_of_the_row_by_row_pass[odd]"],
+    ),
+]

@@ -18,8 +18,12 @@ The kernels (``csrc/bn.c``, each naming the definition it implements):
   float64, error ≤ 9·2⁻²⁴·Σ|dy·(x − μ)| whatever the count, bound in ``csrc/bn.c``), then
   dx = c·dy + d·(x − μ) + e in one pass (with synchronized BN's global sums too).
 
-float32 outputs above 4 MB whose rows start on cache lines are written with streaming stores (no read of
-the output's lines before they are written; ``csrc/bn.c``, "streaming stores").
+float32 outputs above 4 MB are written with streaming stores (no read of the output's lines before they are
+written; ``csrc/bn.c``, "streaming stores"): row by row where rows start on cache lines, else (NCHW rows of
+14×14 or odd sizes) as one flat run per thread of whole lines, a vector that straddles two channels taking
+each one's coefficients lane by lane.
+
+The running statistics' update (:func:`update_running`) is one C call with the bits of the stock ops.
 
 The build: ``$CC`` (default ``cc``) ``-O3 -fopenmp -shared -fPIC`` (+ ``-mavx2 -mfma`` where torch reports
 AVX2 or better), about 1 s, into a per-user cache directory (``$BNLAB_CACHE_DIR``, else

@@ -279,6 +279,103 @@ static void affine_row_f32(const float *x, float *y, int64_t s, float ac, float 
     for (; j < s; j++) { float v = (x[j] - sc) * ac + bc; y[j] = relu && v < 0 ? 0.0f : v; }
 }
 
+/* ---- NCHW rows whose length is not a multiple of a cache line (14x14, odd sizes) ----
+ * Rows [r0, r1) of s >= 8 values are written as one flat run: whole 64-byte lines with streaming stores, a vector
+ * of 8 values that straddles two rows (two channels) taking each row's coefficients lane by lane; the values
+ * before the run's first line boundary and after its last are written with normal stores. Each thread takes one
+ * such run (a contiguous block of rows), so a line is split between two kinds of store at most at the run's two
+ * ends. The arithmetic per value is that of affine_row_f32 / dx_row_f32. */
+static const v8i LANE = {0, 1, 2, 3, 4, 5, 6, 7};
+
+static inline v8f pick8(v8i first, float a, float b) {
+    return (v8f)((first & (v8i)((v8f){0} + a)) | (~first & (v8i)((v8f){0} + b)));
+}
+
+#ifdef _OPENMP
+#include <omp.h>
+#define THREAD_ID omp_get_thread_num()
+#define THREADS omp_get_num_threads()
+#else
+#define THREAD_ID 0
+#define THREADS 1
+#endif
+
+/* the flat run of a thread: rows [r0, r1) of n_rows, split evenly */
+#define THREAD_ROWS(n_rows, r0, r1)                                    \
+    const int64_t r0 = (n_rows) * THREAD_ID / THREADS, r1 = (n_rows) * (THREAD_ID + 1) / THREADS
+
+/* whether an NCHW float32 output of rows of s values is written by the flat runs above */
+static inline int nchw_flat_stream(int64_t rows, int64_t s) {
+    return HAVE_NT && (double)rows * s * sizeof(float) > NT_BYTES && s % 16 != 0 && s >= 8;
+}
+
+/* y = (x - S[ch])*A[ch] + B[ch] (relu: max(y, 0)) over rows [r0, r1), ch = row mod c, as a flat streamed run */
+static void affine_flat_f32(const float *x, float *y, int64_t r0, int64_t r1, int64_t s, int64_t c,
+                            const float *A, const float *S, const float *B, int relu) {
+    int64_t p = r0 * s, end = r1 * s, rend = p + s, ch = r0 % c;
+    const v8f Z = {0};
+    int64_t body = end;
+    while (body > p && ((uintptr_t)(y + body) & 63)) body--;  /* the last line boundary of the run */
+    for (; p < end; ) {
+        if (p == rend) { rend += s; ch = ch + 1 == c ? 0 : ch + 1; }
+        if (((uintptr_t)(y + p) & 63) == 0 && p + 8 <= body) break;
+        float v = (x[p] - S[ch]) * A[ch] + B[ch];
+        y[p++] = relu && v < 0 ? 0.0f : v;
+    }
+    for (; p + 8 <= body; p += 8) {
+        if (p >= rend) { rend += s; ch = ch + 1 == c ? 0 : ch + 1; }
+        const int64_t k = rend - p;  /* values of this vector in row ch: all 8, or the first k (s >= 8) */
+        v8f a, sh, b;
+        if (k >= 8) {
+            a = (v8f){0} + A[ch]; sh = (v8f){0} + S[ch]; b = (v8f){0} + B[ch];
+        } else {
+            const int64_t nx = ch + 1 == c ? 0 : ch + 1;
+            const v8i first = LANE < (int)k;
+            a = pick8(first, A[ch], A[nx]); sh = pick8(first, S[ch], S[nx]); b = pick8(first, B[ch], B[nx]);
+        }
+        v8f v = (ld8(x + p) - sh) * a + b;
+        if (relu) v = (v8f)((v8i)v & (v > Z));
+        put8(y + p, v, 1);
+    }
+    for (; p < end; p++) {
+        if (p >= rend) { rend += s; ch = ch + 1 == c ? 0 : ch + 1; }
+        float v = (x[p] - S[ch]) * A[ch] + B[ch];
+        y[p] = relu && v < 0 ? 0.0f : v;
+    }
+}
+
+/* dx = g*C1[ch] + (D1[ch]*(x - M[ch]) + E1[ch]), g = dy (0 where ym <= 0), over rows [r0, r1) as a flat run */
+static void dx_flat_f32(const float *g, const float *x, const float *ym, float *o, int64_t r0, int64_t r1,
+                        int64_t s, int64_t c, const float *C1, const float *D1, const float *E1, const float *M) {
+    int64_t p = r0 * s, end = r1 * s, rend = p + s, ch = r0 % c;
+    int64_t body = end;
+    while (body > p && ((uintptr_t)(o + body) & 63)) body--;
+    for (; p < end; ) {
+        if (p == rend) { rend += s; ch = ch + 1 == c ? 0 : ch + 1; }
+        if (((uintptr_t)(o + p) & 63) == 0 && p + 8 <= body) break;
+        o[p] = (ym && !(ym[p] > 0) ? 0.0f : g[p]) * C1[ch] + (D1[ch] * (x[p] - M[ch]) + E1[ch]);
+        p++;
+    }
+    for (; p + 8 <= body; p += 8) {
+        if (p >= rend) { rend += s; ch = ch + 1 == c ? 0 : ch + 1; }
+        const int64_t k = rend - p;
+        v8f c1, d1, e1, m;
+        if (k >= 8) {
+            c1 = (v8f){0} + C1[ch]; d1 = (v8f){0} + D1[ch]; e1 = (v8f){0} + E1[ch]; m = (v8f){0} + M[ch];
+        } else {
+            const int64_t nx = ch + 1 == c ? 0 : ch + 1;
+            const v8i first = LANE < (int)k;
+            c1 = pick8(first, C1[ch], C1[nx]); d1 = pick8(first, D1[ch], D1[nx]);
+            e1 = pick8(first, E1[ch], E1[nx]); m = pick8(first, M[ch], M[nx]);
+        }
+        put8(o + p, masked8(g, ym, p) * c1 + (d1 * (ld8(x + p) - m) + e1), 1);
+    }
+    for (; p < end; p++) {
+        if (p >= rend) { rend += s; ch = ch + 1 == c ? 0 : ch + 1; }
+        o[p] = (ym && !(ym[p] > 0) ? 0.0f : g[p]) * C1[ch] + (D1[ch] * (x[p] - M[ch]) + E1[ch]);
+    }
+}
+
 /* NCHW row, float32: dx = g*c1 + (d1*(x - mu) + e1), g = dy (0 where ym <= 0) */
 static void dx_row_f32(const float *g, const float *x, const float *ym, float *o, int64_t s, float c1, float d1,
                        float e1, float mu, int stream) {

@@ -143,6 +143,20 @@ static void CAT(affine_, SFX)(const T *x, int64_t n, int64_t c, int64_t s, int c
                          const double *sh, const double *b, int relu, T *y, int nt) {
     if (!cl) {
 #if IS_F32
+        if (nchw_flat_stream(n * c, s)) {
+            float *co = (float *)malloc((size_t)(3 * c) * sizeof(float));
+            if (co) {
+                for (int64_t ch = 0; ch < c; ch++) { co[ch] = (float)a[ch]; co[c + ch] = (float)sh[ch]; co[2 * c + ch] = (float)b[ch]; }
+                #pragma omp parallel num_threads(nt) if(nt > 1)
+                {
+                    THREAD_ROWS(n * c, r0, r1);
+                    affine_flat_f32(x, y, r0, r1, s, c, co, co + c, co + 2 * c, relu);
+                    fence(1);
+                }
+                free(co);
+                return;
+            }
+        }
         const int stream = nchw_stream(y, n * c, s);
         #pragma omp parallel num_threads(nt) if(nt > 1)
         {
@@ -295,6 +309,23 @@ int CAT(bn_backward_, SFX)(const T *dy, const T *x, const T *yr, int64_t n, int6
     }
     if (!cl) {
 #if IS_F32
+        if (nchw_flat_stream(n * c, s)) {
+            float *co = (float *)malloc((size_t)(4 * c) * sizeof(float));
+            if (co) {
+                for (int64_t ch = 0; ch < c; ch++) {
+                    co[ch] = (float)cc[ch]; co[c + ch] = (float)dd[ch]; co[2 * c + ch] = (float)ee[ch]; co[3 * c + ch] = mean_in[ch];
+                }
+                #pragma omp parallel num_threads(nt) if(nt > 1)
+                {
+                    THREAD_ROWS(n * c, r0, r1);
+                    dx_flat_f32(dy, x, yr, dx, r0, r1, s, c, co, co + c, co + 2 * c, co + 3 * c);
+                    fence(1);
+                }
+                free(co);
+                free(buf);
+                return 1;
+            }
+        }
         const int stream = nchw_stream(dx, n * c, s);
         #pragma omp parallel num_threads(nt) if(nt > 1)
         {
