@@ -362,7 +362,7 @@ def _normalize(x, mean, var, weight, bias, eps, axes):
     n, c, s, cl = _shape(x)
     y = torch.empty_like(x)
     fn = _fn("normalize", x.dtype)
-    mean, var, weight, bias = (_vec(t, c) for t in (mean, var, weight, bias))
+    mean, var, weight, bias = _vec(mean, c), _vec(var, c), _vec(weight, c), _vec(bias, c)
     ok = fn(x.data_ptr(), n, c, s, cl, mean.data_ptr(), var.data_ptr(), _ptr(weight), _ptr(bias), float(eps),
             y.data_ptr(), _threads(x.numel()))  # fmt: skip
     if ok != 1:
