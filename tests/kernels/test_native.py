@@ -347,8 +347,8 @@ def test_running_update_has_the_stock_ops_bits(dtype, c, momentum):
 
 @needs_lib
 def test_running_update_declines_without_changing_anything():
-    """A non-finite statistic, mixed dtypes, a non-contiguous buffer or an inference tensor: False, and the buffers
-    keep their bits (the caller's guarded stock path decides)."""
+    """A non-finite statistic, mixed dtypes, a non-contiguous buffer, an inference tensor or a buffer that requires
+    grad: False, and the buffers keep their bits (the caller's stock path decides, or raises torch's error)."""
     mean, var = torch.tensor([1.0, float("nan"), 2.0]), torch.ones(3)
     rm, rv = torch.zeros(3), torch.ones(3)
     assert not native.update_running(rm, rv, mean, var, 10, 0.1)
@@ -361,6 +361,10 @@ def test_running_update_declines_without_changing_anything():
         frozen = torch.zeros(3)
     assert not native.update_running(frozen, rv, torch.ones(3), torch.ones(3), 10, 0.1)
     assert torch.equal(rm, torch.zeros(3)) and torch.equal(rv, torch.ones(3)) and torch.equal(frozen, torch.zeros(3))
+    leaf = torch.zeros(3, requires_grad=True)  # lerp_ refuses an in-place write to it: so does the caller's path
+    assert not native.update_running(leaf, rv, torch.ones(3), torch.ones(3), 10, 0.1)
+    with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
+        bnn.functional.update_running_stats(leaf, rv, torch.ones(3), torch.ones(3), 10, 0.1)
 
 
 @needs_lib

@@ -403,15 +403,18 @@ def update_running(running_mean, running_var, mean, var, count: int, momentum: f
     ``count/(count − 1)·var``, then ``lerp_`` with weight ``momentum``), in one C call and with the bits of
     the stock ops, where every batch statistic is finite. Returns False — nothing changed — where it does not
     apply (the library missing; buffers that are not plain contiguous CPU float32/float64 tensors of the
-    statistics' dtype and size, or inference tensors; a statistic that is not finite): the caller then runs
+    statistics' dtype and size, inference tensors or tensors that require grad; a statistic that is not finite): the caller then runs
     the stock ops. Like ``lerp_`` it bumps the buffers' version counters, so autograd still sees the change."""
     tensors = (running_mean, running_var, mean, var)
     dtype, c = mean.dtype, mean.numel()
     for t in tensors:
         if type(t) is not torch.Tensor or t.dtype != dtype or not t.is_cpu or t.numel() != c or not t.is_contiguous():
             return False
-    if dtype not in _FLOAT or running_mean.is_inference() or running_var.is_inference() or not available():
+    if dtype not in _FLOAT or not available():
         return False
+    for t in (running_mean, running_var):  # torch's own errors for these (an in-place write is refused)
+        if t.is_inference() or t.requires_grad:
+            return False
     fn = _fn("running", dtype)
     ok = fn(running_mean.data_ptr(), running_var.data_ptr(), mean.data_ptr(), var.data_ptr(), c, float(momentum),
             count / (count - 1))  # fmt: skip
