@@ -7,11 +7,9 @@ def _interrupted_at_import() -> str:
     """The "Interrupted." of the ``bnlab`` command, in the language it would speak (``--lang``, else the locale).
 
     Ctrl-C came while the command itself was being imported: the catalogs (standard library only) are read here."""
-    from .i18n import from_locale, languages, t
+    from .i18n import from_locale, lang_from_argv, t
 
-    argv = sys.argv[1:]
-    given = argv[argv.index("--lang") + 1] if "--lang" in argv[:-1] else None
-    return t("cli.interrupted_plain", given if given in languages() else from_locale())
+    return t("cli.interrupted_plain", lang_from_argv(sys.argv[1:]) or from_locale())
 
 
 try:

@@ -81,6 +81,28 @@ def test_plural_forms_follow_the_count():
         i18n.t("core.count_values", "en")
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [["train", "--lang", "en", "--epochs", "1", "--lang", "es"], ["train", "--lang=es", "--lang", "en"],
+     ["--lang", "es", "train"], ["train", "--epochs", "1"], ["train", "--lang", "es", "--lang=en", "--quiet"]],
+)  # fmt: skip
+def test_the_language_read_before_parsing_is_the_one_argparse_reads(argv):
+    """A repeated --lang: argparse keeps the last, and so does the reading done before the parser runs (the
+    start-up messages, a Ctrl-C during imports), so that every message of one command speaks one language."""
+    from bnlab import __main__ as entry
+    from bnlab.cli import build_parser
+
+    parsed = build_parser().parse_known_args(argv)[0]
+    assert i18n.lang_from_argv(argv) == getattr(parsed, "lang", None)
+    saved = sys.argv
+    try:
+        sys.argv = ["bnlab", *argv]
+        want = i18n.t("cli.interrupted_plain", parsed.lang or i18n.from_locale())
+        assert entry._interrupted_at_import() == want
+    finally:
+        sys.argv = saved
+
+
 def test_unknown_keys_and_languages_name_what_is_missing():
     with pytest.raises(i18n.CatalogError, match=r"no catalog entry 'core.nope'.*catalogs/en/core.json"):
         i18n.t("core.nope", "en")

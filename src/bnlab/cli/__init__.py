@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 
 from ..choices import ACTIVATIONS, DATASETS, FAMILY_NORMS, NORMS, OPTIMIZERS
-from ..i18n import t
+from ..i18n import lang_from_argv, t
 from . import bench, demo, evaluate, experiment, explain, train
 from .common import (
     EXIT_BROKEN_PIPE,
@@ -35,7 +35,6 @@ from .common import (
     add_lang,
     both,
     default_lang,
-    lang_from_argv,
     lines,
     restore_threads,
     speaks,

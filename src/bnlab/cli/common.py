@@ -40,16 +40,6 @@ def default_lang(environ: Mapping[str, str] | None = None) -> str:
     return from_locale(environ)
 
 
-def lang_from_argv(argv: Sequence[str]) -> str | None:
-    langs = choices.LANGS
-    for i, a in enumerate(argv):
-        if a == "--lang" and i + 1 < len(argv) and argv[i + 1] in langs:
-            return argv[i + 1]
-        if a.startswith("--lang=") and a.split("=", 1)[1] in langs:
-            return a.split("=", 1)[1]
-    return None
-
-
 def speaks() -> bool:
     """False in a replica other than rank 0 of a data-parallel run (``--nproc``, torchrun): rank 0 speaks."""
     try:

@@ -33,12 +33,12 @@ import gettext
 import json
 import os
 import string
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["t", "lookup", "languages", "catalog", "keys", "plural_index", "fields", "from_locale", "DEFAULT_LANG",
-           "CatalogError"]  # fmt: skip
+__all__ = ["t", "lookup", "languages", "catalog", "keys", "plural_index", "fields", "from_locale", "lang_from_argv",
+           "DEFAULT_LANG", "CatalogError"]  # fmt: skip
 
 #: The language used when a key is missing from a language's catalog (never silently: see ``lookup``).
 DEFAULT_LANG = "en"
@@ -123,6 +123,19 @@ def from_locale(environ: Mapping[str, str] | None = None) -> str:
             lang = value.split(".")[0].split("@")[0].split("_")[0].lower()
             return lang if lang in languages() else DEFAULT_LANG
     return DEFAULT_LANG
+
+
+def lang_from_argv(argv: Sequence[str]) -> str | None:
+    """The language a command line asks for with ``--lang L`` or ``--lang=L`` (a language of the catalogs), or None.
+    The last one counts, as argparse reads a repeated option; read before the parser runs (or when it never
+    does: a Ctrl-C during start-up), so that every message of a command speaks the language its options say."""
+    found = None
+    langs = languages()
+    for i, a in enumerate(argv):
+        value = argv[i + 1] if a == "--lang" and i + 1 < len(argv) else a[7:] if a.startswith("--lang=") else None
+        if value in langs:
+            found = value
+    return found
 
 
 def _check_lang(lang: str) -> str:

@@ -403,8 +403,9 @@ def update_running(running_mean, running_var, mean, var, count: int, momentum: f
     ``count/(count − 1)·var``, then ``lerp_`` with weight ``momentum``), in one C call and with the bits of
     the stock ops, where every batch statistic is finite. Returns False — nothing changed — where it does not
     apply (the library missing; buffers that are not plain contiguous CPU float32/float64 tensors of the
-    statistics' dtype and size, inference tensors or tensors that require grad; a statistic that is not finite): the caller then runs
-    the stock ops. Like ``lerp_`` it bumps the buffers' version counters, so autograd still sees the change."""
+    statistics' dtype and size, inference tensors or tensors that require grad; a statistic that is not
+    finite): the caller then runs the stock ops. Like ``lerp_`` it bumps the buffers' version counters, so
+    autograd still sees the change."""
     tensors = (running_mean, running_var, mean, var)
     dtype, c = mean.dtype, mean.numel()
     for t in tensors:
