@@ -54,6 +54,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from . import _compat, kernels
+from .kernels import native
 from .moments import Moments, merge_all
 from .nn import BatchNormBase, BatchRenormBase
 from .nn import functional as F
@@ -333,14 +334,16 @@ def _probe(x: torch.Tensor) -> torch.Tensor:
 # replaced by a float64 sum over the shard (one more pass): Chan's merge adds Σ m_r (μ_r − μ)², whose
 # error from rounded μ_r is up to ~4·6e-8·|μ|/σ relative, i.e. within float32's own rounding of σ² only
 # for |μ| ≲ σ (x = 1e6 + N(0, 1) in float32 on 2 ranks, tests/distributed/test_distributed_faults.py: running_var
-# 3.2e-5 relative off without it, 3.5e-8 with it; one process: 7.2e-8).
+# 3.2e-5 relative off without it, 3.5e-8 with it; one process: 7.2e-8). Where the native family covers the
+# shard its float64 statistics (kernels.native.batch_stats_float64) are used instead, with no rounding to undo.
 _REFINE_RATIO = 1.0
 
 
 def _local_moments(x: torch.Tensor, axes: tuple[int, ...], count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """This shard's (mean, M2) per feature in float64, as accurate as one process's statistics.
 
-    The kernels' variance is exact to float32 rounding whatever the offset (shifted two-pass, or Welford
+    The native family's statistics are computed in float64 and returned so (one pass). Elsewhere the
+    kernels' variance is exact to float32 rounding whatever the offset (shifted two-pass, or Welford
     accumulated in float64), so M2 = count·σ² is kept; only the mean's final rounding to float32 matters
     for the merge, and is undone by a float64 sum where it could (see :data:`_REFINE_RATIO`).
     """
@@ -348,6 +351,9 @@ def _local_moments(x: torch.Tensor, axes: tuple[int, ...], count: int) -> tuple[
         fshape = [s for i, s in enumerate(x.shape) if i not in axes]
         zeros = torch.zeros(fshape, dtype=torch.float64, device=x.device)
         return zeros, zeros
+    exact = native.batch_stats_float64(x, axes) if x.dtype == torch.float32 else None
+    if exact is not None:
+        return exact[0], exact[1] * count
     mean, var = kernels.select(x).batch_stats(x, axes)
     mean, m2 = mean.double(), var.double() * count
     if x.dtype != torch.float64 and bool((mean.abs() > _REFINE_RATIO * var.double().sqrt()).any()):
