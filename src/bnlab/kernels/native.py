@@ -10,13 +10,13 @@ The kernels (``csrc/bn.c``, each naming the definition it implements):
 
 - statistics (:func:`bnlab.moments.batch_stats`): shifted by a sample value of each channel, accumulated in
   float64, in an order that depends on the shape only (the same with 1 or 2 threads); channels_last sums
-  whole rows of C at once;
+  whole rows of C at once; :func:`batch_stats_float64` returns them unrounded (synchronized BN's merge);
 - normalize (:func:`.composed.normalize`): y = (x − s)·a + b with per-channel a, b, s computed once
   (s = μ where |μ|/σ > :data:`.composed.SHIFT_RATIO`, else 0), one pass, the fused ReLU in it;
 - backward (:func:`.composed.backward`, :func:`.composed.grad_coefficients`): Σdy and Σdy·(x − μ) in one
   pass (float64 data: float64 sums; float32 data: float32 SIMD blocks of at most 8 terms per lane combined in
   float64, error ≤ 9·2⁻²⁴·Σ|dy·(x − μ)| whatever the count, bound in ``csrc/bn.c``), then
-  dx = c·dy + d·(x − μ) + e in one pass (with synchronized BN's global sums too).
+  dx = c·dy + d·(x − μ) + e in one pass (also with synchronized BN's global sums, given in float64).
 
 float32 outputs above 4 MB whose rows start on cache lines are written with streaming stores (no read of
 the output's lines before they are written; ``csrc/bn.c``, "streaming stores").
