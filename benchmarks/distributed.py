@@ -3,6 +3,7 @@
     python benchmarks/distributed.py                  # the five benchmark shapes, NCHW and channels_last
     python benchmarks/distributed.py --quick          # two shapes, fewer repeats
     python benchmarks/distributed.py --shapes 32x64x56x56 --nproc 2 --repeats 21
+    python benchmarks/distributed.py --quick --json docs/data/distributed.json   # also write the rows as JSON
 
 The shape is the *global* batch: each of the ``--nproc`` processes (gloo over 127.0.0.1, one thread each)
 holds N/nproc samples. In every process, taking turns in blocks (see ``benchmarks/cpu.py``):
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import multiprocessing as mp
 import os
 import socket
@@ -117,6 +119,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="two shapes, 5 repeats")
     p.add_argument("--stat", choices=("median", "min"), default="median",
                    help="per-variant statistic (min: less sensitive to other jobs on a shared machine)")  # fmt: skip
+    p.add_argument("--json", metavar="PATH", help="also write the rows to this JSON file (times in ms)")
     args = p.parse_args(argv)
     shapes = (
         [_parse_shape(s) for s in args.shapes.split(",")] if args.shapes else (QUICK_SHAPES if args.quick else SHAPES)
@@ -143,7 +146,31 @@ def main(argv=None) -> int:
             f"{layout:<16}{str(shape):<22}{mb:>8.1f}{t_local * 1e3:>10.2f}{t_sync * 1e3:>10.2f}{t_sync / t_local:>8.2f}"
             f"{cpu_ratio:>10.2f}{f_local:>18.0f}, {f_sync:.0f}"
         )
+    if args.json:
+        write_json(args.json, rows, nproc=args.nproc, repeats=repeats, stat=args.stat)
     return 0
+
+
+def write_json(path: str, rows: list, **settings) -> None:
+    """The measured rows as JSON, as the printed table: times in ms, ``ratio`` = sync ÷ local (wall clock),
+    ``cpu_ratio`` the same of rank 0's CPU time; the machine and its load average as ``benchmarks/cpu.py``."""
+    out = [
+        {
+            "layout": layout,
+            "shape": list(shape),
+            "mb_per_rank": round(mb, 2),
+            "local_ms": t_local * 1e3,
+            "sync_ms": t_sync * 1e3,
+            "ratio": t_sync / t_local,
+            "cpu_ratio": cpu_ratio,
+            "faults_per_call": [f_local, f_sync],
+        }  # fmt: skip
+        for layout, shape, mb, t_local, t_sync, f_local, f_sync, cpu_ratio in rows
+    ]
+    meta = {"torch": torch.__version__, **cpu.machine(), **settings, "backend": "gloo", "threads_per_process": 1}
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({**meta, "rows": out}, f, indent=1)
+        f.write("\n")
 
 
 if __name__ == "__main__":

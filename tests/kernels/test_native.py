@@ -131,6 +131,50 @@ def test_statistics_1e7_values_per_channel_offset_1e4(fmt):
 
 @needs_lib
 @pytest.mark.parametrize("fmt", [None, CL], ids=["nchw", "cl"])
+@pytest.mark.parametrize("loc", [0.5, 1e4, -1e7])
+def test_float64_statistics_for_synchronized_bn(fmt, loc):
+    """batch_stats_float64 (synchronized BN's local statistics): μ_B and σ²_B of float32 data in float64, well
+    within float32's rounding of float64 (a mean rounded to float32 is 6e-8·|μ| off), the very values
+    batch_stats rounds; None wherever the family does not cover the call (the caller computes them itself)."""
+    x = _input((8, 5, 16, 16), fmt, loc=loc, scale=1.0, seed=11)
+    mu64 = x.double().mean((0, 2, 3))
+    var64 = (x.double() - mu64.reshape(1, -1, 1, 1)).square().mean((0, 2, 3))  # two-pass (torch's var: 1e-9 off)
+    mean, var = native.batch_stats_float64(x, (0, 2, 3))
+    assert mean.dtype == var.dtype == torch.float64
+    torch.testing.assert_close(mean, mu64, rtol=1e-12, atol=1e-12 * var64.sqrt().max().item())
+    torch.testing.assert_close(var, var64, rtol=1e-9, atol=0)
+    rounded = native.batch_stats(x, (0, 2, 3))
+    assert torch.equal(rounded[0], mean.float()) and torch.equal(rounded[1], var.float())
+    bad = x.clone()
+    bad[0, 1, 0, 0] = float("nan")
+    for other, axes in ((x.half(), (0, 2, 3)), (x[..., ::2], (0, 2, 3)), (x, (0,)), (bad, (0, 2, 3))):
+        assert native.batch_stats_float64(other, axes) is None
+
+
+@needs_lib
+@pytest.mark.parametrize("fmt", [None, CL], ids=["nchw", "cl"])
+def test_global_float64_sums_backward_runs_natively(fmt):
+    """Synchronized BN's backward hands the kernels the global (Σdy, Σdy·x̂) in float64 (the ranks' sums added in
+    float64): the native family takes them (the pure chain's dx costs two more passes over x), and dx equals
+    the float64 closed form with those sums."""
+    x = _input((6, 20, 7, 9), fmt, seed=12)
+    dy = _input((6, 20, 7, 9), fmt, seed=13, loc=0.1)
+    w = torch.rand(20) + 0.5
+    mean, var = native.batch_stats(x, (0, 2, 3))
+    g = torch.Generator().manual_seed(14)
+    sums = (torch.randn(20, generator=g, dtype=torch.float64), torch.randn(20, generator=g, dtype=torch.float64), 3000)
+    tensors = (dy, mean, var, w, None, *sums[:2])
+    assert kernels.select(x, (0, 2, 3), *tensors, op="backward") is native
+    dx = native.backward(dy, x, mean, var, w, EPS, (0, 2, 3), (True, False, False), sums=sums)[0]
+    d = {k: t.double() for k, t in dict(dy=dy, x=x, mean=mean, var=var, w=w).items()}
+    want = composed.backward(d["dy"], d["x"], d["mean"], d["var"], d["w"], EPS, (0, 2, 3), (True, False, False),
+                             sums=sums)[0]  # fmt: skip
+    assert dx.dtype == torch.float32 and dx.stride() == x.stride()
+    torch.testing.assert_close(dx.double(), want, rtol=1e-5, atol=1e-6)
+
+
+@needs_lib
+@pytest.mark.parametrize("fmt", [None, CL], ids=["nchw", "cl"])
 def test_one_and_two_threads_agree_bitwise(fmt, monkeypatch):
     """The order of every sum depends on the shape only, so 1 and 2 OpenMP threads give the same bits."""
     monkeypatch.setattr(native, "_GRAIN", 1)  # 2 threads even on this small input
@@ -148,6 +192,7 @@ def test_one_and_two_threads_agree_bitwise(fmt, monkeypatch):
             torch.set_num_threads(n)
             y, mean, var = native.forward(x, w, b, EPS, (0, 2, 3))
             outs.append((y, mean, var, *native.backward(dy, x, mean, var, w, EPS, (0, 2, 3))))
+            outs[-1] += native.batch_stats_float64(x.float(), (0, 2, 3))
     finally:
         torch.set_num_threads(before)
     for a, c in zip(*outs, strict=True):

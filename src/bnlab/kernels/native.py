@@ -10,13 +10,13 @@ The kernels (``csrc/bn.c``, each naming the definition it implements):
 
 - statistics (:func:`bnlab.moments.batch_stats`): shifted by a sample value of each channel, accumulated in
   float64, in an order that depends on the shape only (the same with 1 or 2 threads); channels_last sums
-  whole rows of C at once;
+  whole rows of C at once; :func:`batch_stats_float64` returns them unrounded (synchronized BN's merge);
 - normalize (:func:`.composed.normalize`): y = (x − s)·a + b with per-channel a, b, s computed once
   (s = μ where |μ|/σ > :data:`.composed.SHIFT_RATIO`, else 0), one pass, the fused ReLU in it;
 - backward (:func:`.composed.backward`, :func:`.composed.grad_coefficients`): Σdy and Σdy·(x − μ) in one
   pass (float64 data: float64 sums; float32 data: float32 SIMD blocks of at most 8 terms per lane combined in
   float64, error ≤ 9·2⁻²⁴·Σ|dy·(x − μ)| whatever the count, bound in ``csrc/bn.c``), then
-  dx = c·dy + d·(x − μ) + e in one pass (with synchronized BN's global sums too).
+  dx = c·dy + d·(x − μ) + e in one pass (also with synchronized BN's global sums, given in float64).
 
 float32 outputs above 4 MB are written with streaming stores (no read of the output's lines before they are
 written; ``csrc/bn.c``, "streaming stores"): row by row where rows start on cache lines, else (NCHW rows of
@@ -51,12 +51,14 @@ import torch
 
 from . import contract
 
-__all__ = ["NAME", "covers", "batch_stats", "normalize", "forward", "backward", "update_running", "available",
-           "library_path"]  # fmt: skip
+__all__ = [
+    "NAME", "covers", "batch_stats", "normalize", "forward", "backward", "batch_stats_float64", "update_running",
+    "available", "library_path",
+]  # fmt: skip
 
 NAME = "native"
 SOURCE = Path(__file__).with_name("csrc") / "bn.c"  # includes bn_body.h (every csrc file is hashed)
-ABI = 1  # BNLAB_NATIVE_ABI in csrc/bn.c
+ABI = 2  # BNLAB_NATIVE_ABI in csrc/bn.c
 _FLOAT = {torch.float32: "f32", torch.float64: "f64"}
 _PLAIN = (torch.Tensor, torch.nn.Parameter)  # not subclasses (fake, functorch, user subclasses): their data_ptr
 _log = logging.getLogger(__name__)
@@ -179,7 +181,8 @@ def _load(path: Path):
         getattr(lib, f"bn_normalize_{sfx}").argtypes = [p, i64, i64, i64, i, p, p, p, p, d, p, i]
         getattr(lib, f"bn_backward_{sfx}").argtypes = [p, p, p, i64, i64, i64, i, p, p, p, d, p, d, i, p, p, p, i]
         getattr(lib, f"bn_running_{sfx}").argtypes = [p, p, p, p, i64, d, d]
-        for fn in ("forward", "normalize", "backward", "running"):
+        getattr(lib, f"bn_stats64_{sfx}").argtypes = [p, i64, i64, i64, i, p, p, i]
+        for fn in ("forward", "normalize", "backward", "running", "stats64"):
             getattr(lib, f"bn_{fn}_{sfx}").restype = i
     return lib
 
@@ -271,14 +274,23 @@ def _static_covers(x: torch.Tensor, axes) -> bool:
 _covered: dict = {}
 
 
+# backward's tensors (the contract's order): dy, mean, var, weight, y, then the given Σdy and Σdy·x̂ (``sums=``)
+_SUMS_AT = 5
+
+
 def covers(x: torch.Tensor, axes: tuple[int, ...], *tensors, op: str) -> bool:
     """Dense float32/float64 CPU input, per-channel axes, the other tensors plain CPU tensors of x's dtype
-    (or None), no autograd recording, and the library loaded (:func:`available`)."""
+    (or None; the backward's given sums also float64: the kernel reads them in float64), no autograd
+    recording, and the library loaded (:func:`available`)."""
     if type(x) not in _PLAIN or not x.is_cpu or not _static_covers(x, tuple(axes)):
         return False
     dtype = x.dtype
-    for t in tensors:
-        if t is not None and (type(t) not in _PLAIN or t.dtype != dtype or not t.is_cpu):
+    for i, t in enumerate(tensors):
+        if t is None:
+            continue
+        if type(t) not in _PLAIN or not t.is_cpu:
+            return False
+        if t.dtype != dtype and not (op == "backward" and i >= _SUMS_AT and t.dtype == torch.float64):
             return False
     if op != "batch_stats" and torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                                                for t in (x, *tensors)):  # fmt: skip
@@ -350,6 +362,22 @@ def _batch_stats(x, axes):
     """μ_B and the biased σ²_B (:func:`bnlab.moments.batch_stats`), shifted float64 sums in C."""
     _, mean, var = _run_forward(x, None, None, 0.0, False, False)
     return mean, var
+
+
+def batch_stats_float64(x: torch.Tensor, axes: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """μ_B and the biased σ²_B of ``x`` in float64, as the kernels compute them before :func:`batch_stats`
+    rounds them to x's dtype; None where this family does not cover ``x`` (or x holds inf/NaN): the caller
+    computes them its own way. Synchronized BN merges the shards' statistics in float64
+    (:mod:`bnlab.distributed`), where a mean rounded to float32 would need one more float64 pass over x."""
+    if not covers(x, axes, op="batch_stats"):
+        return None
+    n, c, s, cl = _shape(x)
+    mean = torch.empty(c, dtype=torch.float64)
+    var = torch.empty(c, dtype=torch.float64)
+    ok = _fn("stats64", x.dtype)(x.data_ptr(), n, c, s, cl, mean.data_ptr(), var.data_ptr(), _threads(x.numel()))
+    if ok == -1:
+        raise MemoryError("bnlab native kernels: out of memory for the per-channel buffers")
+    return (mean, var) if ok == 1 else None
 
 
 def _forward(x, weight, bias, eps, axes, relu=False):

@@ -23,7 +23,7 @@
 #include <immintrin.h>
 #endif
 
-#define BNLAB_NATIVE_ABI 1
+#define BNLAB_NATIVE_ABI 2
 #define LANES 16    /* NCHW rows: values per step into 4 vectors of float64 accumulators (4 chains) */
 #define NCHW_CB 16 /* NCHW: channels per block of work (read sample by sample) */
 #define BLOCKS 64   /* channels_last row blocks (fixed: the order of the sums never depends on threads) */

@@ -233,6 +233,13 @@ int CAT(bn_forward_, SFX)(const T *x, int64_t n, int64_t c, int64_t s, int cl, c
     return ok;
 }
 
+/* statistics only, kept in float64 (bnlab.moments.batch_stats before bn_forward rounds them to T): synchronized
+ * BN merges the shards' statistics in float64 (Chan), where a mean rounded to float32 would cost up to
+ * ~2.4e-7*|mu|/sigma of sigma^2 (bnlab.distributed). Returns as bn_forward. */
+int CAT(bn_stats64_, SFX)(const T *x, int64_t n, int64_t c, int64_t s, int cl, double *mean, double *var, int nt) {
+    return cl ? CAT(stats_cl_, SFX)(x, n * s, c, mean, var, nt) : CAT(stats_nchw_, SFX)(x, n, c, s, mean, var, nt);
+}
+
 /* eval / normalize with given statistics (composed.normalize): one fused multiply-add pass */
 int CAT(bn_normalize_, SFX)(const T *x, int64_t n, int64_t c, int64_t s, int cl, const T *mean_in, const T *var_in,
                        const T *w, const T *bias, double eps, T *y, int nt) {
