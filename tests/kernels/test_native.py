@@ -227,13 +227,15 @@ def test_backward_sums_within_the_stated_float32_block_bound(fmt):
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize(
     "shape, fmt",
-    [((4, 3, 304, 304), None), ((4, 3, 301, 303), None), ((340, 16, 14, 14), None), ((4, 8, 200, 201), CL)],
-    ids=["nchw", "nchw-odd", "nchw-14x14", "cl"],
+    [((4, 3, 304, 304), None), ((4, 3, 301, 303), None), ((340, 16, 14, 14), None), ((60000, 3, 2, 3), None),
+     ((4, 8, 200, 201), CL)],
+    ids=["nchw", "nchw-odd", "nchw-14x14", "nchw-2x3", "cl"],
 )
 def test_large_outputs_streamed_match_float64(shape, fmt, relu):
     """float32 outputs above NT_BYTES (4 MB) are written with streaming stores: row by row where every row starts
     on a cache line (NCHW rows of 304² values, channels_last rows of C = 8k values), as flat runs elsewhere (NCHW
-    rows of 301·303 or 14² values); forward, eval and dx against float64 NumPy / autograd."""
+    rows of 301·303 or 14² values), not at all for rows shorter than a vector (2·3 values: normal stores);
+    forward, eval and dx against float64 NumPy / autograd."""
     c = shape[1]
     x = _input(shape, fmt, seed=12)
     dy = _input(shape, fmt, seed=13, loc=0.0, scale=1.0)

@@ -107,8 +107,10 @@ def main(argv: list[str] | None = None) -> int:
             plant(copy, b)
             code, last = run_tests(copy, b["tests"], args.timeout)
             seconds = time.monotonic() - start
-            # pytest: 1 = tests failed; 2/3/4/5 = interrupted, internal or usage error, nothing collected.
-            if code == 1 or code == -1:
+            # pytest: 1 = tests failed; 2/3/4/5 = interrupted, internal or usage error, nothing collected;
+            # -1: timed out; below -1: the test process died of a signal (a planted bug that crashes it, such as
+            # a streaming store to a misaligned address, is noticed).
+            if code == 1 or code < 0:
                 caught.append(b["name"])
                 verdict = "caught"
             elif code == 0:
