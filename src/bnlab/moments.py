@@ -210,11 +210,11 @@ def shifted_batch_stats(x, axes: tuple[int, ...]):
     Why: a compiler fuses the two sums into one pass over x whose additions do not wait on each other, where
     ``var_mean``'s Welford update waits on the previous mean at every value (in Inductor's CPU code at 1 thread
     the pass took 3–4% less time than var_mean's in a ResNet step, where it is bound by reading x, and up to
-    half the time on inputs that stay in cache). Accuracy: x − K is exact in float64 for float32/float16/bfloat16 input,
-    so the only cancellation is S2 − δ·S1, a relative error of about ε_float64·(1 + (μ_B − K)²/σ²_B): even a
-    first value 10⁴·σ off the mean costs 1e-8 relative. The shift is what keeps |μ| ≫ σ exact (never the
-    unshifted E[x²] − E[x]²), and the float64 sums land within a float32 rounding of the exact statistics,
-    closer than a float32 Welford update. Differentiable in x (stock ops).
+    half the time on inputs that stay in cache). Accuracy: x − K is exact in float64 for float32, float16 and
+    bfloat16 input, so the only cancellation is S2 − δ·S1, a relative error of about
+    ε_float64·(1 + (μ_B − K)²/σ²_B): even a first value 10⁴·σ off the mean costs 1e-8 relative. The shift is
+    what keeps |μ| ≫ σ exact (never the unshifted E[x²] − E[x]²), and the float64 sums land within a float32
+    rounding of the exact statistics, closer than a float32 Welford update. Differentiable in x (stock ops).
     """
     import torch
 
