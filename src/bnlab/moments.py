@@ -13,7 +13,8 @@ This module is the one home of the statistics every fast path uses (docs/design.
 - :func:`merge` (pairwise, Chan) and :func:`merge_groups` (k groups of equal size), :func:`merge_all`;
 - :func:`statistics_dtype` (the dtype rule: statistics in float32, or float64 for float64 data) and
   :func:`batch_stats` (μ_B and the biased σ²_B of a torch tensor by that rule, the definition the kernels
-  are checked against).
+  are checked against); :func:`shifted_batch_stats`, the same statistics as two shifted sums in float64 (the
+  compiled door's form on the CPU).
 
 The NumPy reference keeps its literal paper lines; recalibration (Alg. 2 over many batches), synchronized BN
 (over processes) and the kernels (:mod:`bnlab.kernels`) use the functions here. Everything but
@@ -42,6 +43,7 @@ __all__ = [
     "merge_all",
     "statistics_dtype",
     "batch_stats",
+    "shifted_batch_stats",
     "Population",
     "population_statistics",
 ]
@@ -196,6 +198,36 @@ def batch_stats(x, axes: tuple[int, ...]):
 
     var, mean = torch.var_mean(x.to(statistics_dtype(x.dtype)), dim=axes, correction=0)
     return mean, var
+
+
+def shifted_batch_stats(x, axes: tuple[int, ...]):
+    """μ_B and the biased σ²_B of a torch tensor over ``axes`` as :func:`batch_stats` gives them (feature-shaped,
+    :func:`statistics_dtype`), computed as two shifted sums accumulated in float64 and then :func:`correct`:
+
+        K = each feature's first value (index 0 on every reduced axis),  S1 = Σ (x − K),  S2 = Σ (x − K)²,
+        δ = S1/m,  μ_B = K + δ,  σ²_B = (S2 − δ·S1)/m
+
+    Why: a compiler fuses the two sums into one pass over x whose additions do not wait on each other, where
+    ``var_mean``'s Welford update waits on the previous mean at every value (in Inductor's CPU code at 1 thread
+    the pass took 3–4% less time than var_mean's in a ResNet step, where it is bound by reading x, and up to
+    half the time on inputs that stay in cache). Accuracy: x − K is exact in float64 for float32, float16 and
+    bfloat16 input, so the only cancellation is S2 − δ·S1, a relative error of about
+    ε_float64·(1 + (μ_B − K)²/σ²_B): even a first value 10⁴·σ off the mean costs 1e-8 relative. The shift is
+    what keeps |μ| ≫ σ exact (never the unshifted E[x²] − E[x]²), and the float64 sums land within a float32
+    rounding of the exact statistics, closer than a float32 Welford update. Differentiable in x (stock ops).
+    """
+    import torch
+
+    sdt = statistics_dtype(x.dtype)
+    count = 1
+    shift = x
+    for a in axes:
+        count *= x.shape[a]
+        shift = shift.narrow(a, 0, 1)
+    d = x.to(torch.float64) - shift.to(torch.float64)
+    s1 = d.sum(dim=axes)
+    m = correct(Moments(count, shift.to(torch.float64).reshape(s1.shape), (d * d).sum(dim=axes)), s1)
+    return m.mean.to(sdt), m.variance.to(sdt)
 
 
 class Population:

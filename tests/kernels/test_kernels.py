@@ -620,6 +620,36 @@ def test_moments_corrected_two_pass_and_group_merge():
     torch.testing.assert_close(k.m2, pairwise.m2, rtol=1e-10, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+def test_shifted_batch_stats_match_float64_with_large_offsets_and_a_far_shift(dtype):
+    """moments.shifted_batch_stats (the compiled door's statistics on the CPU: two shifted sums in float64,
+    corrected) equals the float64 statistics to the statistics dtype's rounding, where float32 sums (or no
+    shift) would not: an offset of 1e6·σ, and a first value — the shift — 1e4·σ off the mean."""
+    from bnlab import moments as mo
+
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(64, 3, 8, 8, generator=g, dtype=torch.float64)
+    x[:, 1] += 1e6 if dtype != torch.float16 else 1e3  # |μ|/σ large (float16 holds about 3 digits)
+    x[0, 2, 0, 0] = 1e4 if dtype != torch.float16 else 1e3  # channel 2's shift K, far off its mean
+    x = x.to(dtype)
+    for axes in ((0, 2, 3), (0,)):
+        mean, var = mo.shifted_batch_stats(x, axes)
+        rows = x.double().movedim(axes, tuple(range(len(axes)))).flatten(0, len(axes) - 1).flatten(1).T.tolist()
+        exact_mean = [math.fsum(r) / len(r) for r in rows]  # (correctly rounded sums: the oracle)
+        exact_var = [math.fsum((v - m) ** 2 for v in r) / len(r) for r, m in zip(rows, exact_mean, strict=True)]
+        want_mean = torch.tensor(exact_mean, dtype=torch.float64).reshape(mean.shape)
+        want_var = torch.tensor(exact_var, dtype=torch.float64).reshape(var.shape)
+        sdt = torch.float64 if dtype == torch.float64 else torch.float32
+        assert mean.dtype == var.dtype == sdt
+        # float32/float16 data: one float32 rounding of the exact value; float64 data: ε_64·(1 + (μ − K)²/σ²)
+        # with the far first value (about 4e3·ε_64)
+        tol = 1e-11 if dtype == torch.float64 else 2e-7
+        torch.testing.assert_close(var.double(), want_var, rtol=tol, atol=0)
+        torch.testing.assert_close(mean.double(), want_mean, rtol=tol, atol=tol * want_var.sqrt().max().item())
+    xs = torch.randn(4, 3, 2, 2, generator=g, dtype=torch.float64, requires_grad=True)  # stock ops: differentiable
+    assert torch.autograd.gradcheck(lambda t: mo.shifted_batch_stats(t, (0, 2, 3)), (xs,))
+
+
 def test_cpu_shift_decision_is_the_definitions():
     """The CPU family's cheap shift test (squared, 3 ops) decides as :func:`composed.needs_shift` does, at the
     threshold (|μ|·(σ²+ε)^(-1/2) = SHIFT_RATIO ± 1%), far from it, with ε dominating, and with NaN/inf."""

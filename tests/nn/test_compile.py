@@ -19,6 +19,7 @@ from torch import nn
 from torch._dynamo.backends.common import aot_autograd
 from torch._dynamo.testing import CompileCounter
 from torch._functorch.aot_autograd import make_boxed_func
+from torch._functorch.partitioners import min_cut_rematerialization_partition
 
 import bnlab.nn
 from bnlab.nn import functional as F
@@ -31,16 +32,19 @@ def _net(norm, c=4, **kw) -> nn.Module:
 
 
 class _Recorder:
-    """An aot_autograd backend that keeps the forward and backward graphs (ATen ops) it is given."""
+    """An aot_autograd backend that keeps the forward and backward graphs (ATen ops) it is given;
+    ``like_inductor``: split them with Inductor's partitioner (which recomputes cheap ops in the backward
+    instead of saving them) rather than aot_autograd's default."""
 
-    def __init__(self):
+    def __init__(self, like_inductor: bool = False):
         self.graphs = []
 
         def keep(gm, _inputs):
             self.graphs.append(gm)
             return make_boxed_func(gm.forward)
 
-        self.backend = aot_autograd(fw_compiler=keep, bw_compiler=keep)
+        kw = {"partition_fn": min_cut_rematerialization_partition} if like_inductor else {}
+        self.backend = aot_autograd(fw_compiler=keep, bw_compiler=keep, **kw)
 
     def targets(self) -> set[str]:
         return {str(n.target) for g in self.graphs for n in g.graph.nodes if n.op == "call_function"}
@@ -152,7 +156,7 @@ def test_compile_hands_over_ordinary_ops_not_the_opaque_operator(activation):
     out.sum().backward()
     targets = rec.targets()
     assert len(rec.graphs) == 2, "one forward and one backward graph"
-    assert "aten.var_mean.correction" in targets, targets  # the statistics, visible to the compiler
+    assert "aten.sum.dim_IntList" in targets, targets  # the statistics (shifted sums), visible to the compiler
     assert not any(t.startswith("bnlab.batch_norm") for t in targets), targets  # no opaque BN op either way
     # the running statistics' update is in the same graph (functionalized), not left to a graph break
     assert "aten.lerp.Tensor" in targets or "aten.lerp.Scalar" in targets, targets
@@ -173,23 +177,30 @@ def _depends_on(node, target: str) -> bool:
 
 
 @pytest.mark.parametrize("track", [True, False], ids=["running_stats", "no_running_stats"])
-def test_variance_check_does_not_split_the_fused_normalize(track):
-    """With running statistics the opaque overflow check of σ²_B sits on the running update's path only, so
-    the output is computed from the statistics without it (Inductor fuses var_mean and the normalize into one
-    kernel: the check between them cost 6% of a compiled ResNet step); without them it guards the output."""
+def test_checked_invstd_comes_before_every_use_and_is_saved_for_the_backward(track):
+    """On the CPU the opaque check of σ²_B (bnlab::checked_invstd) sits between the statistics and everything
+    that uses them, so the compiled graph raises before the output or any state is made. Its second output,
+    1/√(σ²_B + ε), is what the normalize reads and what the backward gets saved: neither graph computes a
+    reciprocal square root of its own (in the graph, Inductor inlined it into the elementwise passes and
+    evaluated it at every value, and Inductor's partitioner recomputed it in the backward from σ²_B). The
+    statistics are the shifted float64 sums, not var_mean's Welford update."""
     torch._dynamo.reset()
-    rec = _Recorder()
-    layer = bnlab.nn.BatchNorm2d(3, track_running_stats=track)
-    torch.compile(layer, backend=rec.backend, fullgraph=True)(torch.randn(6, 3, 7, 7))
-    graph = rec.graphs[0].graph
-    assert "bnlab.checked_variance.default" in rec.targets()  # the check is in the graph either way
-    out = next(n for n in graph.nodes if n.op == "output").args[0]
+    rec = _Recorder(like_inductor=True)
+    layer = bnlab.nn.BatchNorm2d(3, track_running_stats=track, activation="relu")
+    torch.compile(layer, backend=rec.backend, fullgraph=True)(
+        torch.randn(6, 3, 7, 7, requires_grad=True)
+    ).sum().backward()
+    forward, backward = (g.graph for g in rec.graphs)
+    out = next(n for n in forward.nodes if n.op == "output").args[0]
     outputs = [o for o in out if isinstance(o, torch.fx.Node)]
     mutated = [o for o in outputs if _depends_on(o, "aten.lerp")]  # the new running statistics
-    normalized = [o for o in outputs if o.meta.get("val") is not None and tuple(o.meta["val"].shape) == (6, 3, 7, 7)]
-    assert normalized, [o.meta.get("val") for o in outputs]
-    assert all(_depends_on(o, "bnlab.checked_variance") for o in mutated)  # state changes only after the check
-    assert any(_depends_on(o, "bnlab.checked_variance") for o in normalized) == (not track)
+    computed = [o for o in outputs if o.op != "placeholder"]  # (x itself may be saved for the backward)
+    normalized = [o for o in computed if o.meta.get("val") is not None and tuple(o.meta["val"].shape) == (6, 3, 7, 7)]
+    assert normalized and (mutated or not track), outputs
+    assert all(_depends_on(o, "bnlab.checked_invstd") for o in mutated + normalized)
+    targets = [{str(n.target) for n in g.nodes if n.op == "call_function"} for g in (forward, backward)]
+    assert not any("rsqrt" in t for t in targets[0] | targets[1]), targets
+    assert "aten.var_mean.correction" not in targets[0] and "aten.sum.dim_IntList" in targets[0], targets[0]
 
 
 def test_export_still_records_the_operator():

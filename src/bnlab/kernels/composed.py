@@ -9,7 +9,8 @@ definition the fast families are tested against. The pieces (the contract of :cl
   and the output keeps x's memory format) — or, where |μ|/σ is large, y = (x − μ)·a + β (see below);
 - :func:`forward`: the two above, in training mode (``relu=True``: y = max(BN(x), 0));
 - :func:`backward`: the closed-form gradients of Alg. 1 (given the ReLU output ``y``, through the ReLU),
-  with per-feature coefficients from :func:`grad_coefficients` (also with the global sums of synchronized BN).
+  with per-feature coefficients from :func:`grad_coefficients` (also with the global sums of synchronized BN);
+  :func:`invstd_backward` is the same given 1/√(σ² + ε) instead of σ² (what the compiled door saves).
 
 Accuracy of the output (issue 7, item 3): a·x + b rounds a·x, whose size is about |γ|·|μ|/σ, so with
 |μ| ≫ σ (x = 1e6 + noise, or a constant channel where σ² = 0 and a = γ/√ε) the output loses what the
@@ -43,6 +44,7 @@ __all__ = [
     "shifted_normalize",
     "forward",
     "backward",
+    "invstd_backward",
     "affine_coefficients",
     "needs_shift",
     "relu_mask",
@@ -123,17 +125,19 @@ def normalize(x, mean, var, weight, bias, eps: float, axes: tuple[int, ...]) -> 
     return torch.addcmul(view(b.to(cdt), nd, axes), xc, view(a.to(cdt), nd, axes)).to(x.dtype)
 
 
-def shifted_normalize(x, mean, var, weight, bias, eps: float, axes: tuple[int, ...]) -> torch.Tensor:
+def shifted_normalize(x, mean, var, weight, bias, eps: float, axes: tuple[int, ...], invstd=None) -> torch.Tensor:
     """y = (x − μ)·(γ·invstd) + β, invstd = 1/√(σ² + ε), coefficients in float32-or-wider; x's dtype out.
 
     The shifted form of :func:`normalize`, always: x − μ is exact for x near μ, so the output is as accurate
     as the statistics even where |μ| ≫ σ (what :func:`normalize` decides per feature). A compiler fuses
     either form into one pass, so the compiled door (:mod:`bnlab.nn._dispatch`) always takes this one.
+    ``invstd``: 1/√(σ² + ε) when the caller has it already (then ``var`` is not read).
     """
     sdt = stat_dtype(x)
     cdt = sdt if x.dtype in (torch.float16, torch.bfloat16) else x.dtype  # compute dtype
     shape = [1 if i in axes else n for i, n in enumerate(x.shape)]
-    invstd = torch.rsqrt(var.to(sdt) + eps)
+    if invstd is None:
+        invstd = torch.rsqrt(var.to(sdt) + eps)
     a = invstd if weight is None else weight.to(sdt) * invstd
     y = (x.to(cdt) - mean.to(cdt).reshape(shape)) * a.to(cdt).reshape(shape)
     if bias is not None:
@@ -161,30 +165,37 @@ def grad_coefficients(invstd, weight, sum_dy, sum_dy_xhat, m):
 
         ∂ℓ/∂x = γ·invstd/m · (m·dy − Σdy − x̂·Σdy·x̂)   ⇒   c = γ·invstd,  d = −c·invstd·Σdy·x̂/m,  e = −c·Σdy/m
 
-    ``m`` values per statistic (the global count in synchronized BN); ``weight`` None means γ = 1."""
+    ``m`` values per statistic (the global count in synchronized BN); ``weight`` None means γ = 1. The division
+    by m is a product with 1/m: per feature, a compiler that inlines these coefficients into the elementwise
+    pass over dx (Inductor does) would otherwise divide at every value."""
     c = invstd if weight is None else weight.to(invstd.dtype) * invstd
-    return c, -c * invstd * sum_dy_xhat / m, -c * sum_dy / m
+    inv_m = 1.0 / m
+    return c, -c * invstd * sum_dy_xhat * inv_m, -c * sum_dy * inv_m
 
 
-def backward(
-    dy, x, mean, var, weight, eps: float, axes: tuple[int, ...], needs=(True, True, True), y=None, sums=None
-):
-    """Closed-form gradients of Alg. 1 (see :mod:`bnlab.reference`).
+def backward(dy, x, mean, var, weight, eps: float, axes: tuple[int, ...], needs=(True, True, True), y=None, sums=None):
+    """Closed-form gradients of Alg. 1 (see :mod:`bnlab.reference`): :func:`invstd_backward` with
+    invstd = 1/√(σ² + ε).
 
     ``y``: the output of a ``forward(..., relu=True)``; the gradient then flows only where y > 0.
     ``sums = (Σdy, Σdy·x̂, m)``: the reductions over a larger set B (synchronized BN: all ranks) to use for
     dx instead of this tensor's own; dweight/dbias stay local.
+    Returns ``(dx, dweight, dbias)``, each None where not needed (dweight/dbias also None without γ).
+    """
+    return invstd_backward(dy, x, mean, torch.rsqrt(var + eps), weight, axes, needs, y=y, sums=sums)
+
+
+def invstd_backward(dy, x, mean, invstd, weight, axes: tuple[int, ...], needs=(True, True, True), y=None, sums=None):
+    """:func:`backward` given invstd = 1/√(σ² + ε) itself (the compiled door saves it from the forward).
 
     With x̂ = (x − μ)·invstd, m values per statistic:
         ∂ℓ/∂β = Σ dy,  ∂ℓ/∂γ = Σ dy·x̂,  ∂ℓ/∂x = γ·invstd/m · (m·dy − ∂ℓ/∂β − x̂·∂ℓ/∂γ)
     The last is evaluated as dx = c·dy + d·(x − μ) + e with per-feature c, d, e (:func:`grad_coefficients`;
     x − μ is the centred tensor of Σ dy·x̂ reused, so large offsets cancel exactly and x̂ is never materialized).
-    Returns ``(dx, dweight, dbias)``, each None where not needed (dweight/dbias also None without γ).
     """
     need_x, need_w, need_b = needs
     dy = relu_mask(dy, y)
     sdt = stat_dtype(x)
-    invstd = torch.rsqrt(var + eps)
     dys = dy.to(sdt)
     xs = x.to(sdt)
     nd = x.dim()

@@ -29,7 +29,8 @@ Numerical policy, on every door: statistics in float32 or wider (float64 for flo
 to normalize. The ``compiled`` door always normalizes in the shifted form y = (x − μ)·(γ·invstd) + β (x − μ
 is exact near μ, and Inductor fuses it into one pass anyway); the others use the kernels' choice. The
 host-side check that σ²_B fits its dtype (:func:`check_variance_fits`, CPU only) runs on every door; in a
-compiled graph (which cannot raise on data) it is the small opaque operator :data:`checked_variance_op`.
+compiled graph (which cannot raise on data) it is the small opaque operator :data:`checked_invstd_op`
+(:data:`checked_variance_op` for a masked set B and under vmap).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import torch
 from torch import Tensor
 from torch.autograd import forward_ad
 
-from .. import _compat, kernels
+from .. import _compat, kernels, moments
 from ..kernels import composed
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "VarianceOverflowError",
     "check_variance_fits",
     "checked_variance_op",
+    "checked_invstd_op",
     "stat_dtype",
     "feature_shape",
     "train_masked",
@@ -130,15 +132,8 @@ def route(x: Tensor) -> str:
     return "op"
 
 
-def train(x: Tensor, weight, bias, axes: tuple[int, ...], eps: float, relu: bool, stats_used: bool = False):
-    """Alg. 1 in training mode through the door :func:`route` picks: ``(y, μ_B, σ²_B)``.
-
-    ``stats_used``: the caller feeds μ_B and σ²_B into the running statistics. In the ``compiled`` door on the
-    CPU the overflow check of σ²_B (:data:`checked_variance_op`, opaque to Inductor) then sits on that path
-    only — after the kernel that fuses the statistics with the normalize, which it would otherwise split in
-    two (a second read of x per layer: 6% of a compiled ResNet step). The graph still raises before any
-    state changes; without running statistics the check stays between the statistics and the normalize.
-    """
+def train(x: Tensor, weight, bias, axes: tuple[int, ...], eps: float, relu: bool):
+    """Alg. 1 in training mode through the door :func:`route` picks: ``(y, μ_B, σ²_B)``."""
     door = route(x)
     if door == "eager":
         small = _torch_small_train(x, weight, bias, axes, eps, relu)
@@ -148,10 +143,7 @@ def train(x: Tensor, weight, bias, axes: tuple[int, ...], eps: float, relu: bool
             return _kernel_train(x, weight, bias, axes, eps, relu)
         return KernelTrainFunction.apply(x, weight, bias, axes, eps, relu)
     if door == "compiled":
-        if stats_used and x.device.type == "cpu":
-            y, mean, var = ComposedTrainFunction.apply(x, weight, bias, axes, eps, relu, False)
-            return y, mean, checked_variance_op(mean, var, x.dtype)
-        return ComposedTrainFunction.apply(x, weight, bias, axes, eps, relu, True)
+        return ComposedTrainFunction.apply(x, weight, bias, axes, eps, relu)
     if door == "stock":
         return composed_train(x, weight, bias, axes, eps, relu)
     return train_op(x, weight, bias, list(axes), eps, relu)
@@ -291,6 +283,37 @@ def checked_variance_op(mean: Tensor, var: Tensor, input_dtype: torch.dtype) -> 
 @checked_variance_op.register_fake
 def _(mean, var, input_dtype):
     return torch.empty_like(var)
+
+
+def _checked_invstd(mean: Tensor, var: Tensor, eps: float, input_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``(σ²_B, 1/√(σ²_B + ε))`` after :func:`check_variance_fits`'s host check (σ²_B a copy: an operator's output
+    may not alias its input). The ``compiled`` door's graph calls it on the CPU as :data:`checked_invstd_op`,
+    between the statistics and everything that uses them, so the graph raises before the output or any state
+    is made.
+
+    It also hands Inductor 1/√(σ²_B + ε) as a stored per-feature tensor: computed in the graph instead, the
+    reciprocal square root is inlined into the elementwise passes over x (forward) and dx (backward) and
+    evaluated at every value, and AOTAutograd's partitioner recomputes it in the backward from σ²_B rather
+    than saving it; an operator's output is neither inlined nor recomputed.
+    """
+    _refuse_overflow(mean, var, input_dtype)
+    return var.clone(), torch.rsqrt(var + eps)
+
+
+# Registered with torch.library's low-level API, a CPU kernel and a fake: called once per layer and step, a
+# call costs 14-23 µs where torch.library.custom_op's autograd and dispatch wrappers made it 26-42 µs (same
+# runs, loaded machine; 9 layers of benchmarks/compiled.py: 0.1-0.17 ms a step). Its inputs never require
+# grad (they are statistics), so it needs no autograd formula.
+_LIB = torch.library.Library("bnlab", "FRAGMENT")
+_LIB.define("checked_invstd(Tensor mean, Tensor var, float eps, ScalarType input_dtype) -> (Tensor, Tensor)")
+_LIB.impl("checked_invstd", _checked_invstd, "CPU")
+torch.library.register_fake(
+    "bnlab::checked_invstd",
+    lambda mean, var, eps, input_dtype: (torch.empty_like(var), torch.empty_like(var)),
+    lib=_LIB,
+)
+#: the opaque check of σ²_B that returns ``(σ²_B, 1/√(σ²_B + ε))``: :func:`_checked_invstd`
+checked_invstd_op = torch.ops.bnlab.checked_invstd.default
 
 
 def check_masked_count(count: Tensor) -> None:
@@ -437,19 +460,28 @@ shifted_normalize = composed.shifted_normalize  # the compiled door's normalize 
 
 
 class ComposedTrainFunction(torch.autograd.Function):
-    """Door ``compiled``, training: statistics by ``var_mean`` (float32 or wider), the shifted normalize,
-    and :func:`bnlab.kernels.composed.backward` (the closed form) as its backward — all stock ops, so
-    Dynamo traces both directions and Inductor fuses them with their neighbours."""
+    """Door ``compiled``, training: the statistics, the shifted normalize, and
+    :func:`bnlab.kernels.composed.backward` (the closed form) as its backward — stock ops, so Dynamo traces
+    both directions and Inductor fuses them with their neighbours.
+
+    On the CPU the statistics are :func:`bnlab.moments.shifted_batch_stats` (two shifted sums in float64: one
+    pass whose additions do not wait on each other, closer to the exact statistics than ``var_mean``'s float32
+    Welford update) and 1/√(σ²_B + ε) comes from :data:`checked_invstd_op` (the overflow check, and a stored
+    per-feature tensor that the elementwise passes read instead of evaluating a square root at every value);
+    elsewhere :func:`bnlab.kernels.composed.batch_stats` (``var_mean``) and an inline reciprocal square root."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, axes, eps, relu, check=True):
-        mean, var = composed.batch_stats(x, axes)
-        if check and x.device.type == "cpu":  # (check=False: the caller checks σ²_B, see train)
-            var = checked_variance_op(mean, var, x.dtype)
-        y = shifted_normalize(x, mean, var, weight, bias, eps, axes)
+    def forward(ctx, x, weight, bias, axes, eps, relu):
+        if x.device.type == "cpu":
+            mean, var = moments.shifted_batch_stats(x, axes)
+            var, invstd = checked_invstd_op(mean, var, eps, x.dtype)
+        else:
+            mean, var = composed.batch_stats(x, axes)
+            invstd = torch.rsqrt(var + eps)
+        y = shifted_normalize(x, mean, var, weight, bias, eps, axes, invstd=invstd)
         if relu:
             y = torch.relu(y)
-        ctx.save_for_backward(x, weight, mean, var, y if relu else None)
+        ctx.save_for_backward(x, weight, mean, invstd, y if relu else None)
         ctx.axes, ctx.eps = tuple(axes), eps
         ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.mark_non_differentiable(mean, var)
@@ -457,14 +489,14 @@ class ComposedTrainFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, _dmean, _dvar):
-        x, weight, mean, var, y = ctx.saved_tensors
+        x, weight, mean, invstd, y = ctx.saved_tensors
         needs = ctx.needs_input_grad[:3]
-        dx, dw, db = composed.backward(dy, x, mean, var, weight, ctx.eps, ctx.axes, needs, y=y)
+        dx, dw, db = composed.invstd_backward(dy, x, mean, invstd, weight, ctx.axes, needs, y=y)
         if dw is not None:
             dw = dw.to(weight.dtype)
         if db is not None:
             db = db.to(ctx.bias_dtype)
-        return dx, dw, db, None, None, None, None
+        return dx, dw, db, None, None, None
 
 
 class MaskedTrainFunction(torch.autograd.Function):

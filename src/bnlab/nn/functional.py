@@ -157,11 +157,11 @@ def batch_norm(
         axes_k = (0, *(a + 1 for a in axes if a != 0))
         weight_k = None if weight is None else weight.expand(chunks, *weight.shape)
         bias_k = None if bias is None else bias.expand(chunks, *bias.shape)
-        y, mean, var = _dispatch.train(x, weight_k, bias_k, axes_k, eps, relu, running_mean is not None)
+        y, mean, var = _dispatch.train(x, weight_k, bias_k, axes_k, eps, relu)
         y = y.movedim(0, 1).flatten(0, 1)
         mean, var, count = mean.mean(0), var.mean(0), count // chunks
     else:
-        y, mean, var = _dispatch.train(input, weight, bias, axes, eps, relu, running_mean is not None)
+        y, mean, var = _dispatch.train(input, weight, bias, axes, eps, relu)
     if running_mean is not None:
         update_running_stats(running_mean, running_var, mean, var, count, momentum)
     return y
