@@ -609,6 +609,29 @@ def compiled_spread(lang: str = "en") -> str:
     )
 
 
+def distributed_table(lang: str = "en") -> str:
+    """benchmarks/distributed.py --json: synchronized ÷ per-process BN, forward + backward, per layout and shard."""
+    d = load("distributed.json")
+    if lang == "en":
+        head = ["layout", "global shape", "MB per process", "local ms", "sync ms", "sync ÷ local",
+                "CPU time, sync ÷ local", "page faults per call (local, sync)"]  # fmt: skip
+    else:
+        head = ["disposición", "forma global", "MB por proceso", "local ms", "sincronizada ms",
+                "sincronizada ÷ local", "tiempo de CPU, sincronizada ÷ local",
+                "fallos de página por llamada (local, sincronizada)"]  # fmt: skip
+    rows = [
+        [r["layout"], "×".join(map(str, r["shape"])), num(r["mb_per_rank"], lang, 1), num(r["local_ms"], lang, 2),
+         num(r["sync_ms"], lang, 2), f"**{num(r['ratio'], lang, 2)}**", num(r["cpu_ratio"], lang, 2),
+         ", ".join(num(x, lang) for x in r["faults_per_call"])]  # fmt: skip
+        for r in d["rows"]
+    ]
+    return table(head, rows)
+
+
+def distributed_meta() -> dict:
+    return load("distributed.json")
+
+
 # ------------------------------------------------------------------------------------ pages opened from disk
 
 _ALTERNATE = re.compile(r'\s*<link rel="alternate" href="[^"]*" hreflang="[^"]*">')
