@@ -2,7 +2,7 @@
 
 C = "tests/nn/test_compile.py::"
 LERP = (
-    " " * 12 + "running.lerp_(torch.where(ok, new.to(running.dtype), running.detach()), _weight(momentum, running))\n"
+    " " * 16 + "running.lerp_(torch.where(ok, new.to(running.dtype), running.detach()), _weight(momentum, running))\n"
 )
 
 BUGS = [
@@ -68,7 +68,7 @@ BUGS = [
         name="running-update-in-a-no-grad-region",
         path="src/bnlab/nn/functional.py",
         old=LERP,
-        new="            with torch.no_grad():\n    " + LERP,
+        new="                with torch.no_grad():\n    " + LERP,
         tests=[C + "test_training_export_saves_and_loads_back"],
     ),
 ]

@@ -1,6 +1,8 @@
-"""The planted-bug catalog stays plantable: every entry's text occurs exactly once in today's tree, its
-tests exist, and its names are unique (a refactor that moves code must move the catalog with it)."""
+"""The planted-bug catalog stays plantable: every entry's text occurs exactly once in today's tree, a planted
+Python file still parses, its tests exist, and its names are unique (a refactor that moves code must move the
+catalog with it)."""
 
+import ast
 import importlib.util
 from pathlib import Path
 
@@ -30,3 +32,12 @@ def test_each_planted_bug_can_still_be_planted(bug):
         if "::" in node:
             name = node.split("::")[1].split("[")[0]
             assert f"def {name}(" in (ROOT / path).read_text(encoding="utf-8"), f"{node}: no such test"
+
+
+@pytest.mark.parametrize("bug", [b for b in BUGS if b["path"].endswith(".py")],
+                         ids=[b["name"] for b in BUGS if b["path"].endswith(".py")])  # fmt: skip
+def test_a_planted_python_file_still_parses(bug):
+    """A plant that breaks the syntax (an `old` text matched inside a line indented deeper than it was written
+    for) makes its tests error out, not fail: the bug is never tested."""
+    text = (ROOT / bug["path"]).read_text(encoding="utf-8").replace(bug["old"], bug["new"])
+    ast.parse(text, filename=bug["path"])
