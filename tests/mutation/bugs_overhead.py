@@ -62,3 +62,12 @@ BUGS += [
         tests=["tests/kernels/test_native.py::test_large_outputs_streamed_match_float64[nchw-2x3-False]"],
     ),
 ]
+BUGS += [
+    dict(
+        name="head-first-decline-not-passed-on",
+        path="src/bnlab/kernels/contract.py",
+        old="            except Declined:\n                pass\n",
+        new="            except Declined:\n                raise\n",
+        tests=["tests/kernels/test_native.py::test_non_finite_input_declines_to_the_pure_family"],
+    ),
+]
