@@ -417,10 +417,11 @@ def norm_name(norm: str, lang: str = "en") -> str:
 
 
 def bench_machine(meta: dict, lang: str = "en") -> str:
-    """Where and when a benchmark JSON was measured, and whether the machine was busy (load average vs CPUs)."""
+    """Where and when a benchmark JSON was measured, and whether the machine was busy: the load average against
+    the CPUs, beyond the processes the benchmark itself runs (``nproc``: benchmarks/distributed.py's ranks)."""
     load = meta.get("loadavg") or [0.0]
     cpus = meta.get("cpus") or 1
-    busy = load[0] > 0.5 * cpus
+    busy = load[0] > 0.5 * cpus + (meta.get("nproc") or 1) - 1
     if lang == "en":
         s = (
             f"Measured {meta['date']} on {meta['cpu_model'] or 'an unnamed CPU'} ({cpus} CPUs), torch {meta['torch']}; "
