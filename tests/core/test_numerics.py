@@ -283,6 +283,19 @@ def test_float32_spread_whose_sum_of_squares_overflows(door):
     torch.testing.assert_close(y.double(), want, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("door", ["nchw", "channels_last"])
+def test_float32_spread_whose_sum_of_squares_overflows_in_the_pure_family(door, monkeypatch):
+    """The same spread where no C compiler built the native family (its float64 sums never overflow): the pure
+    ``cpu`` family's float32 row sums of squares overflow, and its float64 rescue must give the same answer."""
+    from bnlab.kernels import native
+
+    monkeypatch.setitem(native._state, "lib", None)  # what BNLAB_NATIVE=0 or a missing compiler gives
+    std = 2e18
+    x = torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(5)) * std
+    y, axes = _run_door(door, x)
+    torch.testing.assert_close(y.double(), _expected(x, axes, std), atol=1e-4, rtol=1e-4)
+
+
 def test_float32_spread_gradients_and_running_statistics():
     std = 2e18
     x = torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(6)) * std
