@@ -633,6 +633,35 @@ def distributed_meta() -> dict:
     return load("distributed.json")
 
 
+def distributed_spread(lang: str = "en") -> str:
+    """The range of sync ÷ local (wall and rank 0's CPU time) per layout and shard size over every shipped run of
+    benchmarks/distributed.py (docs/data/distributed_runs.json)."""
+    runs = load("distributed_runs.json")["runs"]
+    groups: dict = {}
+    for run in runs:
+        for r in run["rows"]:
+            key = (r["layout"], round(r["mb_per_rank"]))
+            groups.setdefault(key, []).append(r)
+
+    def span(xs):
+        return f"{num(min(xs), lang, 2)}–{num(max(xs), lang, 2)}"
+
+    parts = []
+    for (layout, mb), rs in groups.items():
+        wall, cpu = span([r["ratio"] for r in rs]), span([r["cpu_ratio"] for r in rs])
+        faults = [f for r in rs for f in r["faults_per_call"]]
+        lo, hi = num(min(faults), lang), num(max(faults), lang)
+        faults_text = lo if lo == hi else f"{lo}–{hi}"
+        if lang == "en":
+            parts.append(f"{layout} {mb} MB {wall} (CPU time {cpu}; page faults per call {faults_text})")
+        else:
+            parts.append(f"{layout} {mb} MB {wall} (tiempo de CPU {cpu}; fallos de página por llamada {faults_text})")
+    if lang == "en":
+        return f"Over the {len(runs)} idle runs shipped, sync ÷ local was: " + "; ".join(parts) + "."
+    return f"En las {len(runs)} ejecuciones con la máquina libre que se incluyen, sincronizada ÷ local fue: " + \
+        "; ".join(parts) + "."
+
+
 # ------------------------------------------------------------------------------------ pages opened from disk
 
 _ALTERNATE = re.compile(r'\s*<link rel="alternate" href="[^"]*" hreflang="[^"]*">')
