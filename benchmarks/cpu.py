@@ -43,10 +43,12 @@ import argparse
 import json
 import os
 import resource
+import shlex
 import statistics
 import sys
 import tempfile
 import time
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -86,10 +88,18 @@ def _minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def interleaved(
-    variants: dict, repeats: int, block: int = 1, warmup: int = 1, before=None
-) -> dict[str, tuple[float, float]]:
-    """(median or ``--stat min`` seconds, mean minor page faults) per call of each variant, taking turns.
+class Timing(NamedTuple):
+    """One variant's calls: ``seconds`` is the statistic the run reports (median, or minimum with ``--stat
+    min``), ``faults`` the mean minor page faults per call; ``median`` and ``minimum`` both, always."""
+
+    seconds: float
+    faults: float
+    median: float
+    minimum: float
+
+
+def interleaved(variants: dict, repeats: int, block: int = 1, warmup: int = 1, before=None) -> dict[str, Timing]:
+    """A :class:`Timing` per variant, the variants taking turns call by call.
 
     ``block`` consecutive calls per turn; with block > 1 the first call of each block is not counted.
     ``before``: called (not timed) before every call, e.g. a barrier that starts all ranks together.
@@ -111,7 +121,10 @@ def interleaved(
                 if i > 0 or block == 1:
                     times[name].append(dt)
                     faults[name].append(_minor_faults() - f0)
-    return {name: (_STAT(ts), statistics.fmean(faults[name])) for name, ts in times.items()}
+    return {
+        name: Timing(_STAT(ts), statistics.fmean(faults[name]), statistics.median(ts), min(ts))
+        for name, ts in times.items()
+    }
 
 
 def pure(fn):
@@ -208,8 +221,10 @@ def run_shape(shape, repeats: int, block: int, use_compile: bool, cases, with_pu
     rows = []
 
     def add(case, result, extra=None):
-        row = {"case": case, "shape": shape, "native": result["native"][0], "ours": result["ours"][0]}
-        row["faults"] = (result["native"][1], result["ours"][1])
+        native, ours = result["native"], result["ours"]
+        row = {"case": case, "shape": shape, "native": native.seconds, "ours": ours.seconds}
+        row["faults"] = (native.faults, ours.faults)
+        row["ratio_median"], row["ratio_min"] = ours.median / native.median, ours.minimum / native.minimum
         if "pure" in result:
             row["pure"] = result["pure"][0]
         row.update(extra or {})
@@ -272,10 +287,11 @@ def bandwidth_pct(row: dict, copy_bps: float) -> tuple[float, float]:
 def format_table(rows: list[dict]) -> str:
     """One table, every thread count (``rows`` carry ``threads`` and ``copy_bps``)."""
     head = (
-        "| threads | case | shape | native ms | bnlab ms | ratio bnlab/native | % copy native, bnlab "
-        "| faults/call native, bnlab | pure ms | ratio pure/native | compiled ms | ratio compiled/native | compile s |"
+        "| threads | case | shape | native ms | bnlab ms | ratio bnlab/native | median ratio | min ratio "
+        "| % copy native, bnlab | faults/call native, bnlab | pure ms | ratio pure/native | compiled ms "
+        "| ratio compiled/native | compile s |"
     )
-    lines = [head, "|" + "---|" * 13]
+    lines = [head, "|" + "---|" * 15]
     for r in rows:
         shape = "x".join(map(str, r["shape"]))
         comp = r.get("compiled")
@@ -287,7 +303,8 @@ def format_table(rows: list[dict]) -> str:
         pure_ratio = f"{r['pure'] / r['native']:.2f}" if r.get("pure") is not None else ""
         lines.append(
             f"| {r['threads']} | {r['case']} | {shape} | {r['native'] * 1e3:.2f} | {r['ours'] * 1e3:.2f} | "
-            f"{r['ours'] / r['native']:.2f} | {pct[0]:.0f}, {pct[1]:.0f} | "
+            f"{r['ours'] / r['native']:.2f} | {r['ratio_median']:.2f} | {r['ratio_min']:.2f} | "
+            f"{pct[0]:.0f}, {pct[1]:.0f} | "
             f"{r['faults'][0]:.0f}, {r['faults'][1]:.0f} | {pure_ms} | {pure_ratio} | "
             f"{comp_ms} | {comp_ratio} | {comp_s} |"
         )
@@ -365,12 +382,18 @@ def machine() -> dict:
             "loadavg": [round(x, 2) for x in os.getloadavg()]}  # fmt: skip
 
 
+def command_line() -> str:
+    """This run's command, as a user would type it from the repository's root (the book prints it)."""
+    return shlex.join(["python", "benchmarks/" + os.path.basename(sys.argv[0]), *sys.argv[1:]])
+
+
 def write_json(path: str, rows: list[dict], **settings) -> None:
     """The measured rows as JSON: times in ms, ``ratio`` = bnlab ÷ native, as the printed table."""
     out = []
     for r in rows:
         row = {"threads": r["threads"], "case": r["case"], "shape": list(r["shape"]),
                "native_ms": r["native"] * 1e3, "bnlab_ms": r["ours"] * 1e3, "ratio": r["ours"] / r["native"],
+               "ratio_median": r["ratio_median"], "ratio_min": r["ratio_min"],
                "faults_per_call": list(r["faults"]), "min_passes": PASSES[r["case"]],
                "copy_pct": [round(float(v), 1) for v in bandwidth_pct(r, r["copy_bps"])]}  # fmt: skip
         if r.get("pure") is not None:
@@ -380,7 +403,7 @@ def write_json(path: str, rows: list[dict], **settings) -> None:
         out.append(row)
     lib = native_family.library_path()
     meta = {"torch": torch.__version__, "numpy": np.__version__, **machine(), **settings,
-            "bnlab_family": "native" if lib else "cpu"}  # fmt: skip
+            "bnlab_family": "native" if lib else "cpu", "command": command_line()}  # fmt: skip
     with open(path, "w", encoding="utf-8") as f:
         json.dump({**meta, "rows": out}, f, indent=1)
         f.write("\n")

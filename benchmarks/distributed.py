@@ -101,8 +101,8 @@ def _rank(rank: int, world: int, port: int, shapes, repeats: int, stat: str, que
             # aligns the ranks every training step: otherwise a rank's sync call also waits out the other
             # rank's previous (local) call, and the ratio measures the drift between ranks
             turns = interleaved(variants, repeats, before=dist.barrier)
-            t = {name: seconds for name, (seconds, _faults) in turns.items()}
-            f = {name: faults for name, (_seconds, faults) in turns.items()}
+            t = {name: timing.seconds for name, timing in turns.items()}
+            f = {name: timing.faults for name, timing in turns.items()}
             cpu_ratio = cpu._STAT(cpu_sync) / cpu._STAT(cpu_local)
             rows.append((layout, shape, x.numel() * 4 / 2**20, t["local"], t["sync"], f["local"], f["sync"], cpu_ratio))
     if rank == 0:

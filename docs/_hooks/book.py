@@ -456,6 +456,8 @@ def cpu_table(lang: str = "en") -> str:
             "torch ms",
             "bnlab ms",
             "bnlab ÷ torch",
+            "÷ of the medians",
+            "÷ of the minima",
             "page faults per call (torch, bnlab)",
             "torch.compile ms",
             "compile s",
@@ -467,6 +469,8 @@ def cpu_table(lang: str = "en") -> str:
             "torch ms",
             "bnlab ms",
             "bnlab ÷ torch",
+            "÷ de las medianas",
+            "÷ de los mínimos",
             "fallos de página por llamada (torch, bnlab)",
             "torch.compile ms",
             "compilación s",
@@ -474,7 +478,7 @@ def cpu_table(lang: str = "en") -> str:
     threads = "threads" if lang == "en" else "hilos"
     pure = any("pure_ms" in r for r in d["rows"])  # bnlab with its compiled family switched off
     if pure:
-        head[5:5] = ["pure ms", "pure ÷ torch"] if lang == "en" else ["pura ms", "pura ÷ torch"]
+        head[7:7] = ["pure ms", "pure ÷ torch"] if lang == "en" else ["pura ms", "pura ÷ torch"]
     rows = []
     for r in d["rows"]:
         comp = r.get("compiled_ms")
@@ -485,6 +489,8 @@ def cpu_table(lang: str = "en") -> str:
                 num(r["native_ms"], lang, 2),
                 num(r["bnlab_ms"], lang, 2),
                 f"**{num(r['ratio'], lang, 2)}**",
+                num(r["ratio_median"], lang, 2) if "ratio_median" in r else "",
+                num(r["ratio_min"], lang, 2) if "ratio_min" in r else "",
                 *([num(r["pure_ms"], lang, 2), num(r["pure_ratio"], lang, 2)] if "pure_ms" in r else ["", ""])[
                     : 2 if pure else 0
                 ],
@@ -510,16 +516,27 @@ def cpu_summary(lang: str = "en") -> str:
         shapes = "" if len(rs) > 1 else (f" ({shape(rs[0])})")
         parts.append(f"{case}{shapes} {rng([r['ratio'] for r in rs])}" + (f" ({rng(pure)})" if pure else ""))
     slower = [f"{r['case']} {shape(r)} ({num(r['ratio'], lang, 2)})" for r in rows if r["ratio"] > 1]
+    # the other statistic of the same calls (median where the table shows minima, and the reverse)
+    other = "ratio_median" if d["stat"] == "min" else "ratio_min"
+    by_other = [f"{r['case']} {shape(r)} ({num(r[other], lang, 2)})" for r in rows if r.get(other, 0) > 1]
     if lang == "en":
         text = (f"At 1 thread, bnlab ÷ torch over the shapes of the table ({d['stat']} of {d['repeats']} turns; the "
                 f"pure family in brackets): " + "; ".join(parts) + ". ")
         text += ("Still slower than torch: " + "; ".join(slower) + ".") if slower else "No row is slower than torch."
+        if any(other in r for r in rows):
+            name = "medians" if other == "ratio_median" else "minima"
+            text += (f" By the ratio of the {name} of the same calls: " + ("; ".join(by_other) + " slower."
+                     if by_other else "no row slower either."))  # fmt: skip
     else:
         stat = {"median": "mediana", "min": "mínimo"}.get(d["stat"], d["stat"])
         text = (f"Con 1 hilo, bnlab ÷ torch en las formas de la tabla ({stat} de {d['repeats']} turnos; entre "
                 f"paréntesis, la familia pura): " + "; ".join(parts) + ". ")
         text += ("Sigue siendo más lento que torch: " + "; ".join(slower) + ".") if slower else \
             "Ninguna fila es más lenta que torch."
+        if any(other in r for r in rows):
+            name = "las medianas" if other == "ratio_median" else "los mínimos"
+            text += (f" Por el cociente de {name} de las mismas llamadas: " + ("; ".join(by_other) + ", más lentos."
+                     if by_other else "ninguna fila más lenta tampoco."))  # fmt: skip
     return text
 
 

@@ -20,6 +20,7 @@ __all__ = [
     "functorch_transforms_active",
     "torch_dispatch_mode_active",
     "torch_function_mode_enabled",
+    "MODE_PROBES",
     "only_vmap_active",
     "process_group_timeout",
     "TorchBatchNormBase",
@@ -78,6 +79,16 @@ def torch_dispatch_mode_active() -> bool:
 def torch_function_mode_enabled() -> bool:
     """True while a ``__torch_function__`` mode is enabled."""
     return bool(torch._C._is_torch_function_mode_enabled())
+
+
+#: The C calls behind :func:`functorch_transforms_active`, :func:`torch_dispatch_mode_active` and
+#: :func:`torch_function_mode_enabled`, for a hot path that only needs their truth: no Python frame each
+#: (bnlab.nn._dispatch.eager_state runs them on every eager call).
+MODE_PROBES = (
+    torch._C._are_functorch_transforms_active,
+    torch._C._len_torch_dispatch_stack,
+    torch._C._is_torch_function_mode_enabled,
+)
 
 
 def only_vmap_active() -> bool:

@@ -292,6 +292,115 @@ def test_streamed_flat_runs_have_the_bits_of_the_row_by_row_pass(shape, monkeypa
 
 
 @needs_lib
+@pytest.mark.parametrize("relu", [False, True], ids=["plain", "relu"])
+@pytest.mark.parametrize("shape", [(5, 7, 24, 24), (3, 2, 1, 300), (9, 33, 16, 20)], ids=["24x24", "c2", "33ch"])
+def test_fused_nchw_backward_has_the_bits_of_the_two_passes(shape, relu, monkeypatch):
+    """NCHW rows of 2 KB or more whose channel fits half the L2 cache take the fused backward (a block of
+    channels at a time: its sums, then its dx while it is in L2): the sums are each channel's rows in sample
+    order as in the two passes, so dx has the bits of the unfused dx pass given those sums (float64: the sums
+    come back exact as dγ and dβ), at 1, 2 and 3 threads (blocks split among threads, one channel or several)."""
+    monkeypatch.setattr(native, "_GRAIN", 1)
+    c, axes = shape[1], (0, 2, 3)
+    x = _input(shape, None, dtype=torch.float64, seed=31)
+    dy = _input(shape, None, dtype=torch.float64, seed=32, loc=0.0, scale=1.0)
+    w = torch.linspace(-1.0, 1.5, c, dtype=torch.float64)
+    b = torch.zeros(c, dtype=torch.float64)
+    y, mean, var = native.forward(x, w, b, EPS, axes, relu=True)
+    y = y if relu else None
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            dx, dw, db = native.backward(dy, x, mean, var, w, EPS, axes, y=y)
+            sums = (db, dw, float(x.numel() // c))  # Σg and Σg·x̂: given, the kernel skips its own reduction
+            two_pass = native.backward(dy, x, mean, var, w, EPS, axes, (True, False, False), y=y, sums=sums)[0]
+            assert torch.equal(dx, two_pass)
+            # other given sums (synchronized BN's global ones) with dγ and dβ asked too: dx from the given sums
+            other = (2 * db, dw / 2, 3.0 * x.numel() // c)
+            dx_other = native.backward(dy, x, mean, var, w, EPS, axes, (True, False, False), y=y, sums=other)[0]
+            assert torch.equal(native.backward(dy, x, mean, var, w, EPS, axes, y=y, sums=other)[0], dx_other)
+            results.append((dx, dw, db))
+        for other in results[1:]:
+            assert all(torch.equal(a, b) for a, b in zip(results[0], other, strict=True))
+    finally:
+        torch.set_num_threads(before)
+    xv = x.clone().requires_grad_()
+    out = torch.nn.functional.batch_norm(xv, None, None, w, b, training=True, eps=EPS)
+    (out.relu() if relu else out).backward(dy)
+    torch.testing.assert_close(results[0][0], xv.grad, rtol=1e-9, atol=1e-9)
+
+
+def _every_kernel(fmt, dtype):
+    """Every kernel of the library once (forward with ReLU, normalize, backward with and without given sums,
+    float64 statistics, the running update) on one input: their outputs, in order."""
+    x = _input((6, 10, 5, 7), fmt, dtype=dtype, seed=41)
+    dy = _input((6, 10, 5, 7), fmt, dtype=dtype, seed=42, loc=0.0, scale=1.0)
+    w, b = torch.linspace(-1, 2, 10, dtype=dtype), torch.linspace(0.5, -0.5, 10, dtype=dtype)
+    axes = _axes(x)
+    y, mean, var = native.forward(x, w, b, EPS, axes, relu=True)
+    out = [y, mean, var, native.normalize(x, mean, var, w, b, EPS, axes)]
+    out += native.backward(dy, x, mean, var, w, EPS, axes, y=y)
+    g = torch.Generator().manual_seed(43)
+    sums = (*torch.randn(2, 10, generator=g, dtype=torch.float64), 1234.0)
+    out += native.backward(dy, x, mean, var, w, EPS, axes, (True, False, False), sums=sums)[:1]
+    out += native.batch_stats_float64(x.float(), axes)
+    rm, rv = torch.zeros(10, dtype=dtype), torch.ones(10, dtype=dtype)
+    assert native.update_running(rm, rv, mean, var, 210, 0.1)
+    return out + [rm, rv]
+
+
+@needs_lib
+@pytest.mark.skipif(native.call_path() != "extension", reason="no Python headers: the call module is not built")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("fmt", [None, CL], ids=["nchw", "cl"])
+def test_the_call_module_and_ctypes_give_the_same_bits(fmt, dtype, monkeypatch):
+    """The kernels called through the call module (csrc/call/bncall.c: each argument read by the CPython API)
+    and through ctypes (each argument converted by its argtypes) get the same arguments: every output of every
+    kernel has the same bits."""
+    through_module = _every_kernel(fmt, dtype)
+    monkeypatch.setitem(native._state, "call", None)
+    monkeypatch.setattr(native, "_fns", {})
+    through_ctypes = _every_kernel(fmt, dtype)
+    assert len(through_module) == len(through_ctypes) == 12
+    for a, b in zip(through_module, through_ctypes, strict=True):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+@needs_lib
+@pytest.mark.skipif(native.call_path() != "extension", reason="no Python headers: the call module is not built")
+def test_the_call_module_refuses_bad_arguments_without_calling():
+    """A wrong number of arguments, a string for a count or a pointer, and no kernel address: a TypeError or
+    ValueError naming the problem, no kernel run (the output keeps its bits)."""
+    x = torch.randn(4, 3, 5)
+    y = torch.full_like(x, 7.0)
+    fn = native._fn("normalize", torch.float32)
+    args = [x.data_ptr(), 4, 3, 5, 0, None, None, None, None, 1e-5, y.data_ptr(), 1]
+    with pytest.raises(TypeError, match="12 arguments given, 13 expected"):
+        fn(*args[:-1])
+    for k, bad in ((1, "4"), (0, "x")):
+        wrong = list(args)
+        wrong[k] = bad
+        with pytest.raises(TypeError):
+            fn(*wrong)
+    with pytest.raises(ValueError, match="no kernel address"):
+        native._state["call"].normalize(0, *args)
+    assert torch.equal(y, torch.full_like(x, 7.0))
+
+
+@needs_lib
+@pytest.mark.slow
+def test_bnlab_native_call_ctypes_calls_through_ctypes(tmp_path):
+    """BNLAB_NATIVE_CALL=ctypes (or a Python without its headers): no call module is built, the kernels are
+    called through ctypes, and the results agree."""
+    probe = "\nprint(json.dumps({'call': native.call_path(), 'y': y.flatten().tolist()[:20]}))"
+    got = _run(_PROBE + probe, {"BNLAB_NATIVE_CALL": "ctypes", "BNLAB_CACHE_DIR": str(tmp_path)})
+    assert got["call"] == "ctypes"
+    assert not list(tmp_path.rglob("bncall-*"))
+    assert got["y"] == _run(_PROBE + probe, {"BNLAB_CACHE_DIR": str(tmp_path)})["y"]
+
+
+@needs_lib
 def test_covers_and_the_chain():
     """native covers dense float32/float64 per-channel calls; fp16, strided views, other axes, recorded calls
     and mismatched dtypes go on down the chain (cpu, then composed)."""
@@ -493,18 +602,24 @@ def test_bnlab_native_0_disables_the_family(tmp_path):
 @needs_lib
 @pytest.mark.slow
 def test_truncated_library_is_rebuilt(tmp_path):
-    """A cached library cut short (a crash while copying, a full disk) is rebuilt on the next first use."""
+    """A cached library cut short (a crash while copying, a full disk) is rebuilt on the next first use; so is
+    the call module (the CPython extension that calls the kernels, where Python's headers are installed)."""
     env = {"BNLAB_CACHE_DIR": str(tmp_path)}
-    first = _run(_PROBE + "\nprint(json.dumps({'path': str(native.library_path())}))", env)
-    path = first["path"]
-    size = os.path.getsize(path)
-    with open(path, "r+b") as f:
-        f.truncate(size // 3)
-    again = _run(_PROBE, env)
-    assert again["available"] is True and again["family"] == "native"
-    assert os.path.getsize(path) == size
+    probe = "\ncall = native._state.get('call')"
+    probe += "\nprint(json.dumps({'paths': [str(native.library_path())] + ([call.__file__] if call else [])}))"
+    first = _run(_PROBE + probe, env)
+    paths = first["paths"]
+    sizes = [os.path.getsize(p) for p in paths]
+    for path, size in zip(paths, sizes, strict=True):
+        with open(path, "r+b") as f:
+            f.truncate(size // 3)
+    assert _run(_PROBE, env)["family"] == "native"
+    again = _run(_PROBE + probe, env)
+    assert again["paths"] == paths
+    assert [os.path.getsize(p) for p in paths] == sizes
     names = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
-    assert names == sorted([os.path.basename(path), os.path.basename(path)[:-3] + ".sha256"])  # no temporaries
+    want = [os.path.basename(p) for p in paths] + [os.path.splitext(os.path.basename(p))[0] + ".sha256" for p in paths]
+    assert names == sorted(want)  # no temporaries
 
 
 @needs_lib

@@ -40,8 +40,8 @@ BUGS = [
          tests=[N + "test_forward_normalize_backward_vs_float64_numpy"]),
     # synchronized BN's global sums ignored for dx
     dict(name="native-given-sums-ignored", path=BODY,
-         old="        double sum_dy = given_sums ? given_sums[ch] : s1[ch];",
-         new="        double sum_dy = s1[ch];",
+         old="        CAT(dx_coefficients_, SFX)(ch, w, invstd, given_sums ? given_sums[ch] : s1[ch],",
+         new="        CAT(dx_coefficients_, SFX)(ch, w, invstd, s1[ch],",
          tests=[K + "test_global_sums_backward_matches_local_and_float64"]),
     # normalize without the shifted form where |μ|/σ is large
     dict(name="native-no-shifted-normalize", path=BODY.replace("bn_body.h", "bn.c"),

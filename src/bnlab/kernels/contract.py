@@ -231,8 +231,8 @@ def entry_points(name: str, covers, implementation: dict):
     def batch_stats(x, axes):
         return run(head, "batch_stats", (x, axes), {})
 
-    # the two calls of every eager forward ask this family first, without the walk's bookkeeping (a few µs of
-    # a small call); a decline or a no goes on down the chain from the next family, as in run
+    # the calls of every eager step (forward, normalize, backward) ask this family first, without the walk's
+    # bookkeeping (a few µs of a small call); a decline or a no goes on down the chain from the next family
     def head_first(op: str, args: tuple, x, axes, tensors: tuple):
         if covers(x, axes, *tensors, op=op):
             try:
@@ -248,7 +248,8 @@ def entry_points(name: str, covers, implementation: dict):
         return head_first("forward", (x, weight, bias, eps, axes, relu), x, axes, (weight, bias))
 
     def backward(dy, x, mean, var, weight, eps, axes, needs=(True, True, True), y=None, sums=None):
-        return run(head, "backward", (dy, x, mean, var, weight, eps, axes, needs, y, sums), {})
+        args = (dy, x, mean, var, weight, eps, axes, needs, y, sums)
+        return head_first("backward", args, *_backward_args(*args))
 
     fns = (batch_stats, normalize, forward, backward)
     for fn in fns:

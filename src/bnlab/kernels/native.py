@@ -16,7 +16,9 @@ The kernels (``csrc/bn.c``, each naming the definition it implements):
 - backward (:func:`.composed.backward`, :func:`.composed.grad_coefficients`): Σdy and Σdy·(x − μ) in one
   pass (float64 data: float64 sums; float32 data: float32 SIMD blocks of at most 8 terms per lane combined in
   float64, error ≤ 9·2⁻²⁴·Σ|dy·(x − μ)| whatever the count, bound in ``csrc/bn.c``), then
-  dx = c·dy + d·(x − μ) + e in one pass (also with synchronized BN's global sums, given in float64).
+  dx = c·dy + d·(x − μ) + e in one pass (also with synchronized BN's global sums, given in float64); NCHW rows
+  of 2 KB or more whose channel fits half the L2 cache take a block of channels at a time, its sums then its
+  dx, so dx reads x and dy from L2 (the same bits: ``csrc/bn.c``, "the NCHW backward, fused").
 
 float32 outputs above 4 MB are written with streaming stores (no read of the output's lines before they are
 written; ``csrc/bn.c``, "streaming stores"): row by row where rows start on cache lines, else (NCHW rows of
@@ -29,8 +31,12 @@ The build: ``$CC`` (default ``cc``) ``-O3 -fopenmp -shared -fPIC`` (+ ``-mavx2 -
 AVX2 or better), about 1 s, into a per-user cache directory (``$BNLAB_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/bnlab`` or ``~/.cache/bnlab``, subdirectory ``native``), one file per source hash,
 compiler and flags, written under a temporary name and renamed into place (concurrent first uses are
-safe). A library that does not load (a truncated file) is rebuilt once. No compiler, or a build that fails:
-:func:`available` is False (one debug log line) and :func:`covers` says no, so the pure families run.
+safe). A library that does not load (a truncated file) is rebuilt once. Where Python's headers are installed a
+small CPython extension, the call module (``csrc/call/bncall.c``, cached the same way per Python ABI), makes
+the calls: it reads their ints, floats and pointers with the C API (~0.1 µs) where ctypes' argtypes take
+1.5–2 µs; without it, or with ``BNLAB_NATIVE_CALL=ctypes``, ctypes calls the same functions
+(:func:`call_path`). No compiler, or a build that fails: :func:`available` is False (one debug log line) and
+:func:`covers` says no, so the pure families run.
 ``BNLAB_NATIVE=0`` in the environment disables the family. The kernels use ``torch.get_num_threads()``
 OpenMP threads per call (one in a child made by ``fork()``: GNU OpenMP's pool does not survive it).
 """
@@ -38,11 +44,16 @@ OpenMP threads per call (one in a child made by ``fork()``: GNU OpenMP's pool do
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
+import importlib.machinery
+import importlib.util
 import logging
 import os
 import shutil
 import subprocess
+import sys
+import sysconfig
 import tempfile
 import threading
 from pathlib import Path
@@ -53,11 +64,12 @@ from . import contract
 
 __all__ = [
     "NAME", "covers", "batch_stats", "normalize", "forward", "backward", "batch_stats_float64", "update_running",
-    "available", "library_path",
+    "available", "library_path", "static_covers", "call_path", "normalize_at", "shape_of",
 ]  # fmt: skip
 
 NAME = "native"
 SOURCE = Path(__file__).with_name("csrc") / "bn.c"  # includes bn_body.h (every csrc file is hashed)
+CALL_SOURCE = SOURCE.parent / "call" / "bncall.c"  # the call module (a CPython extension), built apart
 ABI = 2  # BNLAB_NATIVE_ABI in csrc/bn.c
 _FLOAT = {torch.float32: "f32", torch.float64: "f64"}
 _PLAIN = (torch.Tensor, torch.nn.Parameter)  # not subclasses (fake, functorch, user subclasses): their data_ptr
@@ -139,14 +151,14 @@ def _intact(path: Path) -> bool:
         return False
 
 
-def _build(cc: str, flags: list[str], target: Path) -> bool:
-    """Compile the source into ``target``, then write its stamp; each file is written under a temporary name
+def _build(cc: str, flags: list[str], target: Path, source: Path = SOURCE) -> bool:
+    """Compile ``source`` into ``target``, then write its stamp; each file is written under a temporary name
     in the same directory and renamed into place, so a concurrent first use never sees half a file."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkstemp(prefix=".build-", suffix=".so", dir=target.parent)[1])
     tmp_stamp = Path(tempfile.mkstemp(prefix=".build-", suffix=".sha256", dir=target.parent)[1])
     try:
-        done = subprocess.run([cc, *flags, str(SOURCE), "-o", str(tmp)], capture_output=True, text=True,
+        done = subprocess.run([cc, *flags, str(source), "-o", str(tmp)], capture_output=True, text=True,
                               timeout=300)  # fmt: skip
         if done.returncode != 0:
             _log.debug("bnlab native kernels: %s failed (%s): %s", cc, done.returncode, done.stderr.strip()[-300:])
@@ -202,6 +214,7 @@ def _open():
         for attempt in (flags, [f for f in flags if f != "-fopenmp"]):
             lib = _open_with(*compiler, attempt)
             if lib is not None:
+                _state["call"] = _open_call(*compiler)
                 return lib
         return None
     except (OSError, subprocess.SubprocessError) as exc:
@@ -226,6 +239,41 @@ def _open_with(cc: str, identity: str, flags: list[str]):
         _state["path"] = path
         return lib
     return None
+
+
+def _open_call(cc: str, identity: str):
+    """The call module (``csrc/call/bncall.c``) for this Python, from the cache or built now; None where
+    Python's headers are missing, ``BNLAB_NATIVE_CALL=ctypes`` is set, or the build fails (ctypes calls then)."""
+    if os.environ.get("BNLAB_NATIVE_CALL", "").strip().lower() == "ctypes":
+        return None
+    include = sysconfig.get_paths().get("include") or ""
+    if not os.path.exists(os.path.join(include, "Python.h")):
+        _log.debug("bnlab native kernels: no Python headers in %r; calls go through ctypes", include)
+        return None
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    flags = ["-O2", "-shared", "-fPIC", f"-I{include}"]
+    if sys.platform == "darwin":
+        flags += ["-undefined", "dynamic_lookup"]
+    key = hashlib.sha256(CALL_SOURCE.read_bytes() + f"\0{identity}\0{' '.join(flags)}\0{suffix}".encode())
+    path = cache_dir() / f"bncall-{key.hexdigest()[:20]}{suffix}"
+    try:
+        if not _intact(path) and not _build(cc, flags, path, CALL_SOURCE):
+            return None
+        loader = importlib.machinery.ExtensionFileLoader("_bnlab_call", str(path))
+        spec = importlib.util.spec_from_file_location("_bnlab_call", path, loader=loader)
+        module = importlib.util.module_from_spec(spec)
+        loader.exec_module(module)
+        return module
+    except (ImportError, OSError) as exc:
+        _log.debug("bnlab native kernels: the call module does not load (%s); calls go through ctypes", exc)
+        return None
+
+
+def call_path() -> str | None:
+    """How the kernels are called: ``"extension"`` (the call module), ``"ctypes"``, or None (no library)."""
+    if not available():
+        return None
+    return "extension" if _state.get("call") is not None else "ctypes"
 
 
 def _lib():
@@ -257,7 +305,7 @@ def _layout(x: torch.Tensor) -> int | None:
     return 0 if fmt is torch.contiguous_format else 1
 
 
-def _static_covers(x: torch.Tensor, axes) -> bool:
+def static_covers(x: torch.Tensor, axes) -> bool:
     """The part of :func:`covers` that depends on x's dtype, shape and strides and the axes only, cached per
     such key (a few microseconds a call on small tensors)."""
     key = (x.dtype, x.shape, x.stride(), axes)
@@ -282,7 +330,7 @@ def covers(x: torch.Tensor, axes: tuple[int, ...], *tensors, op: str) -> bool:
     """Dense float32/float64 CPU input, per-channel axes, the other tensors plain CPU tensors of x's dtype
     (or None; the backward's given sums also float64: the kernel reads them in float64), no autograd
     recording, and the library loaded (:func:`available`)."""
-    if type(x) not in _PLAIN or not x.is_cpu or not _static_covers(x, tuple(axes)):
+    if type(x) not in _PLAIN or not x.is_cpu or not static_covers(x, tuple(axes)):
         return False
     dtype = x.dtype
     for i, t in enumerate(tensors):
@@ -301,13 +349,20 @@ def covers(x: torch.Tensor, axes: tuple[int, ...], *tensors, op: str) -> bool:
 # ---- implementations --------------------------------------------------------------------------------------
 
 
-def _fn(op: str, dtype: torch.dtype):
-    """The library's ``bn_<op>_<f32|f64>`` (cached: a ctypes attribute lookup and an f-string per call add up
-    on small tensors)."""
-    key = (op, dtype)
+def _fn(op: str, dtype: torch.dtype, via: str | None = None):
+    """The library's ``bn_<op>_<f32|f64>`` as a Python callable: through the call module where it loaded, else
+    ctypes (``via``: ``"ctypes"`` or ``"extension"`` to ask for one). Cached: a ctypes attribute lookup and an
+    f-string per call add up on small tensors."""
+    key = (op, dtype, via)
     fn = _fns.get(key)
     if fn is None:
-        fn = _fns[key] = getattr(_lib(), f"bn_{op}_{_FLOAT[dtype]}")
+        fn = getattr(_lib(), f"bn_{op}_{_FLOAT[dtype]}")
+        call = _state.get("call") if via != "ctypes" else None
+        if via == "extension" and call is None:
+            raise RuntimeError("the native call module is not loaded (see native.call_path())")
+        if call is not None:  # the kernel's address, bound to the call module's function of its signature
+            fn = functools.partial(getattr(call, op), ctypes.cast(fn, ctypes.c_void_p).value)
+        _fns[key] = fn
     return fn
 
 
@@ -326,7 +381,7 @@ def _vec(t: torch.Tensor | None, c: int) -> torch.Tensor | None:
     return t if t.is_contiguous() else t.contiguous()
 
 
-def _shape(x: torch.Tensor) -> tuple[int, int, int, int]:
+def shape_of(x: torch.Tensor) -> tuple[int, int, int, int]:
     """(N, C, S = the values per sample and channel, layout); S = 1 (an (N, C) input, or H·W = 1) is
     channels_last whatever the strides say: rows of C contiguous values, summed a row at a time."""
     key = (x.shape, x.stride())
@@ -344,7 +399,7 @@ _shapes: dict = {}
 
 
 def _run_forward(x, weight, bias, eps, want_y: bool, relu: bool):
-    n, c, s, cl = _shape(x)
+    n, c, s, cl = shape_of(x)
     weight, bias = _vec(weight, c), _vec(bias, c)
     mean, var = x.new_empty(c), x.new_empty(c)
     y = torch.empty_like(x) if want_y else None
@@ -371,7 +426,7 @@ def batch_stats_float64(x: torch.Tensor, axes: tuple[int, ...]) -> tuple[torch.T
     (:mod:`bnlab.distributed`), where a mean rounded to float32 would need one more float64 pass over x."""
     if not covers(x, axes, op="batch_stats"):
         return None
-    n, c, s, cl = _shape(x)
+    n, c, s, cl = shape_of(x)
     mean = torch.empty(c, dtype=torch.float64)
     var = torch.empty(c, dtype=torch.float64)
     ok = _fn("stats64", x.dtype)(x.data_ptr(), n, c, s, cl, mean.data_ptr(), var.data_ptr(), _threads(x.numel()))
@@ -387,12 +442,18 @@ def _forward(x, weight, bias, eps, axes, relu=False):
 
 def _normalize(x, mean, var, weight, bias, eps, axes):
     """y = γ (x − μ)/√(σ² + ε) + β (:func:`.composed.normalize`), one pass."""
-    n, c, s, cl = _shape(x)
+    geometry = shape_of(x)
+    c = geometry[1]
+    return normalize_at(geometry, x, _vec(mean, c), _vec(var, c), _vec(weight, c), _vec(bias, c), eps)
+
+
+def normalize_at(geometry: tuple[int, int, int, int], x, mean, var, weight, bias, eps):
+    """:func:`_normalize` given x's ``geometry`` (its :func:`shape_of`) and per-channel tensors that are contiguous
+    vectors of C values already: what a planned call (:mod:`bnlab.nn._planned`) knows from its first call."""
+    n, c, s, cl = geometry
     y = torch.empty_like(x)
-    fn = _fn("normalize", x.dtype)
-    mean, var, weight, bias = _vec(mean, c), _vec(var, c), _vec(weight, c), _vec(bias, c)
-    ok = fn(x.data_ptr(), n, c, s, cl, mean.data_ptr(), var.data_ptr(), _ptr(weight), _ptr(bias), float(eps),
-            y.data_ptr(), _threads(x.numel()))  # fmt: skip
+    ok = _fn("normalize", x.dtype)(x.data_ptr(), n, c, s, cl, mean.data_ptr(), var.data_ptr(), _ptr(weight),
+                                   _ptr(bias), float(eps), y.data_ptr(), _threads(x.numel()))  # fmt: skip
     if ok != 1:
         raise MemoryError("bnlab native kernels: out of memory for the per-channel buffers")
     return y
@@ -402,7 +463,7 @@ def _backward(dy, x, mean, var, weight, eps, axes, needs=(True, True, True), y=N
     """Closed-form gradients (:func:`.composed.backward`): one reduction pass (float32 blocks combined in float64,
     see the module docstring), one pass for dx."""
     need_x, need_w, need_b = needs
-    n, c, s, cl = _shape(x)
+    n, c, s, cl = shape_of(x)
     strides = x.stride()
     if dy.stride() != strides:  # (same shape: the contract) another layout: x's
         dy = dy.contiguous(memory_format=contract.dense_format(x))

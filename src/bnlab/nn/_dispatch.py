@@ -46,6 +46,7 @@ from ..kernels import composed
 
 __all__ = [
     "route",
+    "eager_state",
     "records_grad",
     "train",
     "evaluate",
@@ -97,7 +98,23 @@ def records_grad(*tensors) -> bool:
     autograd node the same way."""
     if not torch.is_grad_enabled():
         return False
-    return any(t is not None and t.requires_grad for t in tensors)
+    for t in tensors:
+        if t is not None and t.requires_grad:
+            return True
+    return False
+
+
+def eager_state() -> bool:
+    """No compiler tracing, forward-mode AD, functorch transform, torch-dispatch mode or ``__torch_function__``
+    mode is active: the state in which a plain tensor takes door ``eager`` (:func:`route`)."""
+    transforms, dispatch_modes, function_modes = _compat.MODE_PROBES
+    return not (
+        torch.compiler.is_compiling()
+        or getattr(forward_ad, "_current_level", -1) >= 0
+        or transforms()
+        or dispatch_modes()
+        or function_modes()
+    )
 
 
 def route(x: Tensor) -> str:
@@ -115,6 +132,8 @@ def route(x: Tensor) -> str:
     - ``"op"``: everywhere else — ``torch.export``, fake tensors, vmap, subclasses — the registered
       operator, so tracers see one op with its fake implementation and vmap rule.
     """
+    if (type(x) is Tensor or type(x) is torch.nn.Parameter) and eager_state():
+        return "eager"
     compiling = torch.compiler.is_compiling()
     if not compiling and getattr(forward_ad, "_current_level", -1) >= 0:
         return "stock"
@@ -122,13 +141,6 @@ def route(x: Tensor) -> str:
         return "op" if _compat.only_vmap_active() else "stock"
     if compiling and torch.compiler.is_dynamo_compiling() and not torch.compiler.is_exporting():
         return "compiled"
-    if (
-        (type(x) is Tensor or type(x) is torch.nn.Parameter)
-        and not compiling
-        and not _compat.torch_dispatch_mode_active()
-        and not _compat.torch_function_mode_enabled()
-    ):
-        return "eager"
     return "op"
 
 
@@ -140,7 +152,7 @@ def train(x: Tensor, weight, bias, axes: tuple[int, ...], eps: float, relu: bool
         if small is not None:
             return small
         if not records_grad(x, weight, bias):  # nothing to differentiate: no autograd node, as torch's C++
-            return _kernel_train(x, weight, bias, axes, eps, relu)
+            return kernel_train(x, weight, bias, axes, eps, relu)
         return KernelTrainFunction.apply(x, weight, bias, axes, eps, relu)
     if door == "compiled":
         return ComposedTrainFunction.apply(x, weight, bias, axes, eps, relu)
@@ -168,7 +180,20 @@ def _torch_small_train(x: Tensor, weight, bias, axes: tuple[int, ...], eps: floa
     else — an offset that needs the shifted normalize, a variance that overflows, NaN/inf — returns None and
     the call takes the kernels (:class:`KernelTrainFunction`), which decide as usual.
     """
-    if (
+    if not small_train_shape(x, weight, bias, axes):
+        return None
+    mean, var = torch.batch_norm_update_stats(x.detach(), None, None, 0.0)  # (detached: no autograd record)
+    if not _fits_without_shift(mean, var, eps):
+        return None
+    y = torch.batch_norm(x, weight, bias, None, None, True, 0.0, eps, False)
+    return (torch.relu(y) if relu else y), mean, var
+
+
+def small_train_shape(x: Tensor, weight, bias, axes: tuple[int, ...]) -> bool:
+    """The part of :func:`_torch_small_train`'s condition that does not read the data: dense contiguous NCHW
+    float32/float64 CPU, more than one value per row, at most :data:`SMALL_NUMEL` values, parameters of x's
+    dtype."""
+    return not (
         x.dtype not in (torch.float32, torch.float64)
         or x.device.type != "cpu"
         or x.numel() > SMALL_NUMEL
@@ -178,13 +203,7 @@ def _torch_small_train(x: Tensor, weight, bias, axes: tuple[int, ...], eps: floa
         or axes != tuple(range(0, 1)) + tuple(range(2, x.dim()))
         or (weight is not None and weight.dtype != x.dtype)
         or (bias is not None and bias.dtype != x.dtype)
-    ):
-        return None
-    mean, var = torch.batch_norm_update_stats(x.detach(), None, None, 0.0)  # (detached: no autograd record)
-    if not _fits_without_shift(mean, var, eps):
-        return None
-    y = torch.batch_norm(x, weight, bias, None, None, True, 0.0, eps, False)
-    return (torch.relu(y) if relu else y), mean, var
+    )
 
 
 def _fits_without_shift(mean: Tensor, var: Tensor, eps: float) -> bool:
@@ -352,7 +371,7 @@ def _(count):
 # operator's implementation (below the autograd dispatch key), or where no tensor requires grad (:func:`train`).
 
 
-def _kernel_train(x, weight, bias, axes: tuple[int, ...], eps: float, relu: bool):
+def kernel_train(x, weight, bias, axes: tuple[int, ...], eps: float, relu: bool):
     k = kernels.select(x)
     if relu:
         out = k.forward(x, weight, bias, eps, axes, relu=True)
@@ -369,7 +388,7 @@ def _kernel_backward(dy, x, mean, var, weight, y, axes: tuple[int, ...], eps: fl
     return k.backward(dy, x, mean, var, weight, eps, axes, needs)
 
 
-def _train_setup(ctx, inputs, output):
+def train_setup(ctx, inputs, output):
     x, weight, bias, axes, eps, relu = inputs
     y, mean, var = output
     ctx.save_for_backward(x, weight, mean, var, y if relu else None)
@@ -378,7 +397,7 @@ def _train_setup(ctx, inputs, output):
     ctx.mark_non_differentiable(mean, var)
 
 
-def _train_backward(ctx, dy, _dmean, _dvar):
+def train_backward(ctx, dy, _dmean, _dvar):
     """The backward of the kernel door and of the custom operator (closed form, Alg. 1)."""
     x, weight, mean, var, y = ctx.saved_tensors
     needs = [bool(n) for n in ctx.needs_input_grad[:3]]
@@ -412,11 +431,11 @@ class KernelTrainFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, axes, eps, relu):
-        out = _kernel_train(x, weight, bias, axes, eps, relu)
-        _train_setup(ctx, (x, weight, bias, axes, eps, relu), out)
+        out = kernel_train(x, weight, bias, axes, eps, relu)
+        train_setup(ctx, (x, weight, bias, axes, eps, relu), out)
         return out
 
-    backward = staticmethod(_train_backward)
+    backward = staticmethod(train_backward)
 
 
 class KernelEvalFunction(torch.autograd.Function):
@@ -556,7 +575,7 @@ def train_op(
     x: Tensor, weight: Tensor | None, bias: Tensor | None, axes: list[int], eps: float, relu: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Alg. 1 in training mode: (y, μ_B, σ²_B); y = max(BN(x), 0) when ``relu``."""
-    return _kernel_train(x, weight, bias, tuple(axes), eps, relu)
+    return kernel_train(x, weight, bias, tuple(axes), eps, relu)
 
 
 @train_op.register_fake
@@ -594,7 +613,7 @@ def _(dy, x, mean, var, weight, y, axes, eps, needs):
     return dx, dw, db
 
 
-train_op.register_autograd(_train_backward, setup_context=_train_setup)
+train_op.register_autograd(train_backward, setup_context=train_setup)
 
 
 # vmap: the vmapped dimension of x becomes one more feature axis (a statistic per vmapped entry), so

@@ -61,7 +61,7 @@ from torch import Tensor
 from .. import _compat
 from ..axes import check_eps, check_input, check_momentum
 from ..kernels import composed, native
-from . import _dispatch
+from . import _dispatch, _planned
 from ._dispatch import VarianceOverflowError, check_variance_fits
 
 __all__ = [
@@ -113,6 +113,15 @@ def batch_norm(
     than 2 masked-in values is refused (ValueError, no state changed). In eval mode the mask is checked and
     then ignored: the running statistics normalize every value. See docs/mask.md.
     """
+    if axes is None and mask is None and virtual_batch is None:  # a plain eager CPU call: planned once
+        planned = _planned.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps,
+                                      activation)  # fmt: skip
+        if planned is not None:
+            y, mean, var, count = planned
+            if training and running_mean is not None:  # (the native update where it applies: same bits)
+                if not native.update_running(running_mean, running_var, mean, var, count, momentum):
+                    update_running_stats(running_mean, running_var, mean, var, count, momentum)
+            return y
     axes = checked_axes(input, axes, training, running_mean, running_var, weight, bias, eps, momentum, activation)
     if mask is not None:
         return _masked_batch_norm(

@@ -253,6 +253,34 @@ int CAT(bn_normalize_, SFX)(const T *x, int64_t n, int64_t c, int64_t s, int cl,
     return 1;
 }
 
+/* dx = g*c1 + (d1*(x - mu) + e1) over one NCHW row of s values, g = dy (0 where ym <= 0): float32 in 8-wide
+ * vectors (streaming stores if stream), float64 one value at a time */
+static inline void CAT(grad_row_, SFX)(const T *g, const T *x, const T *ym, T *o, int64_t s, double c1, double d1,
+                                     double e1, T mu, int stream) {
+#if IS_F32
+    dx_row_f32(g, x, ym, o, s, (float)c1, (float)d1, (float)e1, mu, stream);
+#else
+    (void)stream;
+    const T cc = (T)c1, dd = (T)d1, ee = (T)e1;
+    if (ym) {
+        #pragma omp simd
+        for (int64_t j = 0; j < s; j++) o[j] = (ym[j] > 0 ? g[j] : (T)0) * cc + (dd * (x[j] - mu) + ee);
+    } else {
+        #pragma omp simd
+        for (int64_t j = 0; j < s; j++) o[j] = g[j] * cc + (dd * (x[j] - mu) + ee);
+    }
+#endif
+}
+
+/* dx = c*g + d*(x - mu) + e per channel (composed.grad_coefficients), from the sums of m values */
+static inline void CAT(dx_coefficients_, SFX)(int64_t ch, const T *w, const double *invstd, double sum_dy,
+                                              double sum_dy_xhat, double m, double *cc, double *dd, double *ee) {
+    double gc = w ? (double)w[ch] * invstd[ch] : invstd[ch];
+    cc[ch] = gc;
+    dd[ch] = -gc * invstd[ch] * sum_dy_xhat / m;
+    ee[ch] = -gc * sum_dy / m;
+}
+
 /* backward (composed.backward + composed.grad_coefficients): g = dy (0 where the ReLU output yr <= 0);
  * sums[0] = sum g, sums[1] = sum g*(x - mu) per channel (float64, one pass; skipped when given_sums), then
  * dx = c*g + d*(x - mu) + e in one pass. given_sums: (sum dy, sum dy*xhat) of a larger set of m values. */
@@ -263,6 +291,44 @@ int CAT(bn_backward_, SFX)(const T *dy, const T *x, const T *yr, int64_t n, int6
     if (!buf) return -1;
     double *s1 = buf, *s2 = buf + c, *invstd = buf + 2 * c, *cc = buf + 3 * c, *dd = buf + 4 * c, *ee = buf + 5 * c;
     for (int64_t ch = 0; ch < c; ch++) invstd[ch] = 1.0 / sqrt((double)var_in[ch] + eps);
+    /* (not where the dx pass streams rows that do not start on cache lines: those flat runs win there) */
+    const int64_t fcb = reduce && !cl && dx && !given_sums && !(IS_F32 && nchw_flat_stream(n * c, s))
+                            ? fused_channels(n, c, s, sizeof(T), yr != NULL, nt) : 0;
+    if (fcb) {
+        /* NCHW, fused: a block of fcb channels at a time, its sums, then its dx while its x and dy are still in
+         * the L2 cache (the dx pass reads them from there, not from memory). The same sums (each channel's
+         * rows in sample order), coefficients and dx arithmetic as the two passes below: the same bits. */
+        const double m = (double)n * (double)s;
+        const int64_t nb = (c + fcb - 1) / fcb;
+        const int stream = IS_F32 && nchw_stream(dx, n * c, s);
+        #pragma omp parallel num_threads(nt) if(nt > 1)
+        {
+            #pragma omp for schedule(static) nowait
+            for (int64_t cb = 0; cb < nb; cb++) {
+                const int64_t c0 = cb * fcb, c1 = c0 + fcb < c ? c0 + fcb : c;
+                for (int64_t i = 0; i < n; i++)
+                    for (int64_t ch = c0; ch < c1; ch++) {
+                        const int64_t o = (i * c + ch) * s;
+                        CAT(bwd_row_, SFX)(dy + o, x + o, yr ? yr + o : NULL, s, mean_in[ch], s1 + ch, s2 + ch);
+                    }
+                for (int64_t ch = c0; ch < c1; ch++)
+                    CAT(dx_coefficients_, SFX)(ch, w, invstd, s1[ch], s2[ch] * invstd[ch], m, cc, dd, ee);
+                for (int64_t i = 0; i < n; i++)
+                    for (int64_t ch = c0; ch < c1; ch++) {
+                        const int64_t o = (i * c + ch) * s;
+                        CAT(grad_row_, SFX)(dy + o, x + o, yr ? yr + o : NULL, dx + o, s, cc[ch], dd[ch], ee[ch],
+                                          mean_in[ch], stream);
+                    }
+            }
+            fence(stream);
+        }
+        for (int64_t ch = 0; ch < c; ch++) {
+            if (db) db[ch] = (T)s1[ch];
+            if (dw) dw[ch] = (T)(s2[ch] * invstd[ch]);
+        }
+        free(buf);
+        return 1;
+    }
     if (reduce && !cl) {
         /* blocks of NCHW_CB channels read in memory order (as the statistics); each channel's sums are the
          * sums of its rows in sample order, whatever the blocks and threads */
@@ -306,14 +372,9 @@ int CAT(bn_backward_, SFX)(const T *dy, const T *x, const T *yr, int64_t n, int6
     }
     if (!dx) { free(buf); return 1; }
     const double m = given_sums ? m_given : (double)n * (double)s;
-    for (int64_t ch = 0; ch < c; ch++) {
-        double sum_dy = given_sums ? given_sums[ch] : s1[ch];
-        double sum_dy_xhat = given_sums ? given_sums[c + ch] : s2[ch] * invstd[ch];
-        double gc = w ? (double)w[ch] * invstd[ch] : invstd[ch];
-        cc[ch] = gc;
-        dd[ch] = -gc * invstd[ch] * sum_dy_xhat / m;
-        ee[ch] = -gc * sum_dy / m;
-    }
+    for (int64_t ch = 0; ch < c; ch++)
+        CAT(dx_coefficients_, SFX)(ch, w, invstd, given_sums ? given_sums[ch] : s1[ch],
+                                   given_sums ? given_sums[c + ch] : s2[ch] * invstd[ch], m, cc, dd, ee);
     if (!cl) {
 #if IS_F32
         if (nchw_flat_stream(n * c, s)) {
@@ -348,16 +409,8 @@ int CAT(bn_backward_, SFX)(const T *dy, const T *x, const T *yr, int64_t n, int6
         #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
         for (int64_t r = 0; r < n * c; r++) {
             const int64_t ch = r % c;
-            const T c1 = (T)cc[ch], d1 = (T)dd[ch], e1 = (T)ee[ch], mu = mean_in[ch];
-            const T *xr = x + r * s, *gr = dy + r * s, *yy = yr ? yr + r * s : NULL;
-            T *o = dx + r * s;
-            if (yy) {
-                #pragma omp simd
-                for (int64_t j = 0; j < s; j++) o[j] = (yy[j] > 0 ? gr[j] : (T)0) * c1 + (d1 * (xr[j] - mu) + e1);
-            } else {
-                #pragma omp simd
-                for (int64_t j = 0; j < s; j++) o[j] = gr[j] * c1 + (d1 * (xr[j] - mu) + e1);
-            }
+            CAT(grad_row_, SFX)(dy + r * s, x + r * s, yr ? yr + r * s : NULL, dx + r * s, s, cc[ch], dd[ch], ee[ch],
+                              mean_in[ch], 0);
         }
 #endif
     } else {
