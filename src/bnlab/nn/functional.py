@@ -118,9 +118,8 @@ def batch_norm(
                                       activation)  # fmt: skip
         if planned is not None:
             y, mean, var, count = planned
-            if training and running_mean is not None:  # (the native update where it applies: same bits)
-                if not native.update_running(running_mean, running_var, mean, var, count, momentum):
-                    update_running_stats(running_mean, running_var, mean, var, count, momentum)
+            if training and running_mean is not None:
+                update_running_stats(running_mean, running_var, mean, var, count, momentum)
             return y
     axes = checked_axes(input, axes, training, running_mean, running_var, weight, bias, eps, momentum, activation)
     if mask is not None:

@@ -272,6 +272,17 @@ static inline void CAT(grad_row_, SFX)(const T *g, const T *x, const T *ym, T *o
 #endif
 }
 
+/* NCHW, channels [c0, c1): sum g and sum g*(x - mu) of each channel's rows, in sample order (the order the
+ * backward's sums are defined in, whatever the blocks and threads) */
+static inline void CAT(block_sums_, SFX)(const T *dy, const T *x, const T *yr, int64_t n, int64_t c, int64_t s,
+                                         int64_t c0, int64_t c1, const T *mean_in, double *s1, double *s2) {
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t ch = c0; ch < c1; ch++) {
+            const int64_t o = (i * c + ch) * s;
+            CAT(bwd_row_, SFX)(dy + o, x + o, yr ? yr + o : NULL, s, mean_in[ch], s1 + ch, s2 + ch);
+        }
+}
+
 /* dx = c*g + d*(x - mu) + e per channel (composed.grad_coefficients), from the sums of m values */
 static inline void CAT(dx_coefficients_, SFX)(int64_t ch, const T *w, const double *invstd, double sum_dy,
                                               double sum_dy_xhat, double m, double *cc, double *dd, double *ee) {
@@ -306,11 +317,7 @@ int CAT(bn_backward_, SFX)(const T *dy, const T *x, const T *yr, int64_t n, int6
             #pragma omp for schedule(static) nowait
             for (int64_t cb = 0; cb < nb; cb++) {
                 const int64_t c0 = cb * fcb, c1 = c0 + fcb < c ? c0 + fcb : c;
-                for (int64_t i = 0; i < n; i++)
-                    for (int64_t ch = c0; ch < c1; ch++) {
-                        const int64_t o = (i * c + ch) * s;
-                        CAT(bwd_row_, SFX)(dy + o, x + o, yr ? yr + o : NULL, s, mean_in[ch], s1 + ch, s2 + ch);
-                    }
+                CAT(block_sums_, SFX)(dy, x, yr, n, c, s, c0, c1, mean_in, s1, s2);
                 for (int64_t ch = c0; ch < c1; ch++)
                     CAT(dx_coefficients_, SFX)(ch, w, invstd, s1[ch], s2[ch] * invstd[ch], m, cc, dd, ee);
                 for (int64_t i = 0; i < n; i++)
@@ -322,25 +329,14 @@ int CAT(bn_backward_, SFX)(const T *dy, const T *x, const T *yr, int64_t n, int6
             }
             fence(stream);
         }
-        for (int64_t ch = 0; ch < c; ch++) {
-            if (db) db[ch] = (T)s1[ch];
-            if (dw) dw[ch] = (T)(s2[ch] * invstd[ch]);
-        }
-        free(buf);
-        return 1;
-    }
-    if (reduce && !cl) {
+    } else if (reduce && !cl) {
         /* blocks of NCHW_CB channels read in memory order (as the statistics); each channel's sums are the
          * sums of its rows in sample order, whatever the blocks and threads */
         const int64_t nb = (c + NCHW_CB - 1) / NCHW_CB;
         #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
         for (int64_t cb = 0; cb < nb; cb++) {
             const int64_t c0 = cb * NCHW_CB, c1 = c0 + NCHW_CB < c ? c0 + NCHW_CB : c;
-            for (int64_t i = 0; i < n; i++)
-                for (int64_t ch = c0; ch < c1; ch++) {
-                    const int64_t o = (i * c + ch) * s;
-                    CAT(bwd_row_, SFX)(dy + o, x + o, yr ? yr + o : NULL, s, mean_in[ch], s1 + ch, s2 + ch);
-                }
+            CAT(block_sums_, SFX)(dy, x, yr, n, c, s, c0, c1, mean_in, s1, s2);
         }
     } else if (reduce) {
         const int64_t rows = n * s, nb = rows < BLOCKS ? rows : BLOCKS;
@@ -370,7 +366,7 @@ int CAT(bn_backward_, SFX)(const T *dy, const T *x, const T *yr, int64_t n, int6
         if (db) db[ch] = (T)s1[ch];
         if (dw) dw[ch] = (T)(s2[ch] * invstd[ch]);
     }
-    if (!dx) { free(buf); return 1; }
+    if (!dx || fcb) { free(buf); return 1; }  /* (fused: dx is written already) */
     const double m = given_sums ? m_given : (double)n * (double)s;
     for (int64_t ch = 0; ch < c; ch++)
         CAT(dx_coefficients_, SFX)(ch, w, invstd, given_sums ? given_sums[ch] : s1[ch],
