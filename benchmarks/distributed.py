@@ -11,15 +11,18 @@ holds N/nproc samples. In every process, taking turns in blocks (see ``benchmark
 - ``local``: ``bnlab.nn.functional.batch_norm`` on the process's shard — what each process computes with
   plain BN in data-parallel training (statistics of its shard only);
 - ``sync``: ``bnlab.distributed.sync_batch_norm`` on the same shard — statistics of the whole batch
-  (one all-gather forward — header and statistics in one row — and one backward; ~4·C floats per rank).
+  (one all-gather forward — header and statistics in one row — and one backward; ~4·C floats per rank);
+- ``torch``: ``torch.nn.functional.batch_norm`` on the shard — per-process BN with torch's own kernels, the
+  anchor a CPU user has (``torch.nn.SyncBatchNorm`` runs on GPUs only).
 
 Both run forward (training, running statistics updated) and ``autograd.grad`` for x, γ, β; every timed
 call starts on all ranks together (a barrier before it, not timed: in training DDP's gradient all-reduce
 lines the ranks up every step). Reported:
 rank 0's median (``--stat min``: minimum) milliseconds and ``ratio`` = sync ÷ local (the overhead of
-synchronizing; goal ≤ 1.3 for shards ≥ 8 MB), and ``cpu ratio``, the same ratio of rank 0's own CPU time
+synchronizing; goal ≤ 1.3 for shards ≥ 8 MB), ``cpu ratio``, the same ratio of rank 0's own CPU time
 (``time.thread_time``: the work, without the waits for the other rank — on a loaded machine the wall-clock
-ratio mostly measures when the other process was scheduled). A benchmark, not a test: it prints numbers and never fails
+ratio mostly measures when the other process was scheduled), and ``sync/torch`` = sync ÷ torch's per-process
+BN. A benchmark, not a test: it prints numbers and never fails
 on slowness. Plain processes: default allocator, no tuning.
 """
 
@@ -66,6 +69,7 @@ def _fwd_bwd(fn, x, dy, w, b, rm, rv, cpu_times: list, **kw):
 
 def _rank(rank: int, world: int, port: int, shapes, repeats: int, stat: str, queue) -> None:
     import torch.distributed as dist
+    import torch.nn.functional as F
 
     import bnlab.nn.functional as BF
     from bnlab.distributed import sync_batch_norm
@@ -91,10 +95,11 @@ def _rank(rank: int, world: int, port: int, shapes, repeats: int, stat: str, que
                     x.contiguous(memory_format=torch.channels_last),
                     dy.contiguous(memory_format=torch.channels_last),
                 )
-            cpu_local, cpu_sync = [], []
+            cpu_local, cpu_sync, cpu_torch = [], [], []
             variants = {
                 "local": _fwd_bwd(BF.batch_norm, xl, dyl, w, b, rm, rv, cpu_local),
                 "sync": _fwd_bwd(sync_batch_norm, xl, dyl, w, b, rm, rv, cpu_sync),
+                "torch": _fwd_bwd(F.batch_norm, xl, dyl, w, b, rm, rv, cpu_torch),
             }
             dist.barrier()
             # every timed call starts on all ranks together (a barrier, not timed), as DDP's gradient all-reduce
@@ -104,7 +109,8 @@ def _rank(rank: int, world: int, port: int, shapes, repeats: int, stat: str, que
             t = {name: timing.seconds for name, timing in turns.items()}
             f = {name: timing.faults for name, timing in turns.items()}
             cpu_ratio = cpu._STAT(cpu_sync) / cpu._STAT(cpu_local)
-            rows.append((layout, shape, x.numel() * 4 / 2**20, t["local"], t["sync"], f["local"], f["sync"], cpu_ratio))
+            rows.append((layout, shape, x.numel() * 4 / 2**20, t["local"], t["sync"], f["local"], f["sync"], cpu_ratio,
+                         t["torch"]))  # fmt: skip
     if rank == 0:
         queue.put(rows)
     dist.barrier()
@@ -140,11 +146,11 @@ def main(argv=None) -> int:
     print(f"torch {torch.__version__}, {args.nproc} processes (gloo, 127.0.0.1, 1 thread each), {os.cpu_count()} CPUs, "
           f"{args.stat} of {repeats} turns")  # fmt: skip
     print(f"{'fwd+bwd float32':<16}{'global shape':<22}{'MB/rank':>8}{'local ms':>10}{'sync ms':>10}{'ratio':>8}"
-          f"{'cpu ratio':>10}{'faults/call local, sync':>26}")  # fmt: skip
-    for layout, shape, mb, t_local, t_sync, f_local, f_sync, cpu_ratio in rows:
+          f"{'cpu ratio':>10}{'faults/call local, sync':>26}{'torch ms':>10}{'sync/torch':>11}")  # fmt: skip
+    for layout, shape, mb, t_local, t_sync, f_local, f_sync, cpu_ratio, t_torch in rows:
         print(
             f"{layout:<16}{str(shape):<22}{mb:>8.1f}{t_local * 1e3:>10.2f}{t_sync * 1e3:>10.2f}{t_sync / t_local:>8.2f}"
-            f"{cpu_ratio:>10.2f}{f_local:>18.0f}, {f_sync:.0f}"
+            f"{cpu_ratio:>10.2f}{f_local:>18.0f}, {f_sync:<6.0f}{t_torch * 1e3:>10.2f}{t_sync / t_torch:>11.2f}"
         )
     if args.json:
         write_json(args.json, rows, nproc=args.nproc, repeats=repeats, stat=args.stat)
@@ -153,7 +159,8 @@ def main(argv=None) -> int:
 
 def write_json(path: str, rows: list, **settings) -> None:
     """The measured rows as JSON, as the printed table: times in ms, ``ratio`` = sync ÷ local (wall clock),
-    ``cpu_ratio`` the same of rank 0's CPU time; the machine and its load average as ``benchmarks/cpu.py``."""
+    ``cpu_ratio`` the same of rank 0's CPU time, ``torch_ms`` torch's per-process BN and ``ratio_torch`` = sync ÷
+    torch; the machine and its load average as ``benchmarks/cpu.py``."""
     out = [
         {
             "layout": layout,
@@ -164,8 +171,10 @@ def write_json(path: str, rows: list, **settings) -> None:
             "ratio": t_sync / t_local,
             "cpu_ratio": cpu_ratio,
             "faults_per_call": [f_local, f_sync],
+            "torch_ms": t_torch * 1e3,
+            "ratio_torch": t_sync / t_torch,
         }  # fmt: skip
-        for layout, shape, mb, t_local, t_sync, f_local, f_sync, cpu_ratio in rows
+        for layout, shape, mb, t_local, t_sync, f_local, f_sync, cpu_ratio, t_torch in rows
     ]
     meta = {"torch": torch.__version__, **cpu.machine(), **settings, "backend": "gloo", "threads_per_process": 1}
     with open(path, "w", encoding="utf-8") as f:

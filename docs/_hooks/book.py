@@ -628,19 +628,23 @@ def compiled_spread(lang: str = "en") -> str:
 
 
 def distributed_table(lang: str = "en") -> str:
-    """benchmarks/distributed.py --json: synchronized ÷ per-process BN, forward + backward, per layout and shard."""
+    """benchmarks/distributed.py --json: synchronized ÷ per-process BN, forward + backward, per layout and shard,
+    and synchronized ÷ torch's per-process BN."""
     d = load("distributed.json")
     if lang == "en":
         head = ["layout", "global shape", "MB per process", "local ms", "sync ms", "sync ÷ local",
-                "CPU time, sync ÷ local", "page faults per call (local, sync)"]  # fmt: skip
+                "CPU time, sync ÷ local", "page faults per call (local, sync)", "torch local ms",
+                "sync ÷ torch local"]  # fmt: skip
     else:
         head = ["disposición", "forma global", "MB por proceso", "local ms", "sincronizada ms",
                 "sincronizada ÷ local", "tiempo de CPU, sincronizada ÷ local",
-                "fallos de página por llamada (local, sincronizada)"]  # fmt: skip
+                "fallos de página por llamada (local, sincronizada)", "torch local ms",
+                "sincronizada ÷ torch local"]  # fmt: skip
     rows = [
         [r["layout"], "×".join(map(str, r["shape"])), num(r["mb_per_rank"], lang, 1), num(r["local_ms"], lang, 2),
          num(r["sync_ms"], lang, 2), f"**{num(r['ratio'], lang, 2)}**", num(r["cpu_ratio"], lang, 2),
-         ", ".join(num(x, lang) for x in r["faults_per_call"])]  # fmt: skip
+         ", ".join(num(x, lang) for x in r["faults_per_call"]), num(r["torch_ms"], lang, 2),
+         num(r["ratio_torch"], lang, 2)]  # fmt: skip
         for r in d["rows"]
     ]
     return table(head, rows)
@@ -669,10 +673,14 @@ def distributed_spread(lang: str = "en") -> str:
         faults = [f for r in rs for f in r["faults_per_call"]]
         lo, hi = num(min(faults), lang), num(max(faults), lang)
         faults_text = lo if lo == hi else f"{lo}–{hi}"
+        anchored = [r["ratio_torch"] for r in rs if "ratio_torch" in r]  # (runs before the torch column: none)
         if lang == "en":
-            parts.append(f"{layout} {mb} MB {wall} (CPU time {cpu}; page faults per call {faults_text})")
+            vs_torch = f"; sync ÷ torch local {span(anchored)}" if anchored else ""
+            parts.append(f"{layout} {mb} MB {wall} (CPU time {cpu}; page faults per call {faults_text}{vs_torch})")
         else:
-            parts.append(f"{layout} {mb} MB {wall} (tiempo de CPU {cpu}; fallos de página por llamada {faults_text})")
+            vs_torch = f"; sincronizada ÷ torch local {span(anchored)}" if anchored else ""
+            parts.append(f"{layout} {mb} MB {wall} (tiempo de CPU {cpu}; fallos de página por llamada {faults_text}"
+                         f"{vs_torch})")  # fmt: skip
     if lang == "en":
         return f"Over the {len(runs)} idle runs shipped, sync ÷ local was: " + "; ".join(parts) + "."
     return f"En las {len(runs)} ejecuciones con la máquina libre que se incluyen, sincronizada ÷ local fue: " + \

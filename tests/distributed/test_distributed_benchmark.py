@@ -32,7 +32,13 @@ def test_json_rows_match_the_printed_table(tmp_path):
     for r, printed in zip(rows, table, strict=True):
         assert r["local_ms"] > 0 and r["sync_ms"] > 0 and len(r["faults_per_call"]) == 2
         assert r["ratio"] == pytest.approx(r["sync_ms"] / r["local_ms"])
-        # the printed milliseconds and ratio are the JSON's, rounded (columns after the 4-part shape)
-        local_ms, sync_ms, ratio, cpu_ratio = (float(v) for v in printed[-6:-2])
+        # the printed milliseconds and ratios are the JSON's, rounded (columns after the layout, the 4-part shape
+        # and MB/rank: local ms, sync ms, ratio, cpu ratio, the two fault counts, torch ms, sync/torch)
+        local_ms, sync_ms, ratio, cpu_ratio = (float(v) for v in printed[6:10])
         assert (local_ms, sync_ms) == (round(r["local_ms"], 2), round(r["sync_ms"], 2))
         assert (ratio, cpu_ratio) == (round(r["ratio"], 2), round(r["cpu_ratio"], 2))
+        # the anchor a CPU user has: torch's per-process BN on the same shard, in the same turns
+        torch_ms, ratio_torch = (float(v) for v in printed[12:14])
+        assert r["torch_ms"] > 0 and r["ratio_torch"] == pytest.approx(r["sync_ms"] / r["torch_ms"])
+        assert (torch_ms, ratio_torch) == (round(r["torch_ms"], 2), round(r["ratio_torch"], 2))
+        assert len(printed) == 14

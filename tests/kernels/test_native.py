@@ -414,6 +414,9 @@ def test_covers_and_the_chain():
     assert kernels.select(x, (0, 2, 3), w.double(), b, op="forward") is cpu
     wg = w.clone().requires_grad_()
     assert kernels.select(x, (0, 2, 3), wg, b, op="forward") is composed
+    with torch.no_grad():  # a layer's parameters (nn.Parameter) where autograd does not record: covered
+        pw, pb = torch.nn.Parameter(w), torch.nn.Parameter(b)
+        assert kernels.select(x, (0, 2, 3), pw, pb, op="forward") is native
     y = native.forward(x.half(), w.half(), b.half(), EPS, (0, 2, 3))[0]  # walks on to cpu: the same numbers
     torch.testing.assert_close(y, cpu.forward(x.half(), w.half(), b.half(), EPS, (0, 2, 3))[0])
 
@@ -680,3 +683,20 @@ def test_calls_without_autograd_give_the_same_bits_and_no_graph(fmt, training):
     assert recorded[0].grad_fn is not None and bare[0].grad_fn is None
     for r, b in zip(recorded, bare, strict=True):
         assert torch.equal(r, b)
+
+
+@needs_lib
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="reads the process's mappings (Linux)")
+def test_the_kernels_run_on_torchs_openmp_runtime():
+    """Where torch ships GNU OpenMP (the Linux wheels), the library's libgomp.so.1 is torch's own, already loaded:
+    one thread pool for torch and the kernels, not two competing for the cores (native._load's comment). (Other
+    packages may vendor their own copy under another name, e.g. scikit-learn's libgomp-<hash>.so: not ours.)"""
+    lib = os.path.join(os.path.dirname(torch.__file__), "lib")
+    if not any(name.startswith("libgomp") for name in os.listdir(lib)):
+        pytest.skip("this torch does not ship GNU OpenMP")
+    assert native.available()  # (loaded)
+    with open("/proc/self/maps", encoding="utf-8") as f:
+        mapped = {line.split()[-1] for line in f if line.rsplit("/", 1)[-1].startswith("libgomp.so")}
+    assert mapped and all(os.path.realpath(os.path.dirname(path)) == os.path.realpath(lib) for path in mapped), mapped
+    with open("/proc/self/maps", encoding="utf-8") as f:
+        assert any(str(native.library_path()) in line for line in f)

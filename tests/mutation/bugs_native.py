@@ -62,7 +62,7 @@ BUGS = [
     dict(name="native-parameters-refused", path=PY,
          old="_PLAIN = (torch.Tensor, torch.nn.Parameter)",
          new="_PLAIN = (torch.Tensor,)",
-         tests=[N + "test_layer_running_statistics_match_the_pure_path"]),
+         tests=[N + "test_layer_running_statistics_match_the_pure_path", N + "test_covers_and_the_chain"]),
     # calls autograd records are taken (not differentiable)
     dict(name="native-covers-recorded-calls", path=PY,
          old='    if op != "batch_stats" and torch.is_grad_enabled() and any(',

@@ -33,6 +33,19 @@ BUGS = [
          old="        except contract.Declined:  # nothing changed yet",
          new="        except KeyError:  # nothing changed yet",
          tests=[P + "test_inf_in_a_planned_configuration_takes_the_general_path"]),
+    # a small training call that autograd records runs the kernels' Function instead of torch's batch norm
+    dict(name="planned-small-never-handed-over", path=PLANNED,
+         old="    if small and records:\n        return None",
+         new="    if False:\n        return None",
+         tests=[P + "test_small_nchw_training_runs_torchs_batch_norm_only_where_autograd_records_it"]),
+    # the general path asks torch's batch norm first, before whether autograd records the call
+    dict(name="general-small-before-records", path="src/bnlab/nn/_dispatch.py",
+         old="        if not records_grad(x, weight, bias):  # nothing to differentiate: no autograd node, "
+             "as torch's C++",
+         new="        if _torch_small_train(x, weight, bias, axes, eps, relu) is not None:\n"
+             "            return _torch_small_train(x, weight, bias, axes, eps, relu)\n"
+             "        if not records_grad(x, weight, bias):",
+         tests=[P + "test_small_nchw_training_runs_torchs_batch_norm_only_where_autograd_records_it"]),
     # the fused backward computes the coefficients of all but the last channel of each block
     dict(name="fused-block-misses-a-channel", path=BODY,
          old="                for (int64_t ch = c0; ch < c1; ch++)\n                    CAT(dx_coefficients_, SFX)",

@@ -77,13 +77,35 @@ def test_a_large_configuration_is_planned_and_runs_the_native_kernels(monkeypatc
     x, w, b, rm, rv = _tensors((64, 16, 8, 8), CL, torch.float32, seed=3)
     BF.batch_norm(x, rm, rv, w, b, True, 0.1, 1e-5)
     key = (x.shape, x.stride(), x.dtype, True, 1e-5, 0.1, None, False, False, False, False)
-    assert _planned.plans[key] == ((0, 2, 3), 64 * 8 * 8, (64, 16, 64, 1))
+    assert _planned.plans[key] == ((0, 2, 3), 64 * 8 * 8, (64, 16, 64, 1), False)
     calls = []
     real = native.IMPLEMENTATION["forward"]
     monkeypatch.setitem(native.IMPLEMENTATION, "forward", lambda *a: calls.append(1) or real(*a))
     for _ in range(3):
         BF.batch_norm(x, rm, rv, w, b, True, 0.1, 1e-5)
     assert calls == [1, 1, 1]
+
+
+def test_small_nchw_training_runs_torchs_batch_norm_only_where_autograd_records_it(monkeypatch):
+    """A small NCHW training call (at most nn._dispatch.SMALL_NUMEL values) hands over to torch's own batch norm
+    only where autograd records it: what that saves is an autograd Function's Python. A call that autograd does
+    not record (no_grad, parameters without grad) runs the native kernels, planned or through the general path
+    (explicit axes), with no autograd node."""
+    x, w, b, rm, rv = _tensors((16, 8, 4, 4), None, torch.float32, seed=5)
+    calls = []
+    real = native.IMPLEMENTATION["forward"]
+    monkeypatch.setitem(native.IMPLEMENTATION, "forward", lambda *a: calls.append(1) or real(*a))
+    for axes in (None, None, _general_axes(x)):
+        y = BF.batch_norm(x, rm, rv, w, b, True, 0.1, 1e-5, axes)
+        assert y.grad_fn is None
+    assert calls == [1, 1, 1]
+    key = (x.shape, x.stride(), x.dtype, True, 1e-5, 0.1, None, False, False, False, False)
+    assert _planned.plans[key] == ((0, 2, 3), 16 * 4 * 4, (16, 8, 16, 0), True)
+    calls.clear()
+    for axes in (None, _general_axes(x)):
+        y = BF.batch_norm(x, rm, rv, w.clone().requires_grad_(), b, True, 0.1, 1e-5, axes)
+        assert type(y.grad_fn).__name__.startswith("NativeBatchNormBackward"), y.grad_fn
+    assert not calls
 
 
 def _refusal(fn):

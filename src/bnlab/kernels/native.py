@@ -173,10 +173,13 @@ def _build(cc: str, flags: list[str], target: Path, source: Path = SOURCE) -> bo
 
 
 def _load(path: Path):
-    # torch brings its own OpenMP runtime; ours (the system's libgomp) is a second thread pool. Idle threads of
-    # a GNU pool spin for a while by default, taking the cores from the other pool's next parallel region, so
-    # ours starts passive (its threads sleep at once; it only runs above _GRAIN values per thread) unless the
-    # user chose a policy. libgomp reads the variable when it is loaded; the environment is restored after.
+    # Where torch ships GNU OpenMP (libgomp.so.1: the pip wheels for Linux), the loader finds that soname loaded
+    # already, so the kernels run on torch's own thread pool and the variable below is never read (measured:
+    # one libgomp mapped, tests/kernels/test_native.py). Where torch uses another runtime (Intel's, LLVM's), the
+    # system's libgomp is a second pool; idle threads of a GNU pool spin for a while by default, taking the
+    # cores from the other pool's next parallel region, so that pool starts passive (its threads sleep at once;
+    # it only runs above _GRAIN values per thread) unless the user chose a policy. libgomp reads the variable
+    # when it is loaded; the environment is restored after.
     chosen = "OMP_WAIT_POLICY" in os.environ
     if not chosen:
         os.environ["OMP_WAIT_POLICY"] = "passive"

@@ -148,11 +148,11 @@ def train(x: Tensor, weight, bias, axes: tuple[int, ...], eps: float, relu: bool
     """Alg. 1 in training mode through the door :func:`route` picks: ``(y, μ_B, σ²_B)``."""
     door = route(x)
     if door == "eager":
-        small = _torch_small_train(x, weight, bias, axes, eps, relu)
-        if small is not None:
-            return small
         if not records_grad(x, weight, bias):  # nothing to differentiate: no autograd node, as torch's C++
             return kernel_train(x, weight, bias, axes, eps, relu)
+        small = _torch_small_train(x, weight, bias, axes, eps, relu)  # (what it saves is an autograd Function)
+        if small is not None:
+            return small
         return KernelTrainFunction.apply(x, weight, bias, axes, eps, relu)
     if door == "compiled":
         return ComposedTrainFunction.apply(x, weight, bias, axes, eps, relu)

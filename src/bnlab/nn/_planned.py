@@ -34,7 +34,8 @@ __all__ = ["batch_norm", "plans", "PlannedTrainFunction"]
 
 _PLAIN = (Tensor, torch.nn.Parameter)
 _MAX_PLANS = 1024
-#: configuration key -> (axes, m', the native kernels' geometry of x) or False (the general path runs every call)
+#: configuration key -> (axes, m', the native kernels' geometry of x, whether it is a small NCHW training call that
+#: the general path hands to torch's own batch norm when autograd records it) or False (the general path runs)
 plans: dict = {}
 
 
@@ -68,7 +69,9 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, e
         if t.shape != (c,) or not t.is_contiguous():
             return None
     records = _dispatch.records_grad(x, running_mean, running_var, weight, bias)
-    axes, count, geometry = plan
+    axes, count, geometry, small = plan
+    if small and records:
+        return None  # a small NCHW training call autograd records: torch's own batch norm may run it (general path)
     relu = activation == "relu"
     if not training:
         if records:
@@ -89,17 +92,18 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, e
 
 def _plan(x, running_mean, running_var, weight, bias, training, momentum, eps, activation):
     """The plan of a configuration not seen before: the full checks (raising as the general path does), then
-    whether the native family covers it: ``(axes, m')``, or False."""
+    whether the native family covers it: ``(axes, m', geometry, small)``, or False."""
     from .functional import checked_axes  # (functional imports this module)
 
     axes = checked_axes(x, None, training, running_mean, running_var, weight, bias, eps, momentum, activation)
     if training and running_mean is not None and momentum is None:
         return False  # the general path's error (a cumulative average needs the number of batches)
-    if training and _dispatch.small_train_shape(x, weight, bias, axes):
-        return False  # the general path may run torch's own batch norm here (see _dispatch._torch_small_train)
     if not native.static_covers(x, tuple(axes)):  # float32/float64, dense, per channel, not empty
         return False  # (whether the library is loaded, and the tensors' kinds, are asked on every call)
-    return axes, x.numel() // x.shape[1], native.shape_of(x)
+    # where autograd records a small NCHW training call, the general path may run torch's own batch norm
+    # (_dispatch._torch_small_train): whether it records is asked on every call
+    small = training and _dispatch.small_train_shape(x, weight, bias, axes)
+    return axes, x.numel() // x.shape[1], native.shape_of(x), small
 
 
 class PlannedTrainFunction(_dispatch.KernelTrainFunction):
