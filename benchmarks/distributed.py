@@ -13,7 +13,8 @@ holds N/nproc samples. In every process, taking turns in blocks (see ``benchmark
 - ``sync``: ``bnlab.distributed.sync_batch_norm`` on the same shard — statistics of the whole batch
   (one all-gather forward — header and statistics in one row — and one backward; ~4·C floats per rank);
 - ``torch``: ``torch.nn.functional.batch_norm`` on the shard — per-process BN with torch's own kernels, the
-  anchor a CPU user has (``torch.nn.SyncBatchNorm`` runs on GPUs only).
+  anchor a CPU user has (``torch.nn.SyncBatchNorm`` runs on GPUs only); timed after the other two, in turns
+  with ``local``, so that its allocations do not change their page faults.
 
 Both run forward (training, running statistics updated) and ``autograd.grad`` for x, γ, β; every timed
 call starts on all ranks together (a barrier before it, not timed: in training DDP's gradient all-reduce
@@ -99,13 +100,17 @@ def _rank(rank: int, world: int, port: int, shapes, repeats: int, stat: str, que
             variants = {
                 "local": _fwd_bwd(BF.batch_norm, xl, dyl, w, b, rm, rv, cpu_local),
                 "sync": _fwd_bwd(sync_batch_norm, xl, dyl, w, b, rm, rv, cpu_sync),
-                "torch": _fwd_bwd(F.batch_norm, xl, dyl, w, b, rm, rv, cpu_torch),
             }
             dist.barrier()
             # every timed call starts on all ranks together (a barrier, not timed), as DDP's gradient all-reduce
             # aligns the ranks every training step: otherwise a rank's sync call also waits out the other
             # rank's previous (local) call, and the ratio measures the drift between ranks
             turns = interleaved(variants, repeats, before=dist.barrier)
+            # torch's per-process BN in turns of its own with the local call, after: its allocations between
+            # the other two would change their page faults (glibc returns freed blocks to the system or not
+            # depending on what was allocated since)
+            with_torch = {"local": variants["local"], "torch": _fwd_bwd(F.batch_norm, xl, dyl, w, b, rm, rv, cpu_torch)}
+            turns["torch"] = interleaved(with_torch, repeats, before=dist.barrier)["torch"]
             t = {name: timing.seconds for name, timing in turns.items()}
             f = {name: timing.faults for name, timing in turns.items()}
             cpu_ratio = cpu._STAT(cpu_sync) / cpu._STAT(cpu_local)
