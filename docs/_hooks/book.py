@@ -682,8 +682,9 @@ def distributed_spread(lang: str = "en") -> str:
             parts.append(f"{layout} {mb} MB {wall} (tiempo de CPU {cpu}; fallos de página por llamada {faults_text}"
                          f"{vs_torch})")  # fmt: skip
     if lang == "en":
-        return f"Over the {len(runs)} idle runs shipped, sync ÷ local was: " + "; ".join(parts) + "."
-    return f"En las {len(runs)} ejecuciones con la máquina libre que se incluyen, sincronizada ÷ local fue: " + \
+        return f"Over the {len(runs)} runs in `docs/data/distributed_runs.json`, sync ÷ local was: " + \
+            "; ".join(parts) + "."
+    return f"En las {len(runs)} ejecuciones de `docs/data/distributed_runs.json`, sincronizada ÷ local fue: " + \
         "; ".join(parts) + "."
 
 
