@@ -34,8 +34,8 @@ __all__ = ["batch_norm", "plans", "PlannedTrainFunction"]
 
 _PLAIN = (Tensor, torch.nn.Parameter)
 _MAX_PLANS = 1024
-#: configuration key -> (axes, m', the native kernels' geometry of x, whether it is a small NCHW training call that
-#: the general path hands to torch's own batch norm when autograd records it) or False (the general path runs)
+#: configuration key -> (axes, m', the native kernels' geometry of x, whether it is a small NCHW training call, which
+#: is planned only where grad mode is off) or False (the general path runs every call)
 plans: dict = {}
 
 
@@ -59,6 +59,11 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, e
         plans[key] = plan
     if plan is False or not native.available():
         return None
+    axes, count, geometry, small = plan
+    if small and torch.is_grad_enabled():
+        # the general path, which hands the call to torch's own batch norm where autograd records it
+        # (_dispatch.train): planned, a small call would pay the checks twice
+        return None
     dtype, c = x.dtype, x.shape[1]
     for t in (running_mean, running_var, weight, bias):
         if t is None:
@@ -69,9 +74,6 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, e
         if t.shape != (c,) or not t.is_contiguous():
             return None
     records = _dispatch.records_grad(x, running_mean, running_var, weight, bias)
-    axes, count, geometry, small = plan
-    if small and records:
-        return None  # a small NCHW training call autograd records: torch's own batch norm may run it (general path)
     relu = activation == "relu"
     if not training:
         if records:
@@ -100,8 +102,8 @@ def _plan(x, running_mean, running_var, weight, bias, training, momentum, eps, a
         return False  # the general path's error (a cumulative average needs the number of batches)
     if not native.static_covers(x, tuple(axes)):  # float32/float64, dense, per channel, not empty
         return False  # (whether the library is loaded, and the tensors' kinds, are asked on every call)
-    # where autograd records a small NCHW training call, the general path may run torch's own batch norm
-    # (_dispatch._torch_small_train): whether it records is asked on every call
+    # a small NCHW training call takes the general path where grad mode is on (asked on every call): there
+    # torch's own batch norm runs it if autograd records it (_dispatch._torch_small_train)
     small = training and _dispatch.small_train_shape(x, weight, bias, axes)
     return axes, x.numel() // x.shape[1], native.shape_of(x), small
 
