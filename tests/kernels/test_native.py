@@ -696,7 +696,7 @@ def test_the_kernels_run_on_torchs_openmp_runtime():
         pytest.skip("this torch does not ship GNU OpenMP")
     assert native.available()  # (loaded)
     with open("/proc/self/maps", encoding="utf-8") as f:
-        mapped = {line.split()[-1] for line in f if line.rsplit("/", 1)[-1].startswith("libgomp.so")}
+        paths = {line.split()[-1] for line in f}
+    mapped = {path for path in paths if path.rsplit("/", 1)[-1].startswith("libgomp.so")}
     assert mapped and all(os.path.realpath(os.path.dirname(path)) == os.path.realpath(lib) for path in mapped), mapped
-    with open("/proc/self/maps", encoding="utf-8") as f:
-        assert any(str(native.library_path()) in line for line in f)
+    assert str(native.library_path()) in paths
