@@ -35,13 +35,19 @@ BUGS = [
          tests=[P + "test_inf_in_a_planned_configuration_takes_the_general_path"]),
     # a small training call that autograd records runs the kernels' Function instead of torch's batch norm
     dict(name="planned-small-never-handed-over", path=PLANNED,
-         old="    if small and torch.is_grad_enabled():",
+         old="    if records and small:",
          new="    if False:",
          tests=[P + "test_small_nchw_training_runs_torchs_batch_norm_only_where_autograd_records_it"]),
     # small training calls never planned (the general path's checks on every call, under no_grad too)
     dict(name="planned-small-never-planned", path=PLANNED,
-         old="    if small and torch.is_grad_enabled():",
-         new="    if small:",
+         old="    axes, count, geometry, small = plan\n",
+         new="    axes, count, geometry, small = plan\n    if small:\n        return None\n",
+         tests=[P + "test_small_nchw_training_runs_torchs_batch_norm_only_where_autograd_records_it"]),
+    # small training calls planned only with grad mode off (the general path's checks again where it is on)
+    dict(name="planned-small-only-without-grad", path=PLANNED,
+         old="    axes, count, geometry, small = plan\n",
+         new="    axes, count, geometry, small = plan\n"
+             "    if small and torch.is_grad_enabled():\n        return None\n",
          tests=[P + "test_small_nchw_training_runs_torchs_batch_norm_only_where_autograd_records_it"]),
     # the general path asks torch's batch norm first, before whether autograd records the call
     dict(name="general-small-before-records", path="src/bnlab/nn/_dispatch.py",

@@ -89,8 +89,8 @@ def test_a_large_configuration_is_planned_and_runs_the_native_kernels(monkeypatc
 def test_small_nchw_training_runs_torchs_batch_norm_only_where_autograd_records_it(monkeypatch):
     """A small NCHW training call (at most nn._dispatch.SMALL_NUMEL values) hands over to torch's own batch norm
     only where autograd records it: what that saves is an autograd Function's Python. A call that autograd does
-    not record (no_grad, parameters without grad) runs the native kernels with no autograd node: planned under
-    no_grad, through the general path with grad mode on."""
+    not record (no_grad, parameters without grad) runs the native kernels with no autograd node. Both are
+    planned: after the plan's first call, only a call with explicit axes runs the general path's checks."""
     x, w, b, rm, rv = _tensors((16, 8, 4, 4), None, torch.float32, seed=5)
     calls = []
     real = native.IMPLEMENTATION["forward"]
@@ -106,15 +106,17 @@ def test_small_nchw_training_runs_torchs_batch_norm_only_where_autograd_records_
     key = (x.shape, x.stride(), x.dtype, True, 1e-5, 0.1, None, False, False, False, False)
     assert _planned.plans[key] == ((0, 2, 3), 16 * 4 * 4, (16, 8, 16, 0), True)
     calls.clear()
+    general.clear()
     for axes in (None, _general_axes(x)):
         y = BF.batch_norm(x, rm, rv, w, b, True, 0.1, 1e-5, axes)  # (grad mode on, nothing requires grad)
         assert y.grad_fn is None
-    assert calls == [1, 1]
+    assert calls == [1, 1] and len(general) == 1  # (the explicit axes)
     calls.clear()
+    general.clear()
     for axes in (None, _general_axes(x)):
         y = BF.batch_norm(x, rm, rv, w.clone().requires_grad_(), b, True, 0.1, 1e-5, axes)
         assert type(y.grad_fn).__name__.startswith("NativeBatchNormBackward"), y.grad_fn
-    assert not calls
+    assert not calls and len(general) == 1
 
 
 def _refusal(fn):

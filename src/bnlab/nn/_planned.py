@@ -35,7 +35,7 @@ __all__ = ["batch_norm", "plans", "PlannedTrainFunction"]
 _PLAIN = (Tensor, torch.nn.Parameter)
 _MAX_PLANS = 1024
 #: configuration key -> (axes, m', the native kernels' geometry of x, whether it is a small NCHW training call, which
-#: is planned only where grad mode is off) or False (the general path runs every call)
+#: torch's own batch norm runs where autograd records it) or False (the general path runs every call)
 plans: dict = {}
 
 
@@ -60,10 +60,6 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, e
     if plan is False or not native.available():
         return None
     axes, count, geometry, small = plan
-    if small and torch.is_grad_enabled():
-        # the general path, which hands the call to torch's own batch norm where autograd records it
-        # (_dispatch.train): planned, a small call would pay the checks twice
-        return None
     dtype, c = x.dtype, x.shape[1]
     for t in (running_mean, running_var, weight, bias):
         if t is None:
@@ -81,6 +77,10 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, e
             return y, None, None, 0
         y = native.normalize_at(geometry, x, running_mean, running_var, weight, bias, eps)
         return (y.clamp_min_(0) if relu else y), None, None, 0
+    if records and small:  # torch's own batch norm where its statistics qualify, as in _dispatch.train: its C++
+        out = _dispatch._torch_small_train(x, weight, bias, axes, eps, relu)  # node costs less than a Function
+        if out is not None:
+            return (*out, count)
     if records:
         y, mean, var = PlannedTrainFunction.apply(x, weight, bias, axes, eps, relu)
     else:
@@ -102,8 +102,8 @@ def _plan(x, running_mean, running_var, weight, bias, training, momentum, eps, a
         return False  # the general path's error (a cumulative average needs the number of batches)
     if not native.static_covers(x, tuple(axes)):  # float32/float64, dense, per channel, not empty
         return False  # (whether the library is loaded, and the tensors' kinds, are asked on every call)
-    # a small NCHW training call takes the general path where grad mode is on (asked on every call): there
-    # torch's own batch norm runs it if autograd records it (_dispatch._torch_small_train)
+    # a small NCHW training call that autograd records (asked on every call) runs torch's own batch norm where
+    # its statistics qualify (_dispatch._torch_small_train)
     small = training and _dispatch.small_train_shape(x, weight, bias, axes)
     return axes, x.numel() // x.shape[1], native.shape_of(x), small
 
