@@ -182,6 +182,12 @@ def _torch_small_train(x: Tensor, weight, bias, axes: tuple[int, ...], eps: floa
     """
     if not small_train_shape(x, weight, bias, axes):
         return None
+    return torch_small_run(x, weight, bias, eps, relu)
+
+
+def torch_small_run(x: Tensor, weight, bias, eps: float, relu: bool):
+    """:func:`_torch_small_train` for a call known to pass :func:`small_train_shape` (a plan knows it from its key
+    and its per-call checks): the part that reads the data."""
     mean, var = torch.batch_norm_update_stats(x.detach(), None, None, 0.0)  # (detached: no autograd record)
     if not _fits_without_shift(mean, var, eps):
         return None

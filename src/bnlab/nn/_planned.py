@@ -78,7 +78,7 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, e
         y = native.normalize_at(geometry, x, running_mean, running_var, weight, bias, eps)
         return (y.clamp_min_(0) if relu else y), None, None, 0
     if records and small:  # torch's own batch norm where its statistics qualify, as in _dispatch.train: its C++
-        out = _dispatch._torch_small_train(x, weight, bias, axes, eps, relu)  # node costs less than a Function
+        out = _dispatch.torch_small_run(x, weight, bias, eps, relu)  # node costs less than a Function
         if out is not None:
             return (*out, count)
     if records:
@@ -103,7 +103,7 @@ def _plan(x, running_mean, running_var, weight, bias, training, momentum, eps, a
     if not native.static_covers(x, tuple(axes)):  # float32/float64, dense, per channel, not empty
         return False  # (whether the library is loaded, and the tensors' kinds, are asked on every call)
     # a small NCHW training call that autograd records (asked on every call) runs torch's own batch norm where
-    # its statistics qualify (_dispatch._torch_small_train)
+    # its statistics qualify (_dispatch._torch_small_train: the shape's part is asked here, once)
     small = training and _dispatch.small_train_shape(x, weight, bias, axes)
     return axes, x.numel() // x.shape[1], native.shape_of(x), small
 
