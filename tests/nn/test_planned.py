@@ -71,6 +71,36 @@ def test_the_planned_call_has_the_bits_of_the_general_path(shape, fmt, dtype):
                         assert p.dtype == g.dtype and torch.equal(p, g)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("affine", ["both", "no weight", "no bias", "neither"])
+def test_small_configurations_have_the_bits_of_the_general_path(dtype, affine):
+    """Small NCHW training calls, which the plan hands to torch's batch norm where autograd records them: with
+    and without γ and β, gradients asked of x only or of γ only, under no_grad, each momentum: the bits of the
+    general path (outputs, gradients, running statistics), on the plan's first call and on a later one."""
+    x, w, b, rm, rv = _tensors((16, 8, 4, 4), None, dtype, seed=6)
+    w = None if affine in ("no weight", "neither") else w
+    b = None if affine in ("no bias", "neither") else b
+    dy = torch.linspace(-1, 1, x.numel(), dtype=dtype).view_as(x)
+    for wants in ("x", "weight", "nothing"):
+        if wants == "weight" and w is None:
+            continue
+        for momentum in (0.1, 1.0):
+            results = []
+            for axes in (None, None, _general_axes(x)):
+                xs, ws = x.clone().requires_grad_(wants == "x"), None if w is None else w.clone()
+                if ws is not None:
+                    ws.requires_grad_(wants == "weight")
+                stats = (rm.clone(), rv.clone())
+                with torch.set_grad_enabled(wants != "nothing"):
+                    y = BF.batch_norm(xs, *stats, ws, b, True, momentum, 1e-5, axes)
+                grads = torch.autograd.grad(y, xs if wants == "x" else ws, dy) if wants != "nothing" else ()
+                results.append((y.detach(), *grads, *stats))
+            for got in results[:2]:
+                assert len(got) == len(results[2])
+                for p, g in zip(got, results[2], strict=True):
+                    assert p.dtype == g.dtype and torch.equal(p, g), (wants, momentum)
+
+
 def test_a_large_configuration_is_planned_and_runs_the_native_kernels(monkeypatch):
     """After the first call the configuration has a plan, and every call runs the native family's
     implementation once (the chain walk is not repeated)."""
